@@ -1,0 +1,372 @@
+//! One drain path for every trigger, and the policy that decides when to take it.
+//!
+//! | trigger                              | what happens                                                          |
+//! |--------------------------------------|-----------------------------------------------------------------------|
+//! | SIGTERM / SIGINT                     | drain (deadline `--drain-timeout`), exit 0                            |
+//! | Spot interruption notice             | drain (deadline: notice time - `--drain-margin`, or the timeout, whichever is earlier), complete the hook, exit 0 |
+//! | target lifecycle state `Terminated`  | drain, complete the hook, exit 0                                      |
+//! | rebalance recommendation             | `ignore`; `soft`: pause receiving, finish what is held; `drain`: pause and release what is not started. Back to normal after `--rebalance-recovery` if no interruption follows |
+//!
+//! A drain: receiving stops; held-but-not-started messages are released at once (visibility 0, in group
+//! order); in-flight runs finish before the deadline or are abandoned and released (their transactions are
+//! all-or-nothing); then the lifecycle hook is completed, with heartbeats while the drain outlasts the
+//! heartbeat interval. One log line says what the drain did.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, RebalancePolicy};
+use crate::dispatch::Dispatcher;
+use crate::imds::{ImdsClient, Notice};
+use crate::lifecycle::{heartbeat_until, resolve_group, HookResult, LifecycleHook};
+use crate::metrics::metrics;
+
+/// What started a drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    Signal(&'static str),
+    Interruption { action: String, time: OffsetDateTime },
+    LifecycleTerminated,
+}
+
+impl Trigger {
+    fn label(&self) -> &'static str {
+        match self {
+            Trigger::Signal(_) => "signal",
+            Trigger::Interruption { .. } => "interruption",
+            Trigger::LifecycleTerminated => "lifecycle",
+        }
+    }
+}
+
+/// How the hook step went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// No hook to complete (SIGTERM outside a termination, hooks disabled, no metadata).
+    NotNeeded,
+    Completed,
+    /// Could not: the reason, e.g. a refusal by Auto Scaling or a missing group name.
+    Failed(String),
+}
+
+/// What the drain did: the figures of its one log line.
+#[derive(Debug, Clone)]
+pub struct DrainReport {
+    pub trigger: Trigger,
+    pub took: Duration,
+    pub finished: u64,
+    pub released: u64,
+    pub deadline_hit: bool,
+    pub held_up_by: Option<String>,
+    pub hook: HookOutcome,
+}
+
+/// What the hook step needs.
+pub struct HookContext {
+    pub autoscaling: Option<aws_sdk_autoscaling::Client>,
+    pub imds: Option<ImdsClient>,
+    /// Filled by whoever learns the instance id first (flag or metadata).
+    pub instance_id: Arc<OnceLock<String>>,
+}
+
+/// Run the policy until a terminal trigger, then drain. `signal` resolves on SIGTERM/SIGINT (and may resolve
+/// again: a second signal during a drain abandons in-flight work at once).
+pub async fn supervise<S, F>(
+    cfg: &Config,
+    dispatcher: Dispatcher,
+    mut notices: mpsc::Receiver<Notice>,
+    mut signal: S,
+    hooks: HookContext,
+) -> DrainReport
+where
+    S: FnMut() -> F,
+    F: Future<Output = &'static str>,
+{
+    metrics().ready.store(true, Ordering::Relaxed);
+    let mut recover_at: Option<Instant> = None;
+    let mut notices_open = true;
+    let mut termination_seen = false;
+    let trigger = loop {
+        let recovery = async {
+            match recover_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            s = signal() => break Trigger::Signal(s),
+            n = notices.recv(), if notices_open => match n {
+                None => notices_open = false,
+                Some(n) => match act_on(cfg, &dispatcher, n, &mut recover_at, &mut termination_seen).await {
+                    Some(t) => break t,
+                    None => {}
+                },
+            },
+            _ = recovery => {
+                recover_at = None;
+                dispatcher.set_paused(false);
+                metrics().ready.store(true, Ordering::Relaxed);
+                tracing::info!("no interruption followed the rebalance recommendation; taking new work again");
+            }
+        }
+    };
+    drain(cfg, dispatcher, notices, notices_open, signal, hooks, trigger, termination_seen).await
+}
+
+/// React to one notice in normal operation; Some(trigger) when it calls for a drain.
+async fn act_on(
+    cfg: &Config,
+    dispatcher: &Dispatcher,
+    notice: Notice,
+    recover_at: &mut Option<Instant>,
+    termination_seen: &mut bool,
+) -> Option<Trigger> {
+    match notice {
+        Notice::Interruption(a) => {
+            metrics().notices.inc(&["interruption"]);
+            *termination_seen = true;
+            tracing::warn!(action = %a.action, time = %a.time, "Spot interruption notice");
+            Some(Trigger::Interruption { action: a.action.to_string(), time: a.time })
+        }
+        Notice::TargetLifecycle(state) if state == "Terminated" => {
+            metrics().notices.inc(&["target_lifecycle"]);
+            *termination_seen = true;
+            tracing::warn!("target lifecycle state Terminated (scale-in or rebalancing replaces this instance)");
+            Some(Trigger::LifecycleTerminated)
+        }
+        Notice::TargetLifecycle(state) => {
+            tracing::info!(state = %state, "target lifecycle state");
+            None
+        }
+        Notice::Rebalance(r) => {
+            metrics().notices.inc(&["rebalance"]);
+            match cfg.on_rebalance {
+                RebalancePolicy::Ignore => {
+                    tracing::info!(notice_time = %r.notice_time, "rebalance recommendation ignored (--on-rebalance ignore)");
+                }
+                RebalancePolicy::Soft | RebalancePolicy::Drain => {
+                    dispatcher.set_paused(true);
+                    metrics().ready.store(false, Ordering::Relaxed);
+                    if cfg.on_rebalance == RebalancePolicy::Drain {
+                        dispatcher.release_pending().await;
+                    }
+                    *recover_at = Some(Instant::now() + cfg.rebalance_recovery);
+                    tracing::warn!(
+                        notice_time = %r.notice_time,
+                        policy = ?cfg.on_rebalance,
+                        recovery = %humantime::format_duration(cfg.rebalance_recovery),
+                        "rebalance recommendation: taking no new message groups"
+                    );
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The deadline a trigger allows: the timeout, or the interruption time minus the margin if earlier.
+pub fn deadline_for(cfg: &Config, trigger: &Trigger, now: Instant, wall_now: OffsetDateTime) -> Instant {
+    let timeout = now + cfg.drain_timeout;
+    match trigger {
+        Trigger::Interruption { time, .. } => {
+            let left = *time - wall_now - cfg.drain_margin;
+            let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+            timeout.min(now + left)
+        }
+        _ => timeout,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drain<S, F>(
+    cfg: &Config,
+    dispatcher: Dispatcher,
+    mut notices: mpsc::Receiver<Notice>,
+    mut notices_open: bool,
+    mut signal: S,
+    hooks: HookContext,
+    trigger: Trigger,
+    mut termination_seen: bool,
+) -> DrainReport
+where
+    S: FnMut() -> F,
+    F: Future<Output = &'static str>,
+{
+    let started = Instant::now();
+    let before = dispatcher.counts();
+    let mut deadline = deadline_for(cfg, &trigger, started, OffsetDateTime::now_utc());
+    metrics().ready.store(false, Ordering::Relaxed);
+    metrics().drains.inc(&[trigger.label()]);
+    let (groups, messages) = dispatcher.held();
+    tracing::warn!(
+        trigger = ?trigger,
+        deadline_in_ms = deadline.saturating_duration_since(started).as_millis() as u64,
+        groups_held = groups,
+        messages_held = messages,
+        "draining"
+    );
+
+    // Heartbeats keep the hook open while the drain outlasts the interval.
+    let hook = if termination_seen { resolve_hook(cfg, &hooks).await } else { Err("no termination in progress".into()) };
+    let heartbeat_done = CancellationToken::new();
+    if let Ok(h) = &hook {
+        let h = h.clone();
+        let every = cfg.hook_heartbeat;
+        let done = heartbeat_done.clone();
+        tokio::spawn(async move { heartbeat_until(&h, every, done).await });
+    }
+
+    dispatcher.begin_drain().await;
+    let mut held_up_by = None;
+    let mut deadline_hit = false;
+    {
+        let finish = dispatcher.finish();
+        tokio::pin!(finish);
+        loop {
+            tokio::select! {
+                _ = &mut finish => break,
+                _ = tokio::time::sleep_until(deadline), if !deadline_hit => {
+                    deadline_hit = true;
+                    held_up_by = Some(dispatcher.describe_held());
+                    dispatcher.control().abort.cancel();
+                }
+                s = signal(), if !deadline_hit => {
+                    tracing::warn!(signal = s, "second signal: abandoning in-flight orders now");
+                    deadline = Instant::now();
+                }
+                n = notices.recv(), if notices_open => match n {
+                    None => notices_open = false,
+                    Some(Notice::Interruption(a)) => {
+                        termination_seen = true;
+                        let t = Trigger::Interruption { action: a.action.to_string(), time: a.time };
+                        deadline = deadline.min(deadline_for(cfg, &t, Instant::now(), OffsetDateTime::now_utc()));
+                        tracing::warn!(time = %a.time, "interruption notice during the drain; deadline brought forward");
+                    }
+                    Some(Notice::TargetLifecycle(s)) if s == "Terminated" => termination_seen = true,
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+    let after = dispatcher.counts();
+    let finished = after.finished - before.finished;
+    let released = after.released - before.released;
+
+    let hook_outcome = if !termination_seen {
+        HookOutcome::NotNeeded
+    } else {
+        let hook = match hook {
+            Ok(h) => Ok(h),
+            Err(_) => resolve_hook(cfg, &hooks).await,
+        };
+        match hook {
+            Ok(h) => complete(&h, &trigger).await,
+            Err(why) if why == "disabled" => HookOutcome::NotNeeded,
+            Err(why) => {
+                metrics().hook_completions.inc(&["failed"]);
+                HookOutcome::Failed(why)
+            }
+        }
+    };
+    heartbeat_done.cancel();
+
+    let took = started.elapsed();
+    metrics().drain_orders.add(&["finished"], finished as f64);
+    metrics().drain_orders.add(&["released"], released as f64);
+    *metrics().last_drain_seconds.lock().expect("metrics lock") = took.as_secs_f64();
+    let report = DrainReport { trigger, took, finished, released, deadline_hit, held_up_by, hook: hook_outcome };
+    tracing::info!(
+        trigger = ?report.trigger,
+        finished = report.finished,
+        released = report.released,
+        took_ms = report.took.as_millis() as u64,
+        deadline_hit = report.deadline_hit,
+        held_up_by = report.held_up_by.as_deref().unwrap_or("-"),
+        hook = ?report.hook,
+        "drain complete"
+    );
+    report
+}
+
+/// The hook to complete: hook name (flag), group (flag or instance tag), instance id (flag or metadata).
+async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook, String> {
+    let Some(hook_name) = cfg.lifecycle_hook.clone() else { return Err("disabled".into()) };
+    let Some(client) = hooks.autoscaling.clone() else { return Err("disabled".into()) };
+    let instance_id = match hooks.instance_id.get() {
+        Some(id) => id.clone(),
+        None => match &hooks.imds {
+            Some(imds) => match imds.instance_id().await {
+                Ok(Some(id)) => {
+                    let _ = hooks.instance_id.set(id.clone());
+                    id
+                }
+                Ok(None) => return Err("instance metadata has no instance-id".into()),
+                Err(e) => return Err(format!("instance id unknown: metadata failed: {e}")),
+            },
+            None => return Err("instance id unknown: set --instance-id or enable instance metadata".into()),
+        },
+    };
+    let Some(group) = resolve_group(cfg.asg_name.clone(), hooks.imds.as_ref()).await else {
+        return Err("Auto Scaling group unknown: set --asg-name or allow instance metadata tags (aws:autoscaling:groupName)".into());
+    };
+    Ok(LifecycleHook::new(client, group, hook_name, instance_id))
+}
+
+/// Complete the hook (CONTINUE). Right after an interruption notice the group may not have moved us to
+/// Terminating:Wait yet, so a refusal is retried briefly in that case.
+async fn complete(hook: &LifecycleHook, trigger: &Trigger) -> HookOutcome {
+    let attempts = if matches!(trigger, Trigger::Interruption { .. }) { 4 } else { 1 };
+    let mut last = String::new();
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        match hook.complete(HookResult::Continue).await {
+            Ok(()) => {
+                metrics().hook_completions.inc(&["ok"]);
+                tracing::info!(group = %hook.group(), hook = %hook.hook(), instance = %hook.instance_id(), "lifecycle hook completed (CONTINUE)");
+                return HookOutcome::Completed;
+            }
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction failed");
+            }
+        }
+    }
+    metrics().hook_completions.inc(&["failed"]);
+    tracing::error!(cause = %last, "lifecycle hook NOT completed: the group proceeds when the hook times out");
+    HookOutcome::Failed(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cfg() -> Config {
+        crate::config::Cli::try_parse_from(["w", "--queue-url", "http://h/1/q.fifo"]).unwrap().run.validate().unwrap()
+    }
+
+    #[test]
+    fn interruption_deadline_is_notice_minus_margin_or_timeout() {
+        let cfg = cfg();
+        let now = Instant::now();
+        let wall = OffsetDateTime::now_utc();
+        let t = Trigger::Interruption { action: "terminate".into(), time: wall + time::Duration::seconds(120) };
+        let d = deadline_for(&cfg, &t, now, wall);
+        // 120 s notice - 10 s margin = 110 s, later than the 90 s timeout: the timeout wins.
+        assert_eq!(d - now, Duration::from_secs(90));
+        let t = Trigger::Interruption { action: "terminate".into(), time: wall + time::Duration::seconds(30) };
+        assert_eq!(deadline_for(&cfg, &t, now, wall) - now, Duration::from_secs(20));
+        let t = Trigger::Interruption { action: "terminate".into(), time: wall - time::Duration::seconds(5) };
+        assert_eq!(deadline_for(&cfg, &t, now, wall), now);
+        assert_eq!(deadline_for(&cfg, &Trigger::Signal("SIGTERM"), now, wall) - now, Duration::from_secs(90));
+    }
+}

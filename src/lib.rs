@@ -1,0 +1,31 @@
+//! order-worker: apply orders from an SQS FIFO queue to DynamoDB exactly once and in group order, on EC2 Spot
+//! instances that can be interrupted at any time.
+//!
+//! # Layout
+//! - [`config`]: flags and environment, validated at start (a bad setting fails naming itself).
+//! - [`aws`]: one AWS configuration for every client; transient-vs-permanent error classification; backoff.
+//! - [`order`]: parse, validate and total one order body (pure).
+//! - [`queue`]: SQS receive / delete / change visibility (knows SQS, nothing about orders).
+//! - [`store`]: the exactly-once, ordered apply to DynamoDB (knows DynamoDB, nothing about SQS).
+//! - [`dispatch`]: the worker engine: receive loop, per-group ordered tasks, group-commit batching,
+//!   visibility heartbeats, release of held messages.
+//! - [`imds`]: IMDSv2 client and the watcher that turns instance metadata into notices.
+//! - [`lifecycle`]: completing our own Auto Scaling lifecycle hook, with heartbeats.
+//! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle, rebalance) and its report.
+//! - [`metrics`]: Prometheus counters, `/metrics`, `/healthz`, `/readyz`.
+//! - [`verify`]: the auditor: reads the table and a manifest, reports lost / twice / out-of-order orders.
+//!
+//! Data flows one way: queue -> dispatch -> order -> store -> queue (delete); imds -> drain -> lifecycle.
+//! `main.rs` wires them together.
+
+pub mod aws;
+pub mod config;
+pub mod dispatch;
+pub mod drain;
+pub mod imds;
+pub mod lifecycle;
+pub mod metrics;
+pub mod order;
+pub mod queue;
+pub mod store;
+pub mod verify;

@@ -1,0 +1,823 @@
+//! Completing our own Auto Scaling termination lifecycle hook from the instance, by instance id,
+//! with heartbeats while the drain runs.
+//!
+//! Both `CompleteLifecycleAction` and `RecordLifecycleActionHeartbeat` accept the instance id in
+//! place of the lifecycle action token, so the instance needs no queue or EventBridge rule to learn
+//! the token: it knows its own id and the (configured) hook and group names.
+//!
+//! Every call is bounded in time: the drain has a hard deadline (the Spot notice gives two
+//! minutes), so a slow or unreachable Auto Scaling endpoint must never hold it up for long. A
+//! `ValidationError` (wrong names, instance not in `Terminating:Wait`, "No active Lifecycle Action
+//! found") is a definite answer and is not retried.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_autoscaling::config::http::HttpResponse;
+use aws_sdk_autoscaling::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::imds::ImdsClient;
+
+/// The instance tag Auto Scaling puts on every instance of a group.
+pub const GROUP_NAME_TAG: &str = "aws:autoscaling:groupName";
+
+/// Attempts per call (first included) for retryable failures, on top of the SDK's own retries.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+/// Longest single attempt (the SDK's internal retries included).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a whole call may take, retries and backoff included: well inside the 10 s drain margin.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(8);
+/// First delay between our attempts; doubled each time, with jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Largest delay between our attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+
+/// How to finish the lifecycle action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookResult {
+    /// Let the termination proceed (the normal outcome of a drain).
+    Continue,
+    /// For a termination hook Auto Scaling also proceeds with termination, but skips any other
+    /// hooks; reported as a different result so operators can tell the outcomes apart.
+    Abandon,
+}
+
+impl HookResult {
+    /// The value the API expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookResult::Continue => "CONTINUE",
+            HookResult::Abandon => "ABANDON",
+        }
+    }
+}
+
+impl fmt::Display for HookResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a hook call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// Auto Scaling answered with a definite "no" (e.g. `ValidationError`: wrong hook or group
+    /// name, or no lifecycle action in progress for this instance). Not retried.
+    #[error("Auto Scaling refused {operation}: {code}: {message}")]
+    Refused {
+        /// `CompleteLifecycleAction` or `RecordLifecycleActionHeartbeat`.
+        operation: &'static str,
+        /// The AWS error code, e.g. `ValidationError` or `AccessDenied`.
+        code: String,
+        /// The AWS error message.
+        message: String,
+        /// The SDK error.
+        #[source]
+        source: BoxError,
+    },
+    /// Retryable failures (throttling, 5xx, transport) persisted, or the request could not be
+    /// built.
+    #[error("{operation} failed after {attempts} attempt(s)")]
+    Failed {
+        /// `CompleteLifecycleAction` or `RecordLifecycleActionHeartbeat`.
+        operation: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: BoxError,
+    },
+    /// The call's time budget ran out.
+    #[error("{operation} did not succeed within {budget:?} ({attempts} attempt(s))")]
+    TimedOut {
+        /// `CompleteLifecycleAction` or `RecordLifecycleActionHeartbeat`.
+        operation: &'static str,
+        /// The budget that was spent.
+        budget: Duration,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error, if an attempt failed before the budget ran out.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl HookError {
+    /// The AWS error code, if Auto Scaling answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            HookError::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// True for "No active Lifecycle Action found": the instance is not (or no longer) in
+    /// `Terminating:Wait` for this hook — the hook was already completed, timed out, or the group
+    /// has not started terminating the instance yet. Usually benign for the caller.
+    pub fn is_no_active_action(&self) -> bool {
+        matches!(self, HookError::Refused { message, .. }
+            if message.to_ascii_lowercase().contains("no active lifecycle action"))
+    }
+}
+
+/// What to do with a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// A definite answer from Auto Scaling: report it.
+    Refused,
+    /// Might work if tried again.
+    Retry,
+    /// Our side is broken (request could not be built): report it.
+    Fatal,
+}
+
+/// Error codes that mean "slow down / try again" rather than "no".
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "ResourceContention",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalFailure",
+    "InternalError",
+    "ServiceUnavailable",
+];
+
+/// Classifies a failure from its AWS error code, its HTTP status (if a response arrived) and
+/// whether it failed in transport (connect, timeout, unreadable response).
+fn classify(code: Option<&str>, status: Option<u16>, transport: bool) -> Class {
+    if transport {
+        return Class::Retry;
+    }
+    if let Some(code) = code {
+        if code == "ValidationError" {
+            return Class::Refused;
+        }
+        if RETRYABLE_CODES.contains(&code) {
+            return Class::Retry;
+        }
+    }
+    match status {
+        Some(429) | Some(500..=599) => Class::Retry,
+        // Any other answer with a code (AccessDenied, InvalidClientTokenId, ...) is a "no" that
+        // retrying will not change.
+        Some(_) if code.is_some() => Class::Refused,
+        Some(_) => Class::Retry,
+        None => Class::Fatal,
+    }
+}
+
+/// Our attempts' backoff: exponential from [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], within
+/// `[d/2, d]` ("equal jitter"). `unit` is a random number in `[0, 1)`.
+fn backoff(retry: u32, unit: f64) -> Duration {
+    let d = BACKOFF_BASE
+        .saturating_mul(2u32.saturating_pow(retry.min(16)))
+        .min(BACKOFF_CAP);
+    d / 2 + d.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+}
+
+/// Our termination lifecycle hook, addressed by instance id.
+#[derive(Debug, Clone)]
+pub struct LifecycleHook {
+    /// Auto Scaling client (endpoint from the standard configuration, so a simulator works).
+    client: aws_sdk_autoscaling::Client,
+    /// The Auto Scaling group this instance belongs to.
+    group: String,
+    /// The termination hook's name.
+    hook: String,
+    /// This instance: identifies the lifecycle action instead of the token.
+    instance_id: String,
+    /// Attempts per call for retryable failures.
+    attempts: u32,
+    /// Longest single attempt.
+    attempt_timeout: Duration,
+    /// Longest whole call.
+    budget: Duration,
+}
+
+impl LifecycleHook {
+    /// A hook handle with the default retry bounds ([`DEFAULT_ATTEMPTS`],
+    /// [`DEFAULT_ATTEMPT_TIMEOUT`], [`DEFAULT_BUDGET`]).
+    pub fn new(
+        client: aws_sdk_autoscaling::Client,
+        group: impl Into<String>,
+        hook: impl Into<String>,
+        instance_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            group: group.into(),
+            hook: hook.into(),
+            instance_id: instance_id.into(),
+            attempts: DEFAULT_ATTEMPTS,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            budget: DEFAULT_BUDGET,
+        }
+    }
+
+    /// Changes the retry bounds: attempts (at least 1), per-attempt timeout, and the whole call's
+    /// budget.
+    pub fn with_limits(
+        mut self,
+        attempts: u32,
+        attempt_timeout: Duration,
+        budget: Duration,
+    ) -> Self {
+        self.attempts = attempts.max(1);
+        self.attempt_timeout = attempt_timeout;
+        self.budget = budget;
+        self
+    }
+
+    /// The Auto Scaling group name.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The lifecycle hook name.
+    pub fn hook(&self) -> &str {
+        &self.hook
+    }
+
+    /// The instance id the hook is completed for.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Completes the lifecycle action for this instance (`CompleteLifecycleAction` by
+    /// `InstanceId`), so Auto Scaling proceeds without waiting for the hook's timeout.
+    pub async fn complete(&self, result: HookResult) -> Result<(), HookError> {
+        let outcome = self
+            .call("CompleteLifecycleAction", || {
+                let request = self
+                    .client
+                    .complete_lifecycle_action()
+                    .auto_scaling_group_name(&self.group)
+                    .lifecycle_hook_name(&self.hook)
+                    .instance_id(&self.instance_id)
+                    .lifecycle_action_result(result.as_str());
+                async move { request.send().await.map(|_| ()) }
+            })
+            .await;
+        if outcome.is_ok() {
+            tracing::info!(
+                group = %self.group,
+                hook = %self.hook,
+                instance_id = %self.instance_id,
+                %result,
+                "lifecycle action completed"
+            );
+        }
+        outcome
+    }
+
+    /// Extends the hook's wait by its heartbeat timeout (`RecordLifecycleActionHeartbeat` by
+    /// `InstanceId`).
+    pub async fn heartbeat(&self) -> Result<(), HookError> {
+        self.call("RecordLifecycleActionHeartbeat", || {
+            let request = self
+                .client
+                .record_lifecycle_action_heartbeat()
+                .auto_scaling_group_name(&self.group)
+                .lifecycle_hook_name(&self.hook)
+                .instance_id(&self.instance_id);
+            async move { request.send().await.map(|_| ()) }
+        })
+        .await
+    }
+
+    /// Runs `send` with bounded retries: at most `attempts` tries, each cut at `attempt_timeout`,
+    /// all within `budget`.
+    async fn call<F, Fut, E>(&self, operation: &'static str, mut send: F) -> Result<(), HookError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let deadline = Instant::now() + self.budget;
+        let mut attempts = 0u32;
+        let mut last: Option<BoxError> = None;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(HookError::TimedOut {
+                    operation,
+                    budget: self.budget,
+                    attempts,
+                    source: last,
+                });
+            }
+            attempts += 1;
+            let attempt_timeout = self.attempt_timeout.min(remaining);
+            match tokio::time::timeout(attempt_timeout, send()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => {
+                    let code = err.code().map(str::to_owned);
+                    let status = err.raw_response().map(|r| r.status().as_u16());
+                    let transport = matches!(
+                        err,
+                        SdkError::DispatchFailure(_)
+                            | SdkError::TimeoutError(_)
+                            | SdkError::ResponseError(_)
+                    );
+                    match classify(code.as_deref(), status, transport) {
+                        Class::Refused => {
+                            return Err(HookError::Refused {
+                                operation,
+                                code: code
+                                    .unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0))),
+                                message: err.message().unwrap_or_default().to_owned(),
+                                source: Box::new(err),
+                            })
+                        }
+                        Class::Fatal => {
+                            return Err(HookError::Failed {
+                                operation,
+                                attempts,
+                                source: Box::new(err),
+                            })
+                        }
+                        Class::Retry => {
+                            tracing::debug!(
+                                operation,
+                                attempts,
+                                error = %DisplayErrorContext(&err),
+                                "lifecycle call failed; will retry"
+                            );
+                            last = Some(Box::new(err));
+                        }
+                    }
+                }
+                Err(_elapsed) => {
+                    last = Some(format!("attempt timed out after {attempt_timeout:?}").into());
+                }
+            }
+            if attempts >= self.attempts {
+                let source = last.unwrap_or_else(|| "no attempt succeeded".into());
+                return Err(HookError::Failed {
+                    operation,
+                    attempts,
+                    source,
+                });
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff(attempts - 1, fastrand::f64()).min(remaining)).await;
+        }
+    }
+}
+
+/// Sends a heartbeat every `every` (the first one after `every`, not at once) until `done` fires.
+/// Failures are logged and the loop continues; an in-flight heartbeat is abandoned when `done`
+/// fires, so stopping is immediate.
+///
+/// "No active Lifecycle Action found" is expected while the group has not yet moved the instance
+/// to `Terminating:Wait` (a drain triggered by the Spot notice can start before that), so it is
+/// logged once at info and then at debug.
+pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: CancellationToken) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    // After a slow heartbeat, wait a full period rather than firing a burst of catch-up beats.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut told_no_action = false;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = done.cancelled() => return,
+            result = hook.heartbeat() => result,
+        };
+        match result {
+            Ok(()) => {
+                tracing::debug!(hook = %hook.hook, "lifecycle heartbeat sent");
+            }
+            Err(err) if err.is_no_active_action() => {
+                if told_no_action {
+                    tracing::debug!(error = %err, "heartbeat: no active lifecycle action");
+                } else {
+                    told_no_action = true;
+                    tracing::info!(
+                        group = %hook.group,
+                        hook = %hook.hook,
+                        instance_id = %hook.instance_id,
+                        error = %err,
+                        "lifecycle heartbeat: no active lifecycle action for this instance (yet); \
+                         will keep trying"
+                    );
+                }
+            }
+            Err(err) => {
+                tracing::warn!(
+                    group = %hook.group,
+                    hook = %hook.hook,
+                    instance_id = %hook.instance_id,
+                    error = %DisplayErrorContext(&err),
+                    "lifecycle heartbeat failed"
+                );
+            }
+        }
+    }
+}
+
+/// The Auto Scaling group name: `flag` if given (and not blank), else the instance tag
+/// [`GROUP_NAME_TAG`] from metadata (needs tags in instance metadata enabled), else `None`.
+pub async fn resolve_group(flag: Option<String>, imds: Option<&ImdsClient>) -> Option<String> {
+    if let Some(group) = flag.map(|f| f.trim().to_owned()).filter(|f| !f.is_empty()) {
+        return Some(group);
+    }
+    let imds = imds?;
+    match imds.tag(GROUP_NAME_TAG).await {
+        Ok(Some(group)) => Some(group),
+        Ok(None) => {
+            tracing::warn!(
+                tag = GROUP_NAME_TAG,
+                "no --asg-name given and the group tag is not in instance metadata (are tags in \
+                 metadata enabled?); the lifecycle hook cannot be completed"
+            );
+            None
+        }
+        Err(err) => {
+            tracing::warn!(
+                tag = GROUP_NAME_TAG,
+                error = %DisplayErrorContext(&err),
+                "could not read the group tag from instance metadata; the lifecycle hook cannot be \
+                 completed"
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn classifies_failures() {
+        assert_eq!(
+            classify(Some("ValidationError"), Some(400), false),
+            Class::Refused
+        );
+        assert_eq!(
+            classify(Some("AccessDenied"), Some(403), false),
+            Class::Refused
+        );
+        assert_eq!(classify(Some("Throttling"), Some(400), false), Class::Retry);
+        assert_eq!(
+            classify(Some("ResourceContention"), Some(500), false),
+            Class::Retry
+        );
+        assert_eq!(
+            classify(Some("InternalFailure"), Some(500), false),
+            Class::Retry
+        );
+        assert_eq!(classify(None, Some(502), false), Class::Retry);
+        assert_eq!(classify(None, Some(429), false), Class::Retry);
+        assert_eq!(classify(Some("Weird"), Some(503), false), Class::Retry);
+        assert_eq!(classify(None, None, true), Class::Retry);
+        assert_eq!(classify(None, None, false), Class::Fatal);
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for retry in 0..40 {
+            for _ in 0..50 {
+                let d = backoff(retry, rng.f64());
+                assert!(d >= BACKOFF_BASE / 2 && d <= BACKOFF_CAP, "{d:?}");
+            }
+        }
+        assert_eq!(backoff(0, 1.0), BACKOFF_BASE);
+        // Worst case of a whole call with defaults fits the budget, and the budget the margin.
+        let worst = DEFAULT_ATTEMPT_TIMEOUT * DEFAULT_ATTEMPTS
+            + (0..DEFAULT_ATTEMPTS - 1)
+                .map(|r| backoff(r, 1.0))
+                .sum::<Duration>();
+        assert!(worst < Duration::from_secs(12));
+        assert!(DEFAULT_BUDGET < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn recognises_no_active_action() {
+        let refused = |message: &str| HookError::Refused {
+            operation: "CompleteLifecycleAction",
+            code: "ValidationError".into(),
+            message: message.into(),
+            source: "x".into(),
+        };
+        assert!(
+            refused("No active Lifecycle Action found with instance ID i-1").is_no_active_action()
+        );
+        assert!(!refused("LifecycleHook not found").is_no_active_action());
+        assert_eq!(refused("x").code(), Some("ValidationError"));
+        assert_eq!(HookResult::Continue.to_string(), "CONTINUE");
+        assert_eq!(HookResult::Abandon.as_str(), "ABANDON");
+    }
+
+    // ----- a scripted Auto Scaling (query protocol) over real HTTP -----
+
+    #[derive(Clone, Copy, Debug)]
+    enum Reply {
+        Ok,
+        /// HTTP status, error code, message.
+        Error(u16, &'static str, &'static str),
+        Hang,
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        /// Replies in order; the last one repeats.
+        script: Mutex<Vec<Reply>>,
+        /// Request bodies received, with the time they arrived.
+        requests: Mutex<Vec<(Instant, String)>>,
+    }
+
+    impl Fake {
+        fn requests(&self) -> Vec<String> {
+            self.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, b)| b.clone())
+                .collect()
+        }
+    }
+
+    async fn handle(
+        axum::extract::State(fake): axum::extract::State<Arc<Fake>>,
+        body: String,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let reply = {
+            let mut script = fake.script.lock().unwrap();
+            if script.len() > 1 {
+                script.remove(0)
+            } else {
+                script.first().copied().unwrap_or(Reply::Ok)
+            }
+        };
+        let action = body
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("Action="))
+            .unwrap_or("Unknown")
+            .to_owned();
+        fake.requests.lock().unwrap().push((Instant::now(), body));
+        let xml = [("content-type", "text/xml")];
+        match reply {
+            Reply::Ok => (
+                xml,
+                format!(
+                    "<{action}Response xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
+                     <{action}Result/><ResponseMetadata><RequestId>r-1</RequestId>\
+                     </ResponseMetadata></{action}Response>"
+                ),
+            )
+                .into_response(),
+            Reply::Error(status, code, message) => (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                xml,
+                format!(
+                    "<ErrorResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">\
+                     <Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message>\
+                     </Error><RequestId>r-2</RequestId></ErrorResponse>"
+                ),
+            )
+                .into_response(),
+            Reply::Hang => std::future::pending().await,
+        }
+    }
+
+    async fn serve(script: &[Reply]) -> (Arc<Fake>, LifecycleHook) {
+        let fake = Arc::new(Fake::default());
+        *fake.script.lock().unwrap() = script.to_vec();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let config = aws_sdk_autoscaling::Config::builder()
+            .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
+            .region(aws_sdk_autoscaling::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
+                "AKIDTEST", "secret", None, None, "test",
+            ))
+            .endpoint_url(format!("http://{addr}"))
+            // Our own retry loop is under test: the SDK makes exactly one attempt per call.
+            .retry_config(aws_sdk_autoscaling::config::retry::RetryConfig::disabled())
+            .build();
+        let hook = LifecycleHook::new(
+            aws_sdk_autoscaling::Client::from_conf(config),
+            "order-workers",
+            "order-worker-drain",
+            "i-0abc",
+        )
+        .with_limits(3, Duration::from_millis(500), Duration::from_secs(3));
+        (fake, hook)
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(DEADLINE, f)
+            .await
+            .expect("deadline exceeded")
+    }
+
+    #[tokio::test]
+    async fn completes_by_instance_id() {
+        let (fake, hook) = serve(&[Reply::Ok]).await;
+        within(hook.complete(HookResult::Continue)).await.unwrap();
+        let requests = fake.requests();
+        assert_eq!(requests.len(), 1);
+        let body = &requests[0];
+        for part in [
+            "Action=CompleteLifecycleAction",
+            "AutoScalingGroupName=order-workers",
+            "LifecycleHookName=order-worker-drain",
+            "InstanceId=i-0abc",
+            "LifecycleActionResult=CONTINUE",
+        ] {
+            assert!(body.contains(part), "{part} missing in {body}");
+        }
+        assert!(!body.contains("LifecycleActionToken"), "{body}");
+
+        within(hook.heartbeat()).await.unwrap();
+        let requests = fake.requests();
+        assert!(requests[1].contains("Action=RecordLifecycleActionHeartbeat"));
+        assert!(requests[1].contains("InstanceId=i-0abc"));
+    }
+
+    #[tokio::test]
+    async fn validation_errors_are_refused_without_retry() {
+        let (fake, hook) = serve(&[Reply::Error(
+            400,
+            "ValidationError",
+            "No active Lifecycle Action found with instance ID i-0abc",
+        )])
+        .await;
+        let err = within(hook.complete(HookResult::Abandon))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, HookError::Refused { code, .. } if code == "ValidationError"),
+            "{err:?}"
+        );
+        assert!(err.is_no_active_action());
+        assert!(std::error::Error::source(&err).is_some());
+        assert_eq!(fake.requests().len(), 1);
+        assert!(fake.requests()[0].contains("LifecycleActionResult=ABANDON"));
+    }
+
+    #[tokio::test]
+    async fn throttling_and_server_errors_are_retried() {
+        let (fake, hook) = serve(&[
+            Reply::Error(400, "Throttling", "Rate exceeded"),
+            Reply::Error(500, "InternalFailure", "oops"),
+            Reply::Ok,
+        ])
+        .await;
+        within(hook.complete(HookResult::Continue)).await.unwrap();
+        assert_eq!(fake.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn persistent_failures_give_up_after_the_attempts() {
+        let (fake, hook) = serve(&[Reply::Error(503, "ServiceUnavailable", "down")]).await;
+        let err = within(hook.heartbeat()).await.unwrap_err();
+        assert!(
+            matches!(err, HookError::Failed { attempts: 3, .. }),
+            "{err:?}"
+        );
+        assert_eq!(fake.requests().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_endpoint_is_cut_by_the_budget() {
+        let (_fake, hook) = serve(&[Reply::Hang]).await;
+        let hook = hook.with_limits(10, Duration::from_millis(300), Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        let err = within(hook.complete(HookResult::Continue))
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(err, HookError::TimedOut { .. } | HookError::Failed { .. }),
+            "{err:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeats_on_schedule_until_done() {
+        let (fake, hook) = serve(&[
+            Reply::Error(
+                400,
+                "ValidationError",
+                "No active Lifecycle Action found with instance ID i-0abc",
+            ),
+            Reply::Error(500, "InternalFailure", "oops"),
+            Reply::Ok,
+        ])
+        .await;
+        let every = Duration::from_millis(50);
+        let done = CancellationToken::new();
+        let started = Instant::now();
+        let task = {
+            let done = done.clone();
+            tokio::spawn(async move { heartbeat_until(&hook, every, done).await })
+        };
+        // Failures (a refusal, a 500) do not stop the loop: wait for several more beats.
+        within(async {
+            while fake.requests().len() < 5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let times: Vec<Instant> = fake
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| *t)
+            .collect();
+        assert!(times[0] - started >= every, "first heartbeat came at once");
+        assert!(fake
+            .requests()
+            .iter()
+            .all(|b| b.contains("Action=RecordLifecycleActionHeartbeat")));
+        done.cancel();
+        tokio::time::timeout(Duration::from_millis(200), task)
+            .await
+            .expect("heartbeat loop did not stop")
+            .unwrap();
+        let after = fake.requests().len();
+        tokio::time::sleep(every * 3).await;
+        assert_eq!(fake.requests().len(), after, "heartbeat after done");
+    }
+
+    #[tokio::test]
+    async fn done_before_the_first_beat_sends_nothing() {
+        let (fake, hook) = serve(&[Reply::Ok]).await;
+        let done = CancellationToken::new();
+        done.cancel();
+        within(heartbeat_until(&hook, Duration::from_millis(10), done)).await;
+        assert!(fake.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn resolves_the_group_name() {
+        assert_eq!(
+            resolve_group(Some("from-flag".into()), None)
+                .await
+                .as_deref(),
+            Some("from-flag")
+        );
+        assert_eq!(resolve_group(Some("  ".into()), None).await, None);
+        assert_eq!(resolve_group(None, None).await, None);
+
+        // From the instance tag, through a minimal IMDSv2 peer.
+        async fn imds(
+            method: axum::http::Method,
+            uri: axum::http::Uri,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            match (method, uri.path()) {
+                (axum::http::Method::PUT, "/latest/api/token") => "t".into_response(),
+                (_, "/latest/meta-data/tags/instance/aws:autoscaling:groupName") => {
+                    "order-workers\n".into_response()
+                }
+                _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, axum::Router::new().fallback(imds))
+                .await
+                .unwrap()
+        });
+        let client = ImdsClient::new(&format!("http://{addr}")).unwrap();
+        assert_eq!(
+            within(resolve_group(None, Some(&client))).await.as_deref(),
+            Some("order-workers")
+        );
+        assert_eq!(
+            within(resolve_group(Some("flag-wins".into()), Some(&client)))
+                .await
+                .as_deref(),
+            Some("flag-wins")
+        );
+    }
+}

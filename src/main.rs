@@ -1,0 +1,174 @@
+//! `order-worker`: thin wiring. Parse flags, start logging and metrics, build clients, run, exit.
+
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use order_worker::config::{Cli, Command, Config, LogFormat, VerifyArgs};
+use order_worker::dispatch::{Control, Dispatcher};
+use order_worker::drain::{supervise, HookContext, HookOutcome};
+use order_worker::imds::{self, ImdsClient, ImdsStats};
+use order_worker::metrics::{self, metrics};
+use order_worker::queue::Queue;
+use order_worker::store::Store;
+use order_worker::{aws, verify};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = match cli.command {
+        Some(Command::Verify(args)) => {
+            init_logging(LogFormat::Text);
+            runtime.block_on(run_verify(args))
+        }
+        None => match cli.run.validate() {
+            Ok(cfg) => {
+                init_logging(cfg.log_format);
+                runtime.block_on(run_worker(cfg))
+            }
+            Err(e) => {
+                eprintln!("order-worker: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(cause = %format!("{e:#}"), "order-worker failed");
+            eprintln!("order-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
+    let sdk = aws::load(cfg.wait_time).await?;
+    let queue = Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.queue_url.clone());
+    let store = Arc::new(Store::new(aws_sdk_dynamodb::Client::new(&sdk), cfg.orders_table.clone(), cfg.groups_table.clone()));
+    let stop_metrics = CancellationToken::new();
+    if let Some(addr) = cfg.metrics_addr {
+        let bound = metrics::serve(addr, stop_metrics.clone()).await.with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+        tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
+    }
+    // A queue or table that does not exist fails now, naming it; an outage is waited out.
+    startup_checks(&queue, &store).await?;
+
+    let instance_id = Arc::new(OnceLock::new());
+    if let Some(id) = &cfg.instance_id {
+        let _ = instance_id.set(id.clone());
+    }
+    let fallback_id = cfg.instance_id.clone().unwrap_or_else(|| format!("unknown-{}", std::process::id()));
+    let dispatcher = Dispatcher::start(cfg.clone(), queue, store, fallback_id, Control::default());
+
+    let (tx, notices) = mpsc::channel(16);
+    let stop_watch = CancellationToken::new();
+    let imds_client = match &cfg.imds_endpoint {
+        Some(endpoint) => {
+            let stats = Arc::new(ImdsStats::new());
+            let _ = metrics().imds.set(stats.clone());
+            let client = ImdsClient::new(endpoint).context("--imds-endpoint")?.with_stats(stats.clone());
+            tokio::spawn(imds::watch(client.clone(), cfg.imds_poll, stats, tx, stop_watch.clone()));
+            if cfg.instance_id.is_none() {
+                tokio::spawn(learn_instance_id(client.clone(), dispatcher.clone(), instance_id.clone(), stop_watch.clone()));
+            }
+            Some(client)
+        }
+        None => {
+            drop(tx);
+            None
+        }
+    };
+    let autoscaling = (cfg.lifecycle_hook.is_some()).then(|| aws_sdk_autoscaling::Client::new(&sdk));
+    let hooks = HookContext { autoscaling, imds: imds_client, instance_id };
+    tracing::info!(queue = %cfg.queue_url, orders_table = %cfg.orders_table, groups_table = %cfg.groups_table, max_groups = cfg.max_groups, "order-worker running");
+    let report = supervise(&cfg, dispatcher, notices, shutdown_signal, hooks).await;
+    stop_watch.cancel();
+    stop_metrics.cancel();
+    if let HookOutcome::Failed(why) = &report.hook {
+        tracing::warn!(cause = %why, "exiting after the drain without a completed hook");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn startup_checks(queue: &Queue, store: &Store) -> anyhow::Result<()> {
+    let mut attempt = 0u32;
+    loop {
+        let q = queue.check_fifo().await;
+        let t = if q.is_ok() { store.check_tables().await } else { Ok(()) };
+        let problem = match (q, t) {
+            (Ok(()), Ok(())) => return Ok(()),
+            (Err(e), _) if !e.transient => anyhow::bail!("queue check failed: {e}"),
+            (_, Err((false, e))) => anyhow::bail!("table check failed: {e}"),
+            (Err(e), _) => e.to_string(),
+            (_, Err((true, e))) => e,
+        };
+        if attempt == 0 || attempt.is_power_of_two() {
+            tracing::warn!(cause = %problem, attempt = attempt + 1, "waiting for SQS/DynamoDB before starting");
+        }
+        tokio::time::sleep(aws::backoff(attempt, Duration::from_millis(200), Duration::from_secs(10))).await;
+        attempt += 1;
+    }
+}
+
+/// Ask metadata for our instance id until it answers (ProcessedBy and the hook need it); never blocks work.
+async fn learn_instance_id(client: ImdsClient, dispatcher: Dispatcher, slot: Arc<OnceLock<String>>, stop: CancellationToken) {
+    let mut attempt = 0u32;
+    loop {
+        match client.instance_id().await {
+            Ok(Some(id)) => {
+                tracing::info!(instance_id = %id, "instance id from metadata");
+                dispatcher.set_instance_id(id.clone());
+                let _ = slot.set(id);
+                return;
+            }
+            Ok(None) => {}
+            Err(e) if attempt == 0 => tracing::warn!(cause = %e, "instance id not available from metadata yet; retrying"),
+            Err(_) => {}
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(aws::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30))) => {}
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT; called again, waits for the next one.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let sent = verify::read_manifest(&args.manifest)?;
+    let sdk = aws::load(Duration::from_secs(20)).await?;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    let (stored, last) = verify::read_table(&client, &args.table, &args.groups_table).await?;
+    let report = verify::audit(&sent, &stored, &last);
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

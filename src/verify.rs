@@ -1,0 +1,302 @@
+//! The auditor: read the orders table and a manifest of what was sent, and report what was lost, applied
+//! twice, applied out of order, or given the wrong verdict. Used by the tests, the demo, the chaos runs and
+//! the aws-cli ordering check; runs unchanged against AWS.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use serde::{Deserialize, Serialize};
+
+/// One line of the manifest: a message as it was sent, in send order.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sent {
+    /// The order id, when the body had a usable one.
+    #[serde(default)]
+    pub order_id: Option<String>,
+    /// The message group (the customer).
+    pub group: String,
+    /// `accepted` or `rejected`, when the sender knows.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// The SQS MessageId, when known: finds `rejected:<MessageId>` records of bodies without an order id.
+    #[serde(default)]
+    pub message_id: Option<String>,
+}
+
+/// One record as read back.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub order_id: String,
+    pub group: String,
+    pub position: u64,
+    pub status: String,
+    pub message_id: String,
+    pub processed_by: String,
+}
+
+/// The audit's findings. The three invariants are `lost`, `applied_twice` and `out_of_order`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub sent: usize,
+    pub distinct_orders: usize,
+    pub records: usize,
+    pub lost: usize,
+    pub applied_twice: usize,
+    pub out_of_order: usize,
+    pub wrong_status: usize,
+    pub unexpected: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub groups: usize,
+    pub per_instance: BTreeMap<String, usize>,
+    /// A few examples of each problem, for a person to look at.
+    pub examples: Vec<String>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.applied_twice == 0 && self.out_of_order == 0 && self.wrong_status == 0
+    }
+
+    fn example(&mut self, s: String) {
+        if self.examples.len() < 20 {
+            self.examples.push(s);
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "sent {} messages ({} distinct orders, {} groups); records {} (accepted {}, rejected {})\n\
+             lost {}  applied twice {}  out of order {}  wrong verdict {}  unexpected {}\n",
+            self.sent,
+            self.distinct_orders,
+            self.groups,
+            self.records,
+            self.accepted,
+            self.rejected,
+            self.lost,
+            self.applied_twice,
+            self.out_of_order,
+            self.wrong_status,
+            self.unexpected
+        );
+        for (instance, n) in &self.per_instance {
+            out.push_str(&format!("  {instance}: {n} records\n"));
+        }
+        for e in &self.examples {
+            out.push_str(&format!("  ! {e}\n"));
+        }
+        out.push_str(if self.ok() { "VERDICT: OK\n" } else { "VERDICT: FAILED\n" });
+        out
+    }
+}
+
+/// Read a JSON-lines manifest.
+pub fn read_manifest(path: &Path) -> anyhow::Result<Vec<Sent>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("manifest line {}: {e}", i + 1)))
+        .collect()
+}
+
+/// Compare what was sent with what was stored. Pure: the tests feed it directly.
+pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, u64>) -> Report {
+    let mut r = Report { sent: sent.len(), ..Report::default() };
+    let groups: HashSet<&str> = sent.iter().map(|s| s.group.as_str()).collect();
+    r.groups = groups.len();
+    // The first send of an order id fixes its place; later sends of the same id are duplicates to drop.
+    let mut index_of: HashMap<String, usize> = HashMap::new();
+    let mut expect_of: HashMap<String, Option<String>> = HashMap::new();
+    for (i, s) in sent.iter().enumerate() {
+        let key = match (&s.order_id, &s.message_id) {
+            (Some(id), _) => id.clone(),
+            (None, Some(m)) => format!("rejected:{m}"),
+            (None, None) => continue,
+        };
+        index_of.entry(key.clone()).or_insert(i);
+        expect_of.entry(key).or_insert_with(|| s.expect.clone());
+    }
+    r.distinct_orders = index_of.len();
+    let by_id: HashMap<&str, &Stored> = stored.iter().map(|s| (s.order_id.as_str(), s)).collect();
+    r.records = stored.iter().filter(|s| groups.contains(s.group.as_str())).count();
+    for s in stored.iter().filter(|s| groups.contains(s.group.as_str())) {
+        match s.status.as_str() {
+            "ACCEPTED" => r.accepted += 1,
+            _ => r.rejected += 1,
+        }
+        *r.per_instance.entry(s.processed_by.clone()).or_default() += 1;
+        if !index_of.contains_key(&s.order_id) && !s.order_id.starts_with("rejected:") {
+            r.unexpected += 1;
+            r.example(format!("record {} (group {}) was never sent", s.order_id, s.group));
+        }
+    }
+    let mut lost: Vec<(&String, &usize)> = index_of.iter().filter(|(k, _)| !by_id.contains_key(k.as_str())).collect();
+    lost.sort_by_key(|(_, i)| **i);
+    r.lost = lost.len();
+    for (k, i) in lost.iter().take(5) {
+        r.example(format!("lost: {k} (sent #{i})"));
+    }
+    let mut wrong = Vec::new();
+    for (k, expect) in &expect_of {
+        if let (Some(e), Some(s)) = (expect, by_id.get(k.as_str())) {
+            if !s.status.eq_ignore_ascii_case(e) {
+                wrong.push(format!("{k}: expected {e}, recorded {}", s.status));
+            }
+        }
+    }
+    wrong.sort();
+    r.wrong_status = wrong.len();
+    for w in wrong.into_iter().take(5) {
+        r.example(format!("wrong verdict: {w}"));
+    }
+    // Per group: positions exactly 1..n, and the send order increasing along them.
+    let mut per_group: HashMap<&str, Vec<&Stored>> = HashMap::new();
+    for s in stored.iter().filter(|s| groups.contains(s.group.as_str())) {
+        per_group.entry(&s.group).or_default().push(s);
+    }
+    let mut group_names: Vec<&&str> = per_group.keys().collect();
+    group_names.sort();
+    for g in group_names {
+        let mut recs = per_group[*g].clone();
+        recs.sort_by_key(|s| s.position);
+        let mut seen = HashSet::new();
+        for (expected, s) in recs.iter().enumerate() {
+            if !seen.insert(s.position) {
+                r.applied_twice += 1;
+                r.example(format!("group {g}: position {} used twice", s.position));
+            } else if s.position != expected as u64 + 1 {
+                r.example(format!("group {g}: position {} where {} was expected", s.position, expected + 1));
+            }
+        }
+        if let Some(last) = last_positions.get(*g) {
+            if *last > recs.len() as u64 {
+                r.applied_twice += (*last - recs.len() as u64) as usize;
+                r.example(format!("group {g}: LastPosition {last} but {} records", recs.len()));
+            }
+        }
+        let mut highest: Option<(usize, &str)> = None;
+        for s in &recs {
+            let Some(i) = index_of.get(&s.order_id) else { continue };
+            if let Some((h, prev)) = highest {
+                if *i < h {
+                    r.out_of_order += 1;
+                    r.example(format!("group {g}: {} (sent #{i}) applied after {prev} (sent #{h})", s.order_id));
+                    continue;
+                }
+            }
+            highest = Some((*i, &s.order_id));
+        }
+    }
+    r
+}
+
+/// Read every record of the orders table and the groups' last positions.
+pub async fn read_table(client: &Client, table: &str, groups_table: &str) -> anyhow::Result<(Vec<Stored>, HashMap<String, u64>)> {
+    let mut stored = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("scan {table}: {}", crate::aws::describe(&e)))?;
+        for item in out.items() {
+            let s = |k: &str| item.get(k).and_then(|v: &AttributeValue| v.as_s().ok()).cloned().unwrap_or_default();
+            let n = |k: &str| item.get(k).and_then(|v: &AttributeValue| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+            stored.push(Stored {
+                order_id: s("OrderID"),
+                group: s("MessageGroupId"),
+                position: n("GroupPosition"),
+                status: s("Status"),
+                message_id: s("SqsMessageId"),
+                processed_by: s("ProcessedBy"),
+            });
+        }
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    let mut last = HashMap::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(groups_table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("scan {groups_table}: {}", crate::aws::describe(&e)))?;
+        for item in out.items() {
+            let g = item.get("MessageGroupId").and_then(|v| v.as_s().ok()).cloned();
+            let p = item.get("LastPosition").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+            if let (Some(g), Some(p)) = (g, p) {
+                last.insert(g, p);
+            }
+        }
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    Ok((stored, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(id: &str, g: &str) -> Sent {
+        Sent { order_id: Some(id.into()), group: g.into(), expect: Some("accepted".into()), message_id: None }
+    }
+
+    fn stored(id: &str, g: &str, pos: u64) -> Stored {
+        Stored {
+            order_id: id.into(),
+            group: g.into(),
+            position: pos,
+            status: "ACCEPTED".into(),
+            message_id: "m".into(),
+            processed_by: "i-1".into(),
+        }
+    }
+
+    #[test]
+    fn clean_run_is_ok() {
+        let s = vec![sent("a", "g"), sent("b", "g"), sent("c", "h"), sent("a", "g")];
+        let t = vec![stored("a", "g", 1), stored("b", "g", 2), stored("c", "h", 1)];
+        let r = audit(&s, &t, &HashMap::from([("g".into(), 2), ("h".into(), 1)]));
+        assert!(r.ok(), "{}", r.summary());
+        assert_eq!(r.distinct_orders, 3);
+    }
+
+    #[test]
+    fn finds_lost_twice_out_of_order_and_wrong_verdicts() {
+        let mut s = vec![sent("a", "g"), sent("b", "g"), sent("c", "g"), sent("d", "h")];
+        s[3].expect = Some("rejected".into());
+        let t = vec![stored("b", "g", 1), stored("a", "g", 2), stored("d", "h", 1)];
+        let r = audit(&s, &t, &HashMap::from([("g".into(), 3)]));
+        assert_eq!(r.lost, 1, "{}", r.summary());
+        assert_eq!(r.out_of_order, 1, "{}", r.summary());
+        assert_eq!(r.applied_twice, 1, "{}", r.summary());
+        assert_eq!(r.wrong_status, 1, "{}", r.summary());
+        assert!(!r.ok());
+    }
+
+    #[test]
+    fn rejected_bodies_are_found_by_message_id() {
+        let s = vec![Sent { order_id: None, group: "g".into(), expect: Some("rejected".into()), message_id: Some("m-1".into()) }];
+        let mut rec = stored("rejected:m-1", "g", 1);
+        rec.status = "REJECTED".into();
+        let r = audit(&s, &[rec], &HashMap::new());
+        assert!(r.ok(), "{}", r.summary());
+    }
+}
