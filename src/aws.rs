@@ -18,7 +18,9 @@ pub async fn load(long_poll: Duration) -> anyhow::Result<SdkConfig> {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(
             // The SDK's own retries are short and few; our loops retry transient outages for as long as it takes.
-            RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(50)),
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(50)),
         )
         .timeout_config(
             TimeoutConfig::builder()
@@ -37,7 +39,9 @@ pub async fn load(long_poll: Duration) -> anyhow::Result<SdkConfig> {
 /// Whether retrying the same call later can succeed: throttling, 5xx, timeouts and transport failures.
 pub fn is_transient<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     match err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             status >= 500
@@ -91,7 +95,9 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for attempt in 0..40 {
             let d = backoff(attempt, Duration::from_millis(100), Duration::from_secs(5));
-            let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.min(16)).min(Duration::from_secs(5));
+            let ceiling = Duration::from_millis(100)
+                .saturating_mul(1 << attempt.min(16))
+                .min(Duration::from_secs(5));
             assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
         }
     }

@@ -56,7 +56,11 @@ pub struct RunArgs {
     pub orders_table: String,
 
     /// DynamoDB table of per-group state (partition key MessageGroupId): the last applied position.
-    #[arg(long, env = "ORDER_WORKER_GROUPS_TABLE", default_value = "order-groups")]
+    #[arg(
+        long,
+        env = "ORDER_WORKER_GROUPS_TABLE",
+        default_value = "order-groups"
+    )]
     pub groups_table: String,
 
     /// Most message groups held at once (receiving pauses at this many).
@@ -84,7 +88,11 @@ pub struct RunArgs {
     pub drain_margin: Duration,
 
     /// Instance metadata endpoint (IMDSv2).
-    #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT", default_value = "http://169.254.169.254")]
+    #[arg(
+        long,
+        env = "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        default_value = "http://169.254.169.254"
+    )]
     pub imds_endpoint: String,
 
     /// How often instance metadata is polled for Spot and lifecycle notices (with jitter).
@@ -96,7 +104,12 @@ pub struct RunArgs {
     pub imds_disabled: bool,
 
     /// What to do on a rebalance recommendation.
-    #[arg(long, env = "ORDER_WORKER_ON_REBALANCE", value_enum, default_value = "soft")]
+    #[arg(
+        long,
+        env = "ORDER_WORKER_ON_REBALANCE",
+        value_enum,
+        default_value = "soft"
+    )]
     pub on_rebalance: RebalancePolicy,
 
     /// After a rebalance recommendation with no interruption following, go back to normal after this long.
@@ -108,7 +121,11 @@ pub struct RunArgs {
     pub asg_name: Option<String>,
 
     /// Termination lifecycle hook this worker completes after draining (empty: never complete a hook).
-    #[arg(long, env = "ORDER_WORKER_LIFECYCLE_HOOK", default_value = "order-worker-drain")]
+    #[arg(
+        long,
+        env = "ORDER_WORKER_LIFECYCLE_HOOK",
+        default_value = "order-worker-drain"
+    )]
     pub lifecycle_hook: String,
 
     /// Interval of RecordLifecycleActionHeartbeat while a drain outlasts it.
@@ -120,11 +137,20 @@ pub struct RunArgs {
     pub instance_id: Option<String>,
 
     /// Address of the Prometheus /metrics, /healthz and /readyz endpoint, or `off`.
-    #[arg(long, env = "ORDER_WORKER_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(
+        long,
+        env = "ORDER_WORKER_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
     pub metrics_addr: String,
 
     /// Log format.
-    #[arg(long, env = "ORDER_WORKER_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "ORDER_WORKER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// Simulated work per order (tests and benchmarks: makes orders "in flight" for a while).
@@ -139,7 +165,11 @@ pub struct VerifyArgs {
     #[arg(long, env = "ORDER_WORKER_ORDERS_TABLE", default_value = "orders")]
     pub table: String,
     /// The per-group state table (its LastPosition must equal the number of records of the group).
-    #[arg(long, env = "ORDER_WORKER_GROUPS_TABLE", default_value = "order-groups")]
+    #[arg(
+        long,
+        env = "ORDER_WORKER_GROUPS_TABLE",
+        default_value = "order-groups"
+    )]
     pub groups_table: String,
     /// JSON lines, one per message sent, in send order: {"order_id": "...", "group": "...", "expect": "accepted|rejected"}.
     #[arg(long)]
@@ -220,7 +250,10 @@ impl RunArgs {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
             if !ok {
-                return Err(bad(name, format!("{value:?} is not a valid DynamoDB table name")));
+                return Err(bad(
+                    name,
+                    format!("{value:?} is not a valid DynamoDB table name"),
+                ));
             }
         }
         if self.orders_table == self.groups_table {
@@ -233,14 +266,22 @@ impl RunArgs {
             return Err(bad("--max-commits", "must be 1-64"));
         }
         let secs = |d: Duration| d.as_secs_f64();
-        if self.visibility_timeout < Duration::from_secs(2) || self.visibility_timeout > Duration::from_secs(12 * 3600) {
-            return Err(bad("--visibility-timeout", "must be 2s-12h (SQS allows 0-12h; under 2s nothing can finish)"));
+        if self.visibility_timeout < Duration::from_secs(2)
+            || self.visibility_timeout > Duration::from_secs(12 * 3600)
+        {
+            return Err(bad(
+                "--visibility-timeout",
+                "must be 2s-12h (SQS allows 0-12h; under 2s nothing can finish)",
+            ));
         }
         if self.visibility_timeout.subsec_nanos() != 0 {
             return Err(bad("--visibility-timeout", "SQS takes whole seconds"));
         }
         if self.wait_time > Duration::from_secs(20) || self.wait_time.subsec_nanos() != 0 {
-            return Err(bad("--wait-time", "must be whole seconds, 0-20s (SQS long-poll limit)"));
+            return Err(bad(
+                "--wait-time",
+                "must be whole seconds, 0-20s (SQS long-poll limit)",
+            ));
         }
         if self.drain_timeout.is_zero() {
             return Err(bad("--drain-timeout", "must be more than 0"));
@@ -257,10 +298,16 @@ impl RunArgs {
             ));
         }
         if self.drain_margin >= Duration::from_secs(120) {
-            return Err(bad("--drain-margin", "must be under the two-minute Spot notice"));
+            return Err(bad(
+                "--drain-margin",
+                "must be under the two-minute Spot notice",
+            ));
         }
         if self.imds_poll < Duration::from_millis(100) || self.imds_poll > Duration::from_secs(60) {
-            return Err(bad("--imds-poll", "must be 100ms-60s (a notice gives two minutes)"));
+            return Err(bad(
+                "--imds-poll",
+                "must be 100ms-60s (a notice gives two minutes)",
+            ));
         }
         if self.hook_heartbeat < Duration::from_secs(1) {
             return Err(bad("--hook-heartbeat", "must be at least 1s"));
@@ -273,17 +320,20 @@ impl RunArgs {
         } else {
             let e = self.imds_endpoint.trim().trim_end_matches('/').to_string();
             if !e.starts_with("http://") && !e.starts_with("https://") {
-                return Err(bad("--imds-endpoint / AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("{e:?} is not a URL")));
+                return Err(bad(
+                    "--imds-endpoint / AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                    format!("{e:?} is not a URL"),
+                ));
             }
             Some(e)
         };
-        let metrics_addr = match self.metrics_addr.trim() {
-            "off" | "" => None,
-            a => Some(
-                a.parse()
-                    .map_err(|_| bad("--metrics-addr", format!("{a:?} is not host:port or `off`")))?,
-            ),
-        };
+        let metrics_addr =
+            match self.metrics_addr.trim() {
+                "off" | "" => None,
+                a => Some(a.parse().map_err(|_| {
+                    bad("--metrics-addr", format!("{a:?} is not host:port or `off`"))
+                })?),
+            };
         let lifecycle_hook = Some(self.lifecycle_hook.trim().to_string()).filter(|h| !h.is_empty());
         if let Some(hook) = &lifecycle_hook {
             if hook.len() > 255 {
@@ -320,7 +370,11 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        let mut all = vec!["order-worker", "--queue-url", "http://127.0.0.1:1/000000000000/orders.fifo"];
+        let mut all = vec![
+            "order-worker",
+            "--queue-url",
+            "http://127.0.0.1:1/000000000000/orders.fifo",
+        ];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).expect("clap parse").run.validate()
     }
@@ -339,7 +393,10 @@ mod tests {
     #[test]
     fn errors_name_the_setting() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--visibility-timeout", "60s", "--drain-timeout", "90s"], "--visibility-timeout"),
+            (
+                &["--visibility-timeout", "60s", "--drain-timeout", "90s"],
+                "--visibility-timeout",
+            ),
             (&["--wait-time", "21s"], "--wait-time"),
             (&["--max-groups", "0"], "--max-groups"),
             (&["--orders-table", "x"], "--orders-table"),
@@ -356,19 +413,34 @@ mod tests {
 
     #[test]
     fn queue_must_be_fifo() {
-        let err = Cli::try_parse_from(["order-worker", "--queue-url", "https://sqs.eu-west-1.amazonaws.com/1/orders"])
+        let err = Cli::try_parse_from([
+            "order-worker",
+            "--queue-url",
+            "https://sqs.eu-west-1.amazonaws.com/1/orders",
+        ])
+        .unwrap()
+        .run
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        let err = Cli::try_parse_from(["order-worker"])
             .unwrap()
             .run
             .validate()
             .unwrap_err();
-        assert!(err.to_string().contains("FIFO"), "{err}");
-        let err = Cli::try_parse_from(["order-worker"]).unwrap().run.validate().unwrap_err();
         assert!(err.to_string().contains("--queue-url"), "{err}");
     }
 
     #[test]
     fn off_switches() {
-        let c = parse(&["--metrics-addr", "off", "--lifecycle-hook", "", "--imds-disabled"]).unwrap();
+        let c = parse(&[
+            "--metrics-addr",
+            "off",
+            "--lifecycle-hook",
+            "",
+            "--imds-disabled",
+        ])
+        .unwrap();
         assert_eq!(c.metrics_addr, None);
         assert_eq!(c.lifecycle_hook, None);
         assert_eq!(c.imds_endpoint, None);

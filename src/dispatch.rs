@@ -109,7 +109,13 @@ struct Inner {
 
 impl Dispatcher {
     /// Start the receive loop, the committer and the visibility heartbeat.
-    pub fn start(cfg: Config, queue: Queue, store: Arc<Store>, instance_id: String, control: Control) -> Self {
+    pub fn start(
+        cfg: Config,
+        queue: Queue,
+        store: Arc<Store>,
+        instance_id: String,
+        control: Control,
+    ) -> Self {
         let (commits, commit_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             cfg,
@@ -250,7 +256,9 @@ impl Dispatcher {
             if *inner.paused.borrow() {
                 continue;
             }
-            let free = max_groups.saturating_sub(*inner.groups_held.borrow()).clamp(1, 10);
+            let free = max_groups
+                .saturating_sub(*inner.groups_held.borrow())
+                .clamp(1, 10);
             let wait = cfg.wait_time.as_secs() as i32;
             let vis = cfg.visibility_timeout.as_secs() as i32;
             // A receive retried after a transport failure keeps its attempt id for up to 5 minutes, so SQS
@@ -291,7 +299,11 @@ impl Dispatcher {
                         attempt_id = new_attempt_id();
                         attempt_started = Instant::now();
                     }
-                    let pause = backoff(failures, Duration::from_millis(200), Duration::from_secs(if e.transient { 10 } else { 30 }));
+                    let pause = backoff(
+                        failures,
+                        Duration::from_millis(200),
+                        Duration::from_secs(if e.transient { 10 } else { 30 }),
+                    );
                     failures += 1;
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -318,13 +330,21 @@ impl Dispatcher {
             Ok(messages) if !messages.is_empty() => {
                 let handles: Vec<Handle> = messages
                     .iter()
-                    .map(|m| Handle { message_id: m.message_id.clone(), receipt_handle: m.receipt_handle.clone() })
+                    .map(|m| Handle {
+                        message_id: m.message_id.clone(),
+                        receipt_handle: m.receipt_handle.clone(),
+                    })
                     .collect();
-                tracing::info!(count = handles.len(), "released messages of an abandoned receive");
+                tracing::info!(
+                    count = handles.len(),
+                    "released messages of an abandoned receive"
+                );
                 self.release_untracked(handles).await;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(cause = %e, "could not recover an abandoned receive; its messages return after their visibility timeout"),
+            Err(e) => {
+                tracing::warn!(cause = %e, "could not recover an abandoned receive; its messages return after their visibility timeout")
+            }
         }
     }
 
@@ -337,7 +357,10 @@ impl Dispatcher {
             let mut s = inner.state.lock().expect("state lock");
             for m in messages {
                 if inner.control.draining.is_cancelled() {
-                    late.push(Handle { message_id: m.message_id.clone(), receipt_handle: m.receipt_handle.clone() });
+                    late.push(Handle {
+                        message_id: m.message_id.clone(),
+                        receipt_handle: m.receipt_handle.clone(),
+                    });
                     continue;
                 }
                 if let Some(l) = s.leases.get_mut(&m.message_id) {
@@ -352,7 +375,11 @@ impl Dispatcher {
                     Lease {
                         receipt_handle: m.receipt_handle.clone(),
                         group_id: m.group_id.clone(),
-                        sequence: m.sequence_number.as_deref().and_then(|n| n.parse().ok()).unwrap_or(0),
+                        sequence: m
+                            .sequence_number
+                            .as_deref()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0),
                         received_at: now,
                         visible_until: now + inner.cfg.visibility_timeout,
                     },
@@ -361,7 +388,12 @@ impl Dispatcher {
                     Some(g) => g.pending.push_back(m),
                     None => {
                         let group = m.group_id.clone();
-                        s.groups.insert(group.clone(), GroupQueue { pending: VecDeque::from([m]) });
+                        s.groups.insert(
+                            group.clone(),
+                            GroupQueue {
+                                pending: VecDeque::from([m]),
+                            },
+                        );
                         inner.groups.spawn(self.clone().group_task(group));
                     }
                 }
@@ -375,8 +407,10 @@ impl Dispatcher {
 
     fn publish(&self, s: &State) {
         let m = metrics();
-        m.groups_in_flight.store(s.groups.len() as u64, Ordering::Relaxed);
-        m.messages_in_flight.store(s.leases.len() as u64, Ordering::Relaxed);
+        m.groups_in_flight
+            .store(s.groups.len() as u64, Ordering::Relaxed);
+        m.messages_in_flight
+            .store(s.leases.len() as u64, Ordering::Relaxed);
         self.inner.groups_held.send_replace(s.groups.len());
     }
 
@@ -416,23 +450,38 @@ impl Dispatcher {
                     let mut guard = inner.state.lock().expect("state lock");
                     let s = &mut *guard;
                     let rest: Vec<Handle> = match s.groups.get_mut(&group) {
-                        Some(g) if !g.pending.is_empty() && !inner.control.draining.is_cancelled() => continue,
+                        Some(g)
+                            if !g.pending.is_empty() && !inner.control.draining.is_cancelled() =>
+                        {
+                            continue
+                        }
                         Some(g) => g
                             .pending
                             .drain(..)
-                            .filter_map(|m| s.leases.get(&m.message_id).map(|l| handle(&m.message_id, l)))
+                            .filter_map(|m| {
+                                s.leases
+                                    .get(&m.message_id)
+                                    .map(|l| handle(&m.message_id, l))
+                            })
                             .collect(),
                         None => Vec::new(),
                     };
                     s.groups.remove(&group);
-                    self.publish(&s);
+                    self.publish(s);
                     rest
                 };
                 self.release(leftover, 0, "drain").await;
                 return;
             }
             let (reply, rx) = oneshot::channel();
-            let request = CommitRequest { run: Run { group_id: group.clone(), records: run }, message_ids: ids.clone(), reply };
+            let request = CommitRequest {
+                run: Run {
+                    group_id: group.clone(),
+                    records: run,
+                },
+                message_ids: ids.clone(),
+                reply,
+            };
             if inner.commits.send(request).is_err() {
                 self.give_up(&group, ids, 0, "shutdown").await;
                 return;
@@ -451,7 +500,9 @@ impl Dispatcher {
                         };
                         metrics().orders.inc(&[status]);
                     }
-                    inner.finished.fetch_add(applied.len() as u64, Ordering::Relaxed);
+                    inner
+                        .finished
+                        .fetch_add(applied.len() as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
                     let (visibility, reason) = match &e {
@@ -470,12 +521,29 @@ impl Dispatcher {
     }
 
     /// Release a run that will not be committed, and everything held behind it in its group.
-    async fn give_up(&self, group: &str, run_ids: Vec<String>, visibility: i32, reason: &'static str) {
+    async fn give_up(
+        &self,
+        group: &str,
+        run_ids: Vec<String>,
+        visibility: i32,
+        reason: &'static str,
+    ) {
         let (run, rest) = {
             let mut s = self.inner.state.lock().expect("state lock");
-            let run: Vec<Handle> = run_ids.iter().filter_map(|id| s.leases.get(id).map(|l| handle(id, l))).collect();
+            let run: Vec<Handle> = run_ids
+                .iter()
+                .filter_map(|id| s.leases.get(id).map(|l| handle(id, l)))
+                .collect();
             let rest: Vec<Handle> = match s.groups.remove(group) {
-                Some(g) => g.pending.iter().filter_map(|m| s.leases.get(&m.message_id).map(|l| handle(&m.message_id, l))).collect(),
+                Some(g) => g
+                    .pending
+                    .iter()
+                    .filter_map(|m| {
+                        s.leases
+                            .get(&m.message_id)
+                            .map(|l| handle(&m.message_id, l))
+                    })
+                    .collect(),
                 None => Vec::new(),
             };
             self.publish(&s);
@@ -488,7 +556,10 @@ impl Dispatcher {
     fn record(&self, m: &Received) -> Record {
         let e = evaluate(&m.body, &m.message_id, &m.group_id);
         let (status, reason, total_cents, currency) = match e.verdict {
-            Verdict::Accepted { total_cents, currency } => ("ACCEPTED", None, Some(total_cents), Some(currency)),
+            Verdict::Accepted {
+                total_cents,
+                currency,
+            } => ("ACCEPTED", None, Some(total_cents), Some(currency)),
             Verdict::Rejected { reason } => ("REJECTED", Some(reason), None, None),
         };
         Record {
@@ -514,7 +585,9 @@ impl Dispatcher {
         let permits = Arc::new(Semaphore::new(self.inner.cfg.max_commits));
         let mut carry: Option<CommitRequest> = None;
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             let first = match carry.take() {
                 Some(c) => c,
                 None => tokio::select! {
@@ -557,7 +630,13 @@ impl Dispatcher {
                 tracing::warn!(cause = %e, runs = batch.len(), "batch refused; committing its runs one by one");
                 let mut each = Vec::new();
                 for run in &runs {
-                    each.push(inner.store.commit(std::slice::from_ref(run), &inner.control.abort).await.map(|mut v| v.remove(0)));
+                    each.push(
+                        inner
+                            .store
+                            .commit(std::slice::from_ref(run), &inner.control.abort)
+                            .await
+                            .map(|mut v| v.remove(0)),
+                    );
                 }
                 each
             }
@@ -565,7 +644,13 @@ impl Dispatcher {
                 let text = e.to_string();
                 batch
                     .iter()
-                    .map(|_| Err(if matches!(e, StoreError::Aborted) { StoreError::Aborted } else { StoreError::Permanent(text.clone()) }))
+                    .map(|_| {
+                        Err(if matches!(e, StoreError::Aborted) {
+                            StoreError::Aborted
+                        } else {
+                            StoreError::Permanent(text.clone())
+                        })
+                    })
                     .collect()
             }
         };
@@ -601,7 +686,9 @@ impl Dispatcher {
                     metrics().latency.observe(now - l.received_at);
                 }
             }
-            ids.iter().filter_map(|id| s.leases.get(id).map(|l| handle(id, l))).collect()
+            ids.iter()
+                .filter_map(|id| s.leases.get(id).map(|l| handle(id, l)))
+                .collect()
         };
         for attempt in 0..3u32 {
             match self.inner.queue.delete(&handles).await {
@@ -617,7 +704,12 @@ impl Dispatcher {
                     if !e.transient || attempt == 2 {
                         break;
                     }
-                    tokio::time::sleep(backoff(attempt, Duration::from_millis(100), Duration::from_secs(1))).await;
+                    tokio::time::sleep(backoff(
+                        attempt,
+                        Duration::from_millis(100),
+                        Duration::from_secs(1),
+                    ))
+                    .await;
                 }
             }
         }
@@ -638,7 +730,11 @@ impl Dispatcher {
         }
         {
             let mut s = self.inner.state.lock().expect("state lock");
-            handles.sort_by_key(|h| s.leases.get(&h.message_id).map(|l| (l.group_id.clone(), l.sequence)));
+            handles.sort_by_key(|h| {
+                s.leases
+                    .get(&h.message_id)
+                    .map(|l| (l.group_id.clone(), l.sequence))
+            });
             for h in &handles {
                 s.leases.remove(&h.message_id);
             }
@@ -654,7 +750,12 @@ impl Dispatcher {
     async fn change_visibility(&self, handles: Vec<Handle>, visibility: i32, reason: &'static str) {
         let n = handles.len() as u64;
         for attempt in 0..3u32 {
-            match self.inner.queue.change_visibility(&handles, visibility).await {
+            match self
+                .inner
+                .queue
+                .change_visibility(&handles, visibility)
+                .await
+            {
                 Ok(failed) => {
                     for (id, code) in &failed {
                         tracing::warn!(message_id = %id, code = %code, "release refused; the message returns when its visibility times out");
@@ -666,7 +767,12 @@ impl Dispatcher {
                     if !e.transient || attempt == 2 {
                         break;
                     }
-                    tokio::time::sleep(backoff(attempt, Duration::from_millis(100), Duration::from_secs(1))).await;
+                    tokio::time::sleep(backoff(
+                        attempt,
+                        Duration::from_millis(100),
+                        Duration::from_secs(1),
+                    ))
+                    .await;
                 }
             }
         }
@@ -700,26 +806,40 @@ impl Dispatcher {
             if due.is_empty() {
                 continue;
             }
-            match self.inner.queue.change_visibility(&due, vis.as_secs() as i32).await {
+            match self
+                .inner
+                .queue
+                .change_visibility(&due, vis.as_secs() as i32)
+                .await
+            {
                 Ok(failed) => {
-                    metrics().visibility_extensions.add(&[], (due.len() - failed.len()) as f64);
+                    metrics()
+                        .visibility_extensions
+                        .add(&[], (due.len() - failed.len()) as f64);
                     for (id, code) in failed {
                         tracing::warn!(message_id = %id, code = %code, "could not extend visibility; another worker may receive it (the write stays idempotent)");
                     }
                 }
-                Err(e) => tracing::warn!(cause = %e, count = due.len(), "visibility extension failed; retrying next tick"),
+                Err(e) => {
+                    tracing::warn!(cause = %e, count = due.len(), "visibility extension failed; retrying next tick")
+                }
             }
         }
     }
 }
 
 fn handle(id: &str, l: &Lease) -> Handle {
-    Handle { message_id: id.to_owned(), receipt_handle: l.receipt_handle.clone() }
+    Handle {
+        message_id: id.to_owned(),
+        receipt_handle: l.receipt_handle.clone(),
+    }
 }
 
 /// Now, RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339_millis() -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let now = OffsetDateTime::now_utc();
     now.format(&format).unwrap_or_else(|_| now.to_string())
 }

@@ -12,7 +12,6 @@
 //! all-or-nothing); then the lifecycle hook is completed, with heartbeats while the drain outlasts the
 //! heartbeat interval. One log line says what the drain did.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -32,7 +31,10 @@ use crate::metrics::metrics;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     Signal(&'static str),
-    Interruption { action: String, time: OffsetDateTime },
+    Interruption {
+        action: String,
+        time: OffsetDateTime,
+    },
     LifecycleTerminated,
 }
 
@@ -76,19 +78,15 @@ pub struct HookContext {
     pub instance_id: Arc<OnceLock<String>>,
 }
 
-/// Run the policy until a terminal trigger, then drain. `signal` resolves on SIGTERM/SIGINT (and may resolve
-/// again: a second signal during a drain abandons in-flight work at once).
-pub async fn supervise<S, F>(
+/// Run the policy until a terminal trigger, then drain. `signals` carries SIGTERM/SIGINT (a second signal
+/// during a drain abandons in-flight work at once).
+pub async fn supervise(
     cfg: &Config,
     dispatcher: Dispatcher,
     mut notices: mpsc::Receiver<Notice>,
-    mut signal: S,
+    mut signals: mpsc::Receiver<&'static str>,
     hooks: HookContext,
-) -> DrainReport
-where
-    S: FnMut() -> F,
-    F: Future<Output = &'static str>,
-{
+) -> DrainReport {
     metrics().ready.store(true, Ordering::Relaxed);
     let mut recover_at: Option<Instant> = None;
     let mut notices_open = true;
@@ -101,13 +99,14 @@ where
             }
         };
         tokio::select! {
-            s = signal() => break Trigger::Signal(s),
+            Some(s) = signals.recv() => break Trigger::Signal(s),
             n = notices.recv(), if notices_open => match n {
                 None => notices_open = false,
-                Some(n) => match act_on(cfg, &dispatcher, n, &mut recover_at, &mut termination_seen).await {
-                    Some(t) => break t,
-                    None => {}
-                },
+                Some(n) => {
+                    if let Some(t) = act_on(cfg, &dispatcher, n, &mut recover_at, &mut termination_seen).await {
+                        break t;
+                    }
+                }
             },
             _ = recovery => {
                 recover_at = None;
@@ -117,7 +116,17 @@ where
             }
         }
     };
-    drain(cfg, dispatcher, notices, notices_open, signal, hooks, trigger, termination_seen).await
+    drain(
+        cfg,
+        dispatcher,
+        notices,
+        notices_open,
+        signals,
+        hooks,
+        trigger,
+        termination_seen,
+    )
+    .await
 }
 
 /// React to one notice in normal operation; Some(trigger) when it calls for a drain.
@@ -133,7 +142,10 @@ async fn act_on(
             metrics().notices.inc(&["interruption"]);
             *termination_seen = true;
             tracing::warn!(action = %a.action, time = %a.time, "Spot interruption notice");
-            Some(Trigger::Interruption { action: a.action.to_string(), time: a.time })
+            Some(Trigger::Interruption {
+                action: a.action.to_string(),
+                time: a.time,
+            })
         }
         Notice::TargetLifecycle(state) if state == "Terminated" => {
             metrics().notices.inc(&["target_lifecycle"]);
@@ -172,7 +184,12 @@ async fn act_on(
 }
 
 /// The deadline a trigger allows: the timeout, or the interruption time minus the margin if earlier.
-pub fn deadline_for(cfg: &Config, trigger: &Trigger, now: Instant, wall_now: OffsetDateTime) -> Instant {
+pub fn deadline_for(
+    cfg: &Config,
+    trigger: &Trigger,
+    now: Instant,
+    wall_now: OffsetDateTime,
+) -> Instant {
     let timeout = now + cfg.drain_timeout;
     match trigger {
         Trigger::Interruption { time, .. } => {
@@ -185,20 +202,16 @@ pub fn deadline_for(cfg: &Config, trigger: &Trigger, now: Instant, wall_now: Off
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn drain<S, F>(
+async fn drain(
     cfg: &Config,
     dispatcher: Dispatcher,
     mut notices: mpsc::Receiver<Notice>,
     mut notices_open: bool,
-    mut signal: S,
+    mut signals: mpsc::Receiver<&'static str>,
     hooks: HookContext,
     trigger: Trigger,
     mut termination_seen: bool,
-) -> DrainReport
-where
-    S: FnMut() -> F,
-    F: Future<Output = &'static str>,
-{
+) -> DrainReport {
     let started = Instant::now();
     let before = dispatcher.counts();
     let mut deadline = deadline_for(cfg, &trigger, started, OffsetDateTime::now_utc());
@@ -214,7 +227,11 @@ where
     );
 
     // Heartbeats keep the hook open while the drain outlasts the interval.
-    let hook = if termination_seen { resolve_hook(cfg, &hooks).await } else { Err("no termination in progress".into()) };
+    let hook = if termination_seen {
+        resolve_hook(cfg, &hooks).await
+    } else {
+        Err("no termination in progress".into())
+    };
     let heartbeat_done = CancellationToken::new();
     if let Ok(h) = &hook {
         let h = h.clone();
@@ -237,7 +254,7 @@ where
                     held_up_by = Some(dispatcher.describe_held());
                     dispatcher.control().abort.cancel();
                 }
-                s = signal(), if !deadline_hit => {
+                Some(s) = signals.recv(), if !deadline_hit => {
                     tracing::warn!(signal = s, "second signal: abandoning in-flight orders now");
                     deadline = Instant::now();
                 }
@@ -281,7 +298,15 @@ where
     metrics().drain_orders.add(&["finished"], finished as f64);
     metrics().drain_orders.add(&["released"], released as f64);
     *metrics().last_drain_seconds.lock().expect("metrics lock") = took.as_secs_f64();
-    let report = DrainReport { trigger, took, finished, released, deadline_hit, held_up_by, hook: hook_outcome };
+    let report = DrainReport {
+        trigger,
+        took,
+        finished,
+        released,
+        deadline_hit,
+        held_up_by,
+        hook: hook_outcome,
+    };
     tracing::info!(
         trigger = ?report.trigger,
         finished = report.finished,
@@ -297,8 +322,12 @@ where
 
 /// The hook to complete: hook name (flag), group (flag or instance tag), instance id (flag or metadata).
 async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook, String> {
-    let Some(hook_name) = cfg.lifecycle_hook.clone() else { return Err("disabled".into()) };
-    let Some(client) = hooks.autoscaling.clone() else { return Err("disabled".into()) };
+    let Some(hook_name) = cfg.lifecycle_hook.clone() else {
+        return Err("disabled".into());
+    };
+    let Some(client) = hooks.autoscaling.clone() else {
+        return Err("disabled".into());
+    };
     let instance_id = match hooks.instance_id.get() {
         Some(id) => id.clone(),
         None => match &hooks.imds {
@@ -310,7 +339,11 @@ async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook
                 Ok(None) => return Err("instance metadata has no instance-id".into()),
                 Err(e) => return Err(format!("instance id unknown: metadata failed: {e}")),
             },
-            None => return Err("instance id unknown: set --instance-id or enable instance metadata".into()),
+            None => {
+                return Err(
+                    "instance id unknown: set --instance-id or enable instance metadata".into(),
+                )
+            }
         },
     };
     let Some(group) = resolve_group(cfg.asg_name.clone(), hooks.imds.as_ref()).await else {
@@ -322,7 +355,11 @@ async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook
 /// Complete the hook (CONTINUE). Right after an interruption notice the group may not have moved us to
 /// Terminating:Wait yet, so a refusal is retried briefly in that case.
 async fn complete(hook: &LifecycleHook, trigger: &Trigger) -> HookOutcome {
-    let attempts = if matches!(trigger, Trigger::Interruption { .. }) { 4 } else { 1 };
+    let attempts = if matches!(trigger, Trigger::Interruption { .. }) {
+        4
+    } else {
+        1
+    };
     let mut last = String::new();
     for attempt in 0..attempts {
         if attempt > 0 {
@@ -351,7 +388,11 @@ mod tests {
     use clap::Parser;
 
     fn cfg() -> Config {
-        crate::config::Cli::try_parse_from(["w", "--queue-url", "http://h/1/q.fifo"]).unwrap().run.validate().unwrap()
+        crate::config::Cli::try_parse_from(["w", "--queue-url", "http://h/1/q.fifo"])
+            .unwrap()
+            .run
+            .validate()
+            .unwrap()
     }
 
     #[test]
@@ -359,14 +400,29 @@ mod tests {
         let cfg = cfg();
         let now = Instant::now();
         let wall = OffsetDateTime::now_utc();
-        let t = Trigger::Interruption { action: "terminate".into(), time: wall + time::Duration::seconds(120) };
+        let t = Trigger::Interruption {
+            action: "terminate".into(),
+            time: wall + time::Duration::seconds(120),
+        };
         let d = deadline_for(&cfg, &t, now, wall);
         // 120 s notice - 10 s margin = 110 s, later than the 90 s timeout: the timeout wins.
         assert_eq!(d - now, Duration::from_secs(90));
-        let t = Trigger::Interruption { action: "terminate".into(), time: wall + time::Duration::seconds(30) };
-        assert_eq!(deadline_for(&cfg, &t, now, wall) - now, Duration::from_secs(20));
-        let t = Trigger::Interruption { action: "terminate".into(), time: wall - time::Duration::seconds(5) };
+        let t = Trigger::Interruption {
+            action: "terminate".into(),
+            time: wall + time::Duration::seconds(30),
+        };
+        assert_eq!(
+            deadline_for(&cfg, &t, now, wall) - now,
+            Duration::from_secs(20)
+        );
+        let t = Trigger::Interruption {
+            action: "terminate".into(),
+            time: wall - time::Duration::seconds(5),
+        };
         assert_eq!(deadline_for(&cfg, &t, now, wall), now);
-        assert_eq!(deadline_for(&cfg, &Trigger::Signal("SIGTERM"), now, wall) - now, Duration::from_secs(90));
+        assert_eq!(
+            deadline_for(&cfg, &Trigger::Signal("SIGTERM"), now, wall) - now,
+            Duration::from_secs(90)
+        );
     }
 }

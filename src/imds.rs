@@ -606,7 +606,8 @@ impl ImdsClient {
         let mut retries = 0u32;
         let mut refreshed_after_401 = false;
         loop {
-            let err = match self.get_once(path).await {
+            let mut used = None;
+            let err = match self.get_once(path, &mut used).await {
                 Ok(Fetched::Body(body)) => return Ok(Some(body)),
                 Ok(Fetched::NotFound) => return Ok(None),
                 Err(err) => err,
@@ -618,7 +619,12 @@ impl ImdsClient {
                     // This retry does not count against `attempts`: it is a protocol step.
                     refreshed_after_401 = true;
                     tracing::debug!(path, "instance metadata answered 401; refreshing the token");
-                    *self.token.lock().await = None;
+                    let mut cached = self.token.lock().await;
+                    // Only drop the token we used: a concurrent request may already have fetched
+                    // a new one, and dropping that would cost another PUT.
+                    if cached.as_ref().map(|t| &t.value) == used.as_ref() {
+                        *cached = None;
+                    }
                 }
                 err if err.is_retryable() && retries + 1 < self.settings.attempts => {
                     let delay = backoff(
@@ -683,12 +689,13 @@ impl ImdsClient {
     }
 
     /// One attempt: obtain a token (cached or fresh), then GET.
-    async fn get_once(&self, path: &str) -> Result<Fetched, ImdsError> {
+    /// `used` receives the token sent, so a 401 can drop exactly that one.
+    async fn get_once(&self, path: &str, used: &mut Option<String>) -> Result<Fetched, ImdsError> {
         let token = self.token().await?;
         let response = self
             .http
             .get(format!("{}{}", self.base, path))
-            .header(HEADER_TOKEN, token)
+            .header(HEADER_TOKEN, used.insert(token).as_str())
             .send()
             .await
             .map_err(|e| ImdsError::from_reqwest(path, e))?;
@@ -1557,6 +1564,20 @@ mod tests {
         assert_eq!(fake.tokens_issued.load(Ordering::SeqCst), 2);
         assert_eq!(c.stats().token_refreshes(), 2);
         assert_eq!(error_count(c.stats(), "unauthorized"), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_401s_fetch_one_new_token() {
+        let (fake, url) = serve().await;
+        let c = fast(&url);
+        within(c.get(PATH_REBALANCE)).await.unwrap();
+        fake.revoke_tokens();
+        within(async {
+            let results = futures_join_all(&c, 16).await;
+            assert!(results.iter().all(|r| matches!(r, Ok(None))), "{results:?}");
+        })
+        .await;
+        assert_eq!(fake.tokens_issued.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

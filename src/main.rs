@@ -20,7 +20,10 @@ use order_worker::{aws, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match cli.command {
         Some(Command::Verify(args)) => {
             init_logging(LogFormat::Text);
@@ -48,9 +51,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -60,10 +67,16 @@ fn init_logging(format: LogFormat) {
 async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     let sdk = aws::load(cfg.wait_time).await?;
     let queue = Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.queue_url.clone());
-    let store = Arc::new(Store::new(aws_sdk_dynamodb::Client::new(&sdk), cfg.orders_table.clone(), cfg.groups_table.clone()));
+    let store = Arc::new(Store::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        cfg.orders_table.clone(),
+        cfg.groups_table.clone(),
+    ));
     let stop_metrics = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
-        let bound = metrics::serve(addr, stop_metrics.clone()).await.with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
+        let bound = metrics::serve(addr, stop_metrics.clone())
+            .await
+            .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
     }
     // A queue or table that does not exist fails now, naming it; an outage is waited out.
@@ -73,7 +86,10 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(id) = &cfg.instance_id {
         let _ = instance_id.set(id.clone());
     }
-    let fallback_id = cfg.instance_id.clone().unwrap_or_else(|| format!("unknown-{}", std::process::id()));
+    let fallback_id = cfg
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("unknown-{}", std::process::id()));
     let dispatcher = Dispatcher::start(cfg.clone(), queue, store, fallback_id, Control::default());
 
     let (tx, notices) = mpsc::channel(16);
@@ -82,10 +98,23 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         Some(endpoint) => {
             let stats = Arc::new(ImdsStats::new());
             let _ = metrics().imds.set(stats.clone());
-            let client = ImdsClient::new(endpoint).context("--imds-endpoint")?.with_stats(stats.clone());
-            tokio::spawn(imds::watch(client.clone(), cfg.imds_poll, stats, tx, stop_watch.clone()));
+            let client = ImdsClient::new(endpoint)
+                .context("--imds-endpoint")?
+                .with_stats(stats.clone());
+            tokio::spawn(imds::watch(
+                client.clone(),
+                cfg.imds_poll,
+                stats,
+                tx,
+                stop_watch.clone(),
+            ));
             if cfg.instance_id.is_none() {
-                tokio::spawn(learn_instance_id(client.clone(), dispatcher.clone(), instance_id.clone(), stop_watch.clone()));
+                tokio::spawn(learn_instance_id(
+                    client.clone(),
+                    dispatcher.clone(),
+                    instance_id.clone(),
+                    stop_watch.clone(),
+                ));
             }
             Some(client)
         }
@@ -94,10 +123,15 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
             None
         }
     };
-    let autoscaling = (cfg.lifecycle_hook.is_some()).then(|| aws_sdk_autoscaling::Client::new(&sdk));
-    let hooks = HookContext { autoscaling, imds: imds_client, instance_id };
+    let autoscaling =
+        (cfg.lifecycle_hook.is_some()).then(|| aws_sdk_autoscaling::Client::new(&sdk));
+    let hooks = HookContext {
+        autoscaling,
+        imds: imds_client,
+        instance_id,
+    };
     tracing::info!(queue = %cfg.queue_url, orders_table = %cfg.orders_table, groups_table = %cfg.groups_table, max_groups = cfg.max_groups, "order-worker running");
-    let report = supervise(&cfg, dispatcher, notices, shutdown_signal, hooks).await;
+    let report = supervise(&cfg, dispatcher, notices, shutdown_signals()?, hooks).await;
     stop_watch.cancel();
     stop_metrics.cancel();
     if let HookOutcome::Failed(why) = &report.hook {
@@ -110,7 +144,11 @@ async fn startup_checks(queue: &Queue, store: &Store) -> anyhow::Result<()> {
     let mut attempt = 0u32;
     loop {
         let q = queue.check_fifo().await;
-        let t = if q.is_ok() { store.check_tables().await } else { Ok(()) };
+        let t = if q.is_ok() {
+            store.check_tables().await
+        } else {
+            Ok(())
+        };
         let problem = match (q, t) {
             (Ok(()), Ok(())) => return Ok(()),
             (Err(e), _) if !e.transient => anyhow::bail!("queue check failed: {e}"),
@@ -121,13 +159,23 @@ async fn startup_checks(queue: &Queue, store: &Store) -> anyhow::Result<()> {
         if attempt == 0 || attempt.is_power_of_two() {
             tracing::warn!(cause = %problem, attempt = attempt + 1, "waiting for SQS/DynamoDB before starting");
         }
-        tokio::time::sleep(aws::backoff(attempt, Duration::from_millis(200), Duration::from_secs(10))).await;
+        tokio::time::sleep(aws::backoff(
+            attempt,
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        ))
+        .await;
         attempt += 1;
     }
 }
 
 /// Ask metadata for our instance id until it answers (ProcessedBy and the hook need it); never blocks work.
-async fn learn_instance_id(client: ImdsClient, dispatcher: Dispatcher, slot: Arc<OnceLock<String>>, stop: CancellationToken) {
+async fn learn_instance_id(
+    client: ImdsClient,
+    dispatcher: Dispatcher,
+    slot: Arc<OnceLock<String>>,
+    stop: CancellationToken,
+) {
     let mut attempt = 0u32;
     loop {
         match client.instance_id().await {
@@ -138,7 +186,9 @@ async fn learn_instance_id(client: ImdsClient, dispatcher: Dispatcher, slot: Arc
                 return;
             }
             Ok(None) => {}
-            Err(e) if attempt == 0 => tracing::warn!(cause = %e, "instance id not available from metadata yet; retrying"),
+            Err(e) if attempt == 0 => {
+                tracing::warn!(cause = %e, "instance id not available from metadata yet; retrying")
+            }
             Err(_) => {}
         }
         attempt += 1;
@@ -149,15 +199,26 @@ async fn learn_instance_id(client: ImdsClient, dispatcher: Dispatcher, slot: Arc
     }
 }
 
-/// Resolves on SIGTERM or SIGINT; called again, waits for the next one.
-async fn shutdown_signal() -> &'static str {
+/// SIGTERM and SIGINT as a channel. The handlers are installed once, here, so no signal can fall between
+/// two waits.
+fn shutdown_signals() -> anyhow::Result<mpsc::Receiver<&'static str>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                Some(()) = term.recv() => "SIGTERM",
+                Some(()) = int.recv() => "SIGINT",
+                else => return,
+            };
+            if tx.send(name).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -168,7 +229,12 @@ async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = verify::audit(&sent, &stored, &last);
     print!("{}", report.summary());
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

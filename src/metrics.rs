@@ -36,7 +36,12 @@ impl Family {
     pub fn add(&self, values: &[&str], n: f64) {
         debug_assert_eq!(values.len(), self.labels.len());
         let key = values.iter().map(|s| s.to_string()).collect();
-        *self.values.lock().expect("metrics lock").entry(key).or_default() += n;
+        *self
+            .values
+            .lock()
+            .expect("metrics lock")
+            .entry(key)
+            .or_default() += n;
     }
 
     pub fn inc(&self, values: &[&str]) {
@@ -46,7 +51,12 @@ impl Family {
     /// Current value of one series (0 when never touched).
     pub fn get(&self, values: &[&str]) -> f64 {
         let key: Vec<String> = values.iter().map(|s| s.to_string()).collect();
-        self.values.lock().expect("metrics lock").get(&key).copied().unwrap_or(0.0)
+        self.values
+            .lock()
+            .expect("metrics lock")
+            .get(&key)
+            .copied()
+            .unwrap_or(0.0)
     }
 
     fn render(&self, kind: &str, out: &mut String) {
@@ -138,7 +148,11 @@ pub struct Metrics {
 }
 
 static METRICS: Metrics = Metrics {
-    orders: Family::new("order_worker_orders_total", "Orders handled, by outcome.", &["status"]),
+    orders: Family::new(
+        "order_worker_orders_total",
+        "Orders handled, by outcome.",
+        &["status"],
+    ),
     releases: Family::new(
         "order_worker_releases_total",
         "Messages released (visibility 0), by reason.",
@@ -169,8 +183,16 @@ static METRICS: Metrics = Metrics {
         "DynamoDB write capacity units consumed.",
         &[],
     ),
-    notices: Family::new("order_worker_notices_total", "Notices acted on, by kind.", &["kind"]),
-    drains: Family::new("order_worker_drains_total", "Drains, by trigger.", &["trigger"]),
+    notices: Family::new(
+        "order_worker_notices_total",
+        "Notices acted on, by kind.",
+        &["kind"],
+    ),
+    drains: Family::new(
+        "order_worker_drains_total",
+        "Drains, by trigger.",
+        &["trigger"],
+    ),
     drain_orders: Family::new(
         "order_worker_drain_orders_total",
         "Orders during drains: finished or released.",
@@ -189,7 +211,9 @@ static METRICS: Metrics = Metrics {
     latency: Histogram {
         name: "order_worker_order_latency_seconds",
         help: "Time from receive to the committed record.",
-        bounds: &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        bounds: &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ],
         counts: Mutex::new((Vec::new(), 0, 0.0)),
     },
     last_drain_seconds: Mutex::new(0.0),
@@ -234,16 +258,35 @@ impl Metrics {
         }
         self.latency.render(&mut out);
         let gauges = [
-            ("order_worker_groups_in_flight", "Message groups held.", self.groups_in_flight.load(Ordering::Relaxed) as f64),
-            ("order_worker_messages_in_flight", "Messages held.", self.messages_in_flight.load(Ordering::Relaxed) as f64),
-            ("order_worker_ready", "1 while taking new work.", u8::from(self.ready.load(Ordering::Relaxed)) as f64),
-            ("order_worker_last_drain_seconds", "Duration of the last drain.", *self.last_drain_seconds.lock().expect("metrics lock")),
+            (
+                "order_worker_groups_in_flight",
+                "Message groups held.",
+                self.groups_in_flight.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "order_worker_messages_in_flight",
+                "Messages held.",
+                self.messages_in_flight.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "order_worker_ready",
+                "1 while taking new work.",
+                u8::from(self.ready.load(Ordering::Relaxed)) as f64,
+            ),
+            (
+                "order_worker_last_drain_seconds",
+                "Duration of the last drain.",
+                *self.last_drain_seconds.lock().expect("metrics lock"),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         if let Some(imds) = self.imds.get() {
-            let _ = writeln!(out, "# HELP order_worker_imds_errors_total Instance metadata errors, by kind.");
+            let _ = writeln!(
+                out,
+                "# HELP order_worker_imds_errors_total Instance metadata errors, by kind."
+            );
             let _ = writeln!(out, "# TYPE order_worker_imds_errors_total counter");
             for (kind, n) in imds.errors() {
                 let _ = writeln!(out, "order_worker_imds_errors_total{{kind=\"{kind}\"}} {n}");
@@ -251,7 +294,10 @@ impl Metrics {
             let _ = writeln!(out, "# HELP order_worker_imds_notices_total Distinct notices seen in instance metadata, by kind.");
             let _ = writeln!(out, "# TYPE order_worker_imds_notices_total counter");
             for (kind, n) in imds.notices() {
-                let _ = writeln!(out, "order_worker_imds_notices_total{{kind=\"{kind}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "order_worker_imds_notices_total{{kind=\"{kind}\"}} {n}"
+                );
             }
         }
         out

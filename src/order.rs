@@ -42,13 +42,8 @@ pub struct Item {
 /// What the worker decided about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Accepted {
-        total_cents: u64,
-        currency: String,
-    },
-    Rejected {
-        reason: String,
-    },
+    Accepted { total_cents: u64, currency: String },
+    Rejected { reason: String },
 }
 
 /// The verdict plus what the record needs to identify the order.
@@ -78,7 +73,9 @@ pub fn sha256_hex(body: &[u8]) -> String {
 pub fn valid_order_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ORDER_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Decide what to record for one message of group `group_id` with SQS id `message_id`.
@@ -275,7 +272,11 @@ mod tests {
                 r#""placed_at":"yesterday""#,
                 "placed_at",
             ),
-            (r#""customer_id":"cust-1""#, r#""customer_id":"cust-2""#, "group"),
+            (
+                r#""customer_id":"cust-1""#,
+                r#""customer_id":"cust-2""#,
+                "group",
+            ),
             (r#""sku":"SKU-1""#, r#""sku":"""#, "sku"),
         ];
         for (from, to, want) in cases {

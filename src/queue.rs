@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
-    QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
 
@@ -40,7 +40,13 @@ pub struct SqsError {
     pub detail: String,
 }
 
-fn sqs_error<E>(operation: &'static str, err: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>) -> SqsError
+fn sqs_error<E>(
+    operation: &'static str,
+    err: &aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> SqsError
 where
     E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -95,7 +101,13 @@ impl Queue {
 
     /// One long poll. `attempt_id` is reused by the caller when this fails in transport, so SQS can hand back
     /// the same messages instead of hiding them for a whole visibility timeout.
-    pub async fn receive(&self, max: i32, wait_secs: i32, visibility_secs: i32, attempt_id: &str) -> Result<Vec<Received>, SqsError> {
+    pub async fn receive(
+        &self,
+        max: i32,
+        wait_secs: i32,
+        visibility_secs: i32,
+        attempt_id: &str,
+    ) -> Result<Vec<Received>, SqsError> {
         let out = self
             .client
             .receive_message()
@@ -172,7 +184,11 @@ impl Queue {
     }
 
     /// Set the visibility of messages, 10 per call: 0 releases them at once, more extends the hold.
-    pub async fn change_visibility(&self, handles: &[Handle], secs: i32) -> Result<Failed, SqsError> {
+    pub async fn change_visibility(
+        &self,
+        handles: &[Handle],
+        secs: i32,
+    ) -> Result<Failed, SqsError> {
         let mut failed = Vec::new();
         for chunk in handles.chunks(10) {
             let entries = chunk

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, Put, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update,
+    AttributeValue, KeysAndAttributes, Put, ReturnConsumedCapacity,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use tokio_util::sync::CancellationToken;
@@ -102,7 +102,10 @@ impl Store {
 
     /// Fail unless both tables exist with the key schema we write. Err(true, ..) is transient.
     pub async fn check_tables(&self) -> Result<(), (bool, String)> {
-        for (table, key) in [(&self.orders_table, "OrderID"), (&self.groups_table, "MessageGroupId")] {
+        for (table, key) in [
+            (&self.orders_table, "OrderID"),
+            (&self.groups_table, "MessageGroupId"),
+        ] {
             let out = match self.client.describe_table().table_name(table).send().await {
                 Ok(out) => out,
                 Err(e) => {
@@ -110,7 +113,10 @@ impl Store {
                     if error_code(&e).as_deref() == Some("ResourceNotFoundException") {
                         return Err((false, format!("DynamoDB table {table:?} does not exist")));
                     }
-                    return Err((is_transient(&e), format!("DescribeTable {table:?}: {}", describe(&e))));
+                    return Err((
+                        is_transient(&e),
+                        format!("DescribeTable {table:?}: {}", describe(&e)),
+                    ));
                 }
             };
             request("dynamodb", "DescribeTable", true);
@@ -122,7 +128,10 @@ impl Store {
                 .find(|k| k.key_type().as_str() == "HASH")
                 .map(|k| k.attribute_name().to_owned());
             if hash.as_deref() != Some(key) {
-                return Err((false, format!("table {table:?} must have partition key {key:?}, has {hash:?}")));
+                return Err((
+                    false,
+                    format!("table {table:?} must have partition key {key:?}, has {hash:?}"),
+                ));
             }
         }
         Ok(())
@@ -130,9 +139,17 @@ impl Store {
 
     /// Apply the runs. Every record ends up New, Duplicate or Conflict, unless DynamoDB refuses permanently
     /// or `abort` fires while transient errors are being waited out.
-    pub async fn commit(&self, runs: &[Run], abort: &CancellationToken) -> Result<Vec<Vec<Applied>>, StoreError> {
-        let mut results: Vec<Vec<Option<Applied>>> = runs.iter().map(|r| vec![None; r.records.len()]).collect();
-        let mut pending: Vec<Vec<usize>> = runs.iter().map(|r| (0..r.records.len()).collect()).collect();
+    pub async fn commit(
+        &self,
+        runs: &[Run],
+        abort: &CancellationToken,
+    ) -> Result<Vec<Vec<Applied>>, StoreError> {
+        let mut results: Vec<Vec<Option<Applied>>> =
+            runs.iter().map(|r| vec![None; r.records.len()]).collect();
+        let mut pending: Vec<Vec<usize>> = runs
+            .iter()
+            .map(|r| (0..r.records.len()).collect())
+            .collect();
         let mut transient_failures = 0u32;
         let mut rounds = 0u32;
         let mut waiting_since: Option<Instant> = None;
@@ -146,7 +163,13 @@ impl Store {
             let bases = match self.bases(runs, &pending).await {
                 Ok(b) => b,
                 Err(Failure::Transient(detail)) => {
-                    self.wait_transient(&mut transient_failures, &mut waiting_since, &detail, abort).await?;
+                    self.wait_transient(
+                        &mut transient_failures,
+                        &mut waiting_since,
+                        &detail,
+                        abort,
+                    )
+                    .await?;
                     continue;
                 }
                 Err(Failure::Permanent(detail)) => return Err(StoreError::Permanent(detail)),
@@ -168,7 +191,11 @@ impl Store {
             match sent {
                 Ok(out) => {
                     request("dynamodb", "TransactWriteItems", true);
-                    let units: f64 = out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum();
+                    let units: f64 = out
+                        .consumed_capacity()
+                        .iter()
+                        .filter_map(|c| c.capacity_units())
+                        .sum();
                     metrics().write_units.add(&[], units);
                     transient_failures = 0;
                     waiting_since = None;
@@ -181,7 +208,9 @@ impl Store {
                     for (run, idxs) in applied {
                         let base = bases[&runs[run].group_id];
                         for (k, idx) in idxs.iter().enumerate() {
-                            results[run][*idx] = Some(Applied::New { position: base + k as u64 + 1 });
+                            results[run][*idx] = Some(Applied::New {
+                                position: base + k as u64 + 1,
+                            });
                         }
                         pending[run].retain(|i| !idxs.contains(i));
                         self.positions
@@ -193,17 +222,26 @@ impl Store {
                 Err(e) => {
                     request("dynamodb", "TransactWriteItems", false);
                     let cancelled = match e.as_service_error() {
-                        Some(TransactWriteItemsError::TransactionCanceledException(c)) => Some(c.cancellation_reasons().to_vec()),
+                        Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                            Some(c.cancellation_reasons().to_vec())
+                        }
                         _ => None,
                     };
                     let Some(reasons) = cancelled else {
-                        if error_code(&e).as_deref() == Some("IdempotentParameterMismatchException") {
+                        if error_code(&e).as_deref() == Some("IdempotentParameterMismatchException")
+                        {
                             // Same token, other content: our position cache was stale. Re-read and rebuild.
                             self.forget(runs, &pending);
                             continue;
                         }
                         if is_transient(&e) {
-                            self.wait_transient(&mut transient_failures, &mut waiting_since, &describe(&e), abort).await?;
+                            self.wait_transient(
+                                &mut transient_failures,
+                                &mut waiting_since,
+                                &describe(&e),
+                                abort,
+                            )
+                            .await?;
                             continue;
                         }
                         return Err(StoreError::Permanent(describe(&e)));
@@ -214,7 +252,11 @@ impl Store {
                             ("None", _) => {}
                             ("ConditionalCheckFailed", Action::Put { run, idx }) => {
                                 let record = &runs[*run].records[*idx];
-                                match reason.item().and_then(|i| i.get("PayloadSha256")).and_then(|v| v.as_s().ok()) {
+                                match reason
+                                    .item()
+                                    .and_then(|i| i.get("PayloadSha256"))
+                                    .and_then(|v| v.as_s().ok())
+                                {
                                     Some(sha) => {
                                         results[*run][*idx] = Some(classify(record, sha));
                                         pending[*run].retain(|i| i != idx);
@@ -223,14 +265,24 @@ impl Store {
                                 }
                             }
                             ("ConditionalCheckFailed", Action::Group { run }) => {
-                                self.positions.lock().expect("cache lock").remove(&runs[*run].group_id);
+                                self.positions
+                                    .lock()
+                                    .expect("cache lock")
+                                    .remove(&runs[*run].group_id);
                             }
-                            ("TransactionConflict" | "ThrottlingError" | "ProvisionedThroughputExceeded", _) => {
+                            (
+                                "TransactionConflict"
+                                | "ThrottlingError"
+                                | "ProvisionedThroughputExceeded",
+                                _,
+                            ) => {
                                 retry_later = true;
                             }
                             (code, _) => {
                                 let msg = reason.message().unwrap_or_default();
-                                return Err(StoreError::Permanent(format!("transaction cancelled: {code}: {msg}")));
+                                return Err(StoreError::Permanent(format!(
+                                    "transaction cancelled: {code}: {msg}"
+                                )));
                             }
                         }
                     }
@@ -246,24 +298,41 @@ impl Store {
                                 }
                             }
                             Err(Failure::Transient(d)) => {
-                                self.wait_transient(&mut transient_failures, &mut waiting_since, &d, abort).await?;
+                                self.wait_transient(
+                                    &mut transient_failures,
+                                    &mut waiting_since,
+                                    &d,
+                                    abort,
+                                )
+                                .await?;
                             }
                             Err(Failure::Permanent(d)) => return Err(StoreError::Permanent(d)),
                         }
                     }
                     if retry_later {
-                        self.wait_transient(&mut transient_failures, &mut waiting_since, "transaction conflict or throttling", abort)
-                            .await?;
+                        self.wait_transient(
+                            &mut transient_failures,
+                            &mut waiting_since,
+                            "transaction conflict or throttling",
+                            abort,
+                        )
+                        .await?;
                     }
                     if rounds > 1000 {
-                        return Err(StoreError::Permanent("gave up after 1000 cancelled transactions".into()));
+                        return Err(StoreError::Permanent(
+                            "gave up after 1000 cancelled transactions".into(),
+                        ));
                     }
                 }
             }
         }
         Ok(results
             .into_iter()
-            .map(|r| r.into_iter().map(|a| a.expect("every record resolved")).collect())
+            .map(|r| {
+                r.into_iter()
+                    .map(|a| a.expect("every record resolved"))
+                    .collect()
+            })
             .collect())
     }
 
@@ -285,7 +354,11 @@ impl Store {
                 "DynamoDB unavailable; messages stay held (visibility extended) and the write is retried"
             );
         }
-        let pause = backoff(*failures, Duration::from_millis(100), Duration::from_secs(10));
+        let pause = backoff(
+            *failures,
+            Duration::from_millis(100),
+            Duration::from_secs(10),
+        );
         *failures += 1;
         tokio::select! {
             _ = abort.cancelled() => Err(StoreError::Aborted),
@@ -303,7 +376,11 @@ impl Store {
     }
 
     /// The last applied position of every group with pending records: cached, else read (consistently).
-    async fn bases(&self, runs: &[Run], pending: &[Vec<usize>]) -> Result<HashMap<String, u64>, Failure> {
+    async fn bases(
+        &self,
+        runs: &[Run],
+        pending: &[Vec<usize>],
+    ) -> Result<HashMap<String, u64>, Failure> {
         let mut bases = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -322,7 +399,14 @@ impl Store {
         }
         missing.sort();
         missing.dedup();
-        let found = self.batch_get(&self.groups_table, "MessageGroupId", &missing, "LastPosition").await?;
+        let found = self
+            .batch_get(
+                &self.groups_table,
+                "MessageGroupId",
+                &missing,
+                "LastPosition",
+            )
+            .await?;
         let mut cache = self.positions.lock().expect("cache lock");
         for g in missing {
             let pos = found
@@ -336,15 +420,29 @@ impl Store {
     }
 
     /// PayloadSha256 of existing order records.
-    async fn existing_hashes(&self, runs: &[Run], which: &[(usize, usize)]) -> Result<HashMap<String, String>, Failure> {
-        let mut keys: Vec<String> = which.iter().map(|(r, i)| runs[*r].records[*i].order_key.clone()).collect();
+    async fn existing_hashes(
+        &self,
+        runs: &[Run],
+        which: &[(usize, usize)],
+    ) -> Result<HashMap<String, String>, Failure> {
+        let mut keys: Vec<String> = which
+            .iter()
+            .map(|(r, i)| runs[*r].records[*i].order_key.clone())
+            .collect();
         keys.sort();
         keys.dedup();
-        self.batch_get(&self.orders_table, "OrderID", &keys, "PayloadSha256").await
+        self.batch_get(&self.orders_table, "OrderID", &keys, "PayloadSha256")
+            .await
     }
 
     /// Consistent BatchGetItem of one attribute (string or number, returned as text) by key.
-    async fn batch_get(&self, table: &str, key: &str, ids: &[String], attr: &str) -> Result<HashMap<String, String>, Failure> {
+    async fn batch_get(
+        &self,
+        table: &str,
+        key: &str,
+        ids: &[String],
+        attr: &str,
+    ) -> Result<HashMap<String, String>, Failure> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(100) {
             let mut request_items: HashMap<String, KeysAndAttributes> = HashMap::new();
@@ -381,9 +479,17 @@ impl Store {
                         }
                     })?;
                 request("dynamodb", "BatchGetItem", true);
-                for item in out.responses().and_then(|r| r.get(table)).map(Vec::as_slice).unwrap_or_default() {
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(table))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
                     let id = item.get(key).and_then(|v| v.as_s().ok()).cloned();
-                    let value = item.get(attr).and_then(|v| v.as_s().or_else(|_| v.as_n()).ok()).cloned();
+                    let value = item
+                        .get(attr)
+                        .and_then(|v| v.as_s().or_else(|_| v.as_n()).ok())
+                        .cloned();
                     if let (Some(id), Some(value)) = (id, value) {
                         found.insert(id, value);
                     }
@@ -391,9 +497,16 @@ impl Store {
                 request_items = out.unprocessed_keys().cloned().unwrap_or_default();
                 if !request_items.is_empty() {
                     if attempts > 8 {
-                        return Err(Failure::Transient("BatchGetItem kept returning unprocessed keys".into()));
+                        return Err(Failure::Transient(
+                            "BatchGetItem kept returning unprocessed keys".into(),
+                        ));
                     }
-                    tokio::time::sleep(backoff(attempts, Duration::from_millis(50), Duration::from_secs(2))).await;
+                    tokio::time::sleep(backoff(
+                        attempts,
+                        Duration::from_millis(50),
+                        Duration::from_secs(2),
+                    ))
+                    .await;
                 }
             }
         }
@@ -402,7 +515,12 @@ impl Store {
 
     /// Build one transaction from the pending records. A group contributes the longest prefix of its pending
     /// records whose ids are not already in this transaction (DynamoDB refuses two actions on one item).
-    fn build(&self, runs: &[Run], pending: &[Vec<usize>], bases: &HashMap<String, u64>) -> (Vec<TransactWriteItem>, Vec<Action>, String) {
+    fn build(
+        &self,
+        runs: &[Run],
+        pending: &[Vec<usize>],
+        bases: &HashMap<String, u64>,
+    ) -> (Vec<TransactWriteItem>, Vec<Action>, String) {
         let mut items = Vec::new();
         let mut actions = Vec::new();
         let mut ids: HashSet<&str> = HashSet::new();
@@ -416,7 +534,11 @@ impl Store {
             let mut take = Vec::new();
             for idx in p {
                 let key = run.records[*idx].order_key.as_str();
-                if ids.contains(key) || take.iter().any(|i: &usize| run.records[*i].order_key == key) {
+                if ids.contains(key)
+                    || take
+                        .iter()
+                        .any(|i: &usize| run.records[*i].order_key == key)
+                {
                     break;
                 }
                 take.push(*idx);
@@ -428,7 +550,10 @@ impl Store {
             for (k, idx) in take.iter().enumerate() {
                 let record = &run.records[*idx];
                 let position = base + k as u64 + 1;
-                fingerprint.push_str(&format!("{}|{}|{}|{};", record.order_key, record.sqs_message_id, record.payload_sha256, position));
+                fingerprint.push_str(&format!(
+                    "{}|{}|{}|{};",
+                    record.order_key, record.sqs_message_id, record.payload_sha256, position
+                ));
                 items.push(
                     TransactWriteItem::builder()
                         .put(
@@ -436,13 +561,18 @@ impl Store {
                                 .table_name(&self.orders_table)
                                 .set_item(Some(item(record, position)))
                                 .condition_expression("attribute_not_exists(OrderID)")
-                                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                                .return_values_on_condition_check_failure(
+                                    ReturnValuesOnConditionCheckFailure::AllOld,
+                                )
                                 .build()
                                 .expect("table and item are set"),
                         )
                         .build(),
                 );
-                actions.push(Action::Put { run: run_idx, idx: *idx });
+                actions.push(Action::Put {
+                    run: run_idx,
+                    idx: *idx,
+                });
                 ids.insert(record.order_key.as_str());
             }
             let last = base + take.len() as u64;
@@ -462,9 +592,18 @@ impl Store {
                 TransactWriteItem::builder()
                     .update(
                         update
-                            .expression_attribute_values(":last", AttributeValue::N(last.to_string()))
-                            .expression_attribute_values(":oid", AttributeValue::S(last_key.clone()))
-                            .expression_attribute_values(":at", AttributeValue::S(run.records[take[0]].processed_at.clone()))
+                            .expression_attribute_values(
+                                ":last",
+                                AttributeValue::N(last.to_string()),
+                            )
+                            .expression_attribute_values(
+                                ":oid",
+                                AttributeValue::S(last_key.clone()),
+                            )
+                            .expression_attribute_values(
+                                ":at",
+                                AttributeValue::S(run.records[take[0]].processed_at.clone()),
+                            )
                             .build()
                             .expect("table, key and expression are set"),
                     )
@@ -497,27 +636,57 @@ fn classify(record: &Record, existing_sha: &str) -> Applied {
 pub fn item(r: &Record, position: u64) -> HashMap<String, AttributeValue> {
     let mut m = HashMap::from([
         ("OrderID".to_owned(), AttributeValue::S(r.order_key.clone())),
-        ("MessageGroupId".to_owned(), AttributeValue::S(r.group_id.clone())),
-        ("GroupPosition".to_owned(), AttributeValue::N(position.to_string())),
+        (
+            "MessageGroupId".to_owned(),
+            AttributeValue::S(r.group_id.clone()),
+        ),
+        (
+            "GroupPosition".to_owned(),
+            AttributeValue::N(position.to_string()),
+        ),
         ("Status".to_owned(), AttributeValue::S(r.status.to_owned())),
-        ("ItemCount".to_owned(), AttributeValue::N(r.item_count.to_string())),
-        ("PayloadSha256".to_owned(), AttributeValue::S(r.payload_sha256.clone())),
-        ("SqsMessageId".to_owned(), AttributeValue::S(r.sqs_message_id.clone())),
-        ("ReceiveCount".to_owned(), AttributeValue::N(r.receive_count.to_string())),
-        ("ProcessedBy".to_owned(), AttributeValue::S(r.processed_by.clone())),
-        ("ProcessedAt".to_owned(), AttributeValue::S(r.processed_at.clone())),
+        (
+            "ItemCount".to_owned(),
+            AttributeValue::N(r.item_count.to_string()),
+        ),
+        (
+            "PayloadSha256".to_owned(),
+            AttributeValue::S(r.payload_sha256.clone()),
+        ),
+        (
+            "SqsMessageId".to_owned(),
+            AttributeValue::S(r.sqs_message_id.clone()),
+        ),
+        (
+            "ReceiveCount".to_owned(),
+            AttributeValue::N(r.receive_count.to_string()),
+        ),
+        (
+            "ProcessedBy".to_owned(),
+            AttributeValue::S(r.processed_by.clone()),
+        ),
+        (
+            "ProcessedAt".to_owned(),
+            AttributeValue::S(r.processed_at.clone()),
+        ),
     ]);
     if let Some(reason) = &r.reason {
         m.insert("Reason".to_owned(), AttributeValue::S(reason.clone()));
     }
     if let Some(total) = r.total_cents {
-        m.insert("TotalCents".to_owned(), AttributeValue::N(total.to_string()));
+        m.insert(
+            "TotalCents".to_owned(),
+            AttributeValue::N(total.to_string()),
+        );
     }
     if let Some(currency) = &r.currency {
         m.insert("Currency".to_owned(), AttributeValue::S(currency.clone()));
     }
     if let Some(seq) = &r.sqs_sequence_number {
-        m.insert("SqsSequenceNumber".to_owned(), AttributeValue::S(seq.clone()));
+        m.insert(
+            "SqsSequenceNumber".to_owned(),
+            AttributeValue::S(seq.clone()),
+        );
     }
     m
 }
@@ -549,14 +718,24 @@ mod tests {
             .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
             .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
             .build();
-        Store::new(Client::from_conf(conf), "orders".into(), "order-groups".into())
+        Store::new(
+            Client::from_conf(conf),
+            "orders".into(),
+            "order-groups".into(),
+        )
     }
 
     #[test]
     fn build_assigns_consecutive_positions_and_one_group_update() {
         let runs = vec![
-            Run { group_id: "g1".into(), records: vec![record("a", "g1"), record("b", "g1")] },
-            Run { group_id: "g2".into(), records: vec![record("c", "g2")] },
+            Run {
+                group_id: "g1".into(),
+                records: vec![record("a", "g1"), record("b", "g1")],
+            },
+            Run {
+                group_id: "g2".into(),
+                records: vec![record("c", "g2")],
+            },
         ];
         let pending = vec![vec![0, 1], vec![0]];
         let bases = HashMap::from([("g1".to_string(), 7), ("g2".to_string(), 0)]);
@@ -564,14 +743,27 @@ mod tests {
         assert_eq!(items.len(), 5);
         assert_eq!(actions.len(), 5);
         assert_eq!(token.len(), 36);
-        let pos = |i: usize| items[i].put().unwrap().item().get("GroupPosition").unwrap().as_n().unwrap().clone();
+        let pos = |i: usize| {
+            items[i]
+                .put()
+                .unwrap()
+                .item()
+                .get("GroupPosition")
+                .unwrap()
+                .as_n()
+                .unwrap()
+                .clone()
+        };
         assert_eq!(pos(0), "8");
         assert_eq!(pos(1), "9");
         assert_eq!(pos(3), "1");
         let g1 = items[2].update().unwrap();
         assert_eq!(g1.condition_expression(), Some("LastPosition = :base"));
         let g2 = items[4].update().unwrap();
-        assert_eq!(g2.condition_expression(), Some("attribute_not_exists(LastPosition)"));
+        assert_eq!(
+            g2.condition_expression(),
+            Some("attribute_not_exists(LastPosition)")
+        );
         // Same content, same token: a retry after a lost response is idempotent.
         let (_, _, again) = store().build(&runs, &pending, &bases);
         assert_eq!(token, again);
@@ -580,8 +772,14 @@ mod tests {
     #[test]
     fn build_stops_a_group_at_a_repeated_id() {
         let runs = vec![
-            Run { group_id: "g1".into(), records: vec![record("a", "g1"), record("a", "g1"), record("b", "g1")] },
-            Run { group_id: "g2".into(), records: vec![record("b", "g2")] },
+            Run {
+                group_id: "g1".into(),
+                records: vec![record("a", "g1"), record("a", "g1"), record("b", "g1")],
+            },
+            Run {
+                group_id: "g2".into(),
+                records: vec![record("b", "g2")],
+            },
         ];
         let pending = vec![vec![0, 1, 2], vec![0]];
         let bases = HashMap::from([("g1".to_string(), 0), ("g2".to_string(), 0)]);
@@ -596,7 +794,16 @@ mod tests {
     fn build_respects_the_action_limit() {
         let big: Vec<Record> = (0..60).map(|i| record(&format!("o{i}"), "g1")).collect();
         let big2: Vec<Record> = (0..60).map(|i| record(&format!("p{i}"), "g2")).collect();
-        let runs = vec![Run { group_id: "g1".into(), records: big }, Run { group_id: "g2".into(), records: big2 }];
+        let runs = vec![
+            Run {
+                group_id: "g1".into(),
+                records: big,
+            },
+            Run {
+                group_id: "g2".into(),
+                records: big2,
+            },
+        ];
         let pending = vec![(0..60).collect(), (0..60).collect()];
         let bases = HashMap::from([("g1".to_string(), 0), ("g2".to_string(), 0)]);
         let (items, _, _) = store().build(&runs, &pending, &bases);
@@ -608,8 +815,19 @@ mod tests {
         let mut r = record("a", "g");
         let m = item(&r, 3);
         for k in [
-            "OrderID", "MessageGroupId", "GroupPosition", "Status", "TotalCents", "Currency", "ItemCount", "PayloadSha256",
-            "SqsMessageId", "SqsSequenceNumber", "ReceiveCount", "ProcessedBy", "ProcessedAt",
+            "OrderID",
+            "MessageGroupId",
+            "GroupPosition",
+            "Status",
+            "TotalCents",
+            "Currency",
+            "ItemCount",
+            "PayloadSha256",
+            "SqsMessageId",
+            "SqsSequenceNumber",
+            "ReceiveCount",
+            "ProcessedBy",
+            "ProcessedAt",
         ] {
             assert!(m.contains_key(k), "{k}");
         }
@@ -619,7 +837,11 @@ mod tests {
         r.total_cents = None;
         r.currency = None;
         let m = item(&r, 1);
-        assert!(m.contains_key("Reason") && !m.contains_key("TotalCents") && !m.contains_key("Currency"));
+        assert!(
+            m.contains_key("Reason")
+                && !m.contains_key("TotalCents")
+                && !m.contains_key("Currency")
+        );
     }
 
     #[test]

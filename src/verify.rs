@@ -57,7 +57,10 @@ pub struct Report {
 
 impl Report {
     pub fn ok(&self) -> bool {
-        self.lost == 0 && self.applied_twice == 0 && self.out_of_order == 0 && self.wrong_status == 0
+        self.lost == 0
+            && self.applied_twice == 0
+            && self.out_of_order == 0
+            && self.wrong_status == 0
     }
 
     fn example(&mut self, s: String) {
@@ -88,24 +91,34 @@ impl Report {
         for e in &self.examples {
             out.push_str(&format!("  ! {e}\n"));
         }
-        out.push_str(if self.ok() { "VERDICT: OK\n" } else { "VERDICT: FAILED\n" });
+        out.push_str(if self.ok() {
+            "VERDICT: OK\n"
+        } else {
+            "VERDICT: FAILED\n"
+        });
         out
     }
 }
 
 /// Read a JSON-lines manifest.
 pub fn read_manifest(path: &Path) -> anyhow::Result<Vec<Sent>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read manifest {}: {e}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("manifest line {}: {e}", i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| anyhow::anyhow!("manifest line {}: {e}", i + 1))
+        })
         .collect()
 }
 
 /// Compare what was sent with what was stored. Pure: the tests feed it directly.
 pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, u64>) -> Report {
-    let mut r = Report { sent: sent.len(), ..Report::default() };
+    let mut r = Report {
+        sent: sent.len(),
+        ..Report::default()
+    };
     let groups: HashSet<&str> = sent.iter().map(|s| s.group.as_str()).collect();
     r.groups = groups.len();
     // The first send of an order id fixes its place; later sends of the same id are duplicates to drop.
@@ -122,7 +135,10 @@ pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, 
     }
     r.distinct_orders = index_of.len();
     let by_id: HashMap<&str, &Stored> = stored.iter().map(|s| (s.order_id.as_str(), s)).collect();
-    r.records = stored.iter().filter(|s| groups.contains(s.group.as_str())).count();
+    r.records = stored
+        .iter()
+        .filter(|s| groups.contains(s.group.as_str()))
+        .count();
     for s in stored.iter().filter(|s| groups.contains(s.group.as_str())) {
         match s.status.as_str() {
             "ACCEPTED" => r.accepted += 1,
@@ -131,10 +147,16 @@ pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, 
         *r.per_instance.entry(s.processed_by.clone()).or_default() += 1;
         if !index_of.contains_key(&s.order_id) && !s.order_id.starts_with("rejected:") {
             r.unexpected += 1;
-            r.example(format!("record {} (group {}) was never sent", s.order_id, s.group));
+            r.example(format!(
+                "record {} (group {}) was never sent",
+                s.order_id, s.group
+            ));
         }
     }
-    let mut lost: Vec<(&String, &usize)> = index_of.iter().filter(|(k, _)| !by_id.contains_key(k.as_str())).collect();
+    let mut lost: Vec<(&String, &usize)> = index_of
+        .iter()
+        .filter(|(k, _)| !by_id.contains_key(k.as_str()))
+        .collect();
     lost.sort_by_key(|(_, i)| **i);
     r.lost = lost.len();
     for (k, i) in lost.iter().take(5) {
@@ -169,22 +191,34 @@ pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, 
                 r.applied_twice += 1;
                 r.example(format!("group {g}: position {} used twice", s.position));
             } else if s.position != expected as u64 + 1 {
-                r.example(format!("group {g}: position {} where {} was expected", s.position, expected + 1));
+                r.example(format!(
+                    "group {g}: position {} where {} was expected",
+                    s.position,
+                    expected + 1
+                ));
             }
         }
         if let Some(last) = last_positions.get(*g) {
             if *last > recs.len() as u64 {
                 r.applied_twice += (*last - recs.len() as u64) as usize;
-                r.example(format!("group {g}: LastPosition {last} but {} records", recs.len()));
+                r.example(format!(
+                    "group {g}: LastPosition {last} but {} records",
+                    recs.len()
+                ));
             }
         }
         let mut highest: Option<(usize, &str)> = None;
         for s in &recs {
-            let Some(i) = index_of.get(&s.order_id) else { continue };
+            let Some(i) = index_of.get(&s.order_id) else {
+                continue;
+            };
             if let Some((h, prev)) = highest {
                 if *i < h {
                     r.out_of_order += 1;
-                    r.example(format!("group {g}: {} (sent #{i}) applied after {prev} (sent #{h})", s.order_id));
+                    r.example(format!(
+                        "group {g}: {} (sent #{i}) applied after {prev} (sent #{h})",
+                        s.order_id
+                    ));
                     continue;
                 }
             }
@@ -195,7 +229,11 @@ pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, 
 }
 
 /// Read every record of the orders table and the groups' last positions.
-pub async fn read_table(client: &Client, table: &str, groups_table: &str) -> anyhow::Result<(Vec<Stored>, HashMap<String, u64>)> {
+pub async fn read_table(
+    client: &Client,
+    table: &str,
+    groups_table: &str,
+) -> anyhow::Result<(Vec<Stored>, HashMap<String, u64>)> {
     let mut stored = Vec::new();
     let mut start = None;
     loop {
@@ -208,8 +246,18 @@ pub async fn read_table(client: &Client, table: &str, groups_table: &str) -> any
             .await
             .map_err(|e| anyhow::anyhow!("scan {table}: {}", crate::aws::describe(&e)))?;
         for item in out.items() {
-            let s = |k: &str| item.get(k).and_then(|v: &AttributeValue| v.as_s().ok()).cloned().unwrap_or_default();
-            let n = |k: &str| item.get(k).and_then(|v: &AttributeValue| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let s = |k: &str| {
+                item.get(k)
+                    .and_then(|v: &AttributeValue| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let n = |k: &str| {
+                item.get(k)
+                    .and_then(|v: &AttributeValue| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
             stored.push(Stored {
                 order_id: s("OrderID"),
                 group: s("MessageGroupId"),
@@ -236,8 +284,14 @@ pub async fn read_table(client: &Client, table: &str, groups_table: &str) -> any
             .await
             .map_err(|e| anyhow::anyhow!("scan {groups_table}: {}", crate::aws::describe(&e)))?;
         for item in out.items() {
-            let g = item.get("MessageGroupId").and_then(|v| v.as_s().ok()).cloned();
-            let p = item.get("LastPosition").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+            let g = item
+                .get("MessageGroupId")
+                .and_then(|v| v.as_s().ok())
+                .cloned();
+            let p = item
+                .get("LastPosition")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok());
             if let (Some(g), Some(p)) = (g, p) {
                 last.insert(g, p);
             }
@@ -255,7 +309,12 @@ mod tests {
     use super::*;
 
     fn sent(id: &str, g: &str) -> Sent {
-        Sent { order_id: Some(id.into()), group: g.into(), expect: Some("accepted".into()), message_id: None }
+        Sent {
+            order_id: Some(id.into()),
+            group: g.into(),
+            expect: Some("accepted".into()),
+            message_id: None,
+        }
     }
 
     fn stored(id: &str, g: &str, pos: u64) -> Stored {
@@ -271,8 +330,17 @@ mod tests {
 
     #[test]
     fn clean_run_is_ok() {
-        let s = vec![sent("a", "g"), sent("b", "g"), sent("c", "h"), sent("a", "g")];
-        let t = vec![stored("a", "g", 1), stored("b", "g", 2), stored("c", "h", 1)];
+        let s = vec![
+            sent("a", "g"),
+            sent("b", "g"),
+            sent("c", "h"),
+            sent("a", "g"),
+        ];
+        let t = vec![
+            stored("a", "g", 1),
+            stored("b", "g", 2),
+            stored("c", "h", 1),
+        ];
         let r = audit(&s, &t, &HashMap::from([("g".into(), 2), ("h".into(), 1)]));
         assert!(r.ok(), "{}", r.summary());
         assert_eq!(r.distinct_orders, 3);
@@ -280,9 +348,18 @@ mod tests {
 
     #[test]
     fn finds_lost_twice_out_of_order_and_wrong_verdicts() {
-        let mut s = vec![sent("a", "g"), sent("b", "g"), sent("c", "g"), sent("d", "h")];
+        let mut s = vec![
+            sent("a", "g"),
+            sent("b", "g"),
+            sent("c", "g"),
+            sent("d", "h"),
+        ];
         s[3].expect = Some("rejected".into());
-        let t = vec![stored("b", "g", 1), stored("a", "g", 2), stored("d", "h", 1)];
+        let t = vec![
+            stored("b", "g", 1),
+            stored("a", "g", 2),
+            stored("d", "h", 1),
+        ];
         let r = audit(&s, &t, &HashMap::from([("g".into(), 3)]));
         assert_eq!(r.lost, 1, "{}", r.summary());
         assert_eq!(r.out_of_order, 1, "{}", r.summary());
@@ -293,7 +370,12 @@ mod tests {
 
     #[test]
     fn rejected_bodies_are_found_by_message_id() {
-        let s = vec![Sent { order_id: None, group: "g".into(), expect: Some("rejected".into()), message_id: Some("m-1".into()) }];
+        let s = vec![Sent {
+            order_id: None,
+            group: "g".into(),
+            expect: Some("rejected".into()),
+            message_id: Some("m-1".into()),
+        }];
         let mut rec = stored("rejected:m-1", "g", 1);
         rec.status = "REJECTED".into();
         let r = audit(&s, &[rec], &HashMap::new());

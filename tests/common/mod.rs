@@ -1,0 +1,463 @@
+//! Test harness: real servers on 127.0.0.1 and the real binaries. Every test gets its own emulator on its own
+//! port, its own queue and tables, and its own worker processes; everything is stopped on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+
+pub const REGION: &str = "us-east-1";
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where test logs go: target/test-logs/<test>/...
+pub fn log_dir(test: &str) -> PathBuf {
+    let dir = repo().join("target").join("test-logs").join(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Poll `f` until it returns Some, or panic with `what` at the deadline.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A child process killed (its whole process group) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Wait for exit with a deadline; panics at the deadline.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let pgid = format!("-{}", self.child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &pgid]).status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawn `cmd` in its own process group with stdout+stderr to `log`.
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::create(log).unwrap();
+    cmd.stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .stdin(Stdio::null())
+        .process_group(0);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+/// The SQS + DynamoDB emulator (ministack, from the project's virtual environment).
+pub struct Emulator {
+    pub endpoint: String,
+    pub port: u16,
+    proc: Proc,
+}
+
+pub fn ministack_bin() -> PathBuf {
+    std::env::var_os("MINISTACK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/ministack"))
+}
+
+impl Emulator {
+    pub async fn start(test: &str) -> Emulator {
+        Self::start_on(test, free_port()).await
+    }
+
+    pub async fn start_on(test: &str, port: u16) -> Emulator {
+        let bin = ministack_bin();
+        assert!(
+            bin.exists(),
+            "{} missing: run scripts/bootstrap (the README's test command does)",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.env("BIND_HOST", "127.0.0.1")
+            .env("GATEWAY_PORT", port.to_string());
+        let proc = spawn_logged(cmd, &log_dir(test).join(format!("ministack-{port}.log")));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_for(
+            "the emulator to listen",
+            Duration::from_secs(30),
+            || async {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Emulator {
+            endpoint,
+            port,
+            proc,
+        }
+    }
+
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .load()
+            .await
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.signal("KILL");
+        let _ = self.proc.child.wait();
+    }
+}
+
+/// One test's queue and tables.
+pub struct Fixture {
+    pub sqs: aws_sdk_sqs::Client,
+    pub ddb: aws_sdk_dynamodb::Client,
+    pub queue_url: String,
+    pub orders_table: String,
+    pub groups_table: String,
+    pub endpoint: String,
+    pub test: String,
+    pub suffix: String,
+}
+
+pub fn suffix() -> String {
+    format!("{:08x}", fastrand::u32(..))
+}
+
+impl Fixture {
+    pub async fn new(emu: &Emulator, test: &str) -> Fixture {
+        Self::with_queue_attrs(emu, test, &[]).await
+    }
+
+    pub async fn with_queue_attrs(
+        emu: &Emulator,
+        test: &str,
+        attrs: &[(QueueAttributeName, &str)],
+    ) -> Fixture {
+        Self::named(emu, test, &suffix(), attrs).await
+    }
+
+    /// The queue and tables named with `s` (the same names again on a restarted emulator).
+    pub async fn named(
+        emu: &Emulator,
+        test: &str,
+        s: &str,
+        attrs: &[(QueueAttributeName, &str)],
+    ) -> Fixture {
+        let sdk = emu.sdk().await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let mut q = sqs
+            .create_queue()
+            .queue_name(format!("orders-{s}.fifo"))
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(QueueAttributeName::VisibilityTimeout, "120");
+        for (k, v) in attrs {
+            q = q.attributes(k.clone(), *v);
+        }
+        let queue_url = q
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url()
+            .unwrap()
+            .to_owned();
+        let orders_table = format!("orders-{s}");
+        let groups_table = format!("order-groups-{s}");
+        create_table(&ddb, &orders_table, "OrderID").await;
+        create_table(&ddb, &groups_table, "MessageGroupId").await;
+        Fixture {
+            sqs,
+            ddb,
+            queue_url,
+            orders_table,
+            groups_table,
+            endpoint: emu.endpoint.clone(),
+            test: test.to_owned(),
+            suffix: s.to_owned(),
+        }
+    }
+
+    /// The environment a worker (or spot-sim's workers) needs to reach this fixture.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_REGION", REGION),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("ORDER_WORKER_QUEUE_URL", self.queue_url.as_str()),
+            ("ORDER_WORKER_ORDERS_TABLE", self.orders_table.as_str()),
+            ("ORDER_WORKER_GROUPS_TABLE", self.groups_table.as_str()),
+            ("RUST_LOG", "info,order_worker=debug"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Start an order-worker against this fixture. `args` come after the defaults and win.
+    pub fn worker(&self, name: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_order-worker"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.envs(self.env());
+        cmd.args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--wait-time",
+            "1s",
+            "--imds-disabled",
+            "--instance-id",
+            name,
+        ]);
+        cmd.args(args);
+        spawn_logged(cmd, &log_dir(&self.test).join(format!("{name}.log")))
+    }
+
+    /// Send bodies to one group, in order, 10 per batch; dedup id = `dedup(i)`.
+    pub async fn send(&self, group: &str, messages: &[(String, String)]) {
+        for chunk in messages.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (dedup, body))| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .message_group_id(group)
+                        .message_deduplication_id(dedup)
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let out = self
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("send batch");
+            assert!(out.failed().is_empty(), "send failed: {:?}", out.failed());
+        }
+    }
+
+    /// Send orders `ids` (valid bodies) to `group`, dedup id = order id.
+    pub async fn send_orders(&self, group: &str, ids: &[String]) {
+        let msgs: Vec<(String, String)> = ids
+            .iter()
+            .map(|id| (id.clone(), order_body(id, group)))
+            .collect();
+        self.send(group, &msgs).await;
+    }
+
+    /// Every record in the orders table.
+    pub async fn records(&self) -> Vec<HashMap<String, AttributeValue>> {
+        let mut all = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .ddb
+                .scan()
+                .table_name(&self.orders_table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan");
+            all.extend(out.items().iter().cloned());
+            start = out.last_evaluated_key().cloned();
+            if start.is_none() {
+                return all;
+            }
+        }
+    }
+
+    pub async fn wait_records(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<HashMap<String, AttributeValue>> {
+        wait_for(
+            &format!("{n} records in {}", self.orders_table),
+            timeout,
+            || async {
+                let r = self.records().await;
+                (r.len() >= n).then_some(r)
+            },
+        )
+        .await
+    }
+
+    /// Audit the table against what was sent (the same code as `order-worker verify`).
+    pub async fn audit(&self, sent: &[order_worker::verify::Sent]) -> order_worker::verify::Report {
+        let (stored, last) =
+            order_worker::verify::read_table(&self.ddb, &self.orders_table, &self.groups_table)
+                .await
+                .expect("read table");
+        order_worker::verify::audit(sent, &stored, &last)
+    }
+
+    /// Messages visible right now (one immediate receive, no wait).
+    pub async fn receive_now(&self, max: i32) -> Vec<aws_sdk_sqs::types::Message> {
+        self.sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(0)
+            .visibility_timeout(30)
+            .send()
+            .await
+            .expect("receive")
+            .messages()
+            .to_vec()
+    }
+}
+
+async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
+    ddb.create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+}
+
+/// A valid order body.
+pub fn order_body(id: &str, customer: &str) -> String {
+    format!(
+        r#"{{"order_id":"{id}","customer_id":"{customer}","items":[{{"sku":"SKU-1","qty":2,"unit_price_cents":1299}}],"currency":"EUR","placed_at":"2026-11-25T12:00:00Z"}}"#
+    )
+}
+
+pub fn sent(id: &str, group: &str, expect: &str) -> order_worker::verify::Sent {
+    order_worker::verify::Sent {
+        order_id: Some(id.into()),
+        group: group.into(),
+        expect: Some(expect.into()),
+        message_id: None,
+    }
+}
+
+pub fn s(item: &HashMap<String, AttributeValue>, k: &str) -> String {
+    item.get(k)
+        .and_then(|v| v.as_s().or_else(|_| v.as_n()).ok())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Read one counter from a worker's metrics (port from its log line `addr=...`).
+pub async fn metric(proc: &Proc, line_prefix: &str) -> f64 {
+    let addr = wait_for(
+        "the worker's metrics address",
+        Duration::from_secs(20),
+        || async {
+            let text = proc.log_text();
+            text.lines()
+                .find(|l| l.contains("metrics on"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .map(|a| a.split_whitespace().next().unwrap().to_owned())
+        },
+    )
+    .await;
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,393 @@
+//! The worker against the real emulator: exactly once, in exact order, nothing lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-{i:06}")).collect()
+}
+
+/// Send `per_group` orders to each of `groups` groups, interleaved, and return the manifest in send order.
+async fn send_interleaved(
+    fx: &Fixture,
+    groups: usize,
+    per_group: usize,
+) -> Vec<order_worker::verify::Sent> {
+    let mut manifest = Vec::new();
+    // Ten at a time per group, round robin: the queue sees the groups interleaved.
+    for round in 0..per_group.div_ceil(10) {
+        for g in 0..groups {
+            let group = format!("cust-{g}");
+            let batch: Vec<String> = (round * 10..((round + 1) * 10).min(per_group))
+                .map(|i| format!("ord-{g}-{i:05}"))
+                .collect();
+            fx.send_orders(&group, &batch).await;
+            manifest.extend(batch.iter().map(|id| sent(id, &group, "accepted")));
+        }
+    }
+    manifest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_orders_over_five_groups_applied_once_in_send_order() {
+    let emu = Emulator::start("hundred").await;
+    let fx = Fixture::new(&emu, "hundred").await;
+    let manifest = send_interleaved(&fx, 5, 20).await;
+    let worker = fx.worker("w1", &[]);
+    let records = fx.wait_records(100, Duration::from_secs(60)).await;
+    assert_eq!(records.len(), 100);
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!(report.accepted, 100);
+    // Every record carries the whole shape.
+    for r in &records {
+        for k in [
+            "OrderID",
+            "MessageGroupId",
+            "GroupPosition",
+            "Status",
+            "TotalCents",
+            "Currency",
+            "ItemCount",
+            "PayloadSha256",
+            "SqsMessageId",
+            "SqsSequenceNumber",
+            "ReceiveCount",
+            "ProcessedBy",
+            "ProcessedAt",
+        ] {
+            assert!(r.contains_key(k), "record lacks {k}: {r:?}");
+        }
+        assert_eq!(s(r, "TotalCents"), "2598");
+        assert_eq!(s(r, "ProcessedBy"), "w1");
+    }
+    assert_eq!(
+        metric(&worker, "order_worker_orders_total{status=\"accepted\"}").await,
+        100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_and_conflicts_are_not_applied_and_do_not_block_the_group() {
+    let emu = Emulator::start("duplicates").await;
+    let fx = Fixture::new(&emu, "duplicates").await;
+    let g = "cust-1";
+    let a = order_body("ord-a", g);
+    let b = order_body("ord-b", g);
+    let conflicting_b = b.replace("\"qty\":2", "\"qty\":3");
+    fx.send(
+        g,
+        &[
+            ("ord-a".into(), a.clone()),
+            // Same dedup id inside the 5-minute window: SQS drops it.
+            ("ord-a".into(), a.clone()),
+            ("ord-b".into(), b.clone()),
+            // Same order sent again after the window (a new dedup id stands in for the expired one).
+            ("ord-a-late".into(), a.clone()),
+            // The same order id with another payload: a conflict, never applied.
+            ("ord-b-changed".into(), conflicting_b),
+            ("ord-c".into(), order_body("ord-c", g)),
+        ],
+    )
+    .await;
+    let worker = fx.worker("w1", &[]);
+    fx.wait_records(3, Duration::from_secs(60)).await;
+    wait_for(
+        "the conflict to be counted",
+        Duration::from_secs(30),
+        || async {
+            (metric(&worker, "order_worker_orders_total{status=\"conflict\"}").await == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&worker, "order_worker_orders_total{status=\"duplicate\"}").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&worker, "order_worker_orders_total{status=\"accepted\"}").await,
+        3.0
+    );
+    let manifest = vec![
+        sent("ord-a", g, "accepted"),
+        sent("ord-b", g, "accepted"),
+        sent("ord-c", g, "accepted"),
+    ];
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    let records = fx.records().await;
+    assert_eq!(records.len(), 3);
+    let b_rec = records.iter().find(|r| s(r, "OrderID") == "ord-b").unwrap();
+    assert_eq!(s(b_rec, "ItemCount"), "1");
+    assert_eq!(
+        s(b_rec, "TotalCents"),
+        "2598",
+        "the first payload of ord-b stays applied"
+    );
+    // Nothing left in the queue: duplicates and conflicts were deleted, not retried forever.
+    wait_for("the queue to be empty", Duration::from_secs(20), || async {
+        fx.receive_now(10).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_hostile_bodies_are_rejected_without_blocking_their_group() {
+    let emu = Emulator::start("malformed").await;
+    let fx = Fixture::new(&emu, "malformed").await;
+    let g = "cust-9";
+    let huge = format!(
+        r#"{{"order_id":"ord-huge","customer_id":"{g}","pad":"{}"}}"#,
+        "x".repeat(255 * 1024)
+    );
+    let bodies: Vec<(&str, String)> = vec![
+        ("first", order_body("ord-first", g)),
+        ("notjson", "this is not json".into()),
+        ("blank", " ".into()),
+        (
+            "wrongtypes",
+            format!(
+                r#"{{"order_id":"ord-types","customer_id":"{g}","items":"many","currency":1,"placed_at":true}}"#
+            ),
+        ),
+        ("huge", huge),
+        (
+            "unknown",
+            order_body("ord-unknown", g)
+                .replace("\"currency\"", "\"coupon\":\"FREE\",\"currency\""),
+        ),
+        (
+            "negative",
+            order_body("ord-neg", g).replace("\"qty\":2", "\"qty\":-2"),
+        ),
+        (
+            "overflow",
+            order_body("ord-over", g).replace("1299", "184467440737095516150"),
+        ),
+        ("nonascii", order_body("ordé-1", g)),
+        ("array", "[1,2,3]".into()),
+        ("last", order_body("ord-last", g)),
+    ];
+    let msgs: Vec<(String, String)> = bodies
+        .iter()
+        .map(|(d, b)| (d.to_string(), b.clone()))
+        .collect();
+    fx.send(g, &msgs).await;
+    let _worker = fx.worker("w1", &[]);
+    let records = fx.wait_records(bodies.len(), Duration::from_secs(60)).await;
+    let mut by_pos: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                s(r, "GroupPosition").parse::<u64>().unwrap(),
+                s(r, "OrderID"),
+                s(r, "Status"),
+                s(r, "Reason"),
+            )
+        })
+        .collect();
+    by_pos.sort();
+    assert_eq!(by_pos.len(), bodies.len());
+    assert_eq!(by_pos.first().unwrap().1, "ord-first");
+    assert_eq!(by_pos.first().unwrap().2, "ACCEPTED");
+    assert_eq!(by_pos.last().unwrap().1, "ord-last");
+    assert_eq!(by_pos.last().unwrap().2, "ACCEPTED");
+    for (pos, id, status, reason) in &by_pos[1..by_pos.len() - 1] {
+        assert_eq!(status, "REJECTED", "#{pos} {id}");
+        assert!(!reason.is_empty(), "#{pos} {id} has no reason");
+        assert!(reason.len() < 400, "#{pos} reason too long");
+    }
+    // Bodies with a usable id are recorded under it; the others under rejected:<MessageId>.
+    let ids: Vec<&str> = by_pos.iter().map(|p| p.1.as_str()).collect();
+    for id in [
+        "ord-types",
+        "ord-huge",
+        "ord-unknown",
+        "ord-neg",
+        "ord-over",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    assert_eq!(
+        ids.iter().filter(|i| i.starts_with("rejected:")).count(),
+        4,
+        "{ids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_batch_and_restarted_applies_nothing_twice_and_loses_nothing() {
+    let emu = Emulator::start("sigkill").await;
+    let fx = Fixture::new(&emu, "sigkill").await;
+    let manifest = send_interleaved(&fx, 10, 20).await;
+    // Short visibility so the killed worker's messages come back quickly; slow work so it dies mid-run.
+    let args = [
+        "--visibility-timeout",
+        "4s",
+        "--drain-timeout",
+        "2s",
+        "--work-delay",
+        "30ms",
+    ];
+    let mut first = fx.worker("w1", &args);
+    fx.wait_records(40, Duration::from_secs(60)).await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10)).await;
+    let before = fx.records().await.len();
+    assert!(
+        before < 200,
+        "the worker finished before it was killed; the test proves nothing"
+    );
+    let _second = fx.worker("w2", &args);
+    fx.wait_records(200, Duration::from_secs(120)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!(report.records, 200);
+    assert!(
+        report.per_instance.contains_key("w2"),
+        "{}",
+        report.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_and_releases_held_messages_at_once() {
+    let emu = Emulator::start("sigterm").await;
+    let fx = Fixture::new(&emu, "sigterm").await;
+    let g = "cust-1";
+    let orders = ids("ord", 10);
+    fx.send_orders(g, &orders).await;
+    let mut worker = fx.worker(
+        "w1",
+        &[
+            "--work-delay",
+            "1s",
+            "--visibility-timeout",
+            "100s",
+            "--drain-timeout",
+            "30s",
+        ],
+    );
+    wait_for(
+        "the worker to hold the group",
+        Duration::from_secs(30),
+        || async {
+            (metric(&worker, "order_worker_messages_in_flight").await >= 10.0).then_some(())
+        },
+    )
+    .await;
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit {status:?}\n{}", worker.log_text());
+    let log = worker.log_text();
+    assert!(log.contains("drain complete"), "{log}");
+    let applied = fx.records().await.len();
+    assert!(
+        (1..10).contains(&applied),
+        "{applied} applied: the in-flight order must finish and the rest be released"
+    );
+    // The released messages are available at once (not after the 100 s visibility timeout), next in order.
+    let next = wait_for("the released messages", Duration::from_secs(5), || async {
+        let m = fx.receive_now(10).await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    let first_body = next[0].body().unwrap();
+    assert!(
+        first_body.contains(&format!("\"{}\"", orders[applied])),
+        "expected {} next, got {first_body}",
+        orders[applied]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_a_thousand_orders_in_order() {
+    let emu = Emulator::start("thousand").await;
+    let fx = Fixture::new(&emu, "thousand").await;
+    let manifest = send_interleaved(&fx, 20, 50).await;
+    let _w1 = fx.worker("w1", &[]);
+    let _w2 = fx.worker("w2", &[]);
+    fx.wait_records(1000, Duration::from_secs(240)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!(report.records, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_fail_at_start_naming_the_setting() {
+    let emu = Emulator::start("settings").await;
+    let fx = Fixture::new(&emu, "settings").await;
+    let mut w = fx.worker(
+        "not-fifo",
+        &["--queue-url", "http://127.0.0.1:1/000000000000/orders"],
+    );
+    let status = w.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(2));
+    assert!(w.log_text().contains("--queue-url"), "{}", w.log_text());
+    let mut w = fx.worker(
+        "vis",
+        &["--visibility-timeout", "30s", "--drain-timeout", "60s"],
+    );
+    assert_eq!(w.wait_exit(Duration::from_secs(10)).await.code(), Some(2));
+    assert!(
+        w.log_text().contains("--visibility-timeout"),
+        "{}",
+        w.log_text()
+    );
+    let mut w = fx.worker("table", &["--orders-table", "no-such-table"]);
+    assert!(!w.wait_exit(Duration::from_secs(20)).await.success());
+    assert!(w.log_text().contains("no-such-table"), "{}", w.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_out_an_emulator_outage_instead_of_crashing() {
+    let port = free_port();
+    let mut emu = Emulator::start_on("outage", port).await;
+    let fx = Fixture::new(&emu, "outage").await;
+    fx.send_orders("cust-1", &ids("before", 5)).await;
+    let worker = fx.worker("w1", &[]);
+    fx.wait_records(5, Duration::from_secs(30)).await;
+    // The emulator dies (its in-memory state with it); the worker must keep retrying, not exit.
+    emu.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut worker = worker;
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "worker exited during the outage:\n{}",
+        worker.log_text()
+    );
+    wait_for(
+        "the worker to say what it waits for",
+        Duration::from_secs(20),
+        || async {
+            worker
+                .log_text()
+                .contains("waiting_for=\"SQS\"")
+                .then_some(())
+        },
+    )
+    .await;
+    // The region comes back (empty, as an emulator restarts): the same queue and tables, new orders.
+    let emu2 = Emulator::start_on("outage", port).await;
+    let fx2 = Fixture::named(&emu2, "outage", &fx.suffix, &[]).await;
+    fx2.send_orders("cust-1", &ids("after", 5)).await;
+    fx2.wait_records(5, Duration::from_secs(60)).await;
+    let report = fx2
+        .audit(
+            &ids("after", 5)
+                .iter()
+                .map(|i| sent(i, "cust-1", "accepted"))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    assert!(report.ok(), "{}", report.summary());
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "worker exited:\n{}",
+        worker.log_text()
+    );
+}
