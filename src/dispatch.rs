@@ -32,11 +32,13 @@ use crate::store::{Applied, Record, Run, Store, StoreError, MAX_ACTIONS};
 
 /// Most orders one group commits in one run (leaves room for other groups in the same transaction).
 const RUN_MAX: usize = 25;
+/// Longest a run collects orders before it is committed.
+const RUN_LINGER: Duration = Duration::from_millis(50);
 
 /// The shutdown signals, from gentle to hard.
 #[derive(Clone, Default)]
 pub struct Control {
-    /// Receiving stops for good (the current long poll is abandoned and its messages recovered).
+    /// Receiving stops for good (after the poll in flight, whose messages are released).
     pub stop_receiving: CancellationToken,
     /// Group tasks take no new message; everything held but not started is released.
     pub draining: CancellationToken,
@@ -206,9 +208,10 @@ impl Dispatcher {
         inner.groups.close();
         inner.groups.wait().await;
         inner.shutdown.cancel();
-        // The receive loop recovers and releases what an abandoned long poll took; the bound only guards
-        // against SQS itself hanging.
-        let _ = tokio::time::timeout(Duration::from_secs(10), inner.loops.wait()).await;
+        // The receive loop ends when its last poll returns (what it brings is released); the bound only
+        // guards against SQS itself hanging.
+        let bound = inner.cfg.wait_time + Duration::from_secs(15);
+        let _ = tokio::time::timeout(bound, inner.loops.wait()).await;
     }
 
     /// What is still in flight, for a drain that hit its deadline: "group g: 3 messages (oldest 12s)".
@@ -245,8 +248,12 @@ impl Dispatcher {
         let mut paused_rx = inner.paused.subscribe();
         let max_groups = cfg.max_groups;
         loop {
+            if stop.is_cancelled() {
+                break;
+            }
             // Wait for capacity and for the pause to lift, or stop.
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
                 r = async {
                     paused_rx.wait_for(|p| !*p).await.map(|_| ())?;
@@ -267,14 +274,15 @@ impl Dispatcher {
                 attempt_id = new_attempt_id();
                 attempt_started = Instant::now();
             }
-            let mut paused_changed = inner.paused.subscribe();
-            let outcome = tokio::select! {
-                r = inner.queue.receive(free as i32, wait, vis, &attempt_id) => Some(r),
-                _ = stop.cancelled() => None,
-                _ = paused_changed.wait_for(|p| *p) => None,
-            };
+            // The poll is never abandoned: SQS may already have handed it messages, and a dropped poll would
+            // hide them (and stall their groups) for a whole visibility timeout. Measured on the emulator: ten
+            // messages stuck for 120 s. A drain waits at most one poll for it; what it brings is released.
+            let outcome = inner
+                .queue
+                .receive(free as i32, wait, vis, &attempt_id)
+                .await;
             match outcome {
-                Some(Ok(messages)) => {
+                Ok(messages) => {
                     if failures > 0 {
                         tracing::info!(after_failures = failures, "SQS receiving again");
                     }
@@ -283,7 +291,7 @@ impl Dispatcher {
                     attempt_started = Instant::now();
                     self.accept(messages).await;
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     if failures == 0 || failures.is_power_of_two() {
                         tracing::warn!(
                             waiting_for = "SQS",
@@ -310,42 +318,9 @@ impl Dispatcher {
                         _ = tokio::time::sleep(pause) => {}
                     }
                 }
-                None => {
-                    // We abandoned a long poll. SQS may already have handed it messages: ask again with the same
-                    // attempt id and no wait, and release what comes back (on AWS, exactly those messages).
-                    self.recover_abandoned(&attempt_id, free as i32, vis).await;
-                    attempt_id = new_attempt_id();
-                    attempt_started = Instant::now();
-                    if stop.is_cancelled() {
-                        break;
-                    }
-                }
             }
         }
         tracing::debug!("receive loop stopped");
-    }
-
-    async fn recover_abandoned(&self, attempt_id: &str, max: i32, vis: i32) {
-        match self.inner.queue.receive(max, 0, vis, attempt_id).await {
-            Ok(messages) if !messages.is_empty() => {
-                let handles: Vec<Handle> = messages
-                    .iter()
-                    .map(|m| Handle {
-                        message_id: m.message_id.clone(),
-                        receipt_handle: m.receipt_handle.clone(),
-                    })
-                    .collect();
-                tracing::info!(
-                    count = handles.len(),
-                    "released messages of an abandoned receive"
-                );
-                self.release_untracked(handles).await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(cause = %e, "could not recover an abandoned receive; its messages return after their visibility timeout")
-            }
-        }
     }
 
     /// Take received messages into their groups, starting a task for each new group.
@@ -355,8 +330,10 @@ impl Dispatcher {
         let mut late = Vec::new();
         {
             let mut s = inner.state.lock().expect("state lock");
+            // A poll that was in flight when we paused or started draining brings new groups we must not take.
+            let refuse = inner.control.draining.is_cancelled() || *inner.paused.borrow();
             for m in messages {
-                if inner.control.draining.is_cancelled() {
+                if refuse {
                     late.push(Handle {
                         message_id: m.message_id.clone(),
                         receipt_handle: m.receipt_handle.clone(),
@@ -422,8 +399,12 @@ impl Dispatcher {
         loop {
             let mut run: Vec<Record> = Vec::new();
             let mut ids: Vec<String> = Vec::new();
+            let run_started = Instant::now();
             loop {
-                if inner.control.draining.is_cancelled() || run.len() >= RUN_MAX {
+                // Instant work batches everything held; slow work commits each order soon after it is done
+                // (a record should not wait for the work of the orders behind it).
+                let lingered = !run.is_empty() && run_started.elapsed() >= RUN_LINGER;
+                if inner.control.draining.is_cancelled() || run.len() >= RUN_MAX || lingered {
                     break;
                 }
                 let next = {

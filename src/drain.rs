@@ -374,6 +374,11 @@ async fn complete(hook: &LifecycleHook, trigger: &Trigger) -> HookOutcome {
             Err(e) => {
                 last = e.to_string();
                 tracing::warn!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction failed");
+                // Only "no active lifecycle action" can change by waiting (the group has not moved us to
+                // Terminating:Wait yet); anything else was already retried inside the call.
+                if !e.is_no_active_action() {
+                    break;
+                }
             }
         }
     }

@@ -714,7 +714,7 @@ mod tests {
             "{err:?}"
         );
         assert!(
-            took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
             "{took:?}"
         );
     }
@@ -758,7 +758,7 @@ mod tests {
             .iter()
             .all(|b| b.contains("Action=RecordLifecycleActionHeartbeat")));
         done.cancel();
-        tokio::time::timeout(Duration::from_millis(200), task)
+        tokio::time::timeout(Duration::from_secs(1), task)
             .await
             .expect("heartbeat loop did not stop")
             .unwrap();

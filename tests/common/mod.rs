@@ -461,3 +461,185 @@ pub async fn metric(proc: &Proc, line_prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The spot-sim binary (built beside order-worker by `cargo build --workspace`).
+pub fn spot_sim_bin() -> PathBuf {
+    std::env::var_os("SPOT_SIM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_BIN_EXE_order-worker")).with_file_name("spot-sim"))
+}
+
+/// A running spot-sim: the local Spot region (metadata, Auto Scaling, FIS).
+pub struct Sim {
+    pub api: String,
+    pub proc: Proc,
+    http: reqwest::Client,
+}
+
+/// One simulated instance with no process: the test runs the worker itself.
+pub struct Instance {
+    pub id: String,
+    pub imds_url: String,
+}
+
+impl Sim {
+    /// Start spot-sim with no fleet of its own (`--desired 0`) plus `args`.
+    pub async fn start(test: &str, args: &[&str]) -> Sim {
+        let bin = spot_sim_bin();
+        assert!(
+            bin.exists(),
+            "{} missing: cargo build --workspace",
+            bin.display()
+        );
+        let dir = log_dir(test);
+        let ready = dir.join(format!("spot-sim-{}.ready", suffix()));
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--desired", "0", "--ready-file"])
+            .arg(&ready)
+            .args(args);
+        let proc = spawn_logged(cmd, &dir.join(format!("spot-sim-{}.log", suffix())));
+        let api = wait_for("spot-sim's ready file", Duration::from_secs(20), || async {
+            let text = std::fs::read_to_string(&ready).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            v["api"].as_str().map(str::to_owned)
+        })
+        .await;
+        Sim {
+            api,
+            proc,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .json(&body)
+            .send()
+            .await
+            .expect("spot-sim control call");
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        assert!(status.is_success(), "POST {path}: {status} {v}");
+        v
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/_sim/status", self.api))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
+    pub async fn instance(&self, id: &str) -> serde_json::Value {
+        let s = self.status().await;
+        s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no instance {id} in {s}"))
+    }
+
+    /// Events recorded for one instance, as text.
+    pub async fn events(&self, id: &str) -> Vec<String> {
+        self.instance(id).await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    pub async fn launch_external(&self) -> Instance {
+        let v = self
+            .post("/_sim/instances", serde_json::json!({"external": true}))
+            .await;
+        Instance {
+            id: v["id"].as_str().unwrap().to_owned(),
+            imds_url: v["imds_url"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn interrupt(&self, id: &str, in_seconds: f64) -> serde_json::Value {
+        self.post(
+            &format!("/_sim/instances/{id}/interrupt"),
+            serde_json::json!({"in_seconds": in_seconds}),
+        )
+        .await
+    }
+
+    pub async fn fault(&self, id: &str, body: serde_json::Value) {
+        self.post(&format!("/_sim/instances/{id}/imds-fault"), body)
+            .await;
+    }
+}
+
+impl Fixture {
+    /// A worker running "on" a simulated instance: metadata and Auto Scaling from spot-sim, group name from the
+    /// instance tags, instance id from metadata.
+    pub fn worker_on(&self, sim: &Sim, instance: &Instance, args: &[&str]) -> Proc {
+        self.worker_with_imds(
+            &format!("worker-{}", instance.id),
+            &sim.api,
+            &instance.imds_url,
+            args,
+        )
+    }
+
+    pub fn worker_with_imds(
+        &self,
+        name: &str,
+        autoscaling: &str,
+        imds_url: &str,
+        args: &[&str],
+    ) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_order-worker"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        cmd.envs(self.env());
+        cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds_url)
+            .env("AWS_ENDPOINT_URL_AUTO_SCALING", autoscaling);
+        cmd.args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--wait-time",
+            "1s",
+            "--imds-poll",
+            "200ms",
+            "--hook-heartbeat",
+            "1s",
+        ]);
+        cmd.args(args);
+        spawn_logged(
+            cmd,
+            &log_dir(&self.test).join(format!("{name}-{}.log", suffix())),
+        )
+    }
+}
+
+/// GET a worker's /readyz status code.
+pub async fn readyz(proc: &Proc) -> u16 {
+    let addr = wait_for(
+        "the worker's metrics address",
+        Duration::from_secs(20),
+        || async {
+            let text = proc.log_text();
+            text.lines()
+                .find(|l| l.contains("metrics on"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .map(|a| a.split_whitespace().next().unwrap().to_owned())
+        },
+    )
+    .await;
+    reqwest::get(format!("http://{addr}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}

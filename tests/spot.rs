@@ -1,0 +1,299 @@
+//! Spot interruptions and the lifecycle hook, against spot-sim (metadata + Auto Scaling) and the emulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn wait_log(proc: &Proc, needle: &str, timeout: Duration) {
+    wait_for(
+        &format!("{needle:?} in the worker log"),
+        timeout,
+        || async { proc.log_text().contains(needle).then_some(()) },
+    )
+    .await;
+}
+
+async fn send_groups(
+    fx: &Fixture,
+    groups: usize,
+    per_group: usize,
+    prefix: &str,
+) -> Vec<order_worker::verify::Sent> {
+    let mut manifest = Vec::new();
+    for g in 0..groups {
+        let group = format!("cust-{prefix}-{g}");
+        let ids: Vec<String> = (0..per_group)
+            .map(|i| format!("{prefix}-{g}-{i:04}"))
+            .collect();
+        fx.send_orders(&group, &ids).await;
+        manifest.extend(ids.iter().map(|id| sent(id, &group, "accepted")));
+    }
+    manifest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_worker_completes_its_hook_on_a_notice_and_exits() {
+    let emu = Emulator::start("spot-idle").await;
+    let fx = Fixture::new(&emu, "spot-idle").await;
+    let sim = Sim::start("spot-idle", &[]).await;
+    let inst = sim.launch_external().await;
+    let mut worker = fx.worker_on(&sim, &inst, &[]);
+    wait_log(
+        &worker,
+        "instance id from metadata",
+        Duration::from_secs(20),
+    )
+    .await;
+    sim.interrupt(&inst.id, 120.0).await;
+    let status = worker.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}\n{}", worker.log_text());
+    let events = sim.events(&inst.id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("CompleteLifecycleAction")),
+        "{events:?}"
+    );
+    let log = worker.log_text();
+    assert!(log.contains("lifecycle hook completed"), "{log}");
+    assert!(log.contains("drain complete"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_worker_finishes_in_flight_releases_the_rest_to_another_worker() {
+    let emu = Emulator::start("spot-busy").await;
+    let fx = Fixture::new(&emu, "spot-busy").await;
+    let sim = Sim::start("spot-busy", &[]).await;
+    let manifest = send_groups(&fx, 4, 10, "busy").await;
+    let a = sim.launch_external().await;
+    let mut wa = fx.worker_on(&sim, &a, &["--work-delay", "300ms"]);
+    fx.wait_records(4, Duration::from_secs(30)).await;
+    sim.interrupt(&a.id, 120.0).await;
+    let status = wa.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", wa.log_text());
+    let applied_by_a = fx.records().await.len();
+    assert!(
+        applied_by_a < 40,
+        "worker A finished everything before the notice; the test proves nothing"
+    );
+    assert!(wa.log_text().contains("released="), "{}", wa.log_text());
+    // The released messages are taken at once by a second worker: all applied once, in order.
+    let b = sim.launch_external().await;
+    let _wb = fx.worker_on(&sim, &b, &[]);
+    fx.wait_records(40, Duration::from_secs(20)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    assert!(sim
+        .events(&a.id)
+        .await
+        .iter()
+        .any(|e| e.starts_with("CompleteLifecycleAction")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_short_a_notice_releases_in_flight_orders_without_half_applying_them() {
+    let emu = Emulator::start("spot-short").await;
+    let fx = Fixture::new(&emu, "spot-short").await;
+    let sim = Sim::start("spot-short", &[]).await;
+    let manifest = send_groups(&fx, 2, 3, "short").await;
+    let a = sim.launch_external().await;
+    // Each order takes 5 s; the notice leaves 12 s - 10 s margin = 2 s: nothing in flight can finish.
+    let mut wa = fx.worker_on(&sim, &a, &["--work-delay", "5s"]);
+    wait_for(
+        "the worker to hold both groups",
+        Duration::from_secs(20),
+        || async { (metric(&wa, "order_worker_groups_in_flight").await >= 2.0).then_some(()) },
+    )
+    .await;
+    sim.interrupt(&a.id, 12.0).await;
+    let status = wa.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", wa.log_text());
+    let log = wa.log_text();
+    assert!(log.contains("deadline_hit=true"), "{log}");
+    assert!(
+        log.contains("held_up_by=\"group"),
+        "the report must say what held the drain up: {log}"
+    );
+    assert_eq!(
+        fx.records().await.len(),
+        0,
+        "nothing may be applied when nothing finished"
+    );
+    let b = sim.launch_external().await;
+    let _wb = fx.worker_on(&sim, &b, &[]);
+    fx.wait_records(6, Duration::from_secs(20)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_rebalance_takes_no_new_groups_then_recovers() {
+    let emu = Emulator::start("spot-rebalance").await;
+    let fx = Fixture::new(&emu, "spot-rebalance").await;
+    // Capacity rebalancing off: here no replacement terminates us, so the recovery path is what is tested.
+    let sim = Sim::start("spot-rebalance", &["--capacity-rebalance", "false"]).await;
+    let inst = sim.launch_external().await;
+    let worker = fx.worker_on(
+        &sim,
+        &inst,
+        &["--on-rebalance", "soft", "--rebalance-recovery", "6s"],
+    );
+    wait_for("ready", Duration::from_secs(20), || async {
+        (readyz(&worker).await == 200).then_some(())
+    })
+    .await;
+    sim.post(
+        &format!("/_sim/instances/{}/rebalance", inst.id),
+        serde_json::json!({}),
+    )
+    .await;
+    wait_for(
+        "not ready after the rebalance",
+        Duration::from_secs(10),
+        || async { (readyz(&worker).await == 503).then_some(()) },
+    )
+    .await;
+    let manifest = send_groups(&fx, 2, 3, "reb").await;
+    // While paused, nothing new is taken (a bounded observation: the recovery is 6 s away).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        fx.records().await.len(),
+        0,
+        "a paused worker took new groups"
+    );
+    // No interruption follows: back to normal after the recovery time.
+    fx.wait_records(6, Duration::from_secs(20)).await;
+    assert_eq!(readyz(&worker).await, 200);
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_terminated_drains_and_completes_the_hook() {
+    let emu = Emulator::start("spot-scalein").await;
+    let fx = Fixture::new(&emu, "spot-scalein").await;
+    let sim = Sim::start("spot-scalein", &[]).await;
+    let inst = sim.launch_external().await;
+    let mut worker = fx.worker_on(&sim, &inst, &[]);
+    wait_log(
+        &worker,
+        "instance id from metadata",
+        Duration::from_secs(20),
+    )
+    .await;
+    sim.post(
+        &format!("/_sim/instances/{}/scale-in", inst.id),
+        serde_json::json!({}),
+    )
+    .await;
+    let status = worker.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    assert!(
+        worker.log_text().contains("trigger=LifecycleTerminated"),
+        "{}",
+        worker.log_text()
+    );
+    wait_for(
+        "the instance to terminate after the hook",
+        Duration::from_secs(20),
+        || async {
+            (sim.instance(&inst.id).await["lifecycle_state"] == "Terminated").then_some(())
+        },
+    )
+    .await;
+    assert!(sim
+        .events(&inst.id)
+        .await
+        .iter()
+        .any(|e| e.starts_with("CompleteLifecycleAction")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_and_failing_metadata_do_not_stop_work_or_hide_a_notice() {
+    let emu = Emulator::start("spot-imds").await;
+    let fx = Fixture::new(&emu, "spot-imds").await;
+    let sim = Sim::start("spot-imds", &[]).await;
+    let inst = sim.launch_external().await;
+    let mut worker = fx.worker_on(&sim, &inst, &[]);
+    wait_log(
+        &worker,
+        "instance id from metadata",
+        Duration::from_secs(20),
+    )
+    .await;
+    let mut manifest = Vec::new();
+    for (round, mode) in ["error500", "hang", "malformed", "throttle", "forbidden"]
+        .iter()
+        .enumerate()
+    {
+        sim.fault(&inst.id, serde_json::json!({"mode": mode})).await;
+        manifest.extend(send_groups(&fx, 1, 3, &format!("imds{round}")).await);
+        fx.wait_records(manifest.len(), Duration::from_secs(20))
+            .await;
+        assert!(
+            worker.child.try_wait().unwrap().is_none(),
+            "worker died under {mode}:\n{}",
+            worker.log_text()
+        );
+    }
+    sim.fault(
+        &inst.id,
+        serde_json::json!({"mode": "none", "expire_tokens": true}),
+    )
+    .await;
+    sim.interrupt(&inst.id, 120.0).await;
+    let status = worker.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    assert!(sim
+        .events(&inst.id)
+        .await
+        .iter()
+        .any(|e| e.starts_with("CompleteLifecycleAction")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_down_at_start_still_processes_orders() {
+    let emu = Emulator::start("spot-nometa").await;
+    let fx = Fixture::new(&emu, "spot-nometa").await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mut worker = fx.worker_with_imds("nometa", &closed, &closed, &[]);
+    let manifest = send_groups(&fx, 2, 5, "nometa").await;
+    fx.wait_records(10, Duration::from_secs(30)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "{}",
+        worker.log_text()
+    );
+    worker.signal("TERM");
+    assert!(worker.wait_exit(Duration::from_secs(20)).await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hook_is_reported_and_the_worker_still_exits() {
+    let emu = Emulator::start("spot-refused").await;
+    let fx = Fixture::new(&emu, "spot-refused").await;
+    let sim = Sim::start("spot-refused", &[]).await;
+    let inst = sim.launch_external().await;
+    let mut worker = fx.worker_on(&sim, &inst, &["--lifecycle-hook", "no-such-hook"]);
+    wait_log(
+        &worker,
+        "instance id from metadata",
+        Duration::from_secs(20),
+    )
+    .await;
+    sim.interrupt(&inst.id, 120.0).await;
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", worker.log_text());
+    let log = worker.log_text();
+    assert!(log.contains("lifecycle hook NOT completed"), "{log}");
+    assert!(
+        log.contains("no-such-hook"),
+        "the error must name the hook: {log}"
+    );
+}
