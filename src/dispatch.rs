@@ -107,6 +107,9 @@ struct Inner {
     shutdown: CancellationToken,
     finished: AtomicU64,
     released: AtomicU64,
+    /// Serialises visibility changes: a heartbeat extension that raced a release would hide a released
+    /// message again for a whole timeout.
+    visibility: tokio::sync::Mutex<()>,
 }
 
 impl Dispatcher {
@@ -134,6 +137,7 @@ impl Dispatcher {
             shutdown: CancellationToken::new(),
             finished: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            visibility: tokio::sync::Mutex::new(()),
         });
         let d = Dispatcher { inner };
         d.inner.loops.spawn(d.clone().receive_loop());
@@ -709,6 +713,7 @@ impl Dispatcher {
         if handles.is_empty() {
             return;
         }
+        let _serial = self.inner.visibility.lock().await;
         {
             let mut s = self.inner.state.lock().expect("state lock");
             handles.sort_by_key(|h| {
@@ -772,6 +777,7 @@ impl Dispatcher {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(every) => {}
             }
+            let _serial = self.inner.visibility.lock().await;
             let now = Instant::now();
             let due: Vec<Handle> = {
                 let mut s = self.inner.state.lock().expect("state lock");
