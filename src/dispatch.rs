@@ -675,28 +675,12 @@ impl Dispatcher {
                 .filter_map(|id| s.leases.get(id).map(|l| handle(id, l)))
                 .collect()
         };
-        for attempt in 0..3u32 {
-            match self.inner.queue.delete(&handles).await {
-                Ok(failed) => {
-                    for (id, code) in failed {
-                        metrics().delete_failures.inc(&[&code]);
-                        tracing::warn!(message_id = %id, code = %code, "delete refused (receipt handle expired?); the redelivery will be recognised as a duplicate");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(cause = %e, attempt, "DeleteMessageBatch failed");
-                    if !e.transient || attempt == 2 {
-                        break;
-                    }
-                    tokio::time::sleep(backoff(
-                        attempt,
-                        Duration::from_millis(100),
-                        Duration::from_secs(1),
-                    ))
-                    .await;
-                }
-            }
+        let failed = self
+            .with_retries("DeleteMessageBatch", || self.inner.queue.delete(&handles))
+            .await;
+        for (id, code) in failed {
+            metrics().delete_failures.inc(&[&code]);
+            tracing::warn!(message_id = %id, code = %code, "delete refused (receipt handle expired?); the redelivery will be recognised as a duplicate");
         }
         let mut s = self.inner.state.lock().expect("state lock");
         for id in ids {
@@ -735,21 +719,30 @@ impl Dispatcher {
 
     async fn change_visibility(&self, handles: Vec<Handle>, visibility: i32, reason: &'static str) {
         let n = handles.len() as u64;
+        let failed = self
+            .with_retries("ChangeMessageVisibilityBatch", || {
+                self.inner.queue.change_visibility(&handles, visibility)
+            })
+            .await;
+        for (id, code) in &failed {
+            tracing::warn!(message_id = %id, code = %code, "release refused; the message returns when its visibility times out");
+        }
+        metrics().releases.add(&[reason], n as f64);
+        self.inner.released.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A batch call retried briefly on transient failure. Giving up is safe for both users: an undeleted
+    /// message comes back as a duplicate, an unreleased one when its visibility times out.
+    async fn with_retries<F, Fut>(&self, operation: &str, mut call: F) -> Vec<(String, String)>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<(String, String)>, crate::queue::SqsError>>,
+    {
         for attempt in 0..3u32 {
-            match self
-                .inner
-                .queue
-                .change_visibility(&handles, visibility)
-                .await
-            {
-                Ok(failed) => {
-                    for (id, code) in &failed {
-                        tracing::warn!(message_id = %id, code = %code, "release refused; the message returns when its visibility times out");
-                    }
-                    break;
-                }
+            match call().await {
+                Ok(failed) => return failed,
                 Err(e) => {
-                    tracing::warn!(cause = %e, attempt, "ChangeMessageVisibilityBatch failed");
+                    tracing::warn!(cause = %e, attempt, operation, "batch call failed");
                     if !e.transient || attempt == 2 {
                         break;
                     }
@@ -762,8 +755,7 @@ impl Dispatcher {
                 }
             }
         }
-        metrics().releases.add(&[reason], n as f64);
-        self.inner.released.fetch_add(n, Ordering::Relaxed);
+        Vec::new()
     }
 
     /// Extend the visibility of every held message before half its timeout has passed, so long work (or a

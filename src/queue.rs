@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, QueueAttributeName,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
 };
 use aws_sdk_sqs::Client;
 
@@ -152,8 +152,7 @@ impl Queue {
     /// Delete up to any number of messages, 10 per call. Returns the entries SQS refused (an expired FIFO
     /// receipt handle, typically); a whole-call failure is an error.
     pub async fn delete(&self, handles: &[Handle]) -> Result<Failed, SqsError> {
-        let mut failed = Vec::new();
-        for chunk in handles.chunks(10) {
+        in_batches(handles, |chunk| async move {
             let entries = chunk
                 .iter()
                 .enumerate()
@@ -174,13 +173,9 @@ impl Queue {
                 .await
                 .map_err(|e| sqs_error("DeleteMessageBatch", &e))?;
             request("sqs", "DeleteMessageBatch", true);
-            for f in out.failed() {
-                if let Some(h) = f.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
-                    failed.push((h.message_id.clone(), f.code().to_owned()));
-                }
-            }
-        }
-        Ok(failed)
+            Ok(out.failed().to_vec())
+        })
+        .await
     }
 
     /// Set the visibility of messages, 10 per call: 0 releases them at once, more extends the hold.
@@ -189,8 +184,7 @@ impl Queue {
         handles: &[Handle],
         secs: i32,
     ) -> Result<Failed, SqsError> {
-        let mut failed = Vec::new();
-        for chunk in handles.chunks(10) {
+        in_batches(handles, |chunk| async move {
             let entries = chunk
                 .iter()
                 .enumerate()
@@ -212,14 +206,28 @@ impl Queue {
                 .await
                 .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", &e))?;
             request("sqs", "ChangeMessageVisibilityBatch", true);
-            for f in out.failed() {
-                if let Some(h) = f.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
-                    failed.push((h.message_id.clone(), f.code().to_owned()));
-                }
+            Ok(out.failed().to_vec())
+        })
+        .await
+    }
+}
+
+/// Run a batch call over `handles`, 10 at a time (the SQS batch limit, entry ids "0".."9"), and map the
+/// refused entries back to their message ids.
+async fn in_batches<'a, F, Fut>(handles: &'a [Handle], mut call: F) -> Result<Failed, SqsError>
+where
+    F: FnMut(&'a [Handle]) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, SqsError>>,
+{
+    let mut failed = Vec::new();
+    for chunk in handles.chunks(10) {
+        for f in call(chunk).await? {
+            if let Some(h) = f.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                failed.push((h.message_id.clone(), f.code().to_owned()));
             }
         }
-        Ok(failed)
     }
+    Ok(failed)
 }
 
 /// A fresh ReceiveRequestAttemptId (SQS allows up to 128 of `[A-Za-z0-9!-/:-@[-`{-~]`).

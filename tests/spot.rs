@@ -15,6 +15,26 @@ async fn wait_log(proc: &Proc, needle: &str, timeout: Duration) {
     .await;
 }
 
+/// The emulator, a fixture, spot-sim, one external instance and a worker on it that has learnt its id.
+async fn on_instance(
+    test: &str,
+    sim_args: &[&str],
+    worker_args: &[&str],
+) -> (Emulator, Fixture, Sim, Instance, Proc) {
+    let emu = Emulator::start(test).await;
+    let fx = Fixture::new(&emu, test).await;
+    let sim = Sim::start(test, sim_args).await;
+    let inst = sim.launch_external().await;
+    let worker = fx.worker_on(&sim, &inst, worker_args);
+    wait_log(
+        &worker,
+        "instance id from metadata",
+        Duration::from_secs(20),
+    )
+    .await;
+    (emu, fx, sim, inst, worker)
+}
+
 async fn send_groups(
     fx: &Fixture,
     groups: usize,
@@ -35,17 +55,7 @@ async fn send_groups(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_worker_completes_its_hook_on_a_notice_and_exits() {
-    let emu = Emulator::start("spot-idle").await;
-    let fx = Fixture::new(&emu, "spot-idle").await;
-    let sim = Sim::start("spot-idle", &[]).await;
-    let inst = sim.launch_external().await;
-    let mut worker = fx.worker_on(&sim, &inst, &[]);
-    wait_log(
-        &worker,
-        "instance id from metadata",
-        Duration::from_secs(20),
-    )
-    .await;
+    let (_emu, _fx, sim, inst, mut worker) = on_instance("spot-idle", &[], &[]).await;
     sim.interrupt(&inst.id, 120.0).await;
     let status = worker.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}\n{}", worker.log_text());
@@ -172,17 +182,7 @@ async fn soft_rebalance_takes_no_new_groups_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_terminated_drains_and_completes_the_hook() {
-    let emu = Emulator::start("spot-scalein").await;
-    let fx = Fixture::new(&emu, "spot-scalein").await;
-    let sim = Sim::start("spot-scalein", &[]).await;
-    let inst = sim.launch_external().await;
-    let mut worker = fx.worker_on(&sim, &inst, &[]);
-    wait_log(
-        &worker,
-        "instance id from metadata",
-        Duration::from_secs(20),
-    )
-    .await;
+    let (_emu, _fx, sim, inst, mut worker) = on_instance("spot-scalein", &[], &[]).await;
     sim.post(
         &format!("/_sim/instances/{}/scale-in", inst.id),
         serde_json::json!({}),
@@ -212,17 +212,7 @@ async fn lifecycle_terminated_drains_and_completes_the_hook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_and_failing_metadata_do_not_stop_work_or_hide_a_notice() {
-    let emu = Emulator::start("spot-imds").await;
-    let fx = Fixture::new(&emu, "spot-imds").await;
-    let sim = Sim::start("spot-imds", &[]).await;
-    let inst = sim.launch_external().await;
-    let mut worker = fx.worker_on(&sim, &inst, &[]);
-    wait_log(
-        &worker,
-        "instance id from metadata",
-        Duration::from_secs(20),
-    )
-    .await;
+    let (_emu, fx, sim, inst, mut worker) = on_instance("spot-imds", &[], &[]).await;
     let mut manifest = Vec::new();
     for (round, mode) in ["error500", "hang", "malformed", "throttle", "forbidden"]
         .iter()
@@ -276,17 +266,8 @@ async fn metadata_down_at_start_still_processes_orders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_hook_is_reported_and_the_worker_still_exits() {
-    let emu = Emulator::start("spot-refused").await;
-    let fx = Fixture::new(&emu, "spot-refused").await;
-    let sim = Sim::start("spot-refused", &[]).await;
-    let inst = sim.launch_external().await;
-    let mut worker = fx.worker_on(&sim, &inst, &["--lifecycle-hook", "no-such-hook"]);
-    wait_log(
-        &worker,
-        "instance id from metadata",
-        Duration::from_secs(20),
-    )
-    .await;
+    let (_emu, _fx, sim, inst, mut worker) =
+        on_instance("spot-refused", &[], &["--lifecycle-hook", "no-such-hook"]).await;
     sim.interrupt(&inst.id, 120.0).await;
     let status = worker.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{}", worker.log_text());

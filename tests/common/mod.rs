@@ -435,9 +435,9 @@ pub fn s(item: &HashMap<String, AttributeValue>, k: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Read one counter from a worker's metrics (port from its log line `addr=...`).
-pub async fn metric(proc: &Proc, line_prefix: &str) -> f64 {
-    let addr = wait_for(
+/// A worker's metrics address, from its log line `metrics on ... addr=...`.
+pub async fn metrics_addr(proc: &Proc) -> String {
+    wait_for(
         "the worker's metrics address",
         Duration::from_secs(20),
         || async {
@@ -448,7 +448,12 @@ pub async fn metric(proc: &Proc, line_prefix: &str) -> f64 {
                 .map(|a| a.split_whitespace().next().unwrap().to_owned())
         },
     )
-    .await;
+    .await
+}
+
+/// Read one counter from a worker's metrics.
+pub async fn metric(proc: &Proc, line_prefix: &str) -> f64 {
+    let addr = metrics_addr(proc).await;
     let body = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .expect("metrics")
@@ -626,18 +631,7 @@ impl Fixture {
 
 /// GET a worker's /readyz status code.
 pub async fn readyz(proc: &Proc) -> u16 {
-    let addr = wait_for(
-        "the worker's metrics address",
-        Duration::from_secs(20),
-        || async {
-            let text = proc.log_text();
-            text.lines()
-                .find(|l| l.contains("metrics on"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .map(|a| a.split_whitespace().next().unwrap().to_owned())
-        },
-    )
-    .await;
+    let addr = metrics_addr(proc).await;
     reqwest::get(format!("http://{addr}/readyz"))
         .await
         .map(|r| r.status().as_u16())

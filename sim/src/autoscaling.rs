@@ -1,0 +1,465 @@
+//! Auto Scaling over its real wire protocol (awsQuery): `POST /` with a form body `Action=...&Version=2011-01-01`,
+//! XML responses in the 2011-01-01 namespace. Element names follow the deserializers of aws-sdk-autoscaling, and
+//! the tests drive this with that SDK. Signatures are not checked.
+//!
+//! The lifecycle actions refuse what AWS refuses (unknown group, unknown hook, unknown instance, an instance that
+//! is not in Terminating:Wait, a wrong token) with `ValidationError`, because a worker that completes its own hook
+//! has to cope with exactly those answers.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::clock;
+use crate::fleet::{uuid, Instance, Lifecycle, Sim, State as FleetState};
+
+const NS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
+
+/// A refusal, rendered as the Query protocol's `<ErrorResponse>`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn validation(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "ValidationError",
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let rid = uuid();
+        let body = format!(
+            "<ErrorResponse xmlns=\"{NS}\"><Error><Type>Sender</Type><Code>{}</Code><Message>{}</Message></Error><RequestId>{rid}</RequestId></ErrorResponse>",
+            self.code,
+            esc(&self.message)
+        );
+        (
+            self.status,
+            [
+                ("content-type", "text/xml"),
+                ("x-amzn-requestid", rid.as_str()),
+            ],
+            body,
+        )
+            .into_response()
+    }
+}
+
+/// XML text escaping.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// `<Name>text</Name>`, escaped.
+fn el(out: &mut String, name: &str, text: &str) {
+    let _ = write!(out, "<{name}>{}</{name}>", esc(text));
+}
+
+fn ok(action: &str, result_inner: &str) -> Response {
+    let rid = uuid();
+    let body = format!(
+        "<{action}Response xmlns=\"{NS}\"><{action}Result>{result_inner}</{action}Result><ResponseMetadata><RequestId>{rid}</RequestId></ResponseMetadata></{action}Response>"
+    );
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "text/xml"),
+            ("x-amzn-requestid", rid.as_str()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The form parameters of one call.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn parse(query: Option<&str>, body: &[u8]) -> Params {
+        let mut m = HashMap::new();
+        if let Some(q) = query {
+            m.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
+        }
+        m.extend(form_urlencoded::parse(body).into_owned());
+        Params(m)
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+    fn required(&self, k: &str) -> Result<&str, ApiError> {
+        self.get(k)
+            .ok_or_else(|| validation(format!("1 validation error detected: Value null at '{}' failed to satisfy constraint: Member must not be null", lower_first(k))))
+    }
+    /// A Query list: `Name.member.1`, `Name.member.2`, ...
+    fn list(&self, k: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            match self.0.get(&format!("{k}.member.{n}")) {
+                Some(v) => out.push(v.clone()),
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_ascii_lowercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// `POST /` and `GET /?Action=...`.
+pub async fn handle(State(sim): State<Arc<Sim>>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    let p = Params::parse(q.as_deref(), &body);
+    match dispatch(&sim, &p) {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn dispatch(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
+    let action = p.get("Action").unwrap_or("");
+    match action {
+        "DescribeAutoScalingGroups" => describe_groups(sim, p),
+        "DescribeAutoScalingInstances" => describe_instances(sim, p),
+        "DescribeLifecycleHooks" => describe_hooks(sim, p),
+        "CompleteLifecycleAction" => lifecycle_action(sim, p, true),
+        "RecordLifecycleActionHeartbeat" => lifecycle_action(sim, p, false),
+        "SetDesiredCapacity" => set_desired(sim, p),
+        "TerminateInstanceInAutoScalingGroup" => terminate(sim, p),
+        "" => Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "MissingAction",
+            message: "Missing Action".into(),
+        }),
+        other => Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "InvalidAction",
+            message: format!("The action {other} is not valid for this web service (spot-sim implements a subset)."),
+        }),
+    }
+}
+
+fn check_group(sim: &Sim, name: &str) -> Result<(), ApiError> {
+    if name == sim.settings.group {
+        Ok(())
+    } else {
+        Err(validation(format!("Group {name} not found")))
+    }
+}
+
+fn instance_xml(out: &mut String, sim: &Sim, i: &Instance, with_group: bool) {
+    out.push_str("<member>");
+    el(out, "InstanceId", &i.id);
+    if with_group {
+        el(out, "AutoScalingGroupName", &sim.settings.group);
+    }
+    el(out, "InstanceType", &sim.settings.instance_type);
+    el(out, "AvailabilityZone", &i.az);
+    el(out, "LifecycleState", i.lifecycle.as_str());
+    // DescribeAutoScalingInstances spells health in upper case, DescribeAutoScalingGroups in title case.
+    el(
+        out,
+        "HealthStatus",
+        if with_group { "HEALTHY" } else { "Healthy" },
+    );
+    out.push_str("<LaunchTemplate><LaunchTemplateId>lt-0123456789abcdef0</LaunchTemplateId><LaunchTemplateName>order-worker</LaunchTemplateName><Version>1</Version></LaunchTemplate>");
+    el(out, "ProtectedFromScaleIn", "false");
+    out.push_str("</member>");
+}
+
+/// Instances the group still reports: terminated ones drop out, as they do on AWS shortly after.
+fn listed(st: &FleetState) -> impl Iterator<Item = &Instance> {
+    st.instances
+        .iter()
+        .filter(|i| i.lifecycle != Lifecycle::Terminated)
+}
+
+fn describe_groups(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
+    let names = p.list("AutoScalingGroupNames");
+    let s = &sim.settings;
+    let mut out = String::from("<AutoScalingGroups>");
+    if names.is_empty() || names.contains(&s.group) {
+        let st = sim.lock();
+        out.push_str("<member>");
+        el(&mut out, "AutoScalingGroupName", &s.group);
+        el(&mut out, "AutoScalingGroupARN", &s.group_arn());
+        out.push_str("<LaunchTemplate><LaunchTemplateId>lt-0123456789abcdef0</LaunchTemplateId><LaunchTemplateName>order-worker</LaunchTemplateName><Version>1</Version></LaunchTemplate>");
+        el(&mut out, "MinSize", "0");
+        el(&mut out, "MaxSize", &s.max_size.to_string());
+        el(&mut out, "DesiredCapacity", &st.desired.to_string());
+        el(&mut out, "DefaultCooldown", "300");
+        out.push_str("<AvailabilityZones>");
+        for z in s.zones() {
+            el(&mut out, "member", &z);
+        }
+        out.push_str("</AvailabilityZones>");
+        el(&mut out, "HealthCheckType", "EC2");
+        el(&mut out, "HealthCheckGracePeriod", "300");
+        out.push_str("<Instances>");
+        for i in listed(&st) {
+            instance_xml(&mut out, sim, i, false);
+        }
+        out.push_str("</Instances>");
+        el(&mut out, "CreatedTime", &clock::iso_millis(s.created_at));
+        out.push_str("<Tags>");
+        out.push_str("<member>");
+        el(&mut out, "ResourceId", &s.group);
+        el(&mut out, "ResourceType", "auto-scaling-group");
+        el(&mut out, "Key", "Name");
+        el(&mut out, "Value", "order-worker");
+        el(&mut out, "PropagateAtLaunch", "true");
+        out.push_str("</member></Tags>");
+        out.push_str("<TerminationPolicies><member>Default</member></TerminationPolicies>");
+        el(&mut out, "NewInstancesProtectedFromScaleIn", "false");
+        el(
+            &mut out,
+            "CapacityRebalance",
+            if s.capacity_rebalance {
+                "true"
+            } else {
+                "false"
+            },
+        );
+        out.push_str("</member>");
+    }
+    out.push_str("</AutoScalingGroups>");
+    Ok(ok("DescribeAutoScalingGroups", &out))
+}
+
+fn describe_instances(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
+    let ids = p.list("InstanceIds");
+    let st = sim.lock();
+    let mut out = String::from("<AutoScalingInstances>");
+    for i in listed(&st).filter(|i| ids.is_empty() || ids.contains(&i.id)) {
+        instance_xml(&mut out, sim, i, true);
+    }
+    out.push_str("</AutoScalingInstances>");
+    Ok(ok("DescribeAutoScalingInstances", &out))
+}
+
+fn describe_hooks(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
+    check_group(sim, p.required("AutoScalingGroupName")?)?;
+    let names = p.list("LifecycleHookNames");
+    let s = &sim.settings;
+    let mut out = String::from("<LifecycleHooks>");
+    if names.is_empty() || names.contains(&s.hook) {
+        out.push_str("<member>");
+        el(&mut out, "LifecycleHookName", &s.hook);
+        el(&mut out, "AutoScalingGroupName", &s.group);
+        el(
+            &mut out,
+            "LifecycleTransition",
+            "autoscaling:EC2_INSTANCE_TERMINATING",
+        );
+        // Reported in simulated seconds: what the group is configured with, whatever the time scale.
+        el(
+            &mut out,
+            "HeartbeatTimeout",
+            &s.hook_timeout.as_secs().to_string(),
+        );
+        el(
+            &mut out,
+            "GlobalTimeout",
+            &s.hook_global_timeout().as_secs().to_string(),
+        );
+        el(&mut out, "DefaultResult", "CONTINUE");
+        out.push_str("</member>");
+    }
+    out.push_str("</LifecycleHooks>");
+    Ok(ok("DescribeLifecycleHooks", &out))
+}
+
+/// CompleteLifecycleAction (`complete`) and RecordLifecycleActionHeartbeat.
+fn lifecycle_action(sim: &Arc<Sim>, p: &Params, complete: bool) -> Result<Response, ApiError> {
+    let hook = p.required("LifecycleHookName")?;
+    let group = p.required("AutoScalingGroupName")?;
+    let result = if complete {
+        let r = p.required("LifecycleActionResult")?;
+        if r != "CONTINUE" && r != "ABANDON" {
+            return Err(validation(format!(
+                "Invalid LifecycleActionResult {r}: must be CONTINUE or ABANDON"
+            )));
+        }
+        Some(r)
+    } else {
+        None
+    };
+    check_group(sim, group)?;
+    if hook != sim.settings.hook {
+        return Err(validation(format!(
+            "No Lifecycle Hook found with name {hook} for group {group}"
+        )));
+    }
+    let token = p.get("LifecycleActionToken");
+    let instance = p.get("InstanceId");
+    let mut st = sim.lock();
+    let idx = match (token, instance) {
+        (None, None) => {
+            return Err(validation(
+                "Either LifecycleActionToken or InstanceId must be specified",
+            ))
+        }
+        (_, Some(id)) => {
+            let idx = st.find(id).filter(|&i| st.instances[i].hook.is_some());
+            let idx = idx.ok_or_else(|| {
+                validation(format!(
+                    "No active Lifecycle Action found with instance ID {id}"
+                ))
+            })?;
+            if let Some(t) = token {
+                if st.instances[idx].hook.as_ref().map(|h| h.token.as_str()) != Some(t) {
+                    return Err(validation(format!(
+                        "No active Lifecycle Action found with token {t}"
+                    )));
+                }
+            }
+            idx
+        }
+        (Some(t), None) => st
+            .instances
+            .iter()
+            .position(|i| i.hook.as_ref().is_some_and(|h| h.token == t))
+            .ok_or_else(|| {
+                validation(format!("No active Lifecycle Action found with token {t}"))
+            })?,
+    };
+    let id = st.instances[idx].id.clone();
+    if let Some(r) = result {
+        st.event(Some(&id), format!("CompleteLifecycleAction {r}"));
+        sim.proceed(&mut st, idx, &format!("lifecycle action completed ({r})"));
+        Ok(ok("CompleteLifecycleAction", ""))
+    } else {
+        let now = std::time::Instant::now();
+        let timeout = sim.clock.real(sim.settings.hook_timeout);
+        if let Some(h) = st.instances[idx].hook.as_mut() {
+            h.deadline = (now + timeout).min(h.global_deadline);
+        }
+        st.event(Some(&id), "RecordLifecycleActionHeartbeat");
+        Ok(ok("RecordLifecycleActionHeartbeat", ""))
+    }
+}
+
+fn set_desired(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
+    check_group(sim, p.required("AutoScalingGroupName")?)?;
+    let raw = p.required("DesiredCapacity")?;
+    let n: u32 = raw
+        .parse()
+        .map_err(|_| validation(format!("Invalid DesiredCapacity {raw}")))?;
+    if n > sim.settings.max_size {
+        return Err(validation(format!(
+            "New SetDesiredCapacity value {n} is above max value {} for the AutoScalingGroup.",
+            sim.settings.max_size
+        )));
+    }
+    let mut st = sim.lock();
+    st.desired = n;
+    st.event(None, format!("SetDesiredCapacity {n}"));
+    scale_in_to_desired(sim, &mut st);
+    Ok(ok("SetDesiredCapacity", ""))
+}
+
+/// Terminate (through the hook) the oldest instances beyond the desired capacity.
+pub fn scale_in_to_desired(sim: &Sim, st: &mut FleetState) {
+    let excess = st.capacity().saturating_sub(st.desired);
+    let victims: Vec<usize> = (0..st.instances.len())
+        .filter(|&i| st.instances[i].lifecycle.counts_as_capacity())
+        .take(excess as usize)
+        .collect();
+    for idx in victims {
+        sim.begin_termination(st, idx, "scale in (desired capacity lowered)");
+    }
+}
+
+fn terminate(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
+    let id = p.required("InstanceId")?;
+    let decrement = match p.required("ShouldDecrementDesiredCapacity")? {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(validation(format!(
+                "Invalid ShouldDecrementDesiredCapacity {other}"
+            )))
+        }
+    };
+    let mut st = sim.lock();
+    let idx = st
+        .find(id)
+        .filter(|&i| st.instances[i].lifecycle != Lifecycle::Terminated)
+        .ok_or_else(|| {
+            validation(format!(
+                "Instance Id not found - No managed instance found for instance ID: {id}"
+            ))
+        })?;
+    if decrement {
+        st.desired = st.desired.saturating_sub(1);
+    }
+    let cause =
+        format!("TerminateInstanceInAutoScalingGroup (ShouldDecrementDesiredCapacity={decrement})");
+    sim.begin_termination(&mut st, idx, &cause);
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = String::from("<Activity>");
+    el(&mut out, "ActivityId", &uuid());
+    el(&mut out, "AutoScalingGroupName", &sim.settings.group);
+    el(
+        &mut out,
+        "Description",
+        &format!("Terminating EC2 instance: {id}"),
+    );
+    el(
+        &mut out,
+        "Cause",
+        &format!(
+            "At {} instance {id} was taken out of service in response to a user request.",
+            clock::iso_millis(now)
+        ),
+    );
+    el(&mut out, "StartTime", &clock::iso_millis(now));
+    el(&mut out, "StatusCode", "InProgress");
+    el(&mut out, "Progress", "0");
+    el(&mut out, "Details", "{}");
+    out.push_str("</Activity>");
+    Ok(ok("TerminateInstanceInAutoScalingGroup", &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_lists_and_escaping() {
+        let p = Params::parse(
+            Some("Action=DescribeAutoScalingInstances"),
+            b"InstanceIds.member.1=i-1&InstanceIds.member.2=i-2&Version=2011-01-01",
+        );
+        assert_eq!(p.get("Action"), Some("DescribeAutoScalingInstances"));
+        assert_eq!(p.list("InstanceIds"), vec!["i-1", "i-2"]);
+        assert!(p.list("Nothing").is_empty());
+        assert_eq!(esc("a<b&\"c\""), "a&lt;b&amp;&quot;c&quot;");
+        assert_eq!(lower_first("LifecycleHookName"), "lifecycleHookName");
+    }
+}

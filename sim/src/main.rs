@@ -1,0 +1,148 @@
+//! spot-sim: a local Spot region on 127.0.0.1 — per-instance IMDSv2, the Auto Scaling lifecycle with a
+//! termination hook, and FIS Spot interruptions that act — each over its real wire protocol, so the worker and
+//! the chaos scripts run unchanged against it and against AWS.
+//!
+//! # Layout
+//!
+//! - `config`: the command line (clap; every run flag also from a `SPOT_SIM_*` variable).
+//! - `clock`: the time scale, deadlines known both as `Instant` and wall-clock UTC, ISO-8601/RFC 3339 formats.
+//! - `fleet`: the group, its instances and every state transition; one mutex, one ticker.
+//! - `process`: the real worker process behind an instance (spawn with its endpoints, signal, no orphans).
+//! - `imds`: one IMDSv2 server per instance, with fault injection.
+//! - `autoscaling`: the Auto Scaling Query API (XML) the SDK speaks.
+//! - `fis`: the FIS REST-JSON API and the `aws:ec2:send-spot-instance-interruptions` action.
+//! - `control`: the `/_sim/` JSON control API (interrupt, rebalance, scale in, faults, signals, status).
+//! - `status`: the human-readable instance table.
+//!
+//! `main` only parses flags, binds, writes the ready file, and waits for SIGTERM/SIGINT or `/_sim/shutdown`.
+
+mod autoscaling;
+mod clock;
+mod config;
+mod control;
+mod fis;
+mod fleet;
+mod imds;
+mod process;
+mod status;
+
+use std::path::Path;
+
+use anyhow::Context;
+use axum::routing::post;
+use axum::Router;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::info;
+
+use crate::config::{Cli, Command, RunArgs};
+use crate::fleet::{Settings, Sim};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPOT_SIM_LOG")
+                .unwrap_or_else(|_| "spot_sim=info".into()),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Command::Status(a)) => rt.block_on(async {
+            let table = status::fetch_table(&a.api).await?;
+            print!("{table}");
+            Ok(())
+        }),
+        None => rt.block_on(run(cli.run)),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.desired <= args.max_size,
+        "--desired {} is above --max-size {}",
+        args.desired,
+        args.max_size
+    );
+    let log_dir = match &args.log_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("spot-sim-{}", std::process::id())),
+    };
+    if args.worker_cmd.is_some() {
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating log dir {}", log_dir.display()))?;
+    }
+    let sim = Sim::new(
+        Settings::from_args(&args, log_dir.clone()),
+        clock::Clock::new(args.time_scale),
+        args.desired,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let api = format!("http://{}", listener.local_addr()?);
+    sim.api_url.set(api.clone()).expect("set once");
+
+    let app = Router::new()
+        .route("/", post(autoscaling::handle).get(autoscaling::handle))
+        .merge(fis::routes())
+        .merge(control::routes())
+        .with_state(sim.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(cause = %e, "API server stopped");
+        }
+    });
+
+    // The first tick launches the initial capacity; the API is already up so workers can reach it.
+    fleet::start_ticker(sim.clone());
+    if let Some(every) = args.status_every {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            loop {
+                iv.tick().await;
+                let doc = sim.status_json();
+                let orders = status::scrape_orders(&doc).await;
+                eprint!("{}", status::render(&doc, &orders));
+            }
+        });
+    }
+
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &api)?;
+    }
+    println!("spot-sim listening on {api}");
+    info!(
+        api = %api,
+        group = %args.group_name,
+        desired = args.desired,
+        time_scale = args.time_scale,
+        log_dir = %log_dir.display(),
+        "spot-sim ready"
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+        _ = sim.shutdown.notified() => info!("shutdown requested"),
+    }
+    sim.stop_all().await;
+    info!("spot-sim stopped");
+    Ok(())
+}
+
+/// Write the ready file atomically (temp file + rename) so a watcher never reads half of it.
+fn write_ready_file(path: &Path, api: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::json!({"api": api}).to_string())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
