@@ -75,8 +75,8 @@ pub struct RunArgs {
     #[arg(long, env = "ORDER_WORKER_VISIBILITY_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub visibility_timeout: Duration,
 
-    /// Long-poll wait of one receive (0-20 s). A drain lets the poll in flight finish (a dropped poll can hide
-    /// messages for a whole visibility timeout), so this also bounds how long an idle worker takes to drain.
+    /// Long-poll wait of one receive (0-20 s). A drain never abandons the poll in flight (a dropped poll can
+    /// hide messages for a whole visibility timeout): the worker exits up to this long after its hook.
     #[arg(long, env = "ORDER_WORKER_WAIT_TIME", default_value = "20s", value_parser = humantime::parse_duration)]
     pub wait_time: Duration,
 

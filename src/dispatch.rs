@@ -206,14 +206,18 @@ impl Dispatcher {
     }
 
     /// Wait until every group task has finished (the caller fires `abort` at its deadline: aborted tasks
-    /// release at once), then stop the background loops.
-    pub async fn finish(&self) {
+    /// release at once).
+    pub async fn finish_groups(&self) {
         let inner = &self.inner;
         inner.groups.close();
         inner.groups.wait().await;
+    }
+
+    /// Stop the background loops. The receive loop ends when its last poll returns (what it brings is
+    /// released), so this can take up to one `--wait-time`; the bound only guards against SQS hanging.
+    pub async fn stop_loops(&self) {
+        let inner = &self.inner;
         inner.shutdown.cancel();
-        // The receive loop ends when its last poll returns (what it brings is released); the bound only
-        // guards against SQS itself hanging.
         let bound = inner.cfg.wait_time + Duration::from_secs(15);
         let _ = tokio::time::timeout(bound, inner.loops.wait()).await;
     }

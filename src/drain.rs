@@ -244,7 +244,7 @@ async fn drain(
     let mut held_up_by = None;
     let mut deadline_hit = false;
     {
-        let finish = dispatcher.finish();
+        let finish = dispatcher.finish_groups();
         tokio::pin!(finish);
         loop {
             tokio::select! {
@@ -272,9 +272,6 @@ async fn drain(
             }
         }
     }
-    let after = dispatcher.counts();
-    let finished = after.finished - before.finished;
-    let released = after.released - before.released;
 
     let hook_outcome = if !termination_seen {
         HookOutcome::NotNeeded
@@ -293,8 +290,15 @@ async fn drain(
         }
     };
     heartbeat_done.cancel();
+    // The last long poll may still be out: it is never abandoned (a dropped poll can hide its messages for a
+    // whole visibility timeout), but it need not hold up the hook either. systemd's stop timeout keeps the
+    // instance up until we exit, so what it brings is released before the power goes.
+    dispatcher.stop_loops().await;
 
     let took = started.elapsed();
+    let after = dispatcher.counts();
+    let finished = after.finished - before.finished;
+    let released = after.released - before.released;
     metrics().drain_orders.add(&["finished"], finished as f64);
     metrics().drain_orders.add(&["released"], released as f64);
     *metrics().last_drain_seconds.lock().expect("metrics lock") = took.as_secs_f64();

@@ -55,17 +55,24 @@ async fn send_groups(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_worker_completes_its_hook_on_a_notice_and_exits() {
-    let (_emu, _fx, sim, inst, mut worker) = on_instance("spot-idle", &[], &[]).await;
+    // The default 20 s long poll is in flight when the notice comes: the hook must not wait for it.
+    let (_emu, _fx, sim, inst, mut worker) =
+        on_instance("spot-idle", &[], &["--wait-time", "20s"]).await;
     sim.interrupt(&inst.id, 120.0).await;
-    let status = worker.wait_exit(Duration::from_secs(20)).await;
+    wait_for(
+        "the hook to be completed, without waiting for the long poll",
+        Duration::from_secs(4),
+        || async {
+            sim.events(&inst.id)
+                .await
+                .iter()
+                .any(|e| e.starts_with("CompleteLifecycleAction"))
+                .then_some(())
+        },
+    )
+    .await;
+    let status = worker.wait_exit(Duration::from_secs(40)).await;
     assert!(status.success(), "{status:?}\n{}", worker.log_text());
-    let events = sim.events(&inst.id).await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.starts_with("CompleteLifecycleAction")),
-        "{events:?}"
-    );
     let log = worker.log_text();
     assert!(log.contains("lifecycle hook completed"), "{log}");
     assert!(log.contains("drain complete"), "{log}");

@@ -276,14 +276,12 @@ impl Fixture {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
         cmd.envs(self.env());
-        cmd.args([
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--wait-time",
-            "1s",
-            "--imds-disabled",
-            "--instance-id",
-            name,
+        // Harness defaults through the environment, so a test's own flags win.
+        cmd.envs([
+            ("ORDER_WORKER_METRICS_ADDR", "127.0.0.1:0"),
+            ("ORDER_WORKER_WAIT_TIME", "1s"),
+            ("ORDER_WORKER_IMDS_DISABLED", "true"),
+            ("ORDER_WORKER_INSTANCE_ID", name),
         ]);
         cmd.args(args);
         spawn_logged(cmd, &log_dir(&self.test).join(format!("{name}.log")))
@@ -611,15 +609,11 @@ impl Fixture {
         cmd.envs(self.env());
         cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds_url)
             .env("AWS_ENDPOINT_URL_AUTO_SCALING", autoscaling);
-        cmd.args([
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--wait-time",
-            "1s",
-            "--imds-poll",
-            "200ms",
-            "--hook-heartbeat",
-            "1s",
+        cmd.envs([
+            ("ORDER_WORKER_METRICS_ADDR", "127.0.0.1:0"),
+            ("ORDER_WORKER_WAIT_TIME", "1s"),
+            ("ORDER_WORKER_IMDS_POLL", "200ms"),
+            ("ORDER_WORKER_HOOK_HEARTBEAT", "1s"),
         ]);
         cmd.args(args);
         spawn_logged(
