@@ -1,0 +1,140 @@
+# AWS FIS: interrupt Spot instances of the worker group on purpose (chaos/ runs it by the template
+# id in the outputs). The instances get a rebalance recommendation at once and the interruption
+# notice two minutes before durationBeforeInterruption is up.
+
+resource "aws_cloudwatch_log_group" "fis" {
+  name              = "/order-worker/${var.environment}/fis-experiments"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.data.arn
+}
+
+data "aws_iam_policy_document" "fis_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["fis.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${local.partition}:fis:${var.region}:${local.account_id}:experiment/*"]
+    }
+  }
+}
+
+resource "aws_iam_role" "fis" {
+  name               = "order-worker-${var.environment}-fis-${var.region}"
+  description        = "FIS: send Spot interruptions to ${var.asg_name} instances only"
+  assume_role_policy = data.aws_iam_policy_document.fis_trust.json
+}
+
+data "aws_iam_policy_document" "fis" {
+  # Only instances carrying the group's tag.
+  statement {
+    sid       = "InterruptOnlyTheWorkerGroup"
+    actions   = ["ec2:SendSpotInstanceInterruptions"]
+    resources = ["arn:${local.partition}:ec2:${var.region}:${local.account_id}:instance/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/aws:autoscaling:groupName"
+      values   = [var.asg_name]
+    }
+  }
+
+  # Target resolution (DescribeInstances has no resource-level permissions).
+  statement {
+    sid       = "ResolveTargets"
+    actions   = ["ec2:DescribeInstances"]
+    resources = ["*"]
+  }
+
+  # Experiment logs to CloudWatch Logs (log delivery APIs have no resource-level permissions).
+  statement {
+    sid = "DeliverExperimentLogs"
+    actions = [
+      "logs:CreateLogDelivery",
+      "logs:PutResourcePolicy",
+      "logs:DescribeResourcePolicies",
+      "logs:DescribeLogGroups",
+    ]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "fis" {
+  name   = "spot-interruptions"
+  role   = aws_iam_role.fis.id
+  policy = data.aws_iam_policy_document.fis.json
+}
+
+resource "aws_fis_experiment_template" "spot_interruption" {
+  description = "Interrupt ${var.fis_selection_mode} running Spot instance(s) of ${var.asg_name}; stop if orders reach the DLQ or the queue stalls"
+  role_arn    = aws_iam_role.fis.arn
+
+  action {
+    name        = "interrupt-spot-workers"
+    action_id   = "aws:ec2:send-spot-instance-interruptions"
+    description = "Rebalance recommendation now, interruption after ${var.fis_duration_before_interruption}"
+
+    parameter {
+      key   = "durationBeforeInterruption"
+      value = var.fis_duration_before_interruption
+    }
+
+    target {
+      key   = "SpotInstances"
+      value = "order-workers"
+    }
+  }
+
+  target {
+    name           = "order-workers"
+    resource_type  = "aws:ec2:spot-instance"
+    selection_mode = var.fis_selection_mode
+
+    resource_tag {
+      key   = "aws:autoscaling:groupName"
+      value = aws_autoscaling_group.workers.name
+    }
+
+    filter {
+      path   = "State.Name"
+      values = ["running"]
+    }
+  }
+
+  stop_condition {
+    source = "aws:cloudwatch:alarm"
+    value  = aws_cloudwatch_metric_alarm.dlq_depth.arn
+  }
+
+  stop_condition {
+    source = "aws:cloudwatch:alarm"
+    value  = aws_cloudwatch_metric_alarm.queue_stalled.arn
+  }
+
+  experiment_options {
+    account_targeting            = "single-account"
+    empty_target_resolution_mode = "fail"
+  }
+
+  log_configuration {
+    log_schema_version = 2
+
+    cloudwatch_logs_configuration {
+      log_group_arn = "${aws_cloudwatch_log_group.fis.arn}:*"
+    }
+  }
+
+  tags = { Name = "order-worker-${var.environment}-spot-interruption" }
+}

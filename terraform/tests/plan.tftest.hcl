@@ -1,0 +1,413 @@
+# `terraform test` with mocked AWS providers: no account, no network. Plans the whole stack and
+# asserts the architecture on the planned values, then feeds bad inputs and expects the variable
+# validations, preconditions and check blocks to reject them.
+
+mock_provider "aws" {
+  mock_data "aws_availability_zones" {
+    defaults = {
+      names = ["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d"]
+    }
+  }
+
+  mock_data "aws_caller_identity" {
+    defaults = {
+      account_id = "123456789012"
+    }
+  }
+
+  mock_data "aws_partition" {
+    defaults = {
+      partition = "aws"
+    }
+  }
+
+  mock_data "aws_ssm_parameter" {
+    defaults = {
+      value = "ami-0123456789abcdef0"
+    }
+  }
+
+  mock_data "aws_iam_policy_document" {
+    defaults = {
+      json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}"
+    }
+  }
+}
+
+mock_provider "aws" {
+  alias = "standby"
+}
+
+variables {
+  hosted_zone_name      = "example.com"
+  record_name           = "orders.example.com"
+  worker_binary_sha256  = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+  ansible_bundle_sha256 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+  primary_endpoint = {
+    dns_name = "d-abcdefghij.execute-api.us-east-1.amazonaws.com"
+    zone_id  = "Z1UJRXOUMOOFQ8"
+  }
+}
+
+run "queue_is_a_fifo_pair" {
+  command = plan
+
+  assert {
+    condition     = aws_sqs_queue.orders.fifo_queue && aws_sqs_queue.dlq.fifo_queue
+    error_message = "Both the queue and its dead-letter queue must be FIFO."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.orders.name == "orders.fifo" && aws_sqs_queue.dlq.name == "orders-dlq.fifo"
+    error_message = "Default queue names must be the worker's: orders.fifo and orders-dlq.fifo."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.orders.deduplication_scope == "messageGroup" && aws_sqs_queue.orders.fifo_throughput_limit == "perMessageGroupId"
+    error_message = "High-throughput FIFO is on by default."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.orders.receive_wait_time_seconds == 20 && aws_sqs_queue.orders.visibility_timeout_seconds == 120
+    error_message = "Long polling 20 s and visibility 120 s, as the worker expects."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.dlq.message_retention_seconds == 1209600
+    error_message = "The dead-letter queue keeps messages 14 days."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.dlq_depth.metric_name == "ApproximateNumberOfMessagesVisible" && aws_cloudwatch_metric_alarm.dlq_depth.threshold == 1
+    error_message = "An alarm fires on the first message in the dead-letter queue."
+  }
+}
+
+run "tables" {
+  command = plan
+
+  assert {
+    condition     = aws_dynamodb_table.orders.hash_key == "OrderID" && aws_dynamodb_table.groups.hash_key == "MessageGroupId"
+    error_message = "orders is keyed OrderID, order-groups MessageGroupId."
+  }
+
+  assert {
+    condition = alltrue([for t in [aws_dynamodb_table.orders, aws_dynamodb_table.groups] :
+      t.billing_mode == "PAY_PER_REQUEST" && t.point_in_time_recovery[0].enabled && t.server_side_encryption[0].enabled && t.deletion_protection_enabled
+    ])
+    error_message = "Both tables: on-demand, PITR, SSE, deletion protection."
+  }
+}
+
+run "fleet_is_all_spot" {
+  command = plan
+
+  assert {
+    condition     = aws_autoscaling_group.workers.mixed_instances_policy[0].instances_distribution[0].on_demand_base_capacity == 0
+    error_message = "No On-Demand base capacity."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.workers.mixed_instances_policy[0].instances_distribution[0].on_demand_percentage_above_base_capacity == 0
+    error_message = "0 % On-Demand above base: all Spot."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.workers.mixed_instances_policy[0].instances_distribution[0].spot_allocation_strategy == "price-capacity-optimized"
+    error_message = "Spot allocation: price-capacity-optimized."
+  }
+
+  assert {
+    condition     = length(aws_autoscaling_group.workers.mixed_instances_policy[0].launch_template[0].override) >= 3
+    error_message = "At least three instance types."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.workers.capacity_rebalance
+    error_message = "Capacity rebalancing on."
+  }
+
+  assert {
+    condition     = aws_autoscaling_group.workers.name == "order-workers" && aws_autoscaling_group.workers.instance_refresh[0].strategy == "Rolling"
+    error_message = "Group order-workers with a rolling instance refresh."
+  }
+
+  assert {
+    condition = (aws_autoscaling_lifecycle_hook.drain.name == "order-worker-drain"
+      && aws_autoscaling_lifecycle_hook.drain.lifecycle_transition == "autoscaling:EC2_INSTANCE_TERMINATING"
+      && aws_autoscaling_lifecycle_hook.drain.heartbeat_timeout == 120
+    && aws_autoscaling_lifecycle_hook.drain.default_result == "CONTINUE")
+    error_message = "Termination hook order-worker-drain, 120 s, CONTINUE."
+  }
+
+  assert {
+    condition     = aws_autoscaling_policy.backlog_per_instance.policy_type == "TargetTrackingScaling"
+    error_message = "Scaling on backlog per instance (target tracking)."
+  }
+}
+
+run "launch_template_is_locked_down" {
+  command = plan
+
+  assert {
+    condition     = local.worker_vars.worker_drain_timeout == "90s" && local.worker_vars.worker_hook_timeout == 120 && local.worker_vars.worker_stop_timeout == 110
+    error_message = "The Ansible role gets drain 90s, hook 120 s and a stop timeout of 110 s between them."
+  }
+
+  assert {
+    condition     = local.worker_vars.worker_orders_table == "orders" && local.worker_vars.worker_groups_table == "order-groups" && local.worker_vars.worker_lifecycle_hook == "order-worker-drain"
+    error_message = "The Ansible role gets the worker's table and hook names."
+  }
+
+  assert {
+    condition = (aws_launch_template.worker.metadata_options[0].http_tokens == "required"
+      && aws_launch_template.worker.metadata_options[0].http_put_response_hop_limit == 1
+    && aws_launch_template.worker.metadata_options[0].instance_metadata_tags == "enabled")
+    error_message = "IMDSv2 required, hop limit 1, instance tags in metadata."
+  }
+
+  assert {
+    condition     = aws_launch_template.worker.block_device_mappings[0].ebs[0].encrypted == "true"
+    error_message = "Encrypted root volume."
+  }
+
+  assert {
+    condition     = length(aws_launch_template.worker.instance_market_options) == 0
+    error_message = "No instance_market_options: Spot comes from the mixed instances policy."
+  }
+
+  assert {
+    condition     = aws_launch_template.worker.network_interfaces[0].associate_public_ip_address == "false"
+    error_message = "Workers get no public IP."
+  }
+}
+
+run "network_is_private" {
+  command = plan
+
+  assert {
+    condition     = length(aws_subnet.private) == 3 && alltrue([for s in aws_subnet.private : !s.map_public_ip_on_launch])
+    error_message = "Three private subnets, no public IPs on launch."
+  }
+
+  assert {
+    condition     = length(setsubtract(["sqs", "autoscaling", "ssm", "logs", "sts"], keys(aws_vpc_endpoint.interface))) == 0
+    error_message = "Interface endpoints for SQS, Auto Scaling, SSM, Logs, STS."
+  }
+
+  assert {
+    condition     = toset(keys(aws_vpc_endpoint.gateway)) == toset(["s3", "dynamodb"])
+    error_message = "Gateway endpoints for S3 and DynamoDB."
+  }
+}
+
+run "dns_failover_to_the_error_page" {
+  command = plan
+
+  assert {
+    condition = (aws_route53_record.primary.failover_routing_policy[0].type == "PRIMARY"
+      && aws_route53_record.secondary.failover_routing_policy[0].type == "SECONDARY"
+      && aws_route53_record.primary.name == aws_route53_record.secondary.name
+    && aws_route53_record.primary.set_identifier != aws_route53_record.secondary.set_identifier)
+    error_message = "A PRIMARY/SECONDARY pair on one name, distinct set identifiers."
+  }
+
+  assert {
+    condition     = aws_route53_record.primary.type == "A" && aws_route53_record.secondary.type == "A"
+    error_message = "Both failover records are A records."
+  }
+
+  assert {
+    condition     = aws_s3_bucket.error_page.bucket == "orders.example.com"
+    error_message = "The error-page bucket is named like the record."
+  }
+
+  assert {
+    condition     = aws_route53_health_check.primary.type == "CLOUDWATCH_METRIC"
+    error_message = "The primary's health check follows a CloudWatch alarm (the fleet is private)."
+  }
+
+  assert {
+    condition     = toset(keys(aws_s3_object.error_page)) == toset(["index.html", "error.html"])
+    error_message = "index.html and error.html are uploaded."
+  }
+}
+
+run "fis_interrupts_the_group" {
+  command = plan
+
+  assert {
+    condition     = aws_fis_experiment_template.spot_interruption.action[0].action_id == "aws:ec2:send-spot-instance-interruptions"
+    error_message = "The FIS action sends Spot interruptions."
+  }
+
+  assert {
+    condition     = one([for p in aws_fis_experiment_template.spot_interruption.action[0].parameter : p.value if p.key == "durationBeforeInterruption"]) == "PT2M"
+    error_message = "durationBeforeInterruption defaults to PT2M."
+  }
+
+  assert {
+    condition = (aws_fis_experiment_template.spot_interruption.target[0].resource_type == "aws:ec2:spot-instance"
+    && aws_fis_experiment_template.spot_interruption.target[0].selection_mode == "COUNT(1)")
+    error_message = "Targets Spot instances, one at a time by default."
+  }
+
+  assert {
+    condition     = length(aws_fis_experiment_template.spot_interruption.stop_condition) >= 1
+    error_message = "The experiment has a stop condition."
+  }
+}
+
+run "high_throughput_is_an_option" {
+  command = plan
+
+  variables {
+    high_throughput_fifo = false
+  }
+
+  assert {
+    condition     = aws_sqs_queue.orders.deduplication_scope == "queue" && aws_sqs_queue.orders.fifo_throughput_limit == "perQueue"
+    error_message = "high_throughput_fifo = false gives a plain FIFO queue."
+  }
+}
+
+run "existing_network" {
+  command = plan
+
+  variables {
+    existing_network = {
+      vpc_id          = "vpc-0123456789abcdef0"
+      subnet_ids      = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+      route_table_ids = ["rtb-0123456789abcdef0"]
+    }
+  }
+
+  assert {
+    condition     = length(aws_vpc.this) == 0 && length(aws_subnet.private) == 0
+    error_message = "With existing_network, no VPC or subnets are created."
+  }
+
+  assert {
+    condition     = tolist(aws_autoscaling_group.workers.vpc_zone_identifier) == tolist(["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"])
+    error_message = "The group runs in the given subnets."
+  }
+}
+
+# --- inputs that must be refused ---------------------------------------------------------------
+
+run "rejects_a_queue_name_without_fifo" {
+  command = plan
+  variables {
+    queue_name = "orders"
+  }
+  expect_failures = [var.queue_name]
+}
+
+run "rejects_a_dlq_name_without_fifo" {
+  command = plan
+  variables {
+    dlq_name = "orders-dlq"
+  }
+  expect_failures = [var.dlq_name]
+}
+
+run "rejects_a_hook_longer_than_the_spot_notice" {
+  command = plan
+  variables {
+    lifecycle_hook_timeout_seconds = 300
+  }
+  expect_failures = [var.lifecycle_hook_timeout_seconds]
+}
+
+run "rejects_a_drain_longer_than_the_hook" {
+  command = plan
+  variables {
+    lifecycle_hook_timeout_seconds = 60
+  }
+  expect_failures = [aws_autoscaling_lifecycle_hook.drain, check.drain_fits_the_lifecycle_hook]
+}
+
+run "rejects_a_visibility_timeout_shorter_than_the_drain" {
+  command = plan
+  variables {
+    visibility_timeout_seconds = 60
+  }
+  expect_failures = [aws_sqs_queue.orders, check.visibility_covers_the_drain]
+}
+
+run "rejects_fewer_than_three_instance_types" {
+  command = plan
+  variables {
+    instance_types = ["m7i.large", "m6i.large"]
+  }
+  expect_failures = [var.instance_types]
+}
+
+run "rejects_the_primary_region_as_standby" {
+  command = plan
+  variables {
+    standby_region = "us-east-1"
+  }
+  expect_failures = [var.standby_region]
+}
+
+run "rejects_a_record_outside_the_zone" {
+  command = plan
+  variables {
+    record_name = "orders.example.org"
+  }
+  expect_failures = [var.record_name]
+}
+
+run "rejects_too_many_fis_targets" {
+  command = plan
+  variables {
+    fis_selection_mode = "COUNT(9)"
+  }
+  expect_failures = [var.fis_selection_mode]
+}
+
+run "rejects_an_interruption_sooner_than_two_minutes" {
+  command = plan
+  variables {
+    fis_duration_before_interruption = "PT1M"
+  }
+  expect_failures = [var.fis_duration_before_interruption]
+}
+
+run "rejects_min_size_zero" {
+  command = plan
+  variables {
+    min_size = 0
+  }
+  expect_failures = [var.min_size]
+}
+
+run "rejects_a_bundle_without_checksum" {
+  command = plan
+  variables {
+    ansible_bundle_sha256 = null
+  }
+  expect_failures = [var.ansible_bundle_sha256]
+}
+
+run "baked_ami_needs_no_bundle" {
+  command = plan
+  variables {
+    ansible_bundle_key    = null
+    ansible_bundle_sha256 = null
+  }
+
+  assert {
+    condition     = length(data.aws_iam_policy_document.worker.statement) > 0
+    error_message = "A baked AMI plans without a bundle."
+  }
+}
+
+run "rejects_no_room_for_the_stop_timeout" {
+  command = plan
+  variables {
+    lifecycle_hook_timeout_seconds = 101
+  }
+  expect_failures = [aws_launch_template.worker]
+}
