@@ -86,10 +86,22 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(id) = &cfg.instance_id {
         let _ = instance_id.set(id.clone());
     }
-    let fallback_id = cfg
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| format!("unknown-{}", std::process::id()));
+    // Records name their instance: ask metadata briefly before taking work (it answers in milliseconds on
+    // EC2); if it is down, start anyway and learn the id in the background.
+    let mut first_id = cfg.instance_id.clone();
+    if first_id.is_none() {
+        if let Some(endpoint) = &cfg.imds_endpoint {
+            let probe = ImdsClient::new(endpoint).context("--imds-endpoint")?;
+            if let Ok(Ok(Some(id))) =
+                tokio::time::timeout(Duration::from_secs(3), probe.instance_id()).await
+            {
+                tracing::info!(instance_id = %id, "instance id from metadata");
+                let _ = instance_id.set(id.clone());
+                first_id = Some(id);
+            }
+        }
+    }
+    let fallback_id = first_id.unwrap_or_else(|| format!("unknown-{}", std::process::id()));
     let dispatcher = Dispatcher::start(cfg.clone(), queue, store, fallback_id, Control::default());
 
     let (tx, notices) = mpsc::channel(16);
@@ -108,7 +120,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
                 tx,
                 stop_watch.clone(),
             ));
-            if cfg.instance_id.is_none() {
+            if instance_id.get().is_none() {
                 tokio::spawn(learn_instance_id(
                     client.clone(),
                     dispatcher.clone(),

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""The run report: a short text summary and an HTML page with an inline SVG timeline of orders applied per
+instance over time (from the orders table's ProcessedAt / ProcessedBy), with each instance's rebalance
+recommendation, interruption notice, drain, hook completion and termination marked (from spot-sim's status
+events and the worker logs).
+
+    chaos/report.py --dir out/demo-X [--status FILE] [--manifest FILE] [--verify FILE] [--table orders]
+                    [--require-interruption] [--title TEXT]
+
+Reads from DIR by default: spot-sim-status.json, manifest.jsonl, verify.json (from `order-worker verify
+--json`), fis/fis-run.json (optional); writes DIR/records.json, DIR/report.html and DIR/summary.txt, and prints
+the summary. The table is scanned with boto3 at AWS_ENDPOINT_URL_DYNAMODB / AWS_ENDPOINT_URL (real AWS when
+unset), keeping only the manifest's groups.
+
+Exit status: 0 when the audit is clean (nothing lost, applied twice or out of order) and, with
+--require-interruption, at least one instance was interrupted and each interrupted instance drained, completed
+its lifecycle hook, was terminated and was replaced. 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+# ---- inputs --------------------------------------------------------------------------------------------------
+
+
+def parse_time(s: Optional[str]) -> Optional[float]:
+    """RFC 3339 (any fraction, Z or offset) -> epoch seconds."""
+    if not s:
+        return None
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?", s)
+    if not m:
+        return None
+    base = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")
+    tz = m.group(3) or "Z"
+    if tz == "Z":
+        base = base.replace(tzinfo=timezone.utc)
+    else:
+        base = datetime.fromisoformat(m.group(1) + tz)
+    return base.timestamp() + (float(m.group(2)) if m.group(2) else 0.0)
+
+
+def hms(t: Optional[float], millis: bool = True) -> str:
+    if t is None:
+        return "-"
+    d = datetime.fromtimestamp(t, timezone.utc)
+    return d.strftime("%H:%M:%S") + (f".{int(d.microsecond / 1000):03d}" if millis else "")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def scan_table(table: str, groups: set[str]) -> list[dict]:
+    import boto3  # the project's venv has it (requirements/chaos.txt)
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("AWS_ENDPOINT_URL")
+    ddb = boto3.client("dynamodb", endpoint_url=endpoint)
+    items, kwargs = [], {"TableName": table, "ConsistentRead": True}
+    while True:
+        out = ddb.scan(**kwargs)
+        for it in out.get("Items", []):
+            rec = {k: (int(v["N"]) if "N" in v and re.fullmatch(r"-?\d+", v["N"]) else next(iter(v.values()))) for k, v in it.items()}
+            if not groups or rec.get("MessageGroupId") in groups:
+                items.append(rec)
+        if "LastEvaluatedKey" not in out:
+            return items
+        kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+
+
+# What each spot-sim event means for the timeline (first match wins).
+EVENT_KINDS = [
+    ("launched", "launched"),
+    ("InService", "in_service"),
+    ("rebalance recommendation", "rebalance"),
+    ("spot interruption notice", "notice"),
+    ("Terminating:Wait", "terminating_wait"),
+    ("CompleteLifecycleAction", "hook_completed"),
+    ("lifecycle hook timed out", "hook_timed_out"),
+    ("Terminating:Proceed", "terminating_proceed"),
+    ("SIGTERM", "sigterm"),
+    ("SIGKILL", "sigkill"),
+    ("worker exited", "exited"),
+    ("Terminated", "terminated"),
+]
+
+LOG_TIME = re.compile(r"^(?:\x1b\[[0-9;]*m)*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)")
+
+
+def instance_story(inst: dict) -> dict:
+    """First time of each kind of event of one instance, plus the drain from its worker log."""
+    st: dict = {"id": inst["id"], "replaces": inst.get("replaces"), "state": inst.get("lifecycle_state")}
+    for ev in inst.get("events", []):
+        what = ev.get("event", "")
+        for needle, kind in EVENT_KINDS:
+            if what.startswith(needle):
+                st.setdefault(kind, parse_time(ev.get("at")))
+                if kind == "notice":
+                    st.setdefault("notice_text", what)
+                if kind == "hook_completed":
+                    st.setdefault("hook_result", what.split()[-1])
+                break
+    st.setdefault("launched", parse_time(inst.get("launched_at")))
+    if inst.get("terminated_at"):
+        st.setdefault("terminated", parse_time(inst["terminated_at"]))
+    log_path = inst.get("log_path")
+    # Drains of instances the region is terminating (a drain at the end of the run, on shutdown, is not news).
+    if log_path and Path(log_path).exists() and (st.get("notice") or st.get("terminating_wait")):
+        for line in Path(log_path).read_text(errors="replace").splitlines():
+            if line.startswith("{"):  # --log-format json: the same fields, flattened to the text form
+                try:
+                    j = json.loads(line)
+                except ValueError:
+                    continue
+                f = j.get("fields") or {}
+                line = f"{j.get('timestamp', '')} {f.get('message', '')} " + " ".join(
+                    f"{k}={v}" for k, v in f.items() if k != "message"
+                )
+            m = LOG_TIME.match(line)
+            if not m:
+                continue
+            if " draining" in line and "drain_start" not in st:
+                st["drain_start"] = parse_time(m.group(1))
+                st["drain_trigger"] = (re.search(r"trigger=(\S+(?: \{[^}]*\})?)", line) or [None, ""])[1]
+            elif "drain complete" in line and "drain_end" not in st:
+                st["drain_end"] = parse_time(m.group(1))
+                for k in ("finished", "released", "took_ms", "deadline_hit"):
+                    mm = re.search(rf"\b{k}=(\S+)", line)
+                    if mm:
+                        st[f"drain_{k}"] = mm.group(1)
+    return st
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+
+
+def build(args) -> tuple[str, str, bool]:
+    d = Path(args.dir)
+    manifest = read_jsonl(Path(args.manifest) if args.manifest else d / "manifest.jsonl")
+    verify_path = Path(args.verify) if args.verify else d / "verify.json"
+    verify = json.loads(verify_path.read_text()) if verify_path.exists() else None
+    status_path = Path(args.status) if args.status else d / "spot-sim-status.json"
+    status = json.loads(status_path.read_text()) if status_path.exists() else {"instances": [], "timeline": []}
+    fis_path = d / "fis" / "fis-run.json"
+    fis = json.loads(fis_path.read_text()) if fis_path.exists() else None
+    groups = {m["group"] for m in manifest}
+    if args.records:
+        records = json.loads(Path(args.records).read_text())
+    else:
+        records = scan_table(args.table, groups)
+        (d / "records.json").write_text(json.dumps(records, indent=1))
+
+    stories = {i["id"]: instance_story(i) for i in status.get("instances", [])}
+    # A worker that took work before it learned its instance id records `unknown-<pid>`: spot-sim knows the pid.
+    by_pid = {f"unknown-{i['pid']}": i["id"] for i in status.get("instances", []) if i.get("pid")}
+    for r in records:
+        if r.get("ProcessedBy") in by_pid:
+            r["RecordedProcessedBy"] = r["ProcessedBy"]
+            r["ProcessedBy"] = by_pid[r["ProcessedBy"]]
+    # The interrupted instances: the FIS experiments' targets, else whatever got a notice.
+    targets = sorted({i for e in status.get("experiments", []) for ids in (e.get("targets") or {}).values() for i in ids})
+    interrupted = [stories[i] for i in targets if i in stories] or [s for s in stories.values() if s.get("notice")]
+    problems: list[str] = []
+
+    # The audit.
+    sent = len(manifest)
+    if verify is None:
+        problems.append(f"no verification ({verify_path} missing)")
+        lost = dup = ooo = wrong = None
+    else:
+        lost, dup, ooo, wrong = verify.get("lost"), verify.get("applied_twice"), verify.get("out_of_order"), verify.get("wrong_status")
+        for name, v in (("lost", lost), ("applied twice", dup), ("out of order", ooo), ("wrong verdict", wrong)):
+            if v:
+                problems.append(f"{v} orders {name}")
+    per_instance: dict[str, int] = {}
+    for r in records:
+        per_instance[r.get("ProcessedBy", "?")] = per_instance.get(r.get("ProcessedBy", "?"), 0) + 1
+
+    # The interruption.
+    if args.require_interruption:
+        if not interrupted:
+            problems.append("no instance was interrupted")
+        for s in interrupted:
+            i = s["id"]
+            if not s.get("notice"):
+                problems.append(f"{i}: no interruption notice was shown (terminated before it?)")
+            if not s.get("drain_end"):
+                problems.append(f"{i}: no completed drain in its worker log")
+            if not s.get("hook_completed"):
+                why = "timed out" if s.get("hook_timed_out") else "never completed"
+                problems.append(f"{i}: lifecycle hook {why} (the worker must complete it)")
+            if not s.get("terminated"):
+                problems.append(f"{i}: not terminated")
+            repl = [r for r in stories.values() if r.get("replaces") == i and r.get("in_service")]
+            in_service = sum(1 for r in stories.values() if r.get("state") == "InService")
+            if not repl and in_service < (status.get("desired") or 0):
+                problems.append(f"{i}: no replacement InService")
+
+    ok = not problems
+    # ---- text summary
+    lines = [f"{args.title}", ""]
+    lines.append(
+        f"orders sent {sent}, applied {len(records)}"
+        + (f" (accepted {verify.get('accepted')}, rejected {verify.get('rejected')})" if verify else "")
+    )
+    lines.append(f"lost {fmt(lost)}, duplicates {fmt(dup)}, order violations {fmt(ooo)}, wrong verdicts {fmt(wrong)}")
+    lines.append("per instance:")
+    for inst, n in sorted(per_instance.items(), key=lambda kv: -kv[1]):
+        s = stories.get(inst, {})
+        note = []
+        if s.get("replaces"):
+            note.append(f"replacement for {s['replaces']}")
+        if s.get("notice"):
+            note.append("interrupted")
+        lines.append(f"  {inst}: {n}" + (f" ({', '.join(note)})" if note else ""))
+    if fis:
+        lines.append(f"experiment {fis.get('experiment')}: {fis.get('status')}")
+    for s in interrupted:
+        repl = next((r["id"] for r in stories.values() if r.get("replaces") == s["id"]), None)
+        lines.append(f"interruption of {s['id']}:")
+        for label, key in (
+            ("rebalance recommendation", "rebalance"),
+            ("interruption notice", "notice"),
+            ("Terminating:Wait (hook started)", "terminating_wait"),
+            ("drain started", "drain_start"),
+            ("drain complete", "drain_end"),
+            ("lifecycle hook completed", "hook_completed"),
+            ("lifecycle hook timed out", "hook_timed_out"),
+            ("terminated", "terminated"),
+        ):
+            if s.get(key):
+                extra = ""
+                if key == "notice":
+                    extra = "  " + s.get("notice_text", "").replace("spot interruption notice: ", "")
+                if key == "drain_end":
+                    extra = f"  finished {s.get('drain_finished', '?')}, released {s.get('drain_released', '?')}, took {s.get('drain_took_ms', '?')} ms"
+                if key == "hook_completed":
+                    extra = f"  {s.get('hook_result', '')}"
+                lines.append(f"  {hms(s[key])}  {label}{extra}")
+        if repl:
+            r = stories[repl]
+            lines.append(f"  {hms(r.get('launched'))}  replacement {repl} launched; InService {hms(r.get('in_service'))}")
+    lines.append("")
+    for p in problems:
+        lines.append(f"PROBLEM: {p}")
+    lines.append("VERDICT: " + ("OK" if ok else "FAILED"))
+    summary = "\n".join(lines) + "\n"
+    page = render_html(args.title, summary, records, stories, per_instance, verify, ok)
+    return summary, page, ok
+
+
+def fmt(v) -> str:
+    return "?" if v is None else str(v)
+
+
+# ---- HTML + SVG ----------------------------------------------------------------------------------------------
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+MARKS = [
+    ("rebalance", "R", "#7b61ff", "rebalance recommendation"),
+    ("notice", "N", "#d62728", "interruption notice"),
+    ("drain_start", "D", "#ff7f0e", "drain started"),
+    ("drain_end", "C", "#a05a00", "drain complete"),
+    ("hook_completed", "H", "#2ca02c", "lifecycle hook completed"),
+    ("hook_timed_out", "H!", "#b00020", "lifecycle hook timed out"),
+    ("terminated", "T", "#000000", "terminated"),
+]
+
+
+def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
+    times = [parse_time(r.get("ProcessedAt")) for r in records]
+    times = [t for t in times if t]
+    shown = [i for i in stories if i in per_instance or stories[i].get("notice") or stories[i].get("replaces")]
+    for i in per_instance:
+        if i not in shown:
+            shown.append(i)
+    marks = [stories[i].get(k) for i in shown if i in stories for k, *_ in MARKS]
+    marks += [stories[i].get("launched") for i in shown if i in stories and stories[i].get("replaces")]
+    allt = times + [t for t in marks if t]
+    if not allt:
+        return "<p>No records and no events to draw.</p>"
+    t0, t1 = min(allt), max(allt)
+    pad = max(0.5, (t1 - t0) * 0.04)
+    t0, t1 = t0 - pad, t1 + pad
+    W, left, right = 1000, 170, 20
+    top_h, lane_h, gap = 220, 46, 40
+    H = top_h + gap + lane_h * len(shown) + 50
+    x = lambda t: left + (t - t0) / (t1 - t0) * (W - left - right)  # noqa: E731
+    color = {i: PALETTE[k % len(PALETTE)] for k, i in enumerate(shown)}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">']
+    out.append(f'<rect x="0" y="0" width="{W}" height="{H}" fill="#fff"/>')
+    # Time axis ticks.
+    span = t1 - t0
+    step = next(s for s in (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600) if span / s <= 12)
+    t = (int(t0 / step) + 1) * step
+    while t < t1:
+        xx = x(t)
+        out.append(f'<line x1="{xx:.1f}" y1="20" x2="{xx:.1f}" y2="{H - 40}" stroke="#eee"/>')
+        out.append(f'<text x="{xx:.1f}" y="{H - 24}" text-anchor="middle" fill="#555">{hms(t, millis=step < 1)}</text>')
+        t += step
+    out.append(f'<text x="{left}" y="{H - 6}" fill="#555">time (UTC)</text>')
+    # Top panel: cumulative orders applied per instance.
+    n_max = max(per_instance.values()) if per_instance else 1
+    y_top = lambda n: 20 + (top_h - 20) * (1 - n / max(1, n_max))  # noqa: E731
+    out.append(f'<text x="10" y="34" fill="#333" font-weight="bold">orders applied</text>')
+    out.append(f'<text x="10" y="50" fill="#555">(cumulative, per instance)</text>')
+    out.append(f'<line x1="{left}" y1="{top_h}" x2="{W - right}" y2="{top_h}" stroke="#999"/>')
+    out.append(f'<text x="{left - 6}" y="{y_top(n_max) + 4:.1f}" text-anchor="end" fill="#555">{n_max}</text>')
+    out.append(f'<text x="{left - 6}" y="{top_h + 4}" text-anchor="end" fill="#555">0</text>')
+    for inst in shown:
+        ts = sorted(parse_time(r.get("ProcessedAt")) for r in records if r.get("ProcessedBy") == inst and r.get("ProcessedAt"))
+        if not ts:
+            continue
+        pts = [f"{x(ts[0]):.1f},{y_top(0):.1f}"]
+        for k, tt in enumerate(ts, start=1):
+            pts.append(f"{x(tt):.1f},{y_top(k - 1):.1f}")
+            pts.append(f"{x(tt):.1f},{y_top(k):.1f}")
+        out.append(f'<polyline fill="none" stroke="{color[inst]}" stroke-width="2" points="{" ".join(pts)}"/>')
+        out.append(f'<text x="{x(ts[-1]) + 4:.1f}" y="{y_top(len(ts)) - 4:.1f}" fill="{color[inst]}">{len(ts)}</text>')
+    # Interruption marks across the top panel.
+    for inst in shown:
+        s = stories.get(inst, {})
+        for key, label, c, _ in MARKS:
+            if s.get(key) and key in ("notice", "terminated"):
+                xx = x(s[key])
+                out.append(f'<line x1="{xx:.1f}" y1="20" x2="{xx:.1f}" y2="{top_h}" stroke="{c}" stroke-dasharray="4,3"/>')
+                ty = 30 if key == "notice" else 46
+                out.append(f'<text x="{xx + 3:.1f}" y="{ty}" fill="{c}">{label} {inst[-6:]}</text>')
+    # Lanes: lifetime bar coloured by state, one tick per order, the marks.
+    y0 = top_h + gap
+    for k, inst in enumerate(shown):
+        s = stories.get(inst, {})
+        yy = y0 + k * lane_h
+        label = inst + (f" (replaces …{s['replaces'][-6:]})" if s.get("replaces") else "")
+        out.append(f'<text x="10" y="{yy + 24}" fill="{color[inst]}" font-size="11">{html.escape(label)}</text>')
+        start = s.get("launched") or t0
+        segs = [
+            (start, s.get("in_service") or start, "#ddd", "Pending"),
+            (s.get("in_service") or start, s.get("terminating_wait") or s.get("terminating_proceed") or s.get("terminated") or t1, "#d8f0d8", "InService"),
+        ]
+        if s.get("terminating_wait"):
+            segs.append((s["terminating_wait"], s.get("terminating_proceed") or s.get("terminated") or t1, "#ffe0a0", "Terminating:Wait"))
+        if s.get("terminating_proceed"):
+            segs.append((s["terminating_proceed"], s.get("terminated") or t1, "#f4b0a0", "Terminating:Proceed"))
+        for a, b, c, name in segs:
+            a, b = max(a, t0), min(b, t1)
+            if b > a:
+                out.append(f'<rect x="{x(a):.1f}" y="{yy + 8}" width="{max(1, x(b) - x(a)):.1f}" height="26" fill="{c}"><title>{name}</title></rect>')
+        for r in records:
+            if r.get("ProcessedBy") == inst and r.get("ProcessedAt"):
+                xx = x(parse_time(r["ProcessedAt"]))
+                out.append(f'<line x1="{xx:.1f}" y1="{yy + 12}" x2="{xx:.1f}" y2="{yy + 30}" stroke="{color[inst]}" stroke-width="1.2"><title>{html.escape(str(r.get("OrderID")))} {html.escape(str(r.get("MessageGroupId")))} #{r.get("GroupPosition")}</title></line>')
+        for key, label, c, title in MARKS:
+            if s.get(key):
+                xx = x(s[key])
+                out.append(f'<line x1="{xx:.1f}" y1="{yy + 4}" x2="{xx:.1f}" y2="{yy + 38}" stroke="{c}" stroke-width="2"/>')
+                out.append(f'<text x="{xx + 2:.1f}" y="{yy + 6}" fill="{c}" font-size="10" font-weight="bold">{label}<title>{title} {hms(s[key])}</title></text>')
+    # Legend, one line under the top panel.
+    lx = 10
+    for _, label, c, title in MARKS:
+        out.append(f'<text x="{lx:.0f}" y="{top_h + 26}" fill="{c}" font-size="10"><tspan font-weight="bold">{label}</tspan> {title}</text>')
+        lx += 14 + 5.6 * (len(title) + len(label) + 1)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def render_html(title, summary, records, stories, per_instance, verify, ok) -> str:
+    svg = render_svg(records, stories, per_instance)
+    examples = "".join(f"<li>{html.escape(e)}</li>" for e in (verify or {}).get("examples", []))
+    verdict = '<b style="color:#2a2">OK</b>' if ok else '<b style="color:#c22">FAILED</b>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1060px}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}
+.legend span{{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>Verdict: {verdict}. Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')} UTC.</p>
+<h2>Timeline</h2>
+<p>Top: orders applied per instance over time (cumulative, from the orders table's <code>ProcessedAt</code> and
+<code>ProcessedBy</code>). Below: one lane per instance, its lifecycle state as the background
+<span class="legend"><span style="background:#d8f0d8"></span>InService<span style="background:#ffe0a0"></span>Terminating:Wait
+<span style="background:#f4b0a0"></span>Terminating:Proceed</span>, one tick per order applied, and the marks of the
+interruption (from spot-sim's events and the worker's log).</p>
+{svg}
+<h2>Summary</h2>
+<pre>{html.escape(summary)}</pre>
+{"<h2>Audit examples</h2><ul>" + examples + "</ul>" if examples else ""}
+</body></html>
+"""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", required=True, help="the run directory (inputs and outputs)")
+    p.add_argument("--status", help="spot-sim status JSON (default DIR/spot-sim-status.json)")
+    p.add_argument("--manifest", help="default DIR/manifest.jsonl")
+    p.add_argument("--verify", help="order-worker verify --json output (default DIR/verify.json)")
+    p.add_argument("--records", help="records JSON instead of scanning the table")
+    p.add_argument("--table", default=os.environ.get("ORDERS_TABLE", "orders"))
+    p.add_argument("--require-interruption", action="store_true")
+    p.add_argument("--title", default="order-worker: orders through a Spot interruption")
+    a = p.parse_args(argv)
+    summary, page, ok = build(a)
+    d = Path(a.dir)
+    (d / "report.html").write_text(page)
+    (d / "summary.txt").write_text(summary)
+    print(summary, end="")
+    print(f"report: {d / 'report.html'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
