@@ -288,7 +288,12 @@ pub fn parse_instance_action(body: &str) -> Result<InstanceAction, ParseError> {
         "terminate" => SpotAction::Terminate,
         "stop" => SpotAction::Stop,
         "hibernate" => SpotAction::Hibernate,
-        other => return Err(ParseError(format!("unknown action {other:?}"))),
+        other => {
+            return Err(ParseError(format!(
+                "unknown action {:?}",
+                crate::order::truncate(other, 64)
+            )))
+        }
     };
     Ok(InstanceAction {
         action,
