@@ -34,6 +34,8 @@ use crate::store::{Applied, Record, Run, Store, StoreError, MAX_ACTIONS};
 const RUN_MAX: usize = 25;
 /// Longest a run collects orders before it is committed.
 const RUN_LINGER: Duration = Duration::from_millis(50);
+/// Longest the committer waits for more groups' runs to fill a transaction (and its delete batch).
+const COMMIT_LINGER: Duration = Duration::from_millis(3);
 
 /// The shutdown signals, from gentle to hard.
 #[derive(Clone, Default)]
@@ -587,17 +589,30 @@ impl Dispatcher {
                     _ = self.inner.shutdown.cancelled() => break,
                 },
             };
-            // Everything that queued up while the permits were busy goes into this transaction: under load
-            // the batches grow by themselves, idle there is no added wait.
+            // Everything that queued up while the permits were busy goes into this transaction, and the runs
+            // of one receive (its groups' tasks submit microseconds apart) are gathered for up to
+            // COMMIT_LINGER until ten orders are in: one transaction and one full DeleteMessageBatch instead
+            // of several small ones. Under load the batches grow by themselves.
             let mut actions = first.run.records.len() + 1;
+            let mut orders = first.run.records.len();
             let mut batch = vec![first];
-            while let Ok(next) = rx.try_recv() {
+            let linger_until = tokio::time::Instant::now() + COMMIT_LINGER;
+            loop {
+                let next = match rx.try_recv() {
+                    Ok(next) => next,
+                    Err(_) if orders >= 10 => break,
+                    Err(_) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                        Ok(Some(next)) => next,
+                        _ => break,
+                    },
+                };
                 let size = next.run.records.len() + 1;
                 if actions + size > MAX_ACTIONS {
                     carry = Some(next);
                     break;
                 }
                 actions += size;
+                orders += next.run.records.len();
                 batch.push(next);
             }
             let me = self.clone();
