@@ -461,6 +461,7 @@ impl Dispatcher {
                     self.publish(s);
                     rest
                 };
+                inner.store.forget_group(&group);
                 self.release(leftover, 0, "drain").await;
                 return;
             }
@@ -540,6 +541,7 @@ impl Dispatcher {
             self.publish(&s);
             (run, rest)
         };
+        self.inner.store.forget_group(group);
         self.release(run, visibility, reason).await;
         self.release(rest, 0, reason).await;
     }

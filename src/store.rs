@@ -100,6 +100,13 @@ impl Store {
         }
     }
 
+    /// Forget a group's cached position. Called when we stop holding the group: its next messages may go
+    /// to another worker, and a stale cache costs a whole cancelled transaction (measured with two workers:
+    /// 37 % of transactions cancelled) where a fresh read costs one batched BatchGetItem.
+    pub fn forget_group(&self, group: &str) {
+        self.positions.lock().expect("cache lock").remove(group);
+    }
+
     /// Fail unless both tables exist with the key schema we write. Err(true, ..) is transient.
     pub async fn check_tables(&self) -> Result<(), (bool, String)> {
         for (table, key) in [
