@@ -226,6 +226,8 @@ async fn drain(
         "draining"
     );
 
+    // Release first: resolving the hook may wait on slow metadata, and held messages must not.
+    dispatcher.begin_drain().await;
     // Heartbeats keep the hook open while the drain outlasts the interval.
     let hook = if termination_seen {
         resolve_hook(cfg, &hooks).await
@@ -240,7 +242,6 @@ async fn drain(
         tokio::spawn(async move { heartbeat_until(&h, every, done).await });
     }
 
-    dispatcher.begin_drain().await;
     let mut held_up_by = None;
     let mut deadline_hit = false;
     {

@@ -254,8 +254,12 @@ impl Store {
                         return Err(StoreError::Permanent(describe(&e)));
                     };
                     let mut retry_later = false;
+                    // Something must change before the next round, or we would send the same refusal again.
+                    let mut progress = false;
                     for (action, reason) in actions.iter().zip(reasons.iter()) {
-                        match (reason.code().unwrap_or("None"), action) {
+                        let code = reason.code().unwrap_or("None");
+                        progress |= code != "None";
+                        match (code, action) {
                             ("None", _) => {}
                             ("ConditionalCheckFailed", Action::Put { run, idx }) => {
                                 let record = &runs[*run].records[*idx];
@@ -292,6 +296,11 @@ impl Store {
                                 )));
                             }
                         }
+                    }
+                    if !progress {
+                        return Err(StoreError::Permanent(
+                            "transaction cancelled without a reason for any action".into(),
+                        ));
                     }
                     if !to_classify.is_empty() {
                         match self.existing_hashes(runs, &to_classify).await {
