@@ -29,6 +29,23 @@ use crate::metrics::{metrics, request};
 /// Most actions DynamoDB allows in one transaction.
 pub const MAX_ACTIONS: usize = 100;
 
+/// Every attribute an accepted order's record carries (a rejected one has `Reason` instead of the total).
+pub const ACCEPTED_ATTRIBUTES: &[&str] = &[
+    "OrderID",
+    "MessageGroupId",
+    "GroupPosition",
+    "Status",
+    "TotalCents",
+    "Currency",
+    "ItemCount",
+    "PayloadSha256",
+    "SqsMessageId",
+    "SqsSequenceNumber",
+    "ReceiveCount",
+    "ProcessedBy",
+    "ProcessedAt",
+];
+
 /// One order record, ready to write except for its position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -830,22 +847,8 @@ mod tests {
     fn item_has_every_attribute() {
         let mut r = record("a", "g");
         let m = item(&r, 3);
-        for k in [
-            "OrderID",
-            "MessageGroupId",
-            "GroupPosition",
-            "Status",
-            "TotalCents",
-            "Currency",
-            "ItemCount",
-            "PayloadSha256",
-            "SqsMessageId",
-            "SqsSequenceNumber",
-            "ReceiveCount",
-            "ProcessedBy",
-            "ProcessedAt",
-        ] {
-            assert!(m.contains_key(k), "{k}");
+        for k in ACCEPTED_ATTRIBUTES {
+            assert!(m.contains_key(*k), "{k}");
         }
         assert!(!m.contains_key("Reason"));
         r.status = "REJECTED";

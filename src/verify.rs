@@ -234,7 +234,37 @@ pub async fn read_table(
     table: &str,
     groups_table: &str,
 ) -> anyhow::Result<(Vec<Stored>, HashMap<String, u64>)> {
-    let mut stored = Vec::new();
+    let s = |item: &Item, k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let n = |item: &Item, k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let stored = scan_all(client, table)
+        .await?
+        .iter()
+        .map(|item| Stored {
+            order_id: s(item, "OrderID").unwrap_or_default(),
+            group: s(item, "MessageGroupId").unwrap_or_default(),
+            position: n(item, "GroupPosition").unwrap_or(0),
+            status: s(item, "Status").unwrap_or_default(),
+            message_id: s(item, "SqsMessageId").unwrap_or_default(),
+            processed_by: s(item, "ProcessedBy").unwrap_or_default(),
+        })
+        .collect();
+    let last = scan_all(client, groups_table)
+        .await?
+        .iter()
+        .filter_map(|item| Some((s(item, "MessageGroupId")?, n(item, "LastPosition")?)))
+        .collect();
+    Ok((stored, last))
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+/// Every item of a table (consistent reads, all pages).
+async fn scan_all(client: &Client, table: &str) -> anyhow::Result<Vec<Item>> {
+    let mut items = Vec::new();
     let mut start = None;
     loop {
         let out = client
@@ -245,63 +275,12 @@ pub async fn read_table(
             .send()
             .await
             .map_err(|e| anyhow::anyhow!("scan {table}: {}", crate::aws::describe(&e)))?;
-        for item in out.items() {
-            let s = |k: &str| {
-                item.get(k)
-                    .and_then(|v: &AttributeValue| v.as_s().ok())
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            let n = |k: &str| {
-                item.get(k)
-                    .and_then(|v: &AttributeValue| v.as_n().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            stored.push(Stored {
-                order_id: s("OrderID"),
-                group: s("MessageGroupId"),
-                position: n("GroupPosition"),
-                status: s("Status"),
-                message_id: s("SqsMessageId"),
-                processed_by: s("ProcessedBy"),
-            });
-        }
+        items.extend(out.items().iter().cloned());
         start = out.last_evaluated_key().cloned();
         if start.is_none() {
-            break;
+            return Ok(items);
         }
     }
-    let mut last = HashMap::new();
-    let mut start = None;
-    loop {
-        let out = client
-            .scan()
-            .table_name(groups_table)
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("scan {groups_table}: {}", crate::aws::describe(&e)))?;
-        for item in out.items() {
-            let g = item
-                .get("MessageGroupId")
-                .and_then(|v| v.as_s().ok())
-                .cloned();
-            let p = item
-                .get("LastPosition")
-                .and_then(|v| v.as_n().ok())
-                .and_then(|v| v.parse().ok());
-            if let (Some(g), Some(p)) = (g, p) {
-                last.insert(g, p);
-            }
-        }
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            break;
-        }
-    }
-    Ok((stored, last))
 }
 
 #[cfg(test)]

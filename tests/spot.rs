@@ -35,6 +35,14 @@ async fn on_instance(
     (emu, fx, sim, inst, worker)
 }
 
+/// Whether spot-sim saw CompleteLifecycleAction for this instance.
+async fn hook_completed(sim: &Sim, id: &str) -> bool {
+    sim.events(id)
+        .await
+        .iter()
+        .any(|e| e.starts_with("CompleteLifecycleAction"))
+}
+
 async fn send_groups(
     fx: &Fixture,
     groups: usize,
@@ -62,13 +70,7 @@ async fn idle_worker_completes_its_hook_on_a_notice_and_exits() {
     wait_for(
         "the hook to be completed, without waiting for the long poll",
         Duration::from_secs(4),
-        || async {
-            sim.events(&inst.id)
-                .await
-                .iter()
-                .any(|e| e.starts_with("CompleteLifecycleAction"))
-                .then_some(())
-        },
+        || async { hook_completed(&sim, &inst.id).await.then_some(()) },
     )
     .await;
     let status = worker.wait_exit(Duration::from_secs(40)).await;
@@ -102,11 +104,10 @@ async fn busy_worker_finishes_in_flight_releases_the_rest_to_another_worker() {
     fx.wait_records(40, Duration::from_secs(20)).await;
     let report = fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
-    assert!(sim
-        .events(&a.id)
-        .await
-        .iter()
-        .any(|e| e.starts_with("CompleteLifecycleAction")));
+    assert!(
+        hook_completed(&sim, &a.id).await,
+        "the worker did not complete its hook"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,11 +211,10 @@ async fn lifecycle_terminated_drains_and_completes_the_hook() {
         },
     )
     .await;
-    assert!(sim
-        .events(&inst.id)
-        .await
-        .iter()
-        .any(|e| e.starts_with("CompleteLifecycleAction")));
+    assert!(
+        hook_completed(&sim, &inst.id).await,
+        "the worker did not complete its hook"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,11 +245,10 @@ async fn expired_tokens_and_failing_metadata_do_not_stop_work_or_hide_a_notice()
     assert!(status.success(), "{}", worker.log_text());
     let report = fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
-    assert!(sim
-        .events(&inst.id)
-        .await
-        .iter()
-        .any(|e| e.starts_with("CompleteLifecycleAction")));
+    assert!(
+        hook_completed(&sim, &inst.id).await,
+        "the worker did not complete its hook"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
