@@ -65,6 +65,8 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
+    // Handlers first: from here on SIGTERM never kills the process with messages held.
+    let mut signals = shutdown_signals()?;
     let sdk = aws::load(cfg.wait_time).await?;
     let queue = Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.queue_url.clone());
     let store = Arc::new(Store::new(
@@ -79,8 +81,15 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
     }
-    // A queue or table that does not exist fails now, naming it; an outage is waited out.
-    startup_checks(&queue, &store).await?;
+    // A queue or table that does not exist fails now, naming it; an outage is waited out (a signal ends the
+    // wait: nothing is held yet).
+    tokio::select! {
+        checked = startup_checks(&queue, &store) => checked?,
+        Some(s) = signals.recv() => {
+            tracing::info!(signal = s, "stopped while waiting for SQS/DynamoDB; nothing was held");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
 
     let instance_id = Arc::new(OnceLock::new());
     if let Some(id) = &cfg.instance_id {
@@ -143,7 +152,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         instance_id,
     };
     tracing::info!(queue = %cfg.queue_url, orders_table = %cfg.orders_table, groups_table = %cfg.groups_table, max_groups = cfg.max_groups, "order-worker running");
-    let report = supervise(&cfg, dispatcher, notices, shutdown_signals()?, hooks).await;
+    let report = supervise(&cfg, dispatcher, notices, signals, hooks).await;
     stop_watch.cancel();
     stop_metrics.cancel();
     if let HookOutcome::Failed(why) = &report.hook {

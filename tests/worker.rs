@@ -377,3 +377,25 @@ async fn waits_out_an_emulator_outage_instead_of_crashing() {
         worker.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_wait_for_an_unreachable_region() {
+    let mut emu = Emulator::start("unreachable").await;
+    let fx = Fixture::new(&emu, "unreachable").await;
+    emu.stop();
+    let mut worker = fx.worker("w1", &[]);
+    wait_for(
+        "the worker to say what it waits for",
+        Duration::from_secs(20),
+        || async {
+            worker
+                .log_text()
+                .contains("waiting for SQS/DynamoDB")
+                .then_some(())
+        },
+    )
+    .await;
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status:?}\n{}", worker.log_text());
+}
