@@ -286,7 +286,8 @@ impl Dispatcher {
             }
             // The poll is never abandoned: SQS may already have handed it messages, and a dropped poll would
             // hide them (and stall their groups) for a whole visibility timeout. Measured on the emulator: ten
-            // messages stuck for 120 s. A drain waits at most one poll for it; what it brings is released.
+            // messages stuck for 120 s. A drain completes the hook without waiting for it; the worker exits
+            // after it has returned and what it brought is released.
             let outcome = inner
                 .queue
                 .receive(free as i32, wait, vis, &attempt_id)
