@@ -218,23 +218,7 @@ async fn shutdown_stops_every_worker_and_exits_zero() {
         "1000",
     ])
     .await;
-    let s = sim
-        .wait_status("two workers", Duration::from_secs(10), |s| {
-            s["instances"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|i| i["process_alive"] == true)
-                .count()
-                == 2
-        })
-        .await;
-    let pids: Vec<u64> = s["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
+    let pids = two_live_workers(&sim).await;
     // SAFETY: plain kill(2).
     unsafe { libc::kill(sim.pid() as libc::pid_t, libc::SIGTERM) };
     let status = eventually("spot-sim to exit", Duration::from_secs(10), || {
@@ -300,6 +284,20 @@ async fn workers_do_not_outlive_a_killed_simulator() {
         "1000",
     ])
     .await;
+    let pids = two_live_workers(&sim).await;
+    sim.child.kill().unwrap();
+    sim.child.wait().unwrap();
+    for pid in pids {
+        eventually("the orphan to die", Duration::from_secs(3), || async move {
+            // A dead child of a dead parent is reaped by init; either way kill(pid, 0) fails.
+            (!alive(pid)).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Wait until two worker processes are alive; their pids.
+async fn two_live_workers(sim: &SimProc) -> Vec<u64> {
     let s = sim
         .wait_status("two workers", Duration::from_secs(10), |s| {
             s["instances"]
@@ -311,19 +309,10 @@ async fn workers_do_not_outlive_a_killed_simulator() {
                 == 2
         })
         .await;
-    let pids: Vec<u64> = s["instances"]
+    s["instances"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i["pid"].as_u64().unwrap())
-        .collect();
-    sim.child.kill().unwrap();
-    sim.child.wait().unwrap();
-    for pid in pids {
-        eventually("the orphan to die", Duration::from_secs(3), || async move {
-            // A dead child of a dead parent is reaped by init; either way kill(pid, 0) fails.
-            (!alive(pid)).then_some(())
-        })
-        .await;
-    }
+        .collect()
 }
