@@ -95,19 +95,29 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(id) = &cfg.instance_id {
         let _ = instance_id.set(id.clone());
     }
+    // One metadata client (and its statistics) for the id probe, the watcher and the hook.
+    let imds_stats = Arc::new(ImdsStats::new());
+    let imds_client = match &cfg.imds_endpoint {
+        Some(endpoint) => {
+            let _ = metrics().imds.set(imds_stats.clone());
+            Some(
+                ImdsClient::new(endpoint)
+                    .context("--imds-endpoint")?
+                    .with_stats(imds_stats.clone()),
+            )
+        }
+        None => None,
+    };
     // Records name their instance: ask metadata briefly before taking work (it answers in milliseconds on
     // EC2); if it is down, start anyway and learn the id in the background.
     let mut first_id = cfg.instance_id.clone();
-    if first_id.is_none() {
-        if let Some(endpoint) = &cfg.imds_endpoint {
-            let probe = ImdsClient::new(endpoint).context("--imds-endpoint")?;
-            if let Ok(Ok(Some(id))) =
-                tokio::time::timeout(Duration::from_secs(3), probe.instance_id()).await
-            {
-                tracing::info!(instance_id = %id, "instance id from metadata");
-                let _ = instance_id.set(id.clone());
-                first_id = Some(id);
-            }
+    if let (None, Some(client)) = (&first_id, &imds_client) {
+        if let Ok(Ok(Some(id))) =
+            tokio::time::timeout(Duration::from_secs(3), client.instance_id()).await
+        {
+            tracing::info!(instance_id = %id, "instance id from metadata");
+            let _ = instance_id.set(id.clone());
+            first_id = Some(id);
         }
     }
     let fallback_id = first_id.unwrap_or_else(|| format!("unknown-{}", std::process::id()));
@@ -115,17 +125,12 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
 
     let (tx, notices) = mpsc::channel(16);
     let stop_watch = CancellationToken::new();
-    let imds_client = match &cfg.imds_endpoint {
-        Some(endpoint) => {
-            let stats = Arc::new(ImdsStats::new());
-            let _ = metrics().imds.set(stats.clone());
-            let client = ImdsClient::new(endpoint)
-                .context("--imds-endpoint")?
-                .with_stats(stats.clone());
+    match &imds_client {
+        Some(client) => {
             tokio::spawn(imds::watch(
                 client.clone(),
                 cfg.imds_poll,
-                stats,
+                imds_stats,
                 tx,
                 stop_watch.clone(),
             ));
@@ -137,13 +142,9 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
                     stop_watch.clone(),
                 ));
             }
-            Some(client)
         }
-        None => {
-            drop(tx);
-            None
-        }
-    };
+        None => drop(tx),
+    }
     let autoscaling =
         (cfg.lifecycle_hook.is_some()).then(|| aws_sdk_autoscaling::Client::new(&sdk));
     let hooks = HookContext {
