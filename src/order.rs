@@ -122,7 +122,21 @@ fn check(body: &str, group_id: &str) -> Result<(u64, String), String> {
     if body.trim().is_empty() {
         return Err("empty body".into());
     }
-    let order: Order = serde_json::from_str(body).map_err(|e| format!("not a valid order: {e}"))?;
+    // serde fills a struct from a JSON array by position too: an array body (or an array item) would pass
+    // as an order whose id the loose parse above cannot see, so a re-send is applied again under a new
+    // `rejected:<MessageId>` key. Only objects are orders.
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("not a valid order: {e}"))?;
+    if !value.is_object() {
+        return Err("not a valid order: the body must be a JSON object".into());
+    }
+    if let Some(items) = value.get("items").and_then(|v| v.as_array()) {
+        if let Some(i) = items.iter().position(|item| !item.is_object()) {
+            return Err(format!("items[{i}] must be a JSON object"));
+        }
+    }
+    let order: Order =
+        serde_json::from_value(value).map_err(|e| format!("not a valid order: {e}"))?;
     if !valid_order_id(&order.order_id) {
         return Err(format!(
             "order_id must be 1-{MAX_ORDER_ID_LEN} characters of [A-Za-z0-9_-]"
@@ -169,12 +183,13 @@ fn check(body: &str, group_id: &str) -> Result<(u64, String), String> {
     Ok((total, order.currency))
 }
 
-/// Cut `s` to at most `max` bytes on a character boundary.
+/// Cut `s` to at most `max` bytes on a character boundary, the ellipsis that marks the cut included.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = max;
+    const ELLIPSIS: &str = "…";
+    let mut end = max.saturating_sub(ELLIPSIS.len());
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -330,7 +345,27 @@ mod tests {
     fn huge_reasons_are_truncated() {
         let b = format!(r#"{{"order_id":"o","{}":1}}"#, "x".repeat(100_000));
         let r = reason(&evaluate(&b, "m", "c")).to_owned();
-        assert!(r.len() <= MAX_REASON_LEN + 4, "{}", r.len());
-        assert_eq!(truncate("héllo", 2), "h…");
+        // The stored Reason is at most MAX_REASON_LEN bytes, its ellipsis included (README: 300).
+        assert!(r.len() <= MAX_REASON_LEN, "{}", r.len());
+        assert!(r.ends_with('…'));
+        assert_eq!(truncate("héllo", 5), "h…");
+        assert_eq!(truncate("héllo", 6), "héllo");
+        assert!(truncate(&"é".repeat(400), MAX_REASON_LEN).len() <= MAX_REASON_LEN);
+    }
+
+    #[test]
+    fn only_a_json_object_is_an_order() {
+        // serde would fill the struct from an array by position; such bodies must be rejected.
+        let positional = r#"["o-1","c",[["SKU-1",2,1299]],"EUR","2026-11-25T12:00:00Z"]"#;
+        let e = evaluate(positional, "m-1", "c");
+        assert!(reason(&e).contains("JSON object"), "{}", reason(&e));
+        assert_eq!(e.order_key, "rejected:m-1");
+        let array_items = r#"{"order_id":"o-2","customer_id":"c","items":[["SKU-1",2,1299]],"currency":"EUR","placed_at":"2026-11-25T12:00:00Z"}"#;
+        let e = evaluate(array_items, "m-2", "c");
+        assert!(reason(&e).contains("items[0] must be a JSON object"), "{}", reason(&e));
+        assert_eq!(e.order_key, "o-2");
+        for body in ["1", "\"o\"", "null", "true", "[]"] {
+            assert!(matches!(evaluate(body, "m", "c").verdict, Verdict::Rejected { .. }), "{body}");
+        }
     }
 }

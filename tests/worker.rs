@@ -156,6 +156,23 @@ async fn malformed_and_hostile_bodies_are_rejected_without_blocking_their_group(
         ),
         ("nonascii", order_body("ordé-1", g)),
         ("array", "[1,2,3]".into()),
+        // The order's fields by position: serde would fill the struct from it, and each re-send (new dedup id)
+        // was applied again under a new rejected:<MessageId> key.
+        (
+            "positional",
+            format!(r#"["ord-pos","{g}",[["SKU-1",2,1299]],"EUR","2026-11-25T12:00:00Z"]"#),
+        ),
+        (
+            "positional-again",
+            format!(r#"["ord-pos","{g}",[["SKU-1",2,1299]],"EUR","2026-11-25T12:00:00Z"]"#),
+        ),
+        (
+            "array-items",
+            order_body("ord-arr-items", g).replace(
+                r#"[{"sku":"SKU-1","qty":2,"unit_price_cents":1299}]"#,
+                r#"[["SKU-1",2,1299]]"#,
+            ),
+        ),
         ("last", order_body("ord-last", g)),
     ];
     let msgs: Vec<(String, String)> = bodies
@@ -195,12 +212,13 @@ async fn malformed_and_hostile_bodies_are_rejected_without_blocking_their_group(
         "ord-unknown",
         "ord-neg",
         "ord-over",
+        "ord-arr-items",
     ] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
     assert_eq!(
         ids.iter().filter(|i| i.starts_with("rejected:")).count(),
-        4,
+        6,
         "{ids:?}"
     );
 }
