@@ -1,4 +1,4 @@
-//! One place that builds AWS configuration and tells transient errors from permanent ones.
+//! One place that builds AWS configuration (the retry vocabulary is [`crate::retry`]).
 //!
 //! Clients come from `aws_config::defaults`, so `AWS_REGION`, `AWS_ENDPOINT_URL` and the per-service
 //! `AWS_ENDPOINT_URL_SQS` / `_DYNAMODB` / `_AUTO_SCALING` work exactly as the AWS CLI reads them.
@@ -14,12 +14,14 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Load the shared configuration. `long_poll` is the receive wait: an attempt may take that long plus slack.
-pub async fn load(long_poll: Duration) -> anyhow::Result<SdkConfig> {
+/// `sdk_attempts` is the SDK's own tries per call: the worker passes 1, because its callers retry under a
+/// budget ([`crate::retry::Budget`]) and SDK retries hidden inside one call would outlive a drain's deadline
+/// (3 tries x 30 s per chunk were measured with an SQS that never answered).
+pub async fn load(long_poll: Duration, sdk_attempts: u32) -> anyhow::Result<SdkConfig> {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(
-            // The SDK's own retries are short and few; our loops retry transient outages for as long as it takes.
             RetryConfig::standard()
-                .with_max_attempts(3)
+                .with_max_attempts(sdk_attempts.max(1))
                 .with_initial_backoff(Duration::from_millis(50)),
         )
         .timeout_config(
@@ -36,36 +38,6 @@ pub async fn load(long_poll: Duration) -> anyhow::Result<SdkConfig> {
     Ok(config)
 }
 
-/// Whether retrying the same call later can succeed: throttling, 5xx, timeouts and transport failures.
-pub fn is_transient<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
-    match err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            status >= 500
-                || status == 429
-                || matches!(
-                    se.err().code(),
-                    Some(
-                        "ThrottlingException"
-                            | "Throttling"
-                            | "RequestThrottled"
-                            | "ProvisionedThroughputExceededException"
-                            | "RequestLimitExceeded"
-                            | "InternalServerError"
-                            | "InternalFailure"
-                            | "ServiceUnavailable"
-                            | "TransactionInProgressException"
-                            | "KmsThrottled"
-                    )
-                )
-        }
-        _ => false,
-    }
-}
-
 /// The error code of a service error, if the call got that far.
 pub fn error_code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<String> {
     match err {
@@ -77,28 +49,4 @@ pub fn error_code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> O
 /// The whole error chain on one line, for logs.
 pub fn describe<E: std::error::Error + 'static>(err: &E) -> String {
     DisplayErrorContext(err).to_string()
-}
-
-/// Exponential backoff with full jitter: attempt 0 -> up to `base`, doubling, capped at `max`.
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(max);
-    // Half fixed, half random: never zero (no hot loop), never in lock step with other workers.
-    let half = ceiling / 2;
-    half + Duration::from_secs_f64(half.as_secs_f64() * fastrand::f64())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempt in 0..40 {
-            let d = backoff(attempt, Duration::from_millis(100), Duration::from_secs(5));
-            let ceiling = Duration::from_millis(100)
-                .saturating_mul(1 << attempt.min(16))
-                .min(Duration::from_secs(5));
-            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
-        }
-    }
 }

@@ -12,7 +12,6 @@
 //! all-or-nothing); then the lifecycle hook is completed, with heartbeats while the drain outlasts the
 //! heartbeat interval. One log line says what the drain did.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RebalancePolicy};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, RELEASE_GRACE};
 use crate::imds::{ImdsClient, Notice};
 use crate::lifecycle::{heartbeat_until, resolve_group, HookResult, LifecycleHook};
 use crate::metrics::metrics;
@@ -87,7 +86,7 @@ pub async fn supervise(
     mut signals: mpsc::Receiver<&'static str>,
     hooks: HookContext,
 ) -> DrainReport {
-    metrics().ready.store(true, Ordering::Relaxed);
+    dispatcher.health().set_ready(true);
     let mut recover_at: Option<Instant> = None;
     let mut notices_open = true;
     let mut termination_seen = false;
@@ -103,7 +102,7 @@ pub async fn supervise(
             n = notices.recv(), if notices_open => match n {
                 None => notices_open = false,
                 Some(n) => {
-                    if let Some(t) = act_on(cfg, &dispatcher, n, &mut recover_at, &mut termination_seen).await {
+                    if let Some(t) = act_on(cfg, &dispatcher, n, &mut recover_at, &mut termination_seen) {
                         break t;
                     }
                 }
@@ -111,26 +110,27 @@ pub async fn supervise(
             _ = recovery => {
                 recover_at = None;
                 dispatcher.set_paused(false);
-                metrics().ready.store(true, Ordering::Relaxed);
+                dispatcher.health().set_ready(true);
                 tracing::info!("no interruption followed the rebalance recommendation; taking new work again");
             }
         }
     };
-    drain(
+    Drain {
         cfg,
         dispatcher,
         notices,
         notices_open,
         signals,
         hooks,
-        trigger,
         termination_seen,
-    )
+    }
+    .run(trigger)
     .await
 }
 
-/// React to one notice in normal operation; Some(trigger) when it calls for a drain.
-async fn act_on(
+/// React to one notice in normal operation; Some(trigger) when it calls for a drain. Never waits on AWS: the
+/// supervisor must keep seeing notices and signals whatever SQS does.
+fn act_on(
     cfg: &Config,
     dispatcher: &Dispatcher,
     notice: Notice,
@@ -165,9 +165,9 @@ async fn act_on(
                 }
                 RebalancePolicy::Soft | RebalancePolicy::Drain => {
                     dispatcher.set_paused(true);
-                    metrics().ready.store(false, Ordering::Relaxed);
+                    dispatcher.health().set_ready(false);
                     if cfg.on_rebalance == RebalancePolicy::Drain {
-                        dispatcher.release_pending().await;
+                        dispatcher.release_pending();
                     }
                     *recover_at = Some(Instant::now() + cfg.rebalance_recovery);
                     tracing::warn!(
@@ -201,128 +201,167 @@ pub fn deadline_for(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drain(
-    cfg: &Config,
+/// One drain: what it needs while it runs.
+struct Drain<'a> {
+    cfg: &'a Config,
     dispatcher: Dispatcher,
-    mut notices: mpsc::Receiver<Notice>,
-    mut notices_open: bool,
-    mut signals: mpsc::Receiver<&'static str>,
+    notices: mpsc::Receiver<Notice>,
+    notices_open: bool,
+    signals: mpsc::Receiver<&'static str>,
     hooks: HookContext,
-    trigger: Trigger,
-    mut termination_seen: bool,
-) -> DrainReport {
-    let started = Instant::now();
-    let before = dispatcher.counts();
-    let mut deadline = deadline_for(cfg, &trigger, started, OffsetDateTime::now_utc());
-    metrics().ready.store(false, Ordering::Relaxed);
-    metrics().drains.inc(&[trigger.label()]);
-    let (groups, messages) = dispatcher.held();
-    tracing::warn!(
-        trigger = ?trigger,
-        deadline_in_ms = deadline.saturating_duration_since(started).as_millis() as u64,
-        groups_held = groups,
-        messages_held = messages,
-        "draining"
-    );
+    termination_seen: bool,
+}
 
-    // Release first: resolving the hook may wait on slow metadata, and held messages must not.
-    dispatcher.begin_drain().await;
-    // Heartbeats keep the hook open while the drain outlasts the interval.
-    let hook = if termination_seen {
-        resolve_hook(cfg, &hooks).await
-    } else {
-        Err("no termination in progress".into())
-    };
-    let heartbeat_done = CancellationToken::new();
-    if let Ok(h) = &hook {
-        let h = h.clone();
-        let every = cfg.hook_heartbeat;
-        let done = heartbeat_done.clone();
-        tokio::spawn(async move { heartbeat_until(&h, every, done).await });
-    }
-
-    let mut held_up_by = None;
-    let mut deadline_hit = false;
-    {
-        let finish = dispatcher.finish_groups();
-        tokio::pin!(finish);
-        loop {
-            tokio::select! {
-                _ = &mut finish => break,
-                _ = tokio::time::sleep_until(deadline), if !deadline_hit => {
-                    deadline_hit = true;
-                    held_up_by = Some(dispatcher.describe_held());
-                    dispatcher.control().abort.cancel();
-                }
-                Some(s) = signals.recv(), if !deadline_hit => {
-                    tracing::warn!(signal = s, "second signal: abandoning in-flight orders now");
-                    deadline = Instant::now();
-                }
-                n = notices.recv(), if notices_open => match n {
-                    None => notices_open = false,
-                    Some(Notice::Interruption(a)) => {
-                        termination_seen = true;
-                        let t = Trigger::Interruption { action: a.action.to_string(), time: a.time };
-                        deadline = deadline.min(deadline_for(cfg, &t, Instant::now(), OffsetDateTime::now_utc()));
-                        tracing::warn!(time = %a.time, "interruption notice during the drain; deadline brought forward");
-                    }
-                    Some(Notice::TargetLifecycle(s)) if s == "Terminated" => termination_seen = true,
-                    Some(_) => {}
-                },
-            }
+impl Drain<'_> {
+    async fn run(mut self, trigger: Trigger) -> DrainReport {
+        let cfg = self.cfg;
+        let dispatcher = self.dispatcher.clone();
+        let started = Instant::now();
+        let before = dispatcher.counts();
+        let mut deadline = deadline_for(cfg, &trigger, started, OffsetDateTime::now_utc());
+        dispatcher.health().set_ready(false);
+        metrics().drains.inc(&[trigger.label()]);
+        let (groups, messages) = dispatcher.held();
+        let deadline_in_ms = deadline.saturating_duration_since(started).as_millis() as u64;
+        if matches!(trigger, Trigger::Signal(_)) {
+            // A routine stop (deploy, scale-in through systemd): not a warning.
+            tracing::info!(trigger = ?trigger, deadline_in_ms, groups_held = groups, messages_held = messages, "draining");
+        } else {
+            tracing::warn!(trigger = ?trigger, deadline_in_ms, groups_held = groups, messages_held = messages, "draining");
         }
-    }
 
-    let hook_outcome = if !termination_seen {
-        HookOutcome::NotNeeded
-    } else {
-        let hook = match hook {
-            Ok(h) => Ok(h),
-            Err(_) => resolve_hook(cfg, &hooks).await,
+        // Release (in the background: it waits for the poll in flight first) while the hook is resolved, which
+        // may wait on slow metadata.
+        let begin = tokio::spawn({
+            let d = dispatcher.clone();
+            async move { d.begin_drain(deadline).await }
+        });
+        let hook = if self.termination_seen {
+            resolve_hook(cfg, &self.hooks).await
+        } else {
+            Err("no termination in progress".into())
         };
-        match hook {
-            Ok(h) => complete(&h, &trigger).await,
-            Err(why) if why == "disabled" => HookOutcome::NotNeeded,
-            Err(why) => {
-                metrics().hook_completions.inc(&["failed"]);
-                HookOutcome::Failed(why)
+        let heartbeat_done = CancellationToken::new();
+        if let Ok(h) = &hook {
+            let h = h.clone();
+            let every = cfg.hook_heartbeat;
+            let done = heartbeat_done.clone();
+            tokio::spawn(async move { heartbeat_until(&h, every, done).await });
+        }
+
+        let mut held_up_by = None;
+        let mut deadline_hit = false;
+        {
+            let d = dispatcher.clone();
+            let finish = async move {
+                let _ = begin.await;
+                // The caller's select bounds this; the far bound only keeps the types simple.
+                d.finish_groups(Instant::now() + Duration::from_secs(24 * 3600))
+                    .await
+            };
+            tokio::pin!(finish);
+            loop {
+                tokio::select! {
+                    _ = &mut finish => break,
+                    _ = tokio::time::sleep_until(deadline), if !deadline_hit => {
+                        deadline_hit = true;
+                        held_up_by = Some(dispatcher.describe_held());
+                        dispatcher.control().abort.cancel();
+                    }
+                    _ = tokio::time::sleep_until(deadline + RELEASE_GRACE), if deadline_hit => {
+                        tracing::warn!(still_held = %dispatcher.describe_held(), "releases or deletes still out after the grace: going on without them (the messages return when their visibility times out)");
+                        break;
+                    }
+                    Some(s) = self.signals.recv(), if !deadline_hit => {
+                        tracing::warn!(signal = s, "second signal: abandoning in-flight orders now");
+                        deadline = Instant::now();
+                        dispatcher.set_deadline(deadline);
+                    }
+                    n = self.notices.recv(), if self.notices_open => match n {
+                        None => self.notices_open = false,
+                        Some(Notice::Interruption(a)) => {
+                            self.termination_seen = true;
+                            let t = Trigger::Interruption { action: a.action.to_string(), time: a.time };
+                            let earlier = deadline_for(cfg, &t, Instant::now(), OffsetDateTime::now_utc());
+                            if earlier < deadline && !deadline_hit {
+                                deadline = earlier;
+                                dispatcher.set_deadline(deadline);
+                                tracing::warn!(time = %a.time, "interruption notice during the drain; deadline brought forward");
+                            }
+                        }
+                        Some(Notice::TargetLifecycle(s)) if s == "Terminated" => self.termination_seen = true,
+                        Some(_) => {}
+                    },
+                }
             }
         }
-    };
-    heartbeat_done.cancel();
-    // The last long poll may still be out: it is never abandoned (a dropped poll can hide its messages for a
-    // whole visibility timeout), but it need not hold up the hook either. systemd's stop timeout keeps the
-    // instance up until we exit, so what it brings is released before the power goes.
-    dispatcher.stop_loops().await;
 
-    let took = started.elapsed();
-    let after = dispatcher.counts();
-    let finished = after.finished - before.finished;
-    let released = after.released - before.released;
-    metrics().drain_orders.add(&["finished"], finished as f64);
-    metrics().drain_orders.add(&["released"], released as f64);
-    *metrics().last_drain_seconds.lock().expect("metrics lock") = took.as_secs_f64();
-    let report = DrainReport {
-        trigger,
-        took,
-        finished,
-        released,
-        deadline_hit,
-        held_up_by,
-        hook: hook_outcome,
-    };
-    tracing::info!(
-        trigger = ?report.trigger,
-        finished = report.finished,
-        released = report.released,
-        took_ms = report.took.as_millis() as u64,
-        deadline_hit = report.deadline_hit,
-        held_up_by = report.held_up_by.as_deref().unwrap_or("-"),
-        hook = ?report.hook,
-        "drain complete"
-    );
-    report
+        let hook_outcome = if !self.termination_seen {
+            HookOutcome::NotNeeded
+        } else {
+            let hook = match hook {
+                Ok(h) => Ok(h),
+                Err(_) => resolve_hook(cfg, &self.hooks).await,
+            };
+            match hook {
+                Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
+                Err(why) if why == "disabled" => HookOutcome::NotNeeded,
+                Err(why) => {
+                    metrics().hook_completions.inc(&["failed"]);
+                    HookOutcome::Failed(why)
+                }
+            }
+        };
+        heartbeat_done.cancel();
+
+        // The drain's own time: up to the completed hook, not the wait for the last long poll below.
+        let took = started.elapsed();
+        let after = dispatcher.counts();
+        let finished = after.finished - before.finished;
+        let released = after.released - before.released;
+        metrics().drain_orders.add(&["finished"], finished as f64);
+        metrics().drain_orders.add(&["released"], released as f64);
+        *metrics().last_drain_seconds.lock().expect("metrics lock") = took.as_secs_f64();
+        let report = DrainReport {
+            trigger,
+            took,
+            finished,
+            released,
+            deadline_hit,
+            held_up_by,
+            hook: hook_outcome,
+        };
+        tracing::info!(
+            trigger = ?report.trigger,
+            finished = report.finished,
+            released = report.released,
+            took_ms = report.took.as_millis() as u64,
+            deadline_hit = report.deadline_hit,
+            held_up_by = report.held_up_by.as_deref().unwrap_or("-"),
+            hook = ?report.hook,
+            "drain complete"
+        );
+        // The last long poll may still be out: it is never abandoned before the deadline (a dropped poll can hide
+        // its messages for a whole visibility timeout), but it does not hold up the hook or the report. Past
+        // the deadline (SQS not answering) it is abandoned.
+        let until = (deadline + RELEASE_GRACE).max(Instant::now());
+        dispatcher.stop_loops(until).await;
+        report
+    }
+}
+
+/// Until when completing the hook is worth trying: the interruption itself, or the stop budget systemd gives
+/// a drain (`--drain-timeout` + `--drain-margin`) for the other triggers.
+pub fn hook_deadline(cfg: &Config, trigger: &Trigger, started: Instant) -> Instant {
+    let stop_budget = started + cfg.drain_timeout + cfg.drain_margin;
+    match trigger {
+        Trigger::Interruption { time, .. } => {
+            let left =
+                Duration::try_from(*time - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO);
+            (Instant::now() + left).min(stop_budget)
+        }
+        _ => stop_budget,
+    }
 }
 
 /// The hook to complete: hook name (flag), group (flag or instance tag), instance id (flag or metadata).
@@ -357,35 +396,47 @@ async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook
     Ok(LifecycleHook::new(client, group, hook_name, instance_id))
 }
 
-/// Complete the hook (CONTINUE). Right after an interruption notice the group may not have moved us to
-/// Terminating:Wait yet, so a refusal is retried briefly in that case.
-async fn complete(hook: &LifecycleHook, trigger: &Trigger) -> HookOutcome {
-    let attempts = if matches!(trigger, Trigger::Interruption { .. }) {
-        4
-    } else {
-        1
-    };
+/// Complete the hook (CONTINUE), trying until `until`: right after a quick drain the group may not have started
+/// the lifecycle action yet ("no active lifecycle action"), and Auto Scaling may be slow or throttling; giving up
+/// after a few seconds left the instance waiting for the hook's timeout. A refusal that waiting cannot fix
+/// (a wrong hook or group name) ends at once.
+async fn complete(hook: &LifecycleHook, until: Instant) -> HookOutcome {
     let mut last = String::new();
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut attempt = 0u32;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() && attempt > 0 {
+            break;
         }
-        match hook.complete(HookResult::Continue).await {
-            Ok(()) => {
+        let call = tokio::time::timeout(
+            left.max(Duration::from_secs(1)),
+            hook.complete(HookResult::Continue),
+        );
+        match call.await {
+            Ok(Ok(())) => {
                 metrics().hook_completions.inc(&["ok"]);
-                tracing::info!(group = %hook.group(), hook = %hook.hook(), instance = %hook.instance_id(), "lifecycle hook completed (CONTINUE)");
+                tracing::info!(group = %hook.group(), hook = %hook.hook(), instance = %hook.instance_id(), attempts = attempt + 1, "lifecycle hook completed (CONTINUE)");
                 return HookOutcome::Completed;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 last = e.to_string();
-                tracing::warn!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction failed");
-                // Only "no active lifecycle action" can change by waiting (the group has not moved us to
-                // Terminating:Wait yet); anything else was already retried inside the call.
-                if !e.is_no_active_action() {
+                if !e.is_no_active_action() && !e.is_retryable() {
+                    tracing::warn!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction refused");
                     break;
                 }
+                if attempt == 0 || attempt.is_power_of_two() {
+                    tracing::info!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction not accepted yet; retrying until the hook deadline");
+                }
             }
+            Err(_) => last = "CompleteLifecycleAction timed out".into(),
         }
+        let pause =
+            crate::retry::backoff(attempt, Duration::from_millis(500), Duration::from_secs(5));
+        attempt += 1;
+        if Instant::now() + pause >= until {
+            break;
+        }
+        tokio::time::sleep(pause).await;
     }
     metrics().hook_completions.inc(&["failed"]);
     tracing::error!(cause = %last, "lifecycle hook NOT completed: the group proceeds when the hook times out");

@@ -826,33 +826,50 @@ impl Notice {
     }
 }
 
-/// Remembers the last event of each kind so that a document seen on every poll is sent once.
+/// Remembers what was sent so that a document seen on every poll is sent once, and so that metadata whose
+/// times move on every poll (AWS's own metadata mock does this) cannot turn one event into a stream.
 #[derive(Debug, Default)]
 pub struct NoticeFilter {
-    /// Last interruption notice sent.
+    /// The interruption notice in force: the earliest time seen.
     interruption: Option<InstanceAction>,
-    /// Last rebalance recommendation sent.
+    /// The rebalance recommendation, once seen: it stays in the metadata until the instance goes, and a new
+    /// `noticeTime` on the same document is not a new recommendation.
     rebalance: Option<Rebalance>,
     /// Last lifecycle state sent.
     lifecycle: Option<String>,
 }
 
 impl NoticeFilter {
-    /// True if `notice` differs from the last one of its kind (and remembers it). A document that
+    /// True if `notice` is news (and remembers it): the first rebalance recommendation; an interruption notice
+    /// that is the first, names another action, or brings the time forward (a later time changes nothing: the
+    /// drain keeps the earliest deadline); a lifecycle state that differs from the last. A document that
     /// disappears (404) and comes back unchanged is still the same event.
     pub fn admit(&mut self, notice: &Notice) -> bool {
-        fn update<T: PartialEq + Clone>(slot: &mut Option<T>, value: &T) -> bool {
-            if slot.as_ref() == Some(value) {
-                false
-            } else {
-                *slot = Some(value.clone());
+        match notice {
+            Notice::Interruption(a) => {
+                let news = match &self.interruption {
+                    None => true,
+                    Some(last) => a.action != last.action || a.time < last.time,
+                };
+                if news {
+                    self.interruption = Some(a.clone());
+                }
+                news
+            }
+            Notice::Rebalance(r) => {
+                if self.rebalance.is_some() {
+                    return false;
+                }
+                self.rebalance = Some(r.clone());
                 true
             }
-        }
-        match notice {
-            Notice::Interruption(a) => update(&mut self.interruption, a),
-            Notice::Rebalance(r) => update(&mut self.rebalance, r),
-            Notice::TargetLifecycle(s) => update(&mut self.lifecycle, s),
+            Notice::TargetLifecycle(s) => {
+                if self.lifecycle.as_ref() == Some(s) {
+                    return false;
+                }
+                self.lifecycle = Some(s.clone());
+                true
+            }
         }
     }
 }
@@ -1285,7 +1302,14 @@ mod tests {
         assert!(f.admit(&action(t1)));
         assert!(!f.admit(&action(t1)));
         assert!(!f.admit(&action(t1)));
-        assert!(f.admit(&action(t2)), "a changed time is a new event");
+        // A time that moves later on every poll (AWS's metadata mock) is not news; an earlier one is.
+        assert!(!f.admit(&action(t2)), "a later time is not a new event");
+        let t0 = datetime!(2026-11-25 08:20:00 UTC);
+        assert!(
+            f.admit(&action(t0)),
+            "an earlier time brings the deadline forward"
+        );
+        assert!(!f.admit(&action(t1)));
         assert!(f.admit(&Notice::Interruption(InstanceAction {
             action: SpotAction::Stop,
             time: t2
@@ -1293,7 +1317,10 @@ mod tests {
         let r = Notice::Rebalance(Rebalance { notice_time: t1 });
         assert!(f.admit(&r));
         assert!(!f.admit(&r));
-        assert!(f.admit(&Notice::Rebalance(Rebalance { notice_time: t2 })));
+        assert!(
+            !f.admit(&Notice::Rebalance(Rebalance { notice_time: t2 })),
+            "a moved noticeTime is the same recommendation"
+        );
         let s = |v: &str| Notice::TargetLifecycle(v.to_owned());
         assert!(f.admit(&s("InService")), "first state is sent");
         assert!(!f.admit(&s("InService")));
@@ -1841,17 +1868,40 @@ mod tests {
         eventually(|| fake.hits(PATH_INSTANCE_ACTION) >= hits + 5).await;
         assert!(w.rx.try_recv().is_err(), "duplicate notice sent");
 
-        // A changed time and a lifecycle change are new events.
+        // A later time (metadata whose time moves on every poll) is not news; an earlier one is.
         fake.script(
             PATH_INSTANCE_ACTION,
             &[Reply::Body(
                 r#"{"action":"terminate","time":"2026-11-25T08:23:00Z"}"#,
             )],
         );
+        let hits = fake.hits(PATH_INSTANCE_ACTION);
+        eventually(|| fake.hits(PATH_INSTANCE_ACTION) >= hits + 3).await;
+        assert!(
+            w.rx.try_recv().is_err(),
+            "a later interruption time was sent"
+        );
+        fake.script(
+            PATH_INSTANCE_ACTION,
+            &[Reply::Body(
+                r#"{"action":"terminate","time":"2026-11-25T08:21:00Z"}"#,
+            )],
+        );
         assert!(matches!(
             within(w.rx.recv()).await,
-            Some(Notice::Interruption(a)) if a.time == datetime!(2026-11-25 08:23:00 UTC)
+            Some(Notice::Interruption(a)) if a.time == datetime!(2026-11-25 08:21:00 UTC)
         ));
+        // A rebalance recommendation whose noticeTime moves is still the one recommendation.
+        fake.script(
+            PATH_REBALANCE,
+            &[Reply::Body(r#"{"noticeTime":"2026-11-25T08:19:00Z"}"#)],
+        );
+        let hits = fake.hits(PATH_REBALANCE);
+        eventually(|| fake.hits(PATH_REBALANCE) >= hits + 3).await;
+        assert!(
+            w.rx.try_recv().is_err(),
+            "a moved rebalance noticeTime was sent"
+        );
         fake.script(PATH_TARGET_LIFECYCLE, &[Reply::Body("Terminated")]);
         assert_eq!(
             within(w.rx.recv()).await,

@@ -3,12 +3,16 @@
 //!
 //! # Layout
 //! - [`config`]: flags and environment, validated at start (a bad setting fails naming itself).
-//! - [`aws`]: one AWS configuration for every client; transient-vs-permanent error classification; backoff.
+//! - [`aws`]: one AWS configuration for every client.
+//! - [`retry`]: the one retry vocabulary: error classes (transient, throttled, this request, account-wide),
+//!   the backoff, and the budget every AWS call runs under (until it works, or a drain's deadline).
+//! - [`health`]: readiness (owned by the drain) and the services an account-wide error blocks.
 //! - [`order`]: parse, validate and total one order body (pure).
 //! - [`queue`]: SQS receive / delete / change visibility (knows SQS, nothing about orders).
 //! - [`store`]: the exactly-once, ordered apply to DynamoDB (knows DynamoDB, nothing about SQS).
-//! - [`dispatch`]: the worker engine: receive loop, per-group ordered tasks, group-commit batching,
-//!   visibility heartbeats, release of held messages.
+//! - [`dispatch`]: the worker engine, cut by its steps: `held` (the pure held-message state), `receive`,
+//!   `group` (per-group ordered tasks), `commit` (group-commit batching, background deletes), `visibility`
+//!   (heartbeats, release).
 //! - [`imds`]: IMDSv2 client and the watcher that turns instance metadata into notices.
 //! - [`lifecycle`]: completing our own Auto Scaling lifecycle hook, with heartbeats.
 //! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle, rebalance) and its report.
@@ -22,10 +26,12 @@ pub mod aws;
 pub mod config;
 pub mod dispatch;
 pub mod drain;
+pub mod health;
 pub mod imds;
 pub mod lifecycle;
 pub mod metrics;
 pub mod order;
 pub mod queue;
+pub mod retry;
 pub mod store;
 pub mod verify;

@@ -117,6 +117,11 @@ impl HookError {
     /// True for "No active Lifecycle Action found": the instance is not (or no longer) in
     /// `Terminating:Wait` for this hook — the hook was already completed, timed out, or the group
     /// has not started terminating the instance yet. Usually benign for the caller.
+    /// True when the call only ran out of tries or time (throttling, 5xx, transport): trying later can work.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, HookError::Failed { .. } | HookError::TimedOut { .. })
+    }
+
     pub fn is_no_active_action(&self) -> bool {
         matches!(self, HookError::Refused { message, .. }
             if message.to_ascii_lowercase().contains("no active lifecycle action"))
@@ -134,53 +139,26 @@ enum Class {
     Fatal,
 }
 
-/// Error codes that mean "slow down / try again" rather than "no".
-const RETRYABLE_CODES: &[&str] = &[
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "ResourceContention",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalFailure",
-    "InternalError",
-    "ServiceUnavailable",
-];
-
-/// Classifies a failure from its AWS error code, its HTTP status (if a response arrived) and
-/// whether it failed in transport (connect, timeout, unreadable response).
+/// Classifies a failure with the crate's one vocabulary ([`crate::retry::classify_code`]) from its AWS error
+/// code, its HTTP status (if a response arrived) and whether it failed in transport.
 fn classify(code: Option<&str>, status: Option<u16>, transport: bool) -> Class {
     if transport {
         return Class::Retry;
     }
-    if let Some(code) = code {
-        if code == "ValidationError" {
-            return Class::Refused;
-        }
-        if RETRYABLE_CODES.contains(&code) {
-            return Class::Retry;
-        }
+    if status.is_none() {
+        return Class::Fatal;
     }
-    match status {
-        Some(429) | Some(500..=599) => Class::Retry,
-        // Any other answer with a code (AccessDenied, InvalidClientTokenId, ...) is a "no" that
-        // retrying will not change.
-        Some(_) if code.is_some() => Class::Refused,
-        Some(_) => Class::Retry,
-        None => Class::Fatal,
+    match crate::retry::classify_code(code, status) {
+        crate::retry::Class::Transient | crate::retry::Class::Throttled => Class::Retry,
+        // ValidationError (wrong hook, group or instance; no lifecycle action yet), AccessDenied, ...: a "no"
+        // that this call cannot change by itself.
+        crate::retry::Class::Request | crate::retry::Class::AccountWide => Class::Refused,
     }
 }
 
-/// Our attempts' backoff: exponential from [`BACKOFF_BASE`], capped at [`BACKOFF_CAP`], within
-/// `[d/2, d]` ("equal jitter"). `unit` is a random number in `[0, 1)`.
+/// Our attempts' backoff: [`crate::retry::backoff_with`] from [`BACKOFF_BASE`] to [`BACKOFF_CAP`].
 fn backoff(retry: u32, unit: f64) -> Duration {
-    let d = BACKOFF_BASE
-        .saturating_mul(2u32.saturating_pow(retry.min(16)))
-        .min(BACKOFF_CAP);
-    d / 2 + d.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+    crate::retry::backoff_with(retry, BACKOFF_BASE, BACKOFF_CAP, unit)
 }
 
 /// Our termination lifecycle hook, addressed by instance id.
@@ -396,9 +374,13 @@ pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: Cancel
         };
         match result {
             Ok(()) => {
+                crate::metrics::metrics().hook_heartbeats.inc(&["ok"]);
                 tracing::debug!(hook = %hook.hook, "lifecycle heartbeat sent");
             }
             Err(err) if err.is_no_active_action() => {
+                crate::metrics::metrics()
+                    .hook_heartbeats
+                    .inc(&["no_active_action"]);
                 if told_no_action {
                     tracing::debug!(error = %err, "heartbeat: no active lifecycle action");
                 } else {
@@ -414,6 +396,7 @@ pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: Cancel
                 }
             }
             Err(err) => {
+                crate::metrics::metrics().hook_heartbeats.inc(&["failed"]);
                 tracing::warn!(
                     group = %hook.group,
                     hook = %hook.hook,

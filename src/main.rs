@@ -12,11 +12,12 @@ use tokio_util::sync::CancellationToken;
 use order_worker::config::{Cli, Command, Config, LogFormat, VerifyArgs};
 use order_worker::dispatch::{Control, Dispatcher};
 use order_worker::drain::{supervise, HookContext, HookOutcome};
+use order_worker::health::Health;
 use order_worker::imds::{self, ImdsClient, ImdsStats};
 use order_worker::metrics::{self, metrics};
 use order_worker::queue::Queue;
 use order_worker::store::Store;
-use order_worker::{aws, verify};
+use order_worker::{aws, retry, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,8 +68,14 @@ fn init_logging(format: LogFormat) {
 async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     // Handlers first: from here on SIGTERM never kills the process with messages held.
     let mut signals = shutdown_signals()?;
-    let sdk = aws::load(cfg.wait_time).await?;
-    let queue = Queue::new(aws_sdk_sqs::Client::new(&sdk), cfg.queue_url.clone());
+    // One try per SDK call: every retry is ours, under a budget (see `retry`).
+    let sdk = aws::load(cfg.wait_time, 1).await?;
+    let health = Arc::new(Health::default());
+    let queue = Queue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        cfg.queue_url.clone(),
+        health.clone(),
+    );
     let store = Arc::new(Store::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         cfg.orders_table.clone(),
@@ -76,7 +83,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     ));
     let stop_metrics = CancellationToken::new();
     if let Some(addr) = cfg.metrics_addr {
-        let bound = metrics::serve(addr, stop_metrics.clone())
+        let bound = metrics::serve(addr, health.clone(), stop_metrics.clone())
             .await
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
@@ -121,7 +128,14 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         }
     }
     let fallback_id = first_id.unwrap_or_else(|| format!("unknown-{}", std::process::id()));
-    let dispatcher = Dispatcher::start(cfg.clone(), queue, store, fallback_id, Control::default());
+    let dispatcher = Dispatcher::start(
+        cfg.clone(),
+        queue,
+        store,
+        health,
+        fallback_id,
+        Control::default(),
+    );
 
     let (tx, notices) = mpsc::channel(16);
     let stop_watch = CancellationToken::new();
@@ -173,7 +187,16 @@ async fn startup_checks(queue: &Queue, store: &Store) -> anyhow::Result<()> {
         };
         let problem = match (q, t) {
             (Ok(()), Ok(())) => return Ok(()),
-            (Err(e), _) if !e.transient => anyhow::bail!("queue check failed: {e}"),
+            // A queue that does not exist is a setting to fix; an access denial may be a policy still
+            // propagating, so it is waited for like an outage (and said loudly).
+            (Err(e), _)
+                if e.code.as_deref().is_some_and(|c| {
+                    c.ends_with("QueueDoesNotExist") || c.ends_with("NonExistentQueue")
+                }) =>
+            {
+                anyhow::bail!("queue check failed: --queue-url: {e}")
+            }
+            (Err(e), _) if !e.retryable() => anyhow::bail!("queue check failed: {e}"),
             (_, Err((false, e))) => anyhow::bail!("table check failed: {e}"),
             (Err(e), _) => e.to_string(),
             (_, Err((true, e))) => e,
@@ -181,7 +204,7 @@ async fn startup_checks(queue: &Queue, store: &Store) -> anyhow::Result<()> {
         if attempt == 0 || attempt.is_power_of_two() {
             tracing::warn!(cause = %problem, attempt = attempt + 1, "waiting for SQS/DynamoDB before starting");
         }
-        tokio::time::sleep(aws::backoff(
+        tokio::time::sleep(retry::backoff(
             attempt,
             Duration::from_millis(200),
             Duration::from_secs(10),
@@ -216,7 +239,7 @@ async fn learn_instance_id(
         attempt += 1;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(aws::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30))) => {}
+            _ = tokio::time::sleep(retry::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30))) => {}
         }
     }
 }
@@ -245,7 +268,7 @@ fn shutdown_signals() -> anyhow::Result<mpsc::Receiver<&'static str>> {
 
 async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let sent = verify::read_manifest(&args.manifest)?;
-    let sdk = aws::load(Duration::from_secs(20)).await?;
+    let sdk = aws::load(Duration::from_secs(20), 3).await?;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let (stored, last) = verify::read_table(&client, &args.table, &args.groups_table).await?;
     let report = verify::audit(&sent, &stored, &last);

@@ -123,6 +123,10 @@ pub struct Metrics {
     pub request_errors: Family,
     /// Visibility extensions of held messages (long work).
     pub visibility_extensions: Family,
+    /// Extensions SQS refused: the hold on that message is lost, by code.
+    pub visibility_lost: Family,
+    /// Services an account-wide error blocks right now (1) or not (0): a gauge.
+    pub blocked: Family,
     /// DeleteMessageBatch entries that failed (an expired receipt handle; the redelivery is a harmless duplicate).
     pub delete_failures: Family,
     /// DynamoDB write units consumed by our transactions.
@@ -141,7 +145,7 @@ pub struct Metrics {
     pub last_drain_seconds: Mutex<f64>,
     pub groups_in_flight: AtomicU64,
     pub messages_in_flight: AtomicU64,
-    /// False while draining or paused: load balancers and humans read it.
+    /// False while draining, paused or blocked (a mirror of [`crate::health::Health::ready`] for the gauge).
     pub ready: AtomicBool,
     /// Instance metadata errors and notices seen, owned by the watcher.
     pub imds: OnceLock<Arc<crate::imds::ImdsStats>>,
@@ -172,6 +176,16 @@ static METRICS: Metrics = Metrics {
         "order_worker_visibility_extensions_total",
         "Held messages whose visibility was extended.",
         &[],
+    ),
+    visibility_lost: Family::new(
+        "order_worker_visibility_lost_total",
+        "Held messages whose visibility extension SQS refused (the hold is lost), by code.",
+        &["code"],
+    ),
+    blocked: Family::new(
+        "order_worker_blocked",
+        "1 while an account-wide error (access, missing resource, credentials, KMS) blocks new work, by service.",
+        &["service"],
     ),
     delete_failures: Family::new(
         "order_worker_delete_failures_total",
@@ -246,6 +260,7 @@ impl Metrics {
             &self.requests,
             &self.request_errors,
             &self.visibility_extensions,
+            &self.visibility_lost,
             &self.delete_failures,
             &self.write_units,
             &self.notices,
@@ -256,6 +271,7 @@ impl Metrics {
         ] {
             f.render("counter", &mut out);
         }
+        self.blocked.render("gauge", &mut out);
         self.latency.render(&mut out);
         let gauges = [
             (
@@ -305,14 +321,18 @@ impl Metrics {
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` until `stop` fires. Returns the bound address (port 0 works).
-pub async fn serve(addr: SocketAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<crate::health::Health>,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(|| async { metrics().render() }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(());
+        .with_state(health);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -324,12 +344,22 @@ pub async fn serve(addr: SocketAddr, stop: CancellationToken) -> std::io::Result
     Ok(bound)
 }
 
-async fn readyz(State(()): State<()>) -> (StatusCode, &'static str) {
-    if metrics().ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining or not started\n")
+async fn readyz(State(health): State<Arc<crate::health::Health>>) -> (StatusCode, String) {
+    if health.ready() {
+        return (StatusCode::OK, "ready\n".into());
     }
+    let blockers = health.blockers();
+    if blockers.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining, paused or not started\n".into(),
+        );
+    }
+    let why: Vec<String> = blockers
+        .iter()
+        .map(|(service, b)| format!("{service} blocked by {}: {}", b.code, b.detail))
+        .collect();
+    (StatusCode::SERVICE_UNAVAILABLE, why.join("\n") + "\n")
 }
 
 #[cfg(test)]

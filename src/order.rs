@@ -362,10 +362,17 @@ mod tests {
         assert_eq!(e.order_key, "rejected:m-1");
         let array_items = r#"{"order_id":"o-2","customer_id":"c","items":[["SKU-1",2,1299]],"currency":"EUR","placed_at":"2026-11-25T12:00:00Z"}"#;
         let e = evaluate(array_items, "m-2", "c");
-        assert!(reason(&e).contains("items[0] must be a JSON object"), "{}", reason(&e));
+        assert!(
+            reason(&e).contains("items[0] must be a JSON object"),
+            "{}",
+            reason(&e)
+        );
         assert_eq!(e.order_key, "o-2");
         for body in ["1", "\"o\"", "null", "true", "[]"] {
-            assert!(matches!(evaluate(body, "m", "c").verdict, Verdict::Rejected { .. }), "{body}");
+            assert!(
+                matches!(evaluate(body, "m", "c").verdict, Verdict::Rejected { .. }),
+                "{body}"
+            );
         }
     }
 }

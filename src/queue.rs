@@ -8,8 +8,14 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 
-use crate::aws::{describe, is_transient};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::aws::{describe, error_code};
+use crate::health::Health;
 use crate::metrics::request;
+use crate::retry::{backoff_for, classify, Budget, Class};
 
 /// One message as received.
 #[derive(Debug, Clone)]
@@ -31,13 +37,31 @@ pub struct Handle {
     pub receipt_handle: String,
 }
 
-/// An SQS call that failed; `transient` says whether retrying later can help.
-#[derive(Debug, thiserror::Error)]
-#[error("SQS {operation} failed: {detail}")]
+/// An SQS call that failed, with its [`Class`] (what retrying can do about it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("SQS {operation} failed ({}): {detail}", class.as_str())]
 pub struct SqsError {
     pub operation: &'static str,
-    pub transient: bool,
+    pub class: Class,
+    pub code: Option<String>,
     pub detail: String,
+}
+
+impl SqsError {
+    /// Retrying the same call later can succeed (anything but a refusal of this very request).
+    pub fn retryable(&self) -> bool {
+        self.class.retryable()
+    }
+
+    fn timed_out(operation: &'static str, after: Duration) -> Self {
+        request("sqs", operation, false);
+        SqsError {
+            operation,
+            class: Class::Transient,
+            code: None,
+            detail: format!("no answer within {after:?}"),
+        }
+    }
 }
 
 fn sqs_error<E>(
@@ -53,24 +77,64 @@ where
     request("sqs", operation, false);
     SqsError {
         operation,
-        transient: is_transient(err),
+        class: classify(err),
+        code: error_code(err),
         detail: describe(err),
     }
 }
 
-/// Entries that a batch call could not apply: (message id, error code).
-pub type Failed = Vec<(String, String)>;
+/// Longest one batch call (delete, change visibility) may take before it counts as failed: they answer in
+/// milliseconds, and a drain cannot afford the SDK's 30 s attempt timeout of a long poll.
+pub const BATCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The queue and the client that talks to it.
+/// What became of each entry of a batch operation over many handles.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Applied.
+    pub ok: Vec<String>,
+    /// Refused by SQS for this entry (message id, code): an expired or superseded receipt handle.
+    pub refused: Vec<(String, String)>,
+    /// Not applied because the whole call failed within the budget; the last error says why.
+    pub unsent: Vec<Handle>,
+    pub last_error: Option<SqsError>,
+}
+
+/// The queue and the client that talks to it. Every call reports account-wide errors to `health` (and lifts
+/// the block when SQS answers again), so whichever call meets an IAM mistake first stops new work.
 #[derive(Clone)]
 pub struct Queue {
     client: Client,
     url: String,
+    health: std::sync::Arc<Health>,
 }
 
 impl Queue {
-    pub fn new(client: Client, url: String) -> Self {
-        Queue { client, url }
+    pub fn new(client: Client, url: String, health: std::sync::Arc<Health>) -> Self {
+        Queue {
+            client,
+            url,
+            health,
+        }
+    }
+
+    /// Tell health what a call's outcome says about SQS as a whole.
+    fn report<T>(&self, r: &Result<T, SqsError>) {
+        match r {
+            Ok(_) => {
+                if let Some(b) = self.health.clear("sqs") {
+                    tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), "SQS answers again; taking new work");
+                }
+            }
+            Err(e) if e.class == Class::AccountWide => {
+                if self
+                    .health
+                    .block("sqs", e.code.as_deref().unwrap_or("-"), &e.detail)
+                {
+                    tracing::error!(waiting_for = "SQS", code = e.code.as_deref().unwrap_or("-"), operation = e.operation, cause = %e.detail, "SQS refuses this worker (permissions, queue, credentials or KMS): taking no new work, keeping what is held, retrying until it clears");
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     /// Fail unless the queue exists and is FIFO (its URL already ends in .fifo; this asks SQS itself).
@@ -92,7 +156,8 @@ impl Queue {
         if !fifo {
             return Err(SqsError {
                 operation: "GetQueueAttributes",
-                transient: false,
+                class: Class::Request,
+                code: None,
                 detail: format!("{} is not a FIFO queue", self.url),
             });
         }
@@ -122,7 +187,9 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
             .send()
             .await
-            .map_err(|e| sqs_error("ReceiveMessage", &e))?;
+            .map_err(|e| sqs_error("ReceiveMessage", &e));
+        self.report(&out);
+        let out = out?;
         request("sqs", "ReceiveMessage", true);
         let mut received = Vec::new();
         for m in out.messages() {
@@ -149,85 +216,164 @@ impl Queue {
         Ok(received)
     }
 
-    /// Delete up to any number of messages, 10 per call. Returns the entries SQS refused (an expired FIFO
-    /// receipt handle, typically); a whole-call failure is an error.
-    pub async fn delete(&self, handles: &[Handle]) -> Result<Failed, SqsError> {
-        in_batches(handles, |chunk| async move {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&h.receipt_handle)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
-            let out = self
-                .client
-                .delete_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sqs_error("DeleteMessageBatch", &e))?;
-            request("sqs", "DeleteMessageBatch", true);
-            Ok(out.failed().to_vec())
-        })
+    /// Delete messages, 10 per call, every chunk tried (one failing chunk does not stop the others), whole-call
+    /// failures retried with backoff until `budget` ends or the failure cannot be retried.
+    pub async fn delete(&self, handles: &[Handle], budget: Budget) -> BatchOutcome {
+        in_batches(
+            handles,
+            budget,
+            &self.health_reporter(),
+            |chunk| async move {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(&h.receipt_handle)
+                            .build()
+                            .expect("id and receipt handle are set")
+                    })
+                    .collect();
+                let out = self
+                    .client
+                    .delete_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error("DeleteMessageBatch", &e))?;
+                request("sqs", "DeleteMessageBatch", true);
+                Ok(out.failed().to_vec())
+            },
+            "DeleteMessageBatch",
+        )
         .await
     }
 
-    /// Set the visibility of messages, 10 per call: 0 releases them at once, more extends the hold.
+    /// Set the visibility of messages, 10 per call: 0 releases them at once, more extends the hold. Retried
+    /// like [`Queue::delete`].
     pub async fn change_visibility(
         &self,
         handles: &[Handle],
         secs: i32,
-    ) -> Result<Failed, SqsError> {
-        in_batches(handles, |chunk| async move {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&h.receipt_handle)
-                        .visibility_timeout(secs)
-                        .build()
-                        .expect("id and receipt handle are set")
-                })
-                .collect();
-            let out = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", &e))?;
-            request("sqs", "ChangeMessageVisibilityBatch", true);
-            Ok(out.failed().to_vec())
-        })
+        budget: Budget,
+    ) -> BatchOutcome {
+        in_batches(
+            handles,
+            budget,
+            &self.health_reporter(),
+            |chunk| async move {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| {
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(&h.receipt_handle)
+                            .visibility_timeout(secs)
+                            .build()
+                            .expect("id and receipt handle are set")
+                    })
+                    .collect();
+                let out = self
+                    .client
+                    .change_message_visibility_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| sqs_error("ChangeMessageVisibilityBatch", &e))?;
+                request("sqs", "ChangeMessageVisibilityBatch", true);
+                Ok(out.failed().to_vec())
+            },
+            "ChangeMessageVisibilityBatch",
+        )
         .await
     }
 }
 
-/// Run a batch call over `handles`, 10 at a time (the SQS batch limit, entry ids "0".."9"), and map the
-/// refused entries back to their message ids.
-async fn in_batches<'a, F, Fut>(handles: &'a [Handle], mut call: F) -> Result<Failed, SqsError>
+impl Queue {
+    fn health_reporter(&self) -> impl Fn(&Result<(), SqsError>) + Sync + '_ {
+        move |r| self.report(r)
+    }
+}
+
+/// Run a batch call over `handles`, 10 at a time (the SQS batch limit, entry ids "0".."9"), each attempt cut
+/// at [`BATCH_ATTEMPT_TIMEOUT`] and the budget; chunks whose call failed are retried with backoff while the
+/// budget lasts and the failure is retryable. Refused entries are mapped back to their message ids.
+async fn in_batches<'a, F, Fut>(
+    handles: &'a [Handle],
+    budget: Budget,
+    report: &(dyn Fn(&Result<(), SqsError>) + Sync),
+    mut call: F,
+    operation: &'static str,
+) -> BatchOutcome
 where
     F: FnMut(&'a [Handle]) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, SqsError>>,
 {
-    let mut failed = Vec::new();
-    for chunk in handles.chunks(10) {
-        for f in call(chunk).await? {
-            if let Some(h) = f.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
-                failed.push((h.message_id.clone(), f.code().to_owned()));
+    let mut outcome = BatchOutcome::default();
+    let mut todo: Vec<&'a [Handle]> = handles.chunks(10).collect();
+    let mut attempt = 0u32;
+    while !todo.is_empty() {
+        let mut again = Vec::new();
+        for chunk in todo {
+            let now = Instant::now();
+            if budget.expired(now) {
+                again.push(chunk);
+                continue;
+            }
+            let limit = budget.attempt_limit(BATCH_ATTEMPT_TIMEOUT, now);
+            let result = match tokio::time::timeout(limit, call(chunk)).await {
+                Ok(r) => r,
+                Err(_) => Err(SqsError::timed_out(operation, limit)),
+            };
+            report(&result.as_ref().map(|_| ()).map_err(Clone::clone));
+            match result {
+                Ok(failed) => {
+                    let mut refused = std::collections::HashSet::new();
+                    for f in failed {
+                        if let Some(h) = f.id().parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                            refused.insert(h.message_id.clone());
+                            outcome
+                                .refused
+                                .push((h.message_id.clone(), f.code().to_owned()));
+                        }
+                    }
+                    outcome.ok.extend(
+                        chunk
+                            .iter()
+                            .filter(|h| !refused.contains(&h.message_id))
+                            .map(|h| h.message_id.clone()),
+                    );
+                }
+                Err(e) => {
+                    again.push(chunk);
+                    outcome.last_error = Some(e);
+                }
             }
         }
+        let retryable = outcome.last_error.as_ref().is_some_and(|e| e.retryable());
+        if again.is_empty() || !retryable || budget.expired(Instant::now()) {
+            outcome.unsent = again.into_iter().flatten().cloned().collect();
+            break;
+        }
+        let class = outcome
+            .last_error
+            .as_ref()
+            .map_or(Class::Transient, |e| e.class);
+        if !budget.sleep(backoff_for(class, attempt)).await {
+            outcome.unsent = again.into_iter().flatten().cloned().collect();
+            break;
+        }
+        attempt += 1;
+        todo = again;
     }
-    Ok(failed)
+    if outcome.unsent.is_empty() {
+        outcome.last_error = None;
+    }
+    outcome
 }
 
 /// A fresh ReceiveRequestAttemptId (SQS allows up to 128 of `[A-Za-z0-9!-/:-@[-`{-~]`).

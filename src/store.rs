@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
@@ -23,8 +23,15 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{backoff, describe, error_code, is_transient};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use tokio::time::Instant;
+
+use crate::aws::{describe, error_code};
+use crate::health::Health;
 use crate::metrics::{metrics, request};
+use crate::retry::{backoff, backoff_for, Budget, Class};
 
 /// Most actions DynamoDB allows in one transaction.
 pub const MAX_ACTIONS: usize = 100;
@@ -83,7 +90,7 @@ pub enum Applied {
     Conflict,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// DynamoDB refused for a reason retrying will not fix (validation, missing table, access).
     #[error("DynamoDB refused the write: {0}")]
@@ -104,7 +111,8 @@ pub struct Store {
     client: Client,
     orders_table: String,
     groups_table: String,
-    positions: Mutex<HashMap<String, u64>>,
+    /// None: the group has no row yet (a row at 0 is another condition).
+    positions: Mutex<HashMap<String, Option<u64>>>,
 }
 
 impl Store {
@@ -124,7 +132,8 @@ impl Store {
         self.positions.lock().expect("cache lock").remove(group);
     }
 
-    /// Fail unless both tables exist with the key schema we write. Err(true, ..) is transient.
+    /// Fail unless both tables exist with the key schema we write. Err(true, ..) is worth waiting for: an outage,
+    /// throttling, or an access denial that a policy fix clears without restarting the worker.
     pub async fn check_tables(&self) -> Result<(), (bool, String)> {
         for (table, key) in [
             (&self.orders_table, "OrderID"),
@@ -138,7 +147,7 @@ impl Store {
                         return Err((false, format!("DynamoDB table {table:?} does not exist")));
                     }
                     return Err((
-                        is_transient(&e),
+                        crate::retry::classify(&e).retryable(),
                         format!("DescribeTable {table:?}: {}", describe(&e)),
                     ));
                 }
@@ -161,68 +170,147 @@ impl Store {
         Ok(())
     }
 
-    /// Apply the runs. Every record ends up New, Duplicate or Conflict, unless DynamoDB refuses permanently
-    /// or `abort` fires while transient errors are being waited out.
-    pub async fn commit(
+    /// Apply the runs. Each run's outcome says how many of its records are settled (a prefix, each New,
+    /// Duplicate or Conflict) and, if not all, why the rest is not. One run's record that DynamoDB refuses on
+    /// its own (an item too large) is isolated: the others commit, and the refused record is recorded as
+    /// REJECTED with DynamoDB's reason, so its position is filled and its group goes on.
+    pub async fn commit(&self, runs: &[Run], ctx: &CommitContext<'_>) -> Vec<RunOutcome> {
+        let mut state = Rounds::new(runs);
+        let stop = self.rounds(runs, &mut state, ctx).await;
+        match stop {
+            Ok(()) => state.outcomes(runs, None),
+            Err(Stop::Refused(why)) => {
+                tracing::warn!(cause = %why, runs = runs.len(), "DynamoDB refused a transaction; committing its records one by one to isolate the refused one");
+                let mut out = state.outcomes(runs, None);
+                for (i, run) in runs.iter().enumerate() {
+                    if out[i].error.is_none() && out[i].applied.len() == run.records.len() {
+                        continue;
+                    }
+                    let done = out[i].applied.len();
+                    out[i] = self
+                        .commit_one_by_one(run, done, &out[i].applied, ctx)
+                        .await;
+                }
+                out
+            }
+            Err(stop) => {
+                let err = stop.into_error();
+                state.outcomes(runs, Some(err))
+            }
+        }
+    }
+
+    /// Commit a run's records from `from` on, each in its own transaction, in order; a record refused on its
+    /// own is replaced by a REJECTED record carrying DynamoDB's reason.
+    async fn commit_one_by_one(
+        &self,
+        run: &Run,
+        from: usize,
+        settled: &[Applied],
+        ctx: &CommitContext<'_>,
+    ) -> RunOutcome {
+        let mut applied = settled.to_vec();
+        for record in &run.records[from..] {
+            let mut single = Run {
+                group_id: run.group_id.clone(),
+                records: vec![record.clone()],
+            };
+            let mut tried_fallback = false;
+            loop {
+                let mut state = Rounds::new(std::slice::from_ref(&single));
+                match self
+                    .rounds(std::slice::from_ref(&single), &mut state, ctx)
+                    .await
+                {
+                    Ok(()) => {
+                        applied.extend(
+                            state.outcomes(std::slice::from_ref(&single), None)[0]
+                                .applied
+                                .clone(),
+                        );
+                        break;
+                    }
+                    Err(Stop::Refused(why)) if !tried_fallback => {
+                        tracing::error!(order = %record.order_key, group = %run.group_id, message_id = %record.sqs_message_id, cause = %why, "DynamoDB refused this record; recording it as REJECTED instead");
+                        single.records[0] = refused_record(record, &why);
+                        tried_fallback = true;
+                    }
+                    Err(stop) => {
+                        return RunOutcome {
+                            applied,
+                            error: Some(stop.into_error()),
+                        }
+                    }
+                }
+            }
+        }
+        RunOutcome {
+            applied,
+            error: None,
+        }
+    }
+
+    /// Commit rounds until every pending record is settled. Transient, throttled and account-wide failures are
+    /// waited out (with backoff, within the budget); a refusal of the request itself stops with `Refused`.
+    async fn rounds(
         &self,
         runs: &[Run],
-        abort: &CancellationToken,
-    ) -> Result<Vec<Vec<Applied>>, StoreError> {
-        let mut results: Vec<Vec<Option<Applied>>> =
-            runs.iter().map(|r| vec![None; r.records.len()]).collect();
-        let mut pending: Vec<Vec<usize>> = runs
-            .iter()
-            .map(|r| (0..r.records.len()).collect())
-            .collect();
-        let mut transient_failures = 0u32;
-        let mut rounds = 0u32;
-        let mut waiting_since: Option<Instant> = None;
-        while pending.iter().any(|p| !p.is_empty()) {
-            rounds += 1;
-            if abort.is_cancelled() {
-                return Err(StoreError::Aborted);
+        st: &mut Rounds,
+        ctx: &CommitContext<'_>,
+    ) -> Result<(), Stop> {
+        let mut waits = Waits::default();
+        // Cancelled rounds in a row: contention with another worker is normal, a row written by something
+        // else is not; either way a repeat must slow down instead of spinning.
+        let mut cancelled_in_a_row = 0u32;
+        while st.pending.iter().any(|p| !p.is_empty()) {
+            if ctx.abort.is_cancelled() || ctx.budget.expired(Instant::now()) {
+                return Err(Stop::Aborted);
             }
-            // Existing records whose payload we still have to compare.
-            let mut to_classify: Vec<(usize, usize)> = Vec::new();
-            let bases = match self.bases(runs, &pending).await {
+            let bases = match self.bases(runs, &st.pending, ctx).await {
                 Ok(b) => b,
-                Err(Failure::Transient(detail)) => {
-                    self.wait_transient(
-                        &mut transient_failures,
-                        &mut waiting_since,
-                        &detail,
-                        abort,
-                    )
-                    .await?;
+                Err(f) => {
+                    self.wait(&mut waits, f, ctx).await?;
                     continue;
                 }
-                Err(Failure::Permanent(detail)) => return Err(StoreError::Permanent(detail)),
             };
-            let (items, actions, token) = self.build(runs, &pending, &bases);
+            let (items, actions, token) = self.build(runs, &st.pending, &bases);
             if items.is_empty() {
-                // Everything left collides with an id already in this round: cannot happen after a round
-                // that applied them, but never spin.
-                return Err(StoreError::Permanent("no action could be built".into()));
+                return Err(Stop::Permanent("no action could be built".into()));
             }
-            let sent = self
+            let call = self
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(items))
                 .client_request_token(token)
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .send()
-                .await;
+                .send();
+            let sent = match bounded(call, ctx).await {
+                Some(r) => r,
+                None => {
+                    request("dynamodb", "TransactWriteItems", false);
+                    // The outcome is unknown: the positions may or may not be written. A retry sends the same
+                    // token (idempotent); a drain that stops here releases the run, and the next worker's
+                    // conditions sort it out.
+                    if ctx.abort.is_cancelled() || ctx.budget.expired(Instant::now()) {
+                        return Err(Stop::Aborted);
+                    }
+                    self.wait(&mut waits, Failure::timeout("TransactWriteItems"), ctx)
+                        .await?;
+                    continue;
+                }
+            };
             match sent {
                 Ok(out) => {
                     request("dynamodb", "TransactWriteItems", true);
+                    self.answered(ctx);
                     let units: f64 = out
                         .consumed_capacity()
                         .iter()
                         .filter_map(|c| c.capacity_units())
                         .sum();
                     metrics().write_units.add(&[], units);
-                    transient_failures = 0;
-                    waiting_since = None;
+                    waits = Waits::default();
+                    cancelled_in_a_row = 0;
                     let mut applied: HashMap<usize, Vec<usize>> = HashMap::new();
                     for a in &actions {
                         if let Action::Put { run, idx } = a {
@@ -230,17 +318,17 @@ impl Store {
                         }
                     }
                     for (run, idxs) in applied {
-                        let base = bases[&runs[run].group_id];
+                        let base = bases[&runs[run].group_id].unwrap_or(0);
                         for (k, idx) in idxs.iter().enumerate() {
-                            results[run][*idx] = Some(Applied::New {
+                            st.results[run][*idx] = Some(Applied::New {
                                 position: base + k as u64 + 1,
                             });
                         }
-                        pending[run].retain(|i| !idxs.contains(i));
+                        st.pending[run].retain(|i| !idxs.contains(i));
                         self.positions
                             .lock()
                             .expect("cache lock")
-                            .insert(runs[run].group_id.clone(), base + idxs.len() as u64);
+                            .insert(runs[run].group_id.clone(), Some(base + idxs.len() as u64));
                     }
                 }
                 Err(e) => {
@@ -254,42 +342,42 @@ impl Store {
                     let Some(reasons) = cancelled else {
                         if error_code(&e).as_deref() == Some("IdempotentParameterMismatchException")
                         {
-                            // Same token, other content: our position cache was stale. Re-read and rebuild.
-                            self.forget(runs, &pending);
+                            // Same token, other content: our position cache was stale. Re-read, rebuild, and
+                            // back off like any other failed round.
+                            self.forget(runs, &st.pending);
+                            self.wait(&mut waits, Failure::of(&e, "TransactWriteItems"), ctx)
+                                .await?;
                             continue;
                         }
-                        if is_transient(&e) {
-                            self.wait_transient(
-                                &mut transient_failures,
-                                &mut waiting_since,
-                                &describe(&e),
-                                abort,
-                            )
-                            .await?;
-                            continue;
+                        let f = Failure::of(&e, "TransactWriteItems");
+                        if f.class == Class::Request {
+                            return Err(Stop::Refused(f.detail));
                         }
-                        return Err(StoreError::Permanent(describe(&e)));
+                        self.wait(&mut waits, f, ctx).await?;
+                        continue;
                     };
+                    // A cancellation is an answer: the service works.
+                    self.answered(ctx);
+                    cancelled_in_a_row += 1;
                     let mut retry_later = false;
-                    // Something must change before the next round, or we would send the same refusal again.
-                    let mut progress = false;
+                    let mut refused: Option<String> = None;
+                    let mut to_classify: Vec<(usize, usize)> = Vec::new();
+                    let mut any_reason = false;
                     for (action, reason) in actions.iter().zip(reasons.iter()) {
                         let code = reason.code().unwrap_or("None");
-                        progress |= code != "None";
+                        any_reason |= code != "None";
                         match (code, action) {
                             ("None", _) => {}
                             ("ConditionalCheckFailed", Action::Put { run, idx }) => {
                                 let record = &runs[*run].records[*idx];
-                                match reason
-                                    .item()
-                                    .and_then(|i| i.get("PayloadSha256"))
-                                    .and_then(|v| v.as_s().ok())
-                                {
-                                    Some(sha) => {
-                                        results[*run][*idx] = Some(classify(record, sha));
-                                        pending[*run].retain(|i| i != idx);
+                                match reason.item().map(|i| i.get("PayloadSha256")) {
+                                    Some(Some(AttributeValue::S(sha))) => {
+                                        st.settle(*run, *idx, classify(record, sha));
                                     }
-                                    None => to_classify.push((*run, *idx)),
+                                    Some(_) if reason.item().is_some_and(|i| !i.is_empty()) => {
+                                        st.settle(*run, *idx, foreign(record));
+                                    }
+                                    _ => to_classify.push((*run, *idx)),
                                 }
                             }
                             ("ConditionalCheckFailed", Action::Group { run }) => {
@@ -303,99 +391,110 @@ impl Store {
                                 | "ThrottlingError"
                                 | "ProvisionedThroughputExceeded",
                                 _,
-                            ) => {
-                                retry_later = true;
-                            }
+                            ) => retry_later = true,
                             (code, _) => {
                                 let msg = reason.message().unwrap_or_default();
-                                return Err(StoreError::Permanent(format!(
-                                    "transaction cancelled: {code}: {msg}"
-                                )));
+                                refused = Some(format!("transaction cancelled: {code}: {msg}"));
                             }
                         }
                     }
-                    if !progress {
-                        return Err(StoreError::Permanent(
+                    if let Some(why) = refused {
+                        return Err(Stop::Refused(why));
+                    }
+                    if !any_reason {
+                        return Err(Stop::Permanent(
                             "transaction cancelled without a reason for any action".into(),
                         ));
                     }
                     if !to_classify.is_empty() {
-                        match self.existing_hashes(runs, &to_classify).await {
+                        match self.existing_hashes(runs, &to_classify, ctx).await {
                             Ok(found) => {
                                 for (run, idx) in to_classify {
                                     let record = &runs[run].records[idx];
-                                    if let Some(sha) = found.get(&record.order_key) {
-                                        results[run][idx] = Some(classify(record, sha));
-                                        pending[run].retain(|i| *i != idx);
+                                    match found.get(&record.order_key) {
+                                        Some(Some(sha)) => {
+                                            st.settle(run, idx, classify(record, sha))
+                                        }
+                                        Some(None) => st.settle(run, idx, foreign(record)),
+                                        // Gone again (deleted by someone): the next round puts it.
+                                        None => {}
                                     }
                                 }
                             }
-                            Err(Failure::Transient(d)) => {
-                                self.wait_transient(
-                                    &mut transient_failures,
-                                    &mut waiting_since,
-                                    &d,
-                                    abort,
-                                )
-                                .await?;
-                            }
-                            Err(Failure::Permanent(d)) => return Err(StoreError::Permanent(d)),
+                            Err(f) => self.wait(&mut waits, f, ctx).await?,
                         }
                     }
                     if retry_later {
-                        self.wait_transient(
-                            &mut transient_failures,
-                            &mut waiting_since,
-                            "transaction conflict or throttling",
-                            abort,
+                        self.wait(
+                            &mut waits,
+                            Failure::throttled("transaction conflict or throttling"),
+                            ctx,
                         )
                         .await?;
-                    }
-                    if rounds > 1000 {
-                        return Err(StoreError::Permanent(
-                            "gave up after 1000 cancelled transactions".into(),
-                        ));
+                    } else if cancelled_in_a_row > 1 {
+                        // The same condition failed again right after a fresh read: another writer is racing us
+                        // (or a row was written by something else). Back off a little, growing.
+                        let pause = backoff(
+                            cancelled_in_a_row - 2,
+                            Duration::from_millis(20),
+                            Duration::from_secs(5),
+                        );
+                        if !ctx.budget.sleep(pause).await || ctx.abort.is_cancelled() {
+                            return Err(Stop::Aborted);
+                        }
+                        if cancelled_in_a_row.is_power_of_two() {
+                            tracing::warn!(rounds = cancelled_in_a_row, groups = ?st.pending_groups(runs), "transactions keep being cancelled (another worker on the same groups, or rows written by something else)");
+                        }
                     }
                 }
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| {
-                r.into_iter()
-                    .map(|a| a.expect("every record resolved"))
-                    .collect()
-            })
-            .collect())
+        Ok(())
     }
 
-    /// Sleep before retrying a transient failure; say what we are waiting for, without flooding the log.
-    async fn wait_transient(
+    /// A DynamoDB call answered: lift an account-wide block.
+    fn answered(&self, ctx: &CommitContext<'_>) {
+        if let Some(b) = ctx.health.clear("dynamodb") {
+            tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), "DynamoDB answers again; taking new work");
+        }
+    }
+
+    /// Wait before retrying a failure, within the budget; say what we are waiting for, without flooding the
+    /// log. Account-wide failures block new work (see [`crate::health`]); bad data in a group row is waited out
+    /// like one, naming the item.
+    async fn wait(
         &self,
-        failures: &mut u32,
-        since: &mut Option<Instant>,
-        detail: &str,
-        abort: &CancellationToken,
-    ) -> Result<(), StoreError> {
-        let started = *since.get_or_insert_with(Instant::now);
-        if failures.is_power_of_two() || *failures == 0 {
+        waits: &mut Waits,
+        f: Failure,
+        ctx: &CommitContext<'_>,
+    ) -> Result<(), Stop> {
+        if f.class == Class::Request {
+            return Err(Stop::Refused(f.detail));
+        }
+        let started = *waits.since.get_or_insert_with(Instant::now);
+        let n = waits.failures;
+        if f.class == Class::AccountWide {
+            if ctx
+                .health
+                .block("dynamodb", f.code.as_deref().unwrap_or("-"), &f.detail)
+            {
+                tracing::error!(waiting_for = "DynamoDB", code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refuses every write (permissions, table, credentials or KMS): taking no new work, keeping what is held, retrying until it clears");
+            }
+        } else if n == 0 || n.is_power_of_two() {
             tracing::warn!(
                 waiting_for = "DynamoDB",
-                failures = *failures + 1,
+                failures = n + 1,
                 waited_s = started.elapsed().as_secs(),
-                cause = %detail,
-                "DynamoDB unavailable; messages stay held (visibility extended) and the write is retried"
+                class = f.class.as_str(),
+                cause = %f.detail,
+                "DynamoDB write not done; messages stay held (visibility extended) and the write is retried"
             );
         }
-        let pause = backoff(
-            *failures,
-            Duration::from_millis(100),
-            Duration::from_secs(10),
-        );
-        *failures += 1;
+        let pause = backoff_for(f.class, n);
+        waits.failures += 1;
         tokio::select! {
-            _ = abort.cancelled() => Err(StoreError::Aborted),
-            _ = tokio::time::sleep(pause) => Ok(()),
+            _ = ctx.abort.cancelled() => Err(Stop::Aborted),
+            more = ctx.budget.sleep(pause) => if more { Ok(()) } else { Err(Stop::Aborted) },
         }
     }
 
@@ -408,12 +507,14 @@ impl Store {
         }
     }
 
-    /// The last applied position of every group with pending records: cached, else read (consistently).
+    /// The last applied position of every group with pending records (None: the group has no row yet): cached,
+    /// else read consistently. A row with a LastPosition that is not a whole number is bad data, named.
     async fn bases(
         &self,
         runs: &[Run],
         pending: &[Vec<usize>],
-    ) -> Result<HashMap<String, u64>, Failure> {
+        ctx: &CommitContext<'_>,
+    ) -> Result<HashMap<String, Option<u64>>, Failure> {
         let mut bases = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -438,44 +539,53 @@ impl Store {
                 "MessageGroupId",
                 &missing,
                 "LastPosition",
+                ctx,
             )
             .await?;
         let mut cache = self.positions.lock().expect("cache lock");
         for g in missing {
-            let pos = found
-                .get(&g)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+            let pos = match found.get(&g) {
+                None | Some(None) => None,
+                Some(Some(v)) => Some(last_position(&self.groups_table, &g, v)?),
+            };
             cache.insert(g.clone(), pos);
             bases.insert(g, pos);
         }
         Ok(bases)
     }
 
-    /// PayloadSha256 of existing order records.
+    /// PayloadSha256 of existing order records: key -> Some(hash), or None when the item exists without one.
     async fn existing_hashes(
         &self,
         runs: &[Run],
         which: &[(usize, usize)],
-    ) -> Result<HashMap<String, String>, Failure> {
+        ctx: &CommitContext<'_>,
+    ) -> Result<HashMap<String, Option<String>>, Failure> {
         let mut keys: Vec<String> = which
             .iter()
             .map(|(r, i)| runs[*r].records[*i].order_key.clone())
             .collect();
         keys.sort();
         keys.dedup();
-        self.batch_get(&self.orders_table, "OrderID", &keys, "PayloadSha256")
-            .await
+        let found = self
+            .batch_get(&self.orders_table, "OrderID", &keys, "PayloadSha256", ctx)
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(|(k, v)| (k, v.and_then(|v| v.as_s().ok().cloned())))
+            .collect())
     }
 
-    /// Consistent BatchGetItem of one attribute (string or number, returned as text) by key.
+    /// Consistent BatchGetItem of one attribute by key: key -> Some(value) or None (item without it); keys
+    /// whose item does not exist are absent.
     async fn batch_get(
         &self,
         table: &str,
         key: &str,
         ids: &[String],
         attr: &str,
-    ) -> Result<HashMap<String, String>, Failure> {
+        ctx: &CommitContext<'_>,
+    ) -> Result<HashMap<String, Option<AttributeValue>>, Failure> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(100) {
             let mut request_items: HashMap<String, KeysAndAttributes> = HashMap::new();
@@ -497,49 +607,52 @@ impl Store {
             let mut attempts = 0;
             while !request_items.is_empty() {
                 attempts += 1;
-                let out = self
+                let call = self
                     .client
                     .batch_get_item()
                     .set_request_items(Some(request_items.clone()))
-                    .send()
-                    .await
-                    .map_err(|e| {
+                    .send();
+                let out = match bounded(call, ctx).await {
+                    Some(Ok(out)) => out,
+                    Some(Err(e)) => {
                         request("dynamodb", "BatchGetItem", false);
-                        if is_transient(&e) {
-                            Failure::Transient(describe(&e))
-                        } else {
-                            Failure::Permanent(describe(&e))
-                        }
-                    })?;
+                        return Err(Failure::of(&e, "BatchGetItem"));
+                    }
+                    None => {
+                        request("dynamodb", "BatchGetItem", false);
+                        return Err(Failure::timeout("BatchGetItem"));
+                    }
+                };
                 request("dynamodb", "BatchGetItem", true);
+                self.answered(ctx);
                 for item in out
                     .responses()
                     .and_then(|r| r.get(table))
                     .map(Vec::as_slice)
                     .unwrap_or_default()
                 {
-                    let id = item.get(key).and_then(|v| v.as_s().ok()).cloned();
-                    let value = item
-                        .get(attr)
-                        .and_then(|v| v.as_s().or_else(|_| v.as_n()).ok())
-                        .cloned();
-                    if let (Some(id), Some(value)) = (id, value) {
-                        found.insert(id, value);
+                    if let Some(id) = item.get(key).and_then(|v| v.as_s().ok()) {
+                        found.insert(id.clone(), item.get(attr).cloned());
                     }
                 }
                 request_items = out.unprocessed_keys().cloned().unwrap_or_default();
                 if !request_items.is_empty() {
                     if attempts > 8 {
-                        return Err(Failure::Transient(
-                            "BatchGetItem kept returning unprocessed keys".into(),
+                        return Err(Failure::throttled(
+                            "BatchGetItem kept returning unprocessed keys",
                         ));
                     }
-                    tokio::time::sleep(backoff(
-                        attempts,
-                        Duration::from_millis(50),
-                        Duration::from_secs(2),
-                    ))
-                    .await;
+                    if !ctx
+                        .budget
+                        .sleep(backoff(
+                            attempts,
+                            Duration::from_millis(50),
+                            Duration::from_secs(2),
+                        ))
+                        .await
+                    {
+                        return Err(Failure::timeout("BatchGetItem"));
+                    }
                 }
             }
         }
@@ -552,7 +665,7 @@ impl Store {
         &self,
         runs: &[Run],
         pending: &[Vec<usize>],
-        bases: &HashMap<String, u64>,
+        bases: &HashMap<String, Option<u64>>,
     ) -> (Vec<TransactWriteItem>, Vec<Action>, String) {
         let mut items = Vec::new();
         let mut actions = Vec::new();
@@ -579,7 +692,8 @@ impl Store {
             if take.is_empty() || items.len() + take.len() + 1 > MAX_ACTIONS {
                 continue;
             }
-            let base = bases[&run.group_id];
+            let row = bases[&run.group_id];
+            let base = row.unwrap_or(0);
             for (k, idx) in take.iter().enumerate() {
                 let record = &run.records[*idx];
                 let position = base + k as u64 + 1;
@@ -614,12 +728,13 @@ impl Store {
                 .table_name(&self.groups_table)
                 .key("MessageGroupId", AttributeValue::S(run.group_id.clone()))
                 .update_expression("SET LastPosition = :last, LastOrderID = :oid, UpdatedAt = :at");
-            let update = if base == 0 {
-                update.condition_expression("attribute_not_exists(LastPosition)")
-            } else {
-                update
+            // No row yet and a row at 0 are different conditions: a row written with LastPosition 0 (by a tool,
+            // or a reset) never satisfies attribute_not_exists, and treating it as "no row" looped forever.
+            let update = match row {
+                None => update.condition_expression("attribute_not_exists(LastPosition)"),
+                Some(base) => update
                     .condition_expression("LastPosition = :base")
-                    .expression_attribute_values(":base", AttributeValue::N(base.to_string()))
+                    .expression_attribute_values(":base", AttributeValue::N(base.to_string())),
             };
             items.push(
                 TransactWriteItem::builder()
@@ -643,7 +758,7 @@ impl Store {
                     .build(),
             );
             actions.push(Action::Group { run: run_idx });
-            fingerprint.push_str(&format!("G{}|{base}|{last};", run.group_id));
+            fingerprint.push_str(&format!("G{}|{row:?}|{last};", run.group_id));
             groups.insert(run.group_id.as_str());
         }
         // The token only has to be identical for an identical transaction (DynamoDB keeps it 10 minutes).
@@ -652,9 +767,165 @@ impl Store {
     }
 }
 
-enum Failure {
-    Transient(String),
+/// What a commit call runs under: its budget, the drain's abort, and where account-wide errors are reported.
+pub struct CommitContext<'a> {
+    pub budget: Budget,
+    pub abort: &'a CancellationToken,
+    pub health: &'a Health,
+}
+
+/// What became of one run: its settled prefix, and why the rest is not settled (if it is not).
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub applied: Vec<Applied>,
+    pub error: Option<StoreError>,
+}
+
+/// The working state of a commit: per run, each record's outcome so far and the records still pending.
+struct Rounds {
+    results: Vec<Vec<Option<Applied>>>,
+    pending: Vec<Vec<usize>>,
+}
+
+impl Rounds {
+    fn new(runs: &[Run]) -> Self {
+        Rounds {
+            results: runs.iter().map(|r| vec![None; r.records.len()]).collect(),
+            pending: runs
+                .iter()
+                .map(|r| (0..r.records.len()).collect())
+                .collect(),
+        }
+    }
+
+    fn settle(&mut self, run: usize, idx: usize, a: Applied) {
+        self.results[run][idx] = Some(a);
+        self.pending[run].retain(|i| *i != idx);
+    }
+
+    fn pending_groups<'r>(&self, runs: &'r [Run]) -> Vec<&'r str> {
+        runs.iter()
+            .zip(&self.pending)
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(r, _)| r.group_id.as_str())
+            .collect()
+    }
+
+    /// Each run's settled prefix; a run with unsettled records carries `error` (or none, for the caller to
+    /// go on with).
+    fn outcomes(&self, runs: &[Run], error: Option<StoreError>) -> Vec<RunOutcome> {
+        runs.iter()
+            .zip(&self.results)
+            .map(|(run, res)| {
+                let applied: Vec<Applied> = res.iter().map_while(|a| a.clone()).collect();
+                let complete = applied.len() == run.records.len();
+                RunOutcome {
+                    applied,
+                    error: if complete { None } else { error.clone() },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Why the rounds stopped short.
+enum Stop {
+    /// The budget ended or the drain aborted.
+    Aborted,
+    /// DynamoDB refused the request itself: something in it cannot be written.
+    Refused(String),
     Permanent(String),
+}
+
+impl Stop {
+    fn into_error(self) -> StoreError {
+        match self {
+            Stop::Aborted => StoreError::Aborted,
+            Stop::Refused(d) | Stop::Permanent(d) => StoreError::Permanent(d),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Waits {
+    failures: u32,
+    since: Option<Instant>,
+}
+
+/// A failed DynamoDB call, classified.
+struct Failure {
+    class: Class,
+    code: Option<String>,
+    detail: String,
+}
+
+impl Failure {
+    fn of<E>(e: &SdkError<E, HttpResponse>, operation: &str) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Failure {
+            class: crate::retry::classify(e),
+            code: error_code(e),
+            detail: format!("{operation}: {}", describe(e)),
+        }
+    }
+
+    fn timeout(operation: &str) -> Self {
+        Failure {
+            class: Class::Transient,
+            code: None,
+            detail: format!("{operation}: no answer within {ATTEMPT_TIMEOUT:?}"),
+        }
+    }
+
+    fn throttled(detail: &str) -> Self {
+        Failure {
+            class: Class::Throttled,
+            code: None,
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn bad_data(detail: String) -> Self {
+        // Waited out like an account-wide error (nothing of this group can be written until someone fixes the
+        // row), but it blocks only its group: the other groups' transactions do not read it.
+        Failure {
+            class: Class::Throttled,
+            code: Some("BadData".into()),
+            detail,
+        }
+    }
+}
+
+/// Longest one DynamoDB attempt may take: transactions answer in milliseconds; a service that accepts the
+/// connection and never answers must not hold a run (or a drain) for the SDK's long-poll-sized timeout.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Await an SDK call cut at the attempt timeout, the budget and the abort. None: no answer (outcome unknown).
+async fn bounded<T>(
+    call: impl std::future::Future<Output = T>,
+    ctx: &CommitContext<'_>,
+) -> Option<T> {
+    let limit = ctx.budget.attempt_limit(ATTEMPT_TIMEOUT, Instant::now());
+    tokio::select! {
+        r = tokio::time::timeout(limit, call) => r.ok(),
+        _ = ctx.abort.cancelled() => None,
+    }
+}
+
+/// A group row's LastPosition: a whole number, or bad data naming the item.
+fn last_position(table: &str, group: &str, v: &AttributeValue) -> Result<u64, Failure> {
+    match v {
+        AttributeValue::N(n) => n.parse::<u64>().map_err(|_| {
+            Failure::bad_data(format!(
+                "{table} item MessageGroupId={group:?}: LastPosition {n} is not a whole number; fix or delete the item"
+            ))
+        }),
+        other => Err(Failure::bad_data(format!(
+            "{table} item MessageGroupId={group:?}: LastPosition is {other:?}, not a number; fix or delete the item"
+        ))),
+    }
 }
 
 fn classify(record: &Record, existing_sha: &str) -> Applied {
@@ -662,6 +933,27 @@ fn classify(record: &Record, existing_sha: &str) -> Applied {
         Applied::Duplicate
     } else {
         Applied::Conflict
+    }
+}
+
+/// An existing record without PayloadSha256 was not written by this worker: it cannot be the same order,
+/// so it is a conflict (logged, never applied over), never a retry loop.
+fn foreign(record: &Record) -> Applied {
+    tracing::warn!(order = %record.order_key, group = %record.group_id, "an existing record with this OrderID has no PayloadSha256 (written by something else); counted as a conflict");
+    Applied::Conflict
+}
+
+/// The record written in place of one DynamoDB refuses on its own: REJECTED, with the reason, no total.
+fn refused_record(r: &Record, why: &str) -> Record {
+    Record {
+        status: "REJECTED",
+        reason: Some(crate::order::truncate(
+            &format!("DynamoDB refused the record: {why}"),
+            crate::order::MAX_REASON_LEN,
+        )),
+        total_cents: None,
+        currency: None,
+        ..r.clone()
     }
 }
 
@@ -771,7 +1063,7 @@ mod tests {
             },
         ];
         let pending = vec![vec![0, 1], vec![0]];
-        let bases = HashMap::from([("g1".to_string(), 7), ("g2".to_string(), 0)]);
+        let bases = HashMap::from([("g1".to_string(), Some(7)), ("g2".to_string(), None)]);
         let (items, actions, token) = store().build(&runs, &pending, &bases);
         assert_eq!(items.len(), 5);
         assert_eq!(actions.len(), 5);
@@ -815,7 +1107,7 @@ mod tests {
             },
         ];
         let pending = vec![vec![0, 1, 2], vec![0]];
-        let bases = HashMap::from([("g1".to_string(), 0), ("g2".to_string(), 0)]);
+        let bases = HashMap::from([("g1".to_string(), None), ("g2".to_string(), None)]);
         let (items, actions, _) = store().build(&runs, &pending, &bases);
         // g1 contributes only "a" (the second "a" must wait for the first), g2 its "b".
         assert_eq!(items.len(), 4);
@@ -838,7 +1130,7 @@ mod tests {
             },
         ];
         let pending = vec![(0..60).collect(), (0..60).collect()];
-        let bases = HashMap::from([("g1".to_string(), 0), ("g2".to_string(), 0)]);
+        let bases = HashMap::from([("g1".to_string(), None), ("g2".to_string(), None)]);
         let (items, _, _) = store().build(&runs, &pending, &bases);
         assert_eq!(items.len(), 61);
     }
