@@ -278,10 +278,15 @@ impl RunArgs {
         if self.visibility_timeout.subsec_nanos() != 0 {
             return Err(bad("--visibility-timeout", "SQS takes whole seconds"));
         }
-        if self.wait_time > Duration::from_secs(20) || self.wait_time.subsec_nanos() != 0 {
+        // 0 s would be a short poll: on an empty queue the worker would receive back to back, a hot loop of
+        // billed requests.
+        if self.wait_time < Duration::from_secs(1)
+            || self.wait_time > Duration::from_secs(20)
+            || self.wait_time.subsec_nanos() != 0
+        {
             return Err(bad(
                 "--wait-time",
-                "must be whole seconds, 0-20s (SQS long-poll limit)",
+                "must be whole seconds, 1-20s (a long poll; 0 would receive back to back on an empty queue)",
             ));
         }
         if self.drain_timeout.is_zero() {
@@ -399,6 +404,7 @@ mod tests {
                 "--visibility-timeout",
             ),
             (&["--wait-time", "21s"], "--wait-time"),
+            (&["--wait-time", "0s"], "--wait-time"),
             (&["--max-groups", "0"], "--max-groups"),
             (&["--orders-table", "x"], "--orders-table"),
             (&["--groups-table", "orders"], "--groups-table"),

@@ -271,7 +271,7 @@ async fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let sdk = aws::load(Duration::from_secs(20), 3).await?;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let (stored, last) = verify::read_table(&client, &args.table, &args.groups_table).await?;
-    let report = verify::audit(&sent, &stored, &last);
+    let report = verify::audit(&sent, &stored, &last, args.only_manifest_groups);
     print!("{}", report.summary());
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

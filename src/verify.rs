@@ -45,6 +45,9 @@ pub struct Report {
     pub lost: usize,
     pub applied_twice: usize,
     pub out_of_order: usize,
+    /// Positions in 1..=max(LastPosition, highest position) of a group with no record: a record is missing
+    /// (lost, or deleted) even if its order was re-applied elsewhere.
+    pub position_gaps: usize,
     pub wrong_status: usize,
     pub unexpected: usize,
     pub accepted: usize,
@@ -60,6 +63,7 @@ impl Report {
         self.lost == 0
             && self.applied_twice == 0
             && self.out_of_order == 0
+            && self.position_gaps == 0
             && self.wrong_status == 0
     }
 
@@ -72,7 +76,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut out = format!(
             "sent {} messages ({} distinct orders, {} groups); records {} (accepted {}, rejected {})\n\
-             lost {}  applied twice {}  out of order {}  wrong verdict {}  unexpected {}\n",
+             lost {}  applied twice {}  out of order {}  position gaps {}  wrong verdict {}  unexpected {}\n",
             self.sent,
             self.distinct_orders,
             self.groups,
@@ -82,6 +86,7 @@ impl Report {
             self.lost,
             self.applied_twice,
             self.out_of_order,
+            self.position_gaps,
             self.wrong_status,
             self.unexpected
         );
@@ -114,12 +119,26 @@ pub fn read_manifest(path: &Path) -> anyhow::Result<Vec<Sent>> {
 }
 
 /// Compare what was sent with what was stored. Pure: the tests feed it directly.
-pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, u64>) -> Report {
+pub fn audit(
+    sent: &[Sent],
+    stored: &[Stored],
+    last_positions: &HashMap<String, u64>,
+    only_manifest_groups: bool,
+) -> Report {
     let mut r = Report {
         sent: sent.len(),
         ..Report::default()
     };
-    let groups: HashSet<&str> = sent.iter().map(|s| s.group.as_str()).collect();
+    // A shared table may hold other runs' groups; by default only the manifest's are audited, and with
+    // `--only-manifest-groups false` every group in the table is (their records then count as unexpected).
+    let groups: HashSet<&str> = if only_manifest_groups {
+        sent.iter().map(|s| s.group.as_str()).collect()
+    } else {
+        sent.iter()
+            .map(|s| s.group.as_str())
+            .chain(stored.iter().map(|s| s.group.as_str()))
+            .collect()
+    };
     r.groups = groups.len();
     // The first send of an order id fixes its place; later sends of the same id are duplicates to drop.
     let mut index_of: HashMap<String, usize> = HashMap::new();
@@ -186,26 +205,34 @@ pub fn audit(sent: &[Sent], stored: &[Stored], last_positions: &HashMap<String, 
         let mut recs = per_group[*g].clone();
         recs.sort_by_key(|s| s.position);
         let mut seen = HashSet::new();
-        for (expected, s) in recs.iter().enumerate() {
+        for s in &recs {
             if !seen.insert(s.position) {
                 r.applied_twice += 1;
                 r.example(format!("group {g}: position {} used twice", s.position));
-            } else if s.position != expected as u64 + 1 {
-                r.example(format!(
-                    "group {g}: position {} where {} was expected",
-                    s.position,
-                    expected + 1
-                ));
             }
         }
-        if let Some(last) = last_positions.get(*g) {
-            if *last > recs.len() as u64 {
-                r.applied_twice += (*last - recs.len() as u64) as usize;
-                r.example(format!(
-                    "group {g}: LastPosition {last} but {} records",
-                    recs.len()
-                ));
-            }
+        // Every position from 1 to the group's end has exactly one record; the end is the higher of the
+        // highest record and the group row's LastPosition (a LastPosition above the records means records
+        // are missing, not applied twice).
+        let highest_pos = recs.last().map_or(0, |s| s.position);
+        let end = last_positions
+            .get(*g)
+            .copied()
+            .unwrap_or(0)
+            .max(highest_pos);
+        let missing: Vec<u64> = (1..=end).filter(|p| !seen.contains(p)).collect();
+        if !missing.is_empty() {
+            r.position_gaps += missing.len();
+            let shown: Vec<String> = missing.iter().take(5).map(u64::to_string).collect();
+            r.example(format!(
+                "group {g}: no record at position(s) {} of 1..{end}{}",
+                shown.join(", "),
+                if missing.len() > 5 { ", ..." } else { "" }
+            ));
+        }
+        if seen.contains(&0) {
+            r.position_gaps += 1;
+            r.example(format!("group {g}: a record without a position"));
         }
         let mut highest: Option<(usize, &str)> = None;
         for s in &recs {
@@ -320,7 +347,12 @@ mod tests {
             stored("b", "g", 2),
             stored("c", "h", 1),
         ];
-        let r = audit(&s, &t, &HashMap::from([("g".into(), 2), ("h".into(), 1)]));
+        let r = audit(
+            &s,
+            &t,
+            &HashMap::from([("g".into(), 2), ("h".into(), 1)]),
+            true,
+        );
         assert!(r.ok(), "{}", r.summary());
         assert_eq!(r.distinct_orders, 3);
     }
@@ -339,11 +371,52 @@ mod tests {
             stored("a", "g", 2),
             stored("d", "h", 1),
         ];
-        let r = audit(&s, &t, &HashMap::from([("g".into(), 3)]));
+        let r = audit(&s, &t, &HashMap::from([("g".into(), 3)]), true);
         assert_eq!(r.lost, 1, "{}", r.summary());
         assert_eq!(r.out_of_order, 1, "{}", r.summary());
-        assert_eq!(r.applied_twice, 1, "{}", r.summary());
+        // LastPosition 3 with two records: a record is missing, nothing was applied twice.
+        assert_eq!(r.applied_twice, 0, "{}", r.summary());
+        assert_eq!(r.position_gaps, 1, "{}", r.summary());
         assert_eq!(r.wrong_status, 1, "{}", r.summary());
+        assert!(!r.ok());
+    }
+
+    #[test]
+    fn a_position_gap_fails_the_audit_and_a_repeat_is_applied_twice() {
+        let s = vec![sent("a", "g"), sent("b", "g"), sent("c", "g")];
+        // Every order recorded, in order, but position 2 is empty.
+        let t = vec![
+            stored("a", "g", 1),
+            stored("b", "g", 3),
+            stored("c", "g", 4),
+        ];
+        let r = audit(&s, &t, &HashMap::from([("g".into(), 4)]), true);
+        assert_eq!((r.lost, r.out_of_order, r.applied_twice), (0, 0, 0));
+        assert_eq!(r.position_gaps, 1, "{}", r.summary());
+        assert!(!r.ok());
+        assert!(
+            r.summary().contains("position(s) 2 of 1..4"),
+            "{}",
+            r.summary()
+        );
+        let t = vec![
+            stored("a", "g", 1),
+            stored("b", "g", 1),
+            stored("c", "g", 2),
+        ];
+        let r = audit(&s, &t, &HashMap::from([("g".into(), 2)]), true);
+        assert_eq!(r.applied_twice, 1, "{}", r.summary());
+    }
+
+    #[test]
+    fn other_groups_are_audited_only_when_asked() {
+        let s = vec![sent("a", "g")];
+        let t = vec![stored("a", "g", 1), stored("x", "other", 2)];
+        let r = audit(&s, &t, &HashMap::new(), true);
+        assert!(r.ok(), "{}", r.summary());
+        let r = audit(&s, &t, &HashMap::new(), false);
+        assert_eq!(r.unexpected, 1, "{}", r.summary());
+        assert_eq!(r.position_gaps, 1, "{}", r.summary());
         assert!(!r.ok());
     }
 
@@ -357,7 +430,7 @@ mod tests {
         }];
         let mut rec = stored("rejected:m-1", "g", 1);
         rec.status = "REJECTED".into();
-        let r = audit(&s, &[rec], &HashMap::new());
+        let r = audit(&s, &[rec], &HashMap::new(), true);
         assert!(r.ok(), "{}", r.summary());
     }
 }

@@ -368,7 +368,7 @@ impl Fixture {
             order_worker::verify::read_table(&self.ddb, &self.orders_table, &self.groups_table)
                 .await
                 .expect("read table");
-        order_worker::verify::audit(sent, &stored, &last)
+        order_worker::verify::audit(sent, &stored, &last, true)
     }
 
     /// Messages visible right now (one immediate receive, no wait).
