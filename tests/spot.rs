@@ -284,3 +284,29 @@ async fn a_refused_hook_is_reported_and_the_worker_still_exits() {
         "the error must name the hook: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifecycle_action_started_late_still_gets_its_hook_completed() {
+    // Auto Scaling starts the termination lifecycle action 12 s after the notice; an idle worker drains in
+    // milliseconds, so its first CompleteLifecycleAction answers "no active lifecycle action". Four tries 2 s
+    // apart gave up at 6 s and left the instance waiting for the hook's timeout.
+    let (_emu, _fx, sim, inst, mut worker) =
+        on_instance("spot-late-hook", &["--hook-start-delay", "12s"], &[]).await;
+    sim.interrupt(&inst.id, 120.0).await;
+    wait_log(&worker, "drain complete", Duration::from_secs(30)).await;
+    let status = worker.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", worker.log_text());
+    let log = worker.log_text();
+    assert!(log.contains("lifecycle hook completed"), "{log}");
+    assert!(
+        log.contains("not accepted yet"),
+        "the action was not started late: {log}"
+    );
+    assert!(hook_completed(&sim, &inst.id).await);
+    // Completed by the worker, not by the hook's timeout.
+    let events = sim.events(&inst.id).await;
+    assert!(
+        !events.iter().any(|e| e.contains("timed out")),
+        "{events:?}"
+    );
+}

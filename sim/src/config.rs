@@ -63,6 +63,12 @@ pub struct RunArgs {
     #[arg(long, env = "SPOT_SIM_HOOK_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     pub hook_timeout: Duration,
 
+    /// How long after an interruption notice the group starts the termination lifecycle action (simulated
+    /// time). AWS starts it at about the notice; a late start is what a worker that completes its hook quickly
+    /// must survive (CompleteLifecycleAction answers "no active lifecycle action" until then).
+    #[arg(long, env = "SPOT_SIM_HOOK_START_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub hook_start_delay: Duration,
+
     /// Pending -> InService delay (simulated time).
     #[arg(long, env = "SPOT_SIM_LAUNCH_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub launch_delay: Duration,

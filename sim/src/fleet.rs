@@ -120,6 +120,8 @@ pub struct Interruption {
     pub notice_at: Instant,
     /// Whether the notice has been shown (it cannot be taken back).
     pub notice_shown: bool,
+    /// When the group starts the termination lifecycle action (set when the notice is shown).
+    pub termination_at: Option<Instant>,
     /// The interruption itself: the instance dies then, hook or no hook.
     pub end: Deadline,
 }
@@ -258,6 +260,8 @@ pub struct Settings {
     pub hook_timeout: Duration,
     /// Pending -> InService (sim time).
     pub launch_delay: Duration,
+    /// Interruption notice -> Terminating:Wait (sim time).
+    pub hook_start_delay: Duration,
     /// SIGTERM -> SIGKILL (real time: it is the worker's shutdown budget, not a cloud delay).
     pub kill_grace: Duration,
     /// Launch a replacement on a rebalance recommendation.
@@ -284,6 +288,7 @@ impl Settings {
             hook: a.hook_name.clone(),
             hook_timeout: a.hook_timeout,
             launch_delay: a.launch_delay,
+            hook_start_delay: a.hook_start_delay,
             kill_grace: a.kill_grace,
             capacity_rebalance: a.capacity_rebalance,
             max_size: a.max_size,
@@ -632,6 +637,7 @@ impl Sim {
             experiment: experiment.clone(),
             notice_at,
             notice_shown: false,
+            termination_at: None,
             end,
         });
         let id = inst.id.clone();
@@ -681,8 +687,10 @@ impl Sim {
                         action: "terminate",
                         time: intr.end.wall,
                     });
+                    let termination_at = now + self.clock.real(self.settings.hook_start_delay);
                     if let Some(i) = inst.interruption.as_mut() {
                         i.notice_shown = true;
+                        i.termination_at = Some(termination_at);
                     }
                     let id = inst.id.clone();
                     st.event(
@@ -692,8 +700,18 @@ impl Sim {
                             clock::rfc3339_seconds(intr.end.wall)
                         ),
                     );
-                    // The group learns of the interruption with the notice and starts the termination hook; the
-                    // instance still dies at the end whether or not the hook completes.
+                }
+                // The group learns of the interruption with the notice and starts the termination hook (after
+                // --hook-start-delay); the instance still dies at the end whether or not the hook completes.
+                let due = st.instances[idx]
+                    .interruption
+                    .as_ref()
+                    .and_then(|i| i.termination_at)
+                    .is_some_and(|t| now >= t);
+                if due {
+                    if let Some(i) = st.instances[idx].interruption.as_mut() {
+                        i.termination_at = None;
+                    }
                     self.begin_termination(&mut st, idx, "spot interruption notice");
                 }
                 if now >= intr.end.at {
