@@ -2,6 +2,8 @@
 //! port, its own queue and tables, and its own worker processes; everything is stopped on drop.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
