@@ -738,6 +738,8 @@ class Proxy:
                 resp = await read_response(c.up, method)
             except (ConnectionError, OSError, asyncio.IncompleteReadError) as e:
                 c.close_up()
+                if c.dead:
+                    return None  # a whole-endpoint drop reset both sides: never replay what may have been applied
                 # A kept-alive upstream connection that the server closed while idle fails before any answer:
                 # the request was not read, so one retry on a fresh connection is safe. Anything else is an error.
                 got_nothing = isinstance(e, asyncio.IncompleteReadError) and not e.partial
