@@ -255,6 +255,21 @@ impl Fixture {
         }
     }
 
+    /// The same queue and tables, with workers reaching them through `endpoint` (a fault proxy); the test's own
+    /// clients still talk to the emulator directly.
+    pub fn through(&self, endpoint: &str) -> Fixture {
+        Fixture {
+            sqs: self.sqs.clone(),
+            ddb: self.ddb.clone(),
+            queue_url: self.queue_url.clone(),
+            orders_table: self.orders_table.clone(),
+            groups_table: self.groups_table.clone(),
+            endpoint: endpoint.to_owned(),
+            test: self.test.clone(),
+            suffix: self.suffix.clone(),
+        }
+    }
+
     /// The environment a worker (or spot-sim's workers) needs to reach this fixture.
     pub fn env(&self) -> Vec<(String, String)> {
         [
