@@ -132,6 +132,11 @@ impl Held {
         Some(m)
     }
 
+    /// Messages waiting in any group (held, not started).
+    pub fn pending(&self) -> usize {
+        self.groups.values().map(VecDeque::len).sum()
+    }
+
     /// Whether the group has messages waiting.
     pub fn has_pending(&self, group: &str) -> bool {
         self.groups.get(group).is_some_and(|q| !q.is_empty())
@@ -410,7 +415,9 @@ mod tests {
         }
         h.admit(msg("x1", "h", 5, "x1"), now, VIS);
         h.next("g");
+        assert_eq!(h.pending(), 3);
         let released = h.take_pending();
+        assert_eq!(h.pending(), 0);
         assert_eq!(ids(&released), ["m2", "m3", "x1"]);
         // The in-flight m1 is still held; the groups stay open until their tasks see them empty.
         assert_eq!(h.counts(), (2, 1));

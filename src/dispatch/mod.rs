@@ -193,7 +193,7 @@ impl Dispatcher {
         inner.control.stop_receiving.cancel();
         // Only worth waiting for when something is waiting to be released (an idle worker completes its hook
         // at once).
-        let pending = self.held().1 > 0;
+        let pending = self.inner.held.lock().expect("held lock").pending() > 0;
         if pending {
             self.wait_for_poll(deadline.checked_sub(RELEASE_GRACE).unwrap_or(deadline))
                 .await;

@@ -60,6 +60,10 @@ impl Dispatcher {
             // the emulator: ten messages stuck for 120 s. A drain waits for it (within its deadline) before
             // releasing, so it cannot take back what the drain releases.
             inner.polling.send_replace(true);
+            // A drain cancels `stop` before it looks at `polling`: either it sees this poll, or we see it.
+            if stop.is_cancelled() {
+                break;
+            }
             let outcome = inner
                 .queue
                 .receive(free as i32, wait, vis, &attempt_id)
@@ -111,6 +115,11 @@ impl Dispatcher {
         let inner = &self.inner;
         let now = Instant::now();
         let mut late = Vec::new();
+        let reason = if inner.control.stop_receiving.is_cancelled() {
+            "drain"
+        } else {
+            "paused"
+        };
         {
             let mut held = inner.held.lock().expect("held lock");
             let stopping = inner.control.stop_receiving.is_cancelled();
@@ -132,7 +141,7 @@ impl Dispatcher {
         }
         self.publish();
         if !late.is_empty() {
-            self.change_visibility(late, 0, "drain").await;
+            self.change_visibility(late, 0, reason).await;
         }
     }
 }
