@@ -95,6 +95,10 @@ pub enum StoreError {
     /// DynamoDB refused for a reason retrying will not fix (validation, missing table, access).
     #[error("DynamoDB refused the write: {0}")]
     Permanent(String),
+    /// The group's row in the groups table is not usable (written by something else): retry later; the
+    /// messages stay held. Names the item.
+    #[error("waiting for bad data to be fixed: {0}")]
+    Deferred(String),
     /// The caller's deadline fired while we were waiting for DynamoDB.
     #[error("abandoned: the drain deadline passed while waiting for DynamoDB")]
     Aborted,
@@ -183,7 +187,8 @@ impl Store {
                 tracing::warn!(cause = %why, runs = runs.len(), "DynamoDB refused a transaction; committing its records one by one to isolate the refused one");
                 let mut out = state.outcomes(runs, None);
                 for (i, run) in runs.iter().enumerate() {
-                    if out[i].error.is_none() && out[i].applied.len() == run.records.len() {
+                    // Complete, or deferred (bad group row): nothing to isolate.
+                    if out[i].error.is_some() || out[i].applied.len() == run.records.len() {
                         continue;
                     }
                     let done = out[i].applied.len();
@@ -266,13 +271,27 @@ impl Store {
             if ctx.abort.is_cancelled() || ctx.budget.expired(Instant::now()) {
                 return Err(Stop::Aborted);
             }
-            let bases = match self.bases(runs, &st.pending, ctx).await {
+            let (bases, bad) = match self.bases(runs, &st.pending, ctx).await {
                 Ok(b) => b,
                 Err(f) => {
                     self.wait(&mut waits, f, ctx).await?;
                     continue;
                 }
             };
+            // A group whose row is bad data waits alone: its runs are deferred (the group task retries them
+            // with backoff, its messages stay held), the other groups of the batch go on.
+            for (group, detail) in bad {
+                tracing::error!(group = %group, cause = %detail, "group row is not usable; its orders wait until the item is fixed or deleted");
+                for (i, run) in runs.iter().enumerate() {
+                    if run.group_id == group && !st.pending[i].is_empty() {
+                        st.deferred[i] = Some(detail.clone());
+                        st.pending[i].clear();
+                    }
+                }
+            }
+            if st.pending.iter().all(|p| p.is_empty()) {
+                break;
+            }
             let (items, actions, token) = self.build(runs, &st.pending, &bases);
             if items.is_empty() {
                 return Err(Stop::Permanent("no action could be built".into()));
@@ -514,8 +533,9 @@ impl Store {
         runs: &[Run],
         pending: &[Vec<usize>],
         ctx: &CommitContext<'_>,
-    ) -> Result<HashMap<String, Option<u64>>, Failure> {
+    ) -> Result<(HashMap<String, Option<u64>>, Vec<(String, String)>), Failure> {
         let mut bases = HashMap::new();
+        let mut bad = Vec::new();
         let mut missing = Vec::new();
         {
             let cache = self.positions.lock().expect("cache lock");
@@ -546,12 +566,19 @@ impl Store {
         for g in missing {
             let pos = match found.get(&g) {
                 None | Some(None) => None,
-                Some(Some(v)) => Some(last_position(&self.groups_table, &g, v)?),
+                Some(Some(v)) => match last_position(&self.groups_table, &g, v) {
+                    Ok(p) => Some(p),
+                    Err(detail) => {
+                        // Not cached: the next try reads the row again (someone may have fixed it).
+                        bad.push((g, detail));
+                        continue;
+                    }
+                },
             };
             cache.insert(g.clone(), pos);
             bases.insert(g, pos);
         }
-        Ok(bases)
+        Ok((bases, bad))
     }
 
     /// PayloadSha256 of existing order records: key -> Some(hash), or None when the item exists without one.
@@ -785,6 +812,8 @@ pub struct RunOutcome {
 struct Rounds {
     results: Vec<Vec<Option<Applied>>>,
     pending: Vec<Vec<usize>>,
+    /// Runs set aside because their group's row is bad data: why.
+    deferred: Vec<Option<String>>,
 }
 
 impl Rounds {
@@ -795,6 +824,7 @@ impl Rounds {
                 .iter()
                 .map(|r| (0..r.records.len()).collect())
                 .collect(),
+            deferred: vec![None; runs.len()],
         }
     }
 
@@ -816,13 +846,16 @@ impl Rounds {
     fn outcomes(&self, runs: &[Run], error: Option<StoreError>) -> Vec<RunOutcome> {
         runs.iter()
             .zip(&self.results)
-            .map(|(run, res)| {
+            .zip(&self.deferred)
+            .map(|((run, res), deferred)| {
                 let applied: Vec<Applied> = res.iter().map_while(|a| a.clone()).collect();
                 let complete = applied.len() == run.records.len();
-                RunOutcome {
-                    applied,
-                    error: if complete { None } else { error.clone() },
-                }
+                let error = match deferred {
+                    _ if complete => None,
+                    Some(why) => Some(StoreError::Deferred(why.clone())),
+                    None => error.clone(),
+                };
+                RunOutcome { applied, error }
             })
             .collect()
     }
@@ -886,16 +919,6 @@ impl Failure {
             detail: detail.to_owned(),
         }
     }
-
-    fn bad_data(detail: String) -> Self {
-        // Waited out like an account-wide error (nothing of this group can be written until someone fixes the
-        // row), but it blocks only its group: the other groups' transactions do not read it.
-        Failure {
-            class: Class::Throttled,
-            code: Some("BadData".into()),
-            detail,
-        }
-    }
 }
 
 /// Longest one DynamoDB attempt may take: transactions answer in milliseconds; a service that accepts the
@@ -914,17 +937,17 @@ async fn bounded<T>(
     }
 }
 
-/// A group row's LastPosition: a whole number, or bad data naming the item.
-fn last_position(table: &str, group: &str, v: &AttributeValue) -> Result<u64, Failure> {
+/// A group row's LastPosition: a whole number, or what is wrong with the item (named).
+fn last_position(table: &str, group: &str, v: &AttributeValue) -> Result<u64, String> {
     match v {
         AttributeValue::N(n) => n.parse::<u64>().map_err(|_| {
-            Failure::bad_data(format!(
+            format!(
                 "{table} item MessageGroupId={group:?}: LastPosition {n} is not a whole number; fix or delete the item"
-            ))
+            )
         }),
-        other => Err(Failure::bad_data(format!(
+        other => Err(format!(
             "{table} item MessageGroupId={group:?}: LastPosition is {other:?}, not a number; fix or delete the item"
-        ))),
+        )),
     }
 }
 

@@ -389,8 +389,20 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
     .await;
     let order_ids = ids("bad", 3);
     r.fx.send_orders(g, &order_ids).await;
+    // Another group, committed in the same transactions: it must not wait for the bad one.
+    let good = "cust-good";
+    let good_ids = ids("good", 3);
+    r.fx.send_orders(good, &good_ids).await;
     let w = r.via.worker("w-bad", &[]);
     wait_log(&w, "LastPosition is", Duration::from_secs(20)).await;
+    r.fx.wait_records(3, Duration::from_secs(20)).await;
+    let early: Vec<String> =
+        r.fx.records()
+            .await
+            .iter()
+            .map(|x| s(x, "MessageGroupId"))
+            .collect();
+    assert!(early.iter().all(|x| x == good), "{early:?}");
     assert!(
         w.log_text().contains(&r.fx.groups_table),
         "the item is not named"
@@ -412,8 +424,12 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
         .send()
         .await
         .unwrap();
-    r.fx.wait_records(3, Duration::from_secs(40)).await;
-    let manifest: Vec<_> = order_ids.iter().map(|id| sent(id, g, "accepted")).collect();
+    r.fx.wait_records(6, Duration::from_secs(40)).await;
+    let manifest: Vec<_> = order_ids
+        .iter()
+        .map(|id| sent(id, g, "accepted"))
+        .chain(good_ids.iter().map(|id| sent(id, good, "accepted")))
+        .collect();
     let report = r.fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
 }

@@ -11,6 +11,7 @@ use super::{now_rfc3339_millis, Dispatcher};
 use crate::metrics::metrics;
 use crate::order::{evaluate, Verdict};
 use crate::queue::Received;
+use crate::retry::{backoff_for, Class};
 use crate::store::{Applied, Record, Run, StoreError};
 
 /// Most orders one group commits in one run (leaves room for other groups in the same transaction).
@@ -65,25 +66,36 @@ impl Dispatcher {
                 self.release(rest, 0, "drain").await;
                 return;
             }
+            if !self.commit_run(&group, run, ids).await {
+                return;
+            }
+        }
+    }
+
+    /// Commit one run and wait for the answer. False when the group task must end (the rest was released).
+    /// A run deferred by bad data in its group row is sent again with backoff, its messages still held.
+    async fn commit_run(&self, group: &str, mut run: Vec<Record>, mut ids: Vec<String>) -> bool {
+        let inner = &self.inner;
+        let mut deferrals = 0u32;
+        loop {
             let (reply, rx) = oneshot::channel();
             let request = CommitRequest {
                 run: Run {
-                    group_id: group.clone(),
-                    records: run,
+                    group_id: group.to_owned(),
+                    records: run.clone(),
                 },
                 message_ids: ids.clone(),
                 reply,
             };
             if inner.commits.send(request).is_err() {
-                self.give_up(&group, &ids, 0, "shutdown").await;
-                return;
+                self.give_up(group, &ids, 0, "shutdown").await;
+                return false;
             }
             // The store itself honours the drain's abort and budget, so the answer comes; an answer is the
             // truth about what was written (waiting on the abort here too reported committed runs as not).
-            let outcome = rx.await;
-            let Ok(outcome) = outcome else {
-                self.give_up(&group, &ids, 0, "shutdown").await;
-                return;
+            let Ok(outcome) = rx.await else {
+                self.give_up(group, &ids, 0, "shutdown").await;
+                return false;
             };
             for a in &outcome.applied {
                 match a {
@@ -92,23 +104,40 @@ impl Dispatcher {
                     Applied::Conflict => metrics().orders.inc(&["conflict"]),
                 }
             }
-            if let Some(e) = outcome.error {
-                let settled = outcome.applied.len();
-                let (visibility, reason) = match &e {
-                    StoreError::Aborted => (0, "deadline"),
-                    // DynamoDB refuses even the REJECTED stand-in: keep the message out of sight for a while so a
-                    // fix can happen without a hot loop; the group stays locked behind it, so order holds.
-                    StoreError::Permanent(_) => (60, "commit-failed"),
-                };
-                if matches!(e, StoreError::Aborted) {
-                    tracing::info!(group = %group, settled, released = ids.len() - settled, "drain deadline: releasing the rest of the run and of its group (nothing of it was half-applied)");
-                } else {
-                    tracing::error!(group = %group, cause = %e, settled, unsettled = ids.len() - settled, "run not committed; releasing it and the rest of its group");
+            let settled = outcome.applied.len();
+            let Some(e) = outcome.error else {
+                return true;
+            };
+            if let StoreError::Deferred(why) = &e {
+                run.drain(..settled);
+                ids.drain(..settled);
+                if deferrals == 0 || deferrals.is_power_of_two() {
+                    tracing::warn!(group = %group, cause = %why, orders = ids.len(), tries = deferrals + 1, "group waits for its row to be fixed; its messages stay held");
                 }
-                self.give_up(&group, &ids[settled..], visibility, reason)
-                    .await;
-                return;
+                let pause = backoff_for(Class::Throttled, deferrals);
+                deferrals += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = inner.control.abort.cancelled() => {
+                        self.give_up(group, &ids, 0, "deadline").await;
+                        return false;
+                    }
+                }
             }
+            let (visibility, reason) = match &e {
+                StoreError::Aborted => (0, "deadline"),
+                // DynamoDB refuses even the REJECTED stand-in: keep the message out of sight for a while so a
+                // fix can happen without a hot loop; the group stays locked behind it, so order holds.
+                _ => (60, "commit-failed"),
+            };
+            if matches!(e, StoreError::Aborted) {
+                tracing::info!(group = %group, settled, released = ids.len() - settled, "drain deadline: releasing the rest of the run and of its group (nothing of it was half-applied)");
+            } else {
+                tracing::error!(group = %group, cause = %e, settled, unsettled = ids.len() - settled, "run not committed; releasing it and the rest of its group");
+            }
+            self.give_up(group, &ids[settled..], visibility, reason)
+                .await;
+            return false;
         }
     }
 
