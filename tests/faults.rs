@@ -94,34 +94,42 @@ fn receive_counts(records: &[HashMap<String, AttributeValue>]) -> Vec<u64> {
 async fn one_failed_visibility_extension_does_not_lose_the_hold() {
     let r = rig("vis-fail").await;
     let g = "cust-vis";
-    r.fx.send_orders(g, &ids("vis", 2)).await;
-    // The first extension fails (SQS unavailable for one call). It used to be recorded as done anyway, so the
-    // next try came only after the visibility had run out and another consumer got the message.
-    let rule = r
-        .proxy
-        .rule(
-            json!({"service": "sqs", "operation": "ChangeMessageVisibilityBatch",
-                     "action": "error", "code": "ServiceUnavailable", "status": 503, "count": 1}),
-        )
-        .await;
+    r.fx.send_orders(g, &ids("vis", 1)).await;
+    // Visibility 12 s (heartbeat every 2 s, an extension due once less than 6 s is left), 16 s of work.
     let w = r.via.worker(
         "w-vis",
         &[
             "--visibility-timeout",
-            "6s",
+            "12s",
             "--drain-timeout",
-            "4s",
+            "5s",
             "--work-delay",
-            "7s",
+            "16s",
         ],
     );
     wait_for(
-        "the worker to hold both messages",
+        "the worker to hold the message",
         Duration::from_secs(20),
-        || async { (metric(&w, "order_worker_messages_in_flight").await == 2.0).then_some(()) },
+        || async { (metric(&w, "order_worker_messages_in_flight").await == 1.0).then_some(()) },
     )
     .await;
-    // A second consumer watches the queue the whole time: it must never get a message the worker holds.
+    let held_at = Instant::now();
+    // From now on only a second consumer can receive: the worker's own polls get no answer (otherwise its
+    // poll would take a lapsed message back before anyone could see the hold was lost).
+    r.proxy
+        .rule(json!({"service": "sqs", "operation": "ReceiveMessage", "action": "stall"}))
+        .await;
+    // SQS is unavailable for visibility changes from 4.5 s to 8.5 s after the receive: around the first
+    // extension (due between 6 and 8 s). It used to be recorded as done anyway, so the next try came after
+    // the visibility had run out (12 s) and the message went to another consumer while still being worked on.
+    tokio::time::sleep_until((held_at + Duration::from_millis(4500)).into()).await;
+    let rule = r
+        .proxy
+        .rule(
+            json!({"service": "sqs", "operation": "ChangeMessageVisibilityBatch",
+                     "action": "error", "code": "ServiceUnavailable", "status": 503, "seconds": 4}),
+        )
+        .await;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let got =
@@ -137,23 +145,29 @@ async fn one_failed_visibility_extension_does_not_lose_the_hold() {
         let stolen: Vec<&str> = got.messages().iter().filter_map(|m| m.body()).collect();
         assert!(
             stolen.is_empty(),
-            "a second consumer received {stolen:?} while the worker held it"
+            "a second consumer received {stolen:?} while the worker held it ({:?} after the receive)\n{}",
+            held_at.elapsed(),
+            w.log_text()
         );
-        if r.fx.records().await.len() == 2 {
+        if r.fx.records().await.len() == 1 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the two orders were not applied in 40 s"
+            "the order was not applied in 40 s"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(
-        r.proxy.rule_status(rule["id"].as_u64().unwrap()).await["hits"],
-        1,
-        "the fault did not happen: the test proves nothing"
+    let hits = r.proxy.rule_status(rule["id"].as_u64().unwrap()).await["hits"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        hits >= 1,
+        "no extension met the fault: the test proves nothing"
     );
-    assert_eq!(receive_counts(&r.fx.records().await), vec![1, 1]);
+    let log = w.log_text();
+    assert!(!log.contains("the hold is lost"), "{log}");
+    assert_eq!(receive_counts(&r.fx.records().await), vec![1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,8 +266,13 @@ async fn access_denied_by_dynamodb_pauses_new_work_keeps_what_is_held_and_burns_
                      "code": "AccessDeniedException", "status": 400, "seconds": 8}))
         .await;
     let manifest = send_groups(&r.fx, "deny", 3, 5).await;
+    wait_for(
+        "the worker to say it is not ready",
+        Duration::from_secs(20),
+        || async { (readyz(&w).await == 503).then_some(()) },
+    )
+    .await;
     wait_log(&w, "DynamoDB refuses every write", Duration::from_secs(20)).await;
-    assert_eq!(readyz(&w).await, 503, "ready while every write is refused");
     // Nothing is released (which would burn a receive count toward the DLQ) while the error lasts.
     assert_eq!(metric(&w, "order_worker_releases_total").await, 0.0);
     r.fx.wait_records(15, Duration::from_secs(60)).await;
@@ -284,8 +303,13 @@ async fn access_denied_by_sqs_makes_the_worker_unready_until_it_clears() {
                      "code": "AccessDenied", "status": 403, "seconds": 5}),
         )
         .await;
+    wait_for(
+        "the worker to say it is not ready",
+        Duration::from_secs(20),
+        || async { (readyz(&w).await == 503).then_some(()) },
+    )
+    .await;
     wait_log(&w, "SQS refuses this worker", Duration::from_secs(20)).await;
-    assert_eq!(readyz(&w).await, 503);
     let manifest = send_groups(&r.fx, "sqsdeny", 2, 3).await;
     r.fx.wait_records(6, Duration::from_secs(60)).await;
     let report = r.fx.audit(&manifest).await;
