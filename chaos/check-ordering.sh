@@ -5,7 +5,7 @@
 # within its group. Exits non-zero on any violation or at the deadline.
 #
 #   chaos/check-ordering.sh QUEUE_URL ORDERS_TABLE GROUPS_TABLE [--count 100] [--groups 5] [--timeout 300]
-#                           [--out DIR] [--prefix ID]
+#                           [--out DIR] [--prefix ID] [--pause SECONDS]
 #
 # Against AWS: QUEUE_URL=$(terraform -chdir=terraform output -raw queue_url), the tables from
 # orders_table_name / groups_table_name, credentials and region as usual, workers running in the group.
@@ -22,7 +22,7 @@ case "$1" in -h|--help) usage 0 ;; esac
 queue_url=$1 orders_table=$2 groups_table=$3
 shift 3
 repo=$(cd "$(dirname "$0")/.." && pwd)
-count=100 groups=5 timeout=300 out="" prefix=""
+count=100 groups=5 timeout=300 out="" prefix="" pause=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) count=$2; shift 2 ;;
@@ -30,6 +30,7 @@ while [ $# -gt 0 ]; do
     --timeout) timeout=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --prefix) prefix=$2; shift 2 ;;
+    --pause) pause=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "check-ordering: unknown argument $1" >&2; usage ;;
   esac
@@ -53,7 +54,7 @@ verify() {
 
 ts() { date -u +%H:%M:%S; }
 echo "[$(ts)] check-ordering: sending $count orders in $groups groups to $queue_url"
-"$repo/chaos/send-orders.sh" "$queue_url" "$manifest" --count "$count" --groups "$groups" --prefix "$prefix"
+"$repo/chaos/send-orders.sh" "$queue_url" "$manifest" --count "$count" --groups "$groups" --prefix "$prefix" --pause "$pause"
 sent=$(wc -l <"$manifest")
 echo "[$(ts)] check-ordering: $sent sent; waiting up to ${timeout}s for them in $orders_table"
 
