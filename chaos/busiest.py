@@ -4,10 +4,15 @@ InService (spot-sim's /_sim/status, the local stand-in for `aws autoscaling desc
 ask each instance's worker what it holds (its /metrics: `order_worker_groups_in_flight`,
 `order_worker_messages_in_flight`, the gauges an EC2 user reads in CloudWatch). Wait, with a deadline, until
 every InService worker holds work and the busiest one holds at least --min-groups groups and --min-messages
-messages, then print its instance id (the argument of `chaos/fis-run.sh --instances`).
+messages, then print its instance id (the argument of `chaos/fis-run.sh --instances`), or, with --templates,
+`--template-id ID` of the FIS template made for it beforehand (`chaos/fis-run.sh --create-only`): starting a
+ready template is one call, so the worker is still busy when the interruption reaches it.
 
     chaos/busiest.py --api SPOT_SIM_API [--min-groups 2] [--min-messages 4] [--all-busy] [--timeout 60]
-                     [--json FILE]
+                     [--json FILE] [--templates FILE]
+
+--templates FILE: lines `INSTANCE-ID TEMPLATE-ID` (it may still be being written: only instances listed in it
+are chosen).
 
 --json FILE records the snapshot the choice was made on (per instance: groups and messages held, orders
 applied). Exit status: 0 with the id on stdout; 1 at the deadline (the last snapshot on stderr); 2 on bad use.
@@ -66,12 +71,32 @@ def snapshot(api: str) -> list[dict]:
     return rows
 
 
-def choose(rows: list[dict], min_groups: int, min_messages: int, all_busy: bool) -> dict | None:
+def read_templates(path: str | None) -> dict[str, str] | None:
+    if not path:
+        return None
+    out = {}
+    try:
+        for line in open(path):
+            parts = line.split()
+            if len(parts) == 2:
+                out[parts[0]] = parts[1]
+    except OSError:
+        pass
+    return out
+
+
+def choose(rows: list[dict], min_groups: int, min_messages: int, all_busy: bool,
+           templates: dict[str, str] | None = None) -> dict | None:
     if not rows:
         return None
     if all_busy and any(r["groups"] == 0 for r in rows):
         return None
-    best = max(rows, key=lambda r: (r["groups"], r["messages"]))
+    if templates is not None:
+        rows = [r for r in rows if r["id"] in templates]
+        if not rows:
+            return None
+    # Most messages first: held messages are the work still ahead of it (each takes its time in order).
+    best = max(rows, key=lambda r: (r["messages"], r["groups"]))
     if best["groups"] < min_groups or best["messages"] < min_messages:
         return None
     return best
@@ -86,6 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--every", type=float, default=0.1, help="seconds between looks")
     p.add_argument("--json", help="write the snapshot the choice was made on here")
+    p.add_argument("--templates", help="lines `INSTANCE-ID TEMPLATE-ID`: print --template-id of the chosen one")
     a = p.parse_args(argv)
     deadline = time.monotonic() + a.timeout
     rows: list[dict] = []
@@ -95,15 +121,17 @@ def main(argv=None) -> int:
         except OSError as e:
             print(f"busiest: spot-sim status failed: {e}", file=sys.stderr)
             rows = []
-        best = choose(rows, a.min_groups, a.min_messages, a.all_busy)
+        templates = read_templates(a.templates)
+        best = choose(rows, a.min_groups, a.min_messages, a.all_busy, templates)
         if best:
             at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             if a.json:
                 with open(a.json, "w") as f:
-                    json.dump({"chosen": best["id"], "at": at, "workers": rows}, f, indent=1)
+                    json.dump({"chosen": best["id"], "at": at, "workers": rows,
+                               "template": (templates or {}).get(best["id"])}, f, indent=1)
             desc = ", ".join(f"{r['id']} {r['groups']} groups/{r['messages']} messages" for r in rows)
             print(f"busiest: {best['id']} ({desc})", file=sys.stderr)
-            print(best["id"])
+            print(f"--template-id {templates[best['id']]}" if templates is not None else best["id"])
             return 0
         if time.monotonic() > deadline:
             print(f"busiest: no worker held {a.min_groups} groups and {a.min_messages} messages within "

@@ -5,23 +5,24 @@
 # either fails: any lost, duplicated or out-of-order order, or an interruption that did not run its course.
 #
 #   chaos/fis-with-ordering-check.sh QUEUE_URL ORDERS_TABLE GROUPS_TABLE [--count 100] [--groups 5]
-#       [--timeout 600] [--out DIR] [--pause SECONDS] [--target-cmd CMD] [-- FIS-RUN ARGUMENTS...]
+#       [--timeout 600] [--out DIR] [--pause SECONDS] [--lanes N] [--target-cmd CMD] [-- FIS-RUN ARGUMENTS...]
 #
 # FIS-RUN ARGUMENTS default to none (fis-run.sh then starts the Terraform template); for the local region pass
-# e.g. `-- --asg order-workers`. --target-cmd CMD (run by bash once orders are applied) picks the instance(s) to
-# interrupt: it waits as long as it needs and prints instance ids (a busy worker: chaos/busiest.py), which go
-# to fis-run.sh as --instances. --pause: seconds between send batches (chaos/send-orders.sh).
+# e.g. `-- --asg order-workers`. --target-cmd CMD (run by bash once orders are applied) picks what to interrupt:
+# it waits as long as it needs and prints instance ids (they go to fis-run.sh as --instances) or fis-run.sh
+# arguments (`--template-id EXT...`; chaos/busiest.py picks a busy worker). --pause, --lanes: how
+# chaos/send-orders.sh sends.
 # Writes DIR/manifest.jsonl, DIR/verify.json, DIR/fis/{experiment,fis-run}.json.
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 [ $# -ge 1 ] || usage
 case "$1" in -h|--help) usage 0 ;; esac
 [ $# -ge 3 ] || usage
 queue_url=$1 orders_table=$2 groups_table=$3
 shift 3
 repo=$(cd "$(dirname "$0")/.." && pwd)
-count=100 groups=5 timeout=600 out="" pause=0 target_cmd=""
+count=100 groups=5 timeout=600 out="" pause=0 lanes=1 target_cmd=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) count=$2; shift 2 ;;
@@ -29,6 +30,7 @@ while [ $# -gt 0 ]; do
     --timeout) timeout=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --pause) pause=$2; shift 2 ;;
+    --lanes) lanes=$2; shift 2 ;;
     --target-cmd) target_cmd=$2; shift 2 ;;
     --) shift; break ;;
     -h|--help) usage 0 ;;
@@ -64,7 +66,7 @@ trap 'exit 143' TERM
 
 set -m
 "$repo/chaos/check-ordering.sh" "$queue_url" "$orders_table" "$groups_table" --count "$count" --groups "$groups" \
-  --timeout "$timeout" --out "$out" --pause "$pause" &
+  --timeout "$timeout" --out "$out" --pause "$pause" --lanes "$lanes" &
 check_pid=$!
 set +m
 
@@ -111,13 +113,16 @@ if [ -n "$target_cmd" ]; then
   pick_rc=0
   wait "$pick_pid" || pick_rc=$?
   pick_pid=""
-  targets=$(tr -s ' \n' ',,' <"$picked" | sed 's/^,//; s/,$//')
-  if [ "$pick_rc" -ne 0 ] || [ -z "$targets" ]; then
+  read -ra words <"$picked" || true
+  if [ "$pick_rc" -ne 0 ] || [ "${#words[@]}" -eq 0 ]; then
     say "no instance to interrupt (the target command exited $pick_rc)" >&2
     exit 1
   fi
-  say "interrupting $targets"
-  fis_args+=(--instances "$targets")
+  case "${words[0]}" in
+    -*) fis_args+=("${words[@]}") ;;
+    *) fis_args+=(--instances "$(IFS=,; echo "${words[*]}")") ;;
+  esac
+  say "interrupting: fis-run.sh ${fis_args[*]}"
 fi
 
 fis_rc=0
