@@ -456,8 +456,8 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     # Top panel: cumulative orders applied per instance.
     n_max = max(per_instance.values()) if per_instance else 1
     y_top = lambda n: 20 + (top_h - 20) * (1 - n / max(1, n_max))  # noqa: E731
-    out.append(f'<text x="10" y="34" fill="#333" font-weight="bold">orders applied</text>')
-    out.append(f'<text x="10" y="50" fill="#555">(cumulative, per instance)</text>')
+    out.append('<text x="10" y="34" fill="#333" font-weight="bold">orders applied</text>')
+    out.append('<text x="10" y="50" fill="#555">(cumulative, per instance)</text>')
     out.append(f'<line x1="{left}" y1="{top_h}" x2="{W - right}" y2="{top_h}" stroke="#999"/>')
     out.append(f'<text x="{left - 6}" y="{y_top(n_max) + 4:.1f}" text-anchor="end" fill="#555">{n_max}</text>')
     out.append(f'<text x="{left - 6}" y="{top_h + 4}" text-anchor="end" fill="#555">0</text>')
