@@ -3,12 +3,12 @@
 InService (spot-sim's /_sim/status, the local stand-in for `aws autoscaling describe-auto-scaling-groups`) and
 ask each instance's worker what it holds (its /metrics: `order_worker_groups_in_flight`,
 `order_worker_messages_in_flight`, the gauges an EC2 user reads in CloudWatch). Wait, with a deadline, until
-every InService worker holds work and the busiest one holds at least --min-groups groups and --min-messages
-messages, then print its instance id (the argument of `chaos/fis-run.sh --instances`), or, with --templates,
+at least --min-busy InService workers hold work (--all-busy: every one) and the busiest one holds at least
+--min-groups groups and --min-messages messages, then print its instance id (the argument of `chaos/fis-run.sh --instances`), or, with --templates,
 `--template-id ID` of the FIS template made for it beforehand (`chaos/fis-run.sh --create-only`): starting a
 ready template is one call, so the worker is still busy when the interruption reaches it.
 
-    chaos/busiest.py --api SPOT_SIM_API [--min-groups 2] [--min-messages 4] [--all-busy] [--timeout 60]
+    chaos/busiest.py --api SPOT_SIM_API [--min-groups 2] [--min-messages 4] [--min-busy 1 | --all-busy] [--timeout 60]
                      [--json FILE] [--templates FILE]
 
 --templates FILE: lines `INSTANCE-ID TEMPLATE-ID` (it may still be being written: only instances listed in it
@@ -86,10 +86,11 @@ def read_templates(path: str | None) -> dict[str, str] | None:
 
 
 def choose(rows: list[dict], min_groups: int, min_messages: int, all_busy: bool,
-           templates: dict[str, str] | None = None) -> dict | None:
+           templates: dict[str, str] | None = None, min_busy: int = 1) -> dict | None:
     if not rows:
         return None
-    if all_busy and any(r["groups"] == 0 for r in rows):
+    busy = sum(1 for r in rows if r["groups"] > 0)
+    if (all_busy and busy < len(rows)) or busy < min_busy:
         return None
     if templates is not None:
         rows = [r for r in rows if r["id"] in templates]
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-groups", type=int, default=2, help="groups the chosen worker must hold")
     p.add_argument("--min-messages", type=int, default=4, help="messages the chosen worker must hold")
     p.add_argument("--all-busy", action="store_true", help="also wait until every InService worker holds a group")
+    p.add_argument("--min-busy", type=int, default=1, help="wait until this many InService workers hold a group")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--every", type=float, default=0.1, help="seconds between looks")
     p.add_argument("--json", help="write the snapshot the choice was made on here")
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
             print(f"busiest: spot-sim status failed: {e}", file=sys.stderr)
             rows = []
         templates = read_templates(a.templates)
-        best = choose(rows, a.min_groups, a.min_messages, a.all_busy, templates)
+        best = choose(rows, a.min_groups, a.min_messages, a.all_busy, templates, a.min_busy)
         if best:
             at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             if a.json:
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
             print(f"--template-id {templates[best['id']]}" if templates is not None else best["id"])
             return 0
         if time.monotonic() > deadline:
-            print(f"busiest: no worker held {a.min_groups} groups and {a.min_messages} messages within "
+            print(f"busiest: no worker held {a.min_groups} groups and {a.min_messages} messages (with "
+                  f"{'every worker' if a.all_busy else a.min_busy} busy) within "
                   f"{a.timeout:.0f}s; last look: {json.dumps(rows)}", file=sys.stderr)
             return 1
         time.sleep(a.every)

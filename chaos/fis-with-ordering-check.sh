@@ -70,10 +70,10 @@ set -m
 check_pid=$!
 set +m
 
-# Orders in flight: the first one sent is in the table.
+# Orders in flight: the first one sent is in the table (a --target-cmd decides that itself: it waits on workers).
 deadline=$((SECONDS + timeout))
 first=""
-while :; do
+while [ -z "$target_cmd" ]; do
   if [ -z "$first" ] && [ -s "$manifest" ]; then
     first=$(head -n1 "$manifest" | python3 -c 'import json,sys; print(json.load(sys.stdin)["order_id"])')
     say "first order sent: $first; waiting for it in $orders_table"
