@@ -5,7 +5,8 @@
 # within its group. Exits non-zero on any violation or at the deadline.
 #
 #   chaos/check-ordering.sh QUEUE_URL ORDERS_TABLE GROUPS_TABLE [--count 100] [--groups 5] [--timeout 300]
-#                           [--out DIR] [--prefix ID]
+#                           [--out DIR] [--prefix ID] [--pause SECONDS]
+#                           [--lanes N]  (parallel senders, each for its own groups: chaos/send-orders.sh)
 #
 # Against AWS: QUEUE_URL=$(terraform -chdir=terraform output -raw queue_url), the tables from
 # orders_table_name / groups_table_name, credentials and region as usual, workers running in the group.
@@ -15,14 +16,14 @@
 # The order-worker binary: $ORDER_WORKER_BIN, else ${CARGO_TARGET_DIR:-target}/debug/order-worker, else PATH.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 [ $# -ge 1 ] || usage
 case "$1" in -h|--help) usage 0 ;; esac
 [ $# -ge 3 ] || usage
 queue_url=$1 orders_table=$2 groups_table=$3
 shift 3
 repo=$(cd "$(dirname "$0")/.." && pwd)
-count=100 groups=5 timeout=300 out="" prefix=""
+count=100 groups=5 timeout=300 out="" prefix="" pause=0 lanes=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) count=$2; shift 2 ;;
@@ -30,6 +31,8 @@ while [ $# -gt 0 ]; do
     --timeout) timeout=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --prefix) prefix=$2; shift 2 ;;
+    --pause) pause=$2; shift 2 ;;
+    --lanes) lanes=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "check-ordering: unknown argument $1" >&2; usage ;;
   esac
@@ -53,7 +56,8 @@ verify() {
 
 ts() { date -u +%H:%M:%S; }
 echo "[$(ts)] check-ordering: sending $count orders in $groups groups to $queue_url"
-"$repo/chaos/send-orders.sh" "$queue_url" "$manifest" --count "$count" --groups "$groups" --prefix "$prefix"
+"$repo/chaos/send-orders.sh" "$queue_url" "$manifest" --count "$count" --groups "$groups" --prefix "$prefix" --pause "$pause" \
+  --lanes "$lanes"
 sent=$(wc -l <"$manifest")
 echo "[$(ts)] check-ordering: $sent sent; waiting up to ${timeout}s for them in $orders_table"
 

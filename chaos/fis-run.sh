@@ -8,8 +8,11 @@
 #   chaos/fis-run.sh --instances i-a,i-b,...               # one-off template: these instances (5 per target)
 #   options: --duration PT2M  --role-arn ARN  --stop-alarm ARN  --timeout SECONDS  --poll SECONDS
 #            --out DIR (experiment.json, fis-run.json)  --no-wait (return once the experiment has ended)
+#            --create-only (make the one-off template, print its id, keep it, start nothing: to start it later
+#            with --template-id in one call, e.g. the moment a chosen instance is busy)
 #
-# One-off templates are deleted at the end, also on Ctrl-C; a running experiment is stopped on Ctrl-C.
+# One-off templates are deleted at the end, also on Ctrl-C (not with --create-only); a running experiment is
+# stopped on Ctrl-C.
 # Endpoints come from the standard variables (AWS_ENDPOINT_URL_FIS, AWS_ENDPOINT_URL_AUTO_SCALING,
 # AWS_ENDPOINT_URL), passed to the AWS CLI v1 as --endpoint-url; unset means real AWS. With SPOT_SIM_API set
 # (the local region), the timeline comes from spot-sim's /_sim/status; on AWS from the experiment's state and
@@ -17,10 +20,10 @@
 # Exits 0 when the experiment completed and every interrupted instance is gone and replaced.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 repo=$(cd "$(dirname "$0")/.." && pwd)
 template_id=${FIS_TEMPLATE_ID:-} asg="" instances="" selection="COUNT(1)" duration="PT2M"
-role_arn=${FIS_ROLE_ARN:-} stop_alarms=() timeout=900 poll="" out="" wait_end=1
+role_arn=${FIS_ROLE_ARN:-} stop_alarms=() timeout=900 poll="" out="" wait_end=1 create_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --template-id) template_id=$2; shift 2 ;;
@@ -34,6 +37,7 @@ while [ $# -gt 0 ]; do
     --poll) poll=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --no-wait) wait_end=0; shift ;;
+    --create-only) create_only=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "fis-run: unknown argument $1" >&2; usage ;;
   esac
@@ -160,7 +164,12 @@ EOF
   template_id=$(aws_fis create-experiment-template --cli-input-json "file://$work/template.json" --output json |
     json_get experimentTemplate.id)
   created_template=$template_id
-  say "created one-off template $template_id ($([ -n "$asg" ] && echo "group $asg, $selection" || echo "instances $instances"), $duration)"
+  say "created one-off template $template_id ($([ -n "$asg" ] && echo "group $asg, $selection" || echo "instances $instances"), $duration)" >&2
+  if [ "$create_only" = 1 ]; then
+    created_template=""  # kept: the caller starts it (and deletes it)
+    printf '%s\n' "$template_id"
+    exit 0
+  fi
 fi
 
 # On AWS, the group's instances before the experiment: if the resolved targets cannot be listed, the follower

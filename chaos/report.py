@@ -129,11 +129,22 @@ def instance_story(inst: dict) -> dict:
             m = LOG_TIME.match(line)
             if not m:
                 continue
-            if " draining" in line and "drain_start" not in st:
-                st["drain_start"] = parse_time(m.group(1))
+            t = parse_time(m.group(1))
+            if "rebalance recommendation: taking no new message groups" in line and "paused" not in st:
+                st["paused"] = t
+            elif " draining" in line and "drain_start" not in st:
+                st["drain_start"] = t
                 st["drain_trigger"] = (re.search(r"trigger=(\S+(?: \{[^}]*\})?)", line) or [None, ""])[1]
+                for k in ("groups_held", "messages_held"):
+                    mm = re.search(rf"\b{k}=(\d+)", line)
+                    if mm:
+                        st[f"drain_{k}"] = int(mm.group(1))
+            elif "lifecycle hook completed" in line and "drain_start" in st and "hook_logged" not in st:
+                st["hook_logged"] = t
             elif "drain complete" in line and "drain_end" not in st:
-                st["drain_end"] = parse_time(m.group(1))
+                # Logged once the worker's last long poll has returned (its took_ms counts that wait too): the
+                # honest drain time is from "draining" to the hook completion, both by timestamp.
+                st["drain_end"] = t
                 for k in ("finished", "released", "took_ms", "deadline_hit"):
                     mm = re.search(rf"\b{k}=(\S+)", line)
                     if mm:
@@ -153,6 +164,8 @@ def build(args) -> tuple[str, str, bool]:
     status = json.loads(status_path.read_text()) if status_path.exists() else {"instances": [], "timeline": []}
     fis_path = d / "fis" / "fis-run.json"
     fis = json.loads(fis_path.read_text()) if fis_path.exists() else None
+    busiest_path = d / "fis" / "busiest.json"
+    busiest = json.loads(busiest_path.read_text()) if busiest_path.exists() else None
     groups = {m["group"] for m in manifest}
     if args.records:
         records = json.loads(Path(args.records).read_text())
@@ -187,6 +200,7 @@ def build(args) -> tuple[str, str, bool]:
         per_instance[r.get("ProcessedBy", "?")] = per_instance.get(r.get("ProcessedBy", "?"), 0) + 1
 
     # The interruption.
+    handovers = {s["id"]: handover(s, records) for s in interrupted}
     if args.require_interruption:
         if not interrupted:
             problems.append("no instance was interrupted")
@@ -194,8 +208,8 @@ def build(args) -> tuple[str, str, bool]:
             i = s["id"]
             if not s.get("notice"):
                 problems.append(f"{i}: no interruption notice was shown (terminated before it?)")
-            if not s.get("drain_end"):
-                problems.append(f"{i}: no completed drain in its worker log")
+            if not s.get("drain_start"):
+                problems.append(f"{i}: no drain in its worker log")
             if not s.get("hook_completed"):
                 why = "timed out" if s.get("hook_timed_out") else "never completed"
                 problems.append(f"{i}: lifecycle hook {why} (the worker must complete it)")
@@ -205,6 +219,15 @@ def build(args) -> tuple[str, str, bool]:
             in_service = sum(1 for r in stories.values() if r.get("state") == "InService")
             if not repl and in_service < (status.get("desired") or 0):
                 problems.append(f"{i}: no replacement InService")
+    if args.require_busy:
+        for s in interrupted:
+            i, h = s["id"], handovers[s["id"]]
+            if not s.get("drain_end"):
+                problems.append(f"{i}: no drain report (finished/released) in its worker log")
+            elif as_int(s.get("drain_finished")) + as_int(s.get("drain_released")) == 0:
+                problems.append(f"{i} was idle when interrupted: its drain finished 0 and released 0 orders")
+            if not any(g["continued"] for g in h):
+                problems.append(f"{i}: none of the groups it held went on on another instance")
 
     ok = not problems
     # ---- text summary
@@ -225,38 +248,153 @@ def build(args) -> tuple[str, str, bool]:
         lines.append(f"  {inst}: {n}" + (f" ({', '.join(note)})" if note else ""))
     if fis:
         lines.append(f"experiment {fis.get('experiment')}: {fis.get('status')}")
+    if busiest:
+        lines.append(
+            f"target chosen at {hms(parse_time(busiest.get('at')))} as the busiest worker: "
+            + ", ".join(f"{w['id']} {w['groups']} groups/{w['messages']} messages" for w in busiest.get("workers", []))
+        )
     for s in interrupted:
-        repl = next((r["id"] for r in stories.values() if r.get("replaces") == s["id"]), None)
-        lines.append(f"interruption of {s['id']}:")
-        for label, key in (
-            ("rebalance recommendation", "rebalance"),
-            ("interruption notice", "notice"),
-            ("Terminating:Wait (hook started)", "terminating_wait"),
-            ("drain started", "drain_start"),
-            ("drain complete", "drain_end"),
-            ("lifecycle hook completed", "hook_completed"),
-            ("lifecycle hook timed out", "hook_timed_out"),
-            ("terminated", "terminated"),
-        ):
-            if s.get(key):
-                extra = ""
-                if key == "notice":
-                    extra = "  " + s.get("notice_text", "").replace("spot interruption notice: ", "")
-                if key == "drain_end":
-                    extra = f"  finished {s.get('drain_finished', '?')}, released {s.get('drain_released', '?')}, took {s.get('drain_took_ms', '?')} ms"
-                if key == "hook_completed":
-                    extra = f"  {s.get('hook_result', '')}"
-                lines.append(f"  {hms(s[key])}  {label}{extra}")
-        if repl:
-            r = stories[repl]
-            lines.append(f"  {hms(r.get('launched'))}  replacement {repl} launched; InService {hms(r.get('in_service'))}")
+        lines += interruption_lines(s, stories, handovers[s["id"]])
     lines.append("")
     for p in problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("VERDICT: " + ("OK" if ok else "FAILED"))
     summary = "\n".join(lines) + "\n"
-    page = render_html(args.title, summary, records, stories, per_instance, verify, ok)
+    page = render_html(args.title, summary, records, stories, per_instance, verify, ok, interrupted, handovers)
     return summary, page, ok
+
+
+def as_int(v) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+def hook_time(s: dict) -> Optional[float]:
+    """When the worker's hook completion took effect: spot-sim's CompleteLifecycleAction, else the worker's log."""
+    return s.get("hook_completed") or s.get("hook_logged")
+
+
+def by_group(records: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        out.setdefault(str(r.get("MessageGroupId")), []).append(r)
+    for g in out.values():
+        g.sort(key=lambda r: r.get("GroupPosition") or 0)
+    return out
+
+
+def handover(s: dict, records: list[dict]) -> list[dict]:
+    """The groups the interrupted instance held when its drain started, from the table alone: a group whose
+    order it committed during the drain (finished), or whose first order applied after the drain started came
+    from a message received before (ReceiveCount > 1: released by the drain, received again). For each: the
+    positions it applied, the ones it finished in the drain, and who went on from which position."""
+    iid, t_d = s["id"], s.get("drain_start") or s.get("notice")
+    if not t_d:
+        return []
+    t_h = hook_time(s) or (t_d + 120)
+    out = []
+    for g, rs in sorted(by_group(records).items()):
+        at = [(r, parse_time(r.get("ProcessedAt"))) for r in rs]
+        finished = [r["GroupPosition"] for r, t in at if r.get("ProcessedBy") == iid and t and t_d <= t <= t_h + 0.5]
+        after = [(r, t) for r, t in at if t and t > t_d and r.get("ProcessedBy") != iid]
+        released = bool(after) and (after[0][0].get("ReceiveCount") or 1) > 1
+        if not finished and not released:
+            continue
+        mine = [r["GroupPosition"] for r, _ in at if r.get("ProcessedBy") == iid]
+        continued, seen = [], set()
+        for r, _ in after:
+            if r["ProcessedBy"] not in seen:
+                seen.add(r["ProcessedBy"])
+                continued.append({"instance": r["ProcessedBy"], "from": r["GroupPosition"]})
+        out.append({
+            "group": g,
+            "positions": mine,
+            "finished": finished,
+            "redelivered": [r["GroupPosition"] for r, _ in after if (r.get("ReceiveCount") or 1) > 1],
+            "continued": continued,
+            "last": rs[-1].get("GroupPosition") if rs else 0,
+            "in_order": [r.get("GroupPosition") for r in rs] == list(range(1, len(rs) + 1)),
+        })
+    return out
+
+
+def ranges(ps: list[int]) -> str:
+    """[3, 4, 5, 8] -> "#3-#5, #8"."""
+    out, ps = [], sorted(ps)
+    k = 0
+    while k < len(ps):
+        j = k
+        while j + 1 < len(ps) and ps[j + 1] == ps[j] + 1:
+            j += 1
+        out.append(f"#{ps[k]}" if j == k else f"#{ps[k]}-#{ps[j]}")
+        k = j + 1
+    return ", ".join(out)
+
+
+def short_group(g: str) -> str:
+    m = re.search(r"(cust-\w+)$", g)
+    return m.group(1) if m else g
+
+
+def secs(a: Optional[float], b: Optional[float]) -> str:
+    return "?" if a is None or b is None else f"{b - a:.2f} s"
+
+
+def interruption_lines(s: dict, stories: dict, hand: list[dict]) -> list[str]:
+    """The interruption of one instance: what it held, what its drain did and how fast, who went on, and every
+    event in the order it happened (by timestamp)."""
+    i = s["id"]
+    lines = [f"interruption of {i}:"]
+    t_h = hook_time(s)
+    if s.get("drain_start"):
+        lines.append(
+            f"  busy when interrupted: held {s.get('drain_groups_held', '?')} groups, "
+            f"{s.get('drain_messages_held', '?')} messages when its drain started"
+        )
+        lines.append(
+            f"  drain: finished {s.get('drain_finished', '?')} in flight, released {s.get('drain_released', '?')} "
+            f"not started; drain started -> hook completed {secs(s['drain_start'], t_h)}, "
+            f"notice -> hook completed {secs(s.get('notice'), t_h)}"
+        )
+    for h in hand:
+        fin = f" ({ranges(h['finished'])} finished in the drain)" if h["finished"] else ""
+        mine = f"{ranges(h['positions'])} on {i}{fin}" if h["positions"] else f"none applied by {i}"
+        went = "; ".join(
+            f"from #{c['from']}"
+            + (" (received again)" if c["from"] in h["redelivered"] else "")
+            + f" on {c['instance']}"
+            + (" (its replacement)" if stories.get(c["instance"], {}).get("replaces") == i else "")
+            for c in h["continued"]
+        ) or "nothing left after it"
+        order = f"positions 1-{h['last']} in order" if h["in_order"] else "POSITIONS NOT 1..n"
+        lines.append(f"  {short_group(h['group'])}: {mine}; went on {went}; {order}")
+    events: list[tuple[float, str]] = []
+    add = lambda key, label: events.append((s[key], label)) if s.get(key) else None  # noqa: E731
+    add("rebalance", "rebalance recommendation")
+    add("paused", "worker takes no new groups (--on-rebalance soft)")
+    if s.get("notice"):
+        add("notice", "interruption notice  " + s.get("notice_text", "").replace("spot interruption notice: ", ""))
+    add("terminating_wait", "Terminating:Wait (hook started)")
+    if s.get("drain_start"):
+        add("drain_start", f"drain started: {s.get('drain_groups_held', '?')} groups, {s.get('drain_messages_held', '?')} messages held")
+    add("hook_completed", f"lifecycle hook completed by the worker  {s.get('hook_result', '')}".rstrip())
+    add("hook_timed_out", "lifecycle hook timed out")
+    if s.get("drain_end"):
+        add("drain_end", f"drain report logged: finished {s.get('drain_finished', '?')}, released {s.get('drain_released', '?')}")
+    add("exited", "worker exited")
+    add("terminated", "terminated")
+    for r in stories.values():
+        if r.get("replaces") == i:
+            if r.get("launched"):
+                events.append((r["launched"], f"replacement {r['id']} launched"))
+            if r.get("in_service"):
+                events.append((r["in_service"], f"replacement {r['id']} InService"))
+    lines.append("  events, in the order they happened:")
+    for t, label in sorted(events, key=lambda e: e[0]):
+        lines.append(f"  {hms(t)}  {label}")
+    return lines
 
 
 def fmt(v) -> str:
@@ -270,20 +408,27 @@ MARKS = [
     ("rebalance", "R", "#7b61ff", "rebalance recommendation"),
     ("notice", "N", "#d62728", "interruption notice"),
     ("drain_start", "D", "#ff7f0e", "drain started"),
-    ("drain_end", "C", "#a05a00", "drain complete"),
+    ("drain_end", "C", "#a05a00", "drain report logged"),
     ("hook_completed", "H", "#2ca02c", "lifecycle hook completed"),
     ("hook_timed_out", "H!", "#b00020", "lifecycle hook timed out"),
     ("terminated", "T", "#000000", "terminated"),
 ]
 
 
-def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
-    times = [parse_time(r.get("ProcessedAt")) for r in records]
-    times = [t for t in times if t]
+def shown_instances(stories: dict, per_instance: dict) -> tuple[list[str], dict[str, str]]:
+    """The instances worth a lane (applied orders, interrupted, or a replacement), in launch order, and the
+    colour of each: the same in the timeline and in the per-group view."""
     shown = [i for i in stories if i in per_instance or stories[i].get("notice") or stories[i].get("replaces")]
     for i in per_instance:
         if i not in shown:
             shown.append(i)
+    return shown, {i: PALETTE[k % len(PALETTE)] for k, i in enumerate(shown)}
+
+
+def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
+    times = [parse_time(r.get("ProcessedAt")) for r in records]
+    times = [t for t in times if t]
+    shown, color = shown_instances(stories, per_instance)
     marks = [stories[i].get(k) for i in shown if i in stories for k, *_ in MARKS]
     marks += [stories[i].get("launched") for i in shown if i in stories and stories[i].get("replaces")]
     allt = times + [t for t in marks if t]
@@ -296,8 +441,7 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     top_h, lane_h, gap = 220, 46, 40
     H = top_h + gap + lane_h * len(shown) + 50
     x = lambda t: left + (t - t0) / (t1 - t0) * (W - left - right)  # noqa: E731
-    color = {i: PALETTE[k % len(PALETTE)] for k, i in enumerate(shown)}
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">']
+    out = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">']
     out.append(f'<rect x="0" y="0" width="{W}" height="{H}" fill="#fff"/>')
     # Time axis ticks.
     span = t1 - t0
@@ -312,8 +456,8 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     # Top panel: cumulative orders applied per instance.
     n_max = max(per_instance.values()) if per_instance else 1
     y_top = lambda n: 20 + (top_h - 20) * (1 - n / max(1, n_max))  # noqa: E731
-    out.append(f'<text x="10" y="34" fill="#333" font-weight="bold">orders applied</text>')
-    out.append(f'<text x="10" y="50" fill="#555">(cumulative, per instance)</text>')
+    out.append('<text x="10" y="34" fill="#333" font-weight="bold">orders applied</text>')
+    out.append('<text x="10" y="50" fill="#555">(cumulative, per instance)</text>')
     out.append(f'<line x1="{left}" y1="{top_h}" x2="{W - right}" y2="{top_h}" stroke="#999"/>')
     out.append(f'<text x="{left - 6}" y="{y_top(n_max) + 4:.1f}" text-anchor="end" fill="#555">{n_max}</text>')
     out.append(f'<text x="{left - 6}" y="{top_h + 4}" text-anchor="end" fill="#555">0</text>')
@@ -374,16 +518,152 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     return "\n".join(out)
 
 
-def render_html(title, summary, records, stories, per_instance, verify, ok) -> str:
+def group_data(records: list[dict], stories: dict, per_instance: dict, interrupted: list[dict]) -> dict:
+    """What the per-group view draws (the page's script renders it): each group's orders by position, who applied
+    each and when, and the interruptions' times."""
+    shown, color = shown_instances(stories, per_instance)
+    role = {}
+    for i in shown:
+        st = stories.get(i, {})
+        role[i] = "interrupted" if any(x["id"] == i for x in interrupted) else ("replacement" if st.get("replaces") else "")
+    groups = []
+    for g, rs in sorted(by_group(records).items()):
+        groups.append({
+            "group": g,
+            "label": short_group(g),
+            "orders": [
+                {
+                    "pos": r.get("GroupPosition"),
+                    "id": r.get("OrderID"),
+                    "by": r.get("ProcessedBy"),
+                    "at": parse_time(r.get("ProcessedAt")),
+                    "rc": r.get("ReceiveCount") or 1,
+                }
+                for r in rs
+            ],
+        })
+    return {
+        "instances": [{"id": i, "color": color[i], "role": role[i], "replaces": stories.get(i, {}).get("replaces")} for i in shown],
+        "interruptions": [
+            {"id": x["id"], "notice": x.get("notice") or x.get("drain_start"), "drain_start": x.get("drain_start"), "hook": hook_time(x)}
+            for x in interrupted
+        ],
+        "groups": groups,
+    }
+
+
+GROUP_VIEW_JS = r"""
+(function () {
+  var err = document.getElementById('render-error');
+  window.addEventListener('error', function (e) { err.textContent = 'The page failed to render: ' + e.message; });
+  var data = JSON.parse(document.getElementById('group-data').textContent);
+  var colour = {}, role = {};
+  data.instances.forEach(function (i) { colour[i.id] = i.color; role[i.id] = i.role; });
+  function hms(t) { return new Date(t * 1000).toISOString().substr(11, 12); }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  var legend = document.getElementById('group-legend');
+  data.instances.forEach(function (i) {
+    var item = el('span', 'legend-instance');
+    item.dataset.instance = i.id;
+    item.dataset.role = i.role;
+    var sw = el('span', 'swatch');
+    sw.style.background = i.color;
+    item.appendChild(sw);
+    item.appendChild(document.createTextNode(i.id + (i.role === 'interrupted' ? ' (interrupted)' :
+      i.role === 'replacement' ? ' (replaces ' + i.replaces + ')' : '')));
+    legend.appendChild(item);
+  });
+  var view = document.getElementById('groups');
+  data.groups.forEach(function (g) {
+    var row = el('div', 'group-row');
+    row.dataset.group = g.group;
+    row.appendChild(el('span', 'group-name', g.label));
+    var cells = el('span', 'cells');
+    var marks = data.interruptions.slice().sort(function (a, b) { return a.notice - b.notice; });
+    var m = 0;
+    g.orders.forEach(function (o) {
+      while (m < marks.length && o.at > marks[m].notice) {
+        var mk = el('span', 'mark-interruption', '\u26a1');
+        mk.dataset.instance = marks[m].id;
+        mk.title = 'interruption notice to ' + marks[m].id + ' at ' + hms(marks[m].notice);
+        cells.appendChild(mk);
+        m++;
+      }
+      var c = el('span', 'cell', String(o.pos));
+      c.dataset.pos = o.pos;
+      c.dataset.instance = o.by;
+      c.style.background = colour[o.by] || '#999';
+      var it = data.interruptions.filter(function (x) { return x.id === o.by; })[0];
+      if (it && it.drain_start && o.at >= it.drain_start && (!it.hook || o.at <= it.hook + 0.5)) {
+        c.classList.add('finished-in-drain');
+      }
+      if (o.rc > 1) c.classList.add('received-again');
+      c.title = o.id + ' #' + o.pos + ' applied by ' + o.by + ' at ' + hms(o.at) + (o.rc > 1 ? ' (received ' + o.rc + ' times)' : '');
+      cells.appendChild(c);
+    });
+    row.appendChild(cells);
+    view.appendChild(row);
+  });
+  view.dataset.rendered = String(data.groups.length);
+})();
+"""
+
+
+def render_html(title, summary, records, stories, per_instance, verify, ok, interrupted, handovers) -> str:
     svg = render_svg(records, stories, per_instance)
+    data = group_data(records, stories, per_instance, interrupted)
     examples = "".join(f"<li>{html.escape(e)}</li>" for e in (verify or {}).get("examples", []))
-    verdict = '<b style="color:#2a2">OK</b>' if ok else '<b style="color:#c22">FAILED</b>'
+    verdict = f'<b id="verdict" style="color:{"#2a2" if ok else "#c22"}">{"OK" if ok else "FAILED"}</b>'
+    story = []
+    for s in interrupted:
+        h = handovers.get(s["id"], [])
+        went = sorted({c["instance"] for g in h for c in g["continued"]})
+        story.append(
+            f'<li class="interruption-story" data-instance="{html.escape(s["id"])}"><b>{html.escape(s["id"])}</b> was interrupted '
+            f'while holding {s.get("drain_groups_held", "?")} groups and {s.get("drain_messages_held", "?")} messages: its drain '
+            f'<b>finished {html.escape(str(s.get("drain_finished", "?")))}</b> orders in flight and '
+            f'<b>released {html.escape(str(s.get("drain_released", "?")))}</b>, and completed the lifecycle hook '
+            f'{secs(s.get("drain_start"), hook_time(s))} after the drain started ({secs(s.get("notice"), hook_time(s))} after the notice). '
+            f'Its {len(h)} groups went on on {html.escape(", ".join(went) or "no other instance")}, in order.</li>'
+        )
+    # The JSON sits in a script element: only "</" could end it early.
+    blob = json.dumps(data).replace("</", "<\\/")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1060px}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}
-.legend span{{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}}</style></head>
+.legend span{{display:inline-block;width:14px;height:10px;margin:0 4px 0 12px}}
+#render-error{{color:#c22;font-weight:bold}}
+.group-row{{display:flex;align-items:center;margin:3px 0}}
+.group-name{{width:80px;font-size:13px;color:#333}}
+.cells{{display:flex;align-items:center;flex-wrap:wrap}}
+.cell{{display:inline-block;width:30px;height:24px;line-height:24px;margin:1px;text-align:center;color:#fff;
+  font-size:12px;font-weight:bold;border-radius:3px;position:relative;box-sizing:border-box}}
+.cell.finished-in-drain{{border:3px solid #000;line-height:18px}}
+.cell.received-again::after{{content:"";position:absolute;top:2px;right:2px;width:6px;height:6px;border-radius:3px;background:#fff}}
+.mark-interruption{{display:inline-block;width:14px;height:30px;line-height:30px;margin:0 2px;text-align:center;
+  background:#222;color:#ffd700;font-size:12px;border-radius:2px}}
+.legend-instance{{display:inline-block;margin:0 14px 4px 0;font-size:13px}}
+.legend-instance .swatch{{display:inline-block;width:14px;height:14px;margin-right:4px;vertical-align:-2px;border-radius:3px}}
+.key span{{margin-right:14px}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>Verdict: {verdict}. Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')} UTC.</p>
+<ul>{"".join(story)}</ul>
+<h2>Each group in order</h2>
+<p>One row per message group: its orders by position (1, 2, 3…), each coloured by the instance that applied it.
+<span class="key"><span><span class="mark-interruption">&#x26a1;</span> the interruption notice</span>
+<span><span class="cell finished-in-drain" style="background:#888">n</span> finished by the interrupted instance during its drain</span>
+<span><span class="cell received-again" style="background:#888">n</span> received again (released by the drain)</span></span></p>
+<div id="group-legend"></div>
+<p id="render-error"></p>
+<div id="groups"></div>
+<noscript><p>The per-group view needs JavaScript; the summary below has the same facts.</p></noscript>
+<script type="application/json" id="group-data">{blob}</script>
+<script>{GROUP_VIEW_JS}</script>
 <h2>Timeline</h2>
 <p>Top: orders applied per instance over time (cumulative, from the orders table's <code>ProcessedAt</code> and
 <code>ProcessedBy</code>). Below: one lane per instance, its lifecycle state as the background
@@ -392,7 +672,7 @@ def render_html(title, summary, records, stories, per_instance, verify, ok) -> s
 interruption (from spot-sim's events and the worker's log).</p>
 {svg}
 <h2>Summary</h2>
-<pre>{html.escape(summary)}</pre>
+<pre id="summary">{html.escape(summary)}</pre>
 {"<h2>Audit examples</h2><ul>" + examples + "</ul>" if examples else ""}
 </body></html>
 """
@@ -407,6 +687,8 @@ def main(argv=None) -> int:
     p.add_argument("--records", help="records JSON instead of scanning the table")
     p.add_argument("--table", default=os.environ.get("ORDERS_TABLE", "orders"))
     p.add_argument("--require-interruption", action="store_true")
+    p.add_argument("--require-busy", action="store_true",
+                   help="the interrupted instance must have finished or released orders, and its groups gone on elsewhere")
     p.add_argument("--title", default="order-worker: orders through a Spot interruption")
     a = p.parse_args(argv)
     summary, page, ok = build(a)
