@@ -16,7 +16,7 @@ use order_worker::imds::{self, ImdsClient, ImdsStats};
 use order_worker::metrics::{self, metrics};
 use order_worker::queue::Queue;
 use order_worker::store::Store;
-use order_worker::{aws, verify};
+use order_worker::{aws, emf, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -121,7 +121,13 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         }
     }
     let fallback_id = first_id.unwrap_or_else(|| format!("unknown-{}", std::process::id()));
-    let dispatcher = Dispatcher::start(cfg.clone(), queue, store, fallback_id, Control::default());
+    let dispatcher = Dispatcher::start(
+        cfg.clone(),
+        queue,
+        store,
+        fallback_id.clone(),
+        Control::default(),
+    );
 
     let (tx, notices) = mpsc::channel(16);
     let stop_watch = CancellationToken::new();
@@ -152,10 +158,25 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         imds: imds_client,
         instance_id,
     };
+    // EMF records in the JSON log: every --emf-interval, one at exit, one per drain (src/emf.rs).
+    let emitter = cfg.emf_interval.map(|every| {
+        let e = emf::Emitter::new(
+            &cfg.emf_namespace,
+            &cfg.queue_url,
+            hooks.instance_id.clone(),
+            &fallback_id,
+        );
+        tokio::spawn(e.clone().run(every, stop_watch.clone()));
+        e
+    });
     tracing::info!(queue = %cfg.queue_url, orders_table = %cfg.orders_table, groups_table = %cfg.groups_table, max_groups = cfg.max_groups, "order-worker running");
     let report = supervise(&cfg, dispatcher, notices, signals, hooks).await;
     stop_watch.cancel();
     stop_metrics.cancel();
+    if let Some(e) = &emitter {
+        e.emit_interval();
+        e.emit_drain(&report);
+    }
     if let HookOutcome::Failed(why) = &report.hook {
         tracing::warn!(cause = %why, "exiting after the drain without a completed hook");
     }
