@@ -342,3 +342,37 @@ def test_versions_pinned_and_tfvars_example(tf):
     assert re.search(r'source\s*=\s*"hashicorp/aws"', text)
     assert (tf.dir / "terraform.tfvars.example").is_file()
     assert "default_tags" in text
+
+
+# --- Observability ------------------------------------------------------------------------------
+
+
+def test_worker_log_group_encrypted_retained_and_shipped_only_there(tf):
+    group = tf.resource("aws_cloudwatch_log_group", "worker")
+    assert group["kms_key_id"] == "${aws_kms_key.data.arn}"
+    assert group["retention_in_days"] == "${var.worker_log_retention_days}"
+    doc = tf.data["aws_iam_policy_document"]["worker"]
+    by_sid = {s["sid"]: s for s in blocks(doc, "statement")}
+    ship = by_sid["ShipWorkerLog"]
+    assert set(ship["actions"]) == {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
+    assert set(ship["resources"]) == {"${aws_cloudwatch_log_group.worker.arn}",
+                                      "${aws_cloudwatch_log_group.worker.arn}:log-stream:*"}
+    actions = {a for s in by_sid.values() for a in s["actions"]}
+    assert "cloudwatch:PutMetricData" not in actions, "EMF needs no PutMetricData"
+    assert "logs" in tf.default("interface_endpoints"), "the agent reaches CloudWatch Logs through its endpoint"
+
+
+def test_alarms_on_the_emf_metrics_explain_themselves(tf):
+    alarms = tf.resources["aws_cloudwatch_metric_alarm"]
+    for name in ("order_conflict", "hook_not_completed", "drain_deadline_hit", "rejected_rate", "fleet_not_ready"):
+        assert name in alarms, f"no alarm {name}"
+        assert len(alarms[name]["alarm_description"]) > 80, f"{name}: the description says why and what to do"
+        assert alarms[name]["alarm_actions"] == "${var.alarm_actions}"
+    assert alarms["fleet_not_ready"]["evaluation_periods"] == "${var.fleet_not_ready_minutes}"
+    assert alarms["rejected_rate"]["threshold"] == "${var.rejected_rate_alarm_percent}"
+    # The EMF metric names the alarms use are the ones the worker writes (src/emf.rs).
+    emf = (tf.dir.parent / "src" / "emf.rs")
+    if emf.is_file():
+        text = emf.read_text()
+        for name in ("OrdersConflict", "HookNotCompleted", "DrainDeadlineHit", "Ready", "OrdersAccepted", "OrdersRejected"):
+            assert f'"{name}"' in text, f"the worker writes no EMF metric {name}"
