@@ -28,7 +28,8 @@
 //! # Where the lines go
 //! Only with `--log-format json`: each record is one JSON line on stderr, where the `tracing` JSON lines go,
 //! written with a single `write_all` on the locked stream so it never interleaves with a log line. It carries
-//! `level`, `target` and `message` like the other lines, so a reader of the JSON log sees one format.
+//! `timestamp`, `level`, `target` and `message` like the other lines, so a reader of the JSON log sees one
+//! format (a report picks the records out by their `record` member: `interval` or `drain`).
 
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
@@ -218,7 +219,16 @@ pub struct Context {
 
 impl Context {
     fn record(&self, timestamp_ms: i64, kind: &str, message: &str) -> Record {
+        // The same `timestamp` member as the tracing JSON lines, so a reader of the log can place it in time.
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(timestamp_ms as i128 * 1_000_000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
         Record::new(timestamp_ms)
+            .property("timestamp", at)
             .property("level", "INFO")
             .property("target", "order_worker::emf")
             .property("message", message)
@@ -466,6 +476,7 @@ mod tests {
         )
         .to_json();
         assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_123i64);
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.123Z");
         let d = &v["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(d["Namespace"], "OrderWorker");
         assert_eq!(d["Dimensions"], json!([["QueueName"]]));
