@@ -154,6 +154,19 @@ pub struct RunArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Interval of the CloudWatch Embedded Metric Format records in the JSON log (`0`: none). Only with
+    /// `--log-format json`; one more record is written at exit, and one per drain.
+    #[arg(long, env = "ORDER_WORKER_EMF_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub emf_interval: Duration,
+
+    /// CloudWatch namespace of the EMF metrics.
+    #[arg(
+        long,
+        env = "ORDER_WORKER_EMF_NAMESPACE",
+        default_value = "OrderWorker"
+    )]
+    pub emf_namespace: String,
+
     /// Simulated work per order (tests and benchmarks: makes orders "in flight" for a while).
     #[arg(long, env = "ORDER_WORKER_WORK_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub work_delay: Duration,
@@ -208,6 +221,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub work_delay: Duration,
+    /// EMF records every this often; None when off (`0`, or a text log).
+    pub emf_interval: Option<Duration>,
+    pub emf_namespace: String,
 }
 
 /// A setting that cannot work, named.
@@ -346,6 +362,28 @@ impl RunArgs {
                 return Err(bad("--lifecycle-hook", "at most 255 characters"));
             }
         }
+        let emf_interval = if self.emf_interval.is_zero() || self.log_format != LogFormat::Json {
+            None
+        } else if self.emf_interval < Duration::from_secs(1)
+            || self.emf_interval > Duration::from_secs(3600)
+        {
+            return Err(bad("--emf-interval", "must be 0 (off) or 1s-1h"));
+        } else {
+            Some(self.emf_interval)
+        };
+        let ns = self.emf_namespace.trim();
+        if ns.is_empty()
+            || ns.len() > 255
+            || ns.starts_with("AWS/")
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/#:".contains(&b))
+        {
+            return Err(bad(
+                "--emf-namespace",
+                format!("{ns:?} is not a CloudWatch custom namespace (1-255 of A-Za-z0-9._-/#:, not AWS/...)"),
+            ));
+        }
         Ok(Config {
             queue_url,
             orders_table: self.orders_table.clone(),
@@ -367,6 +405,8 @@ impl RunArgs {
             metrics_addr,
             log_format: self.log_format,
             work_delay: self.work_delay,
+            emf_interval,
+            emf_namespace: ns.to_string(),
         })
     }
 }
@@ -411,6 +451,11 @@ mod tests {
             (&["--metrics-addr", "nowhere"], "--metrics-addr"),
             (&["--imds-poll", "10ms"], "--imds-poll"),
             (&["--drain-margin", "3m"], "--drain-margin"),
+            (
+                &["--log-format", "json", "--emf-interval", "100ms"],
+                "--emf-interval",
+            ),
+            (&["--emf-namespace", "AWS/SQS"], "--emf-namespace"),
         ];
         for (args, setting) in cases {
             let err = parse(args).unwrap_err();
@@ -451,6 +496,16 @@ mod tests {
         assert_eq!(c.metrics_addr, None);
         assert_eq!(c.lifecycle_hook, None);
         assert_eq!(c.imds_endpoint, None);
+    }
+
+    #[test]
+    fn emf_only_with_json_logs() {
+        assert_eq!(parse(&[]).unwrap().emf_interval, None);
+        let c = parse(&["--log-format", "json"]).unwrap();
+        assert_eq!(c.emf_interval, Some(Duration::from_secs(60)));
+        assert_eq!(c.emf_namespace, "OrderWorker");
+        let c = parse(&["--log-format", "json", "--emf-interval", "0"]).unwrap();
+        assert_eq!(c.emf_interval, None);
     }
 
     #[test]

@@ -78,13 +78,16 @@ pub struct HookContext {
 }
 
 /// Run the policy until a terminal trigger, then drain. `signals` carries SIGTERM/SIGINT (a second signal
-/// during a drain abandons in-flight work at once).
+/// during a drain abandons in-flight work at once). `on_report` gets the drain's report as soon as the drain
+/// is done, before the wait for the last long poll: on a Spot instance the power may go at any moment after
+/// the hook, and the report's log line and figures must be out by then.
 pub async fn supervise(
     cfg: &Config,
     dispatcher: Dispatcher,
     mut notices: mpsc::Receiver<Notice>,
     mut signals: mpsc::Receiver<&'static str>,
     hooks: HookContext,
+    on_report: impl FnOnce(&DrainReport),
 ) -> DrainReport {
     dispatcher.health().set_ready(true);
     let mut recover_at: Option<Instant> = None;
@@ -124,7 +127,7 @@ pub async fn supervise(
         hooks,
         termination_seen,
     }
-    .run(trigger)
+    .run(trigger, on_report)
     .await
 }
 
@@ -213,7 +216,7 @@ struct Drain<'a> {
 }
 
 impl Drain<'_> {
-    async fn run(mut self, trigger: Trigger) -> DrainReport {
+    async fn run(mut self, trigger: Trigger, on_report: impl FnOnce(&DrainReport)) -> DrainReport {
         let cfg = self.cfg;
         let dispatcher = self.dispatcher.clone();
         let started = Instant::now();
@@ -341,6 +344,7 @@ impl Drain<'_> {
             hook = ?report.hook,
             "drain complete"
         );
+        on_report(&report);
         // The last long poll may still be out: it is never abandoned before the deadline (a dropped poll can hide
         // its messages for a whole visibility timeout), but it does not hold up the hook or the report. Past
         // the deadline (SQS not answering) it is abandoned.

@@ -17,6 +17,7 @@
 //! - [`lifecycle`]: completing our own Auto Scaling lifecycle hook, with heartbeats.
 //! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle, rebalance) and its report.
 //! - [`metrics`]: Prometheus counters, `/metrics`, `/healthz`, `/readyz`.
+//! - [`emf`]: the same figures as CloudWatch Embedded Metric Format records in the JSON log.
 //! - [`verify`]: the auditor: reads the table and a manifest, reports lost / twice / out-of-order orders.
 //!
 //! Data flows one way: queue -> dispatch -> order -> store -> queue (delete); imds -> drain -> lifecycle.
@@ -26,6 +27,7 @@ pub mod aws;
 pub mod config;
 pub mod dispatch;
 pub mod drain;
+pub mod emf;
 pub mod health;
 pub mod imds;
 pub mod lifecycle;

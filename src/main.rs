@@ -17,7 +17,7 @@ use order_worker::imds::{self, ImdsClient, ImdsStats};
 use order_worker::metrics::{self, metrics};
 use order_worker::queue::Queue;
 use order_worker::store::Store;
-use order_worker::{aws, retry, verify};
+use order_worker::{aws, emf, retry, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -133,7 +133,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         queue,
         store,
         health,
-        fallback_id,
+        fallback_id.clone(),
         Control::default(),
     );
 
@@ -166,8 +166,28 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         imds: imds_client,
         instance_id,
     };
+    // EMF records in the JSON log: every --emf-interval, one at exit, one per drain (src/emf.rs).
+    let emitter = cfg.emf_interval.map(|every| {
+        let e = emf::Emitter::new(
+            &cfg.emf_namespace,
+            &cfg.queue_url,
+            hooks.instance_id.clone(),
+            &fallback_id,
+        );
+        tokio::spawn(e.clone().run(every, stop_watch.clone()));
+        e
+    });
     tracing::info!(queue = %cfg.queue_url, orders_table = %cfg.orders_table, groups_table = %cfg.groups_table, max_groups = cfg.max_groups, "order-worker running");
-    let report = supervise(&cfg, dispatcher, notices, signals, hooks).await;
+    let report = supervise(&cfg, dispatcher, notices, signals, hooks, |report| {
+        // The drain is over: stop watching metadata and the interval records, and get the last figures out
+        // before the wait for the last long poll (the instance may be gone by then).
+        stop_watch.cancel();
+        if let Some(e) = &emitter {
+            e.emit_interval();
+            e.emit_drain(report);
+        }
+    })
+    .await;
     stop_watch.cancel();
     stop_metrics.cancel();
     if let HookOutcome::Failed(why) = &report.hook {

@@ -59,6 +59,11 @@ impl Family {
             .unwrap_or(0.0)
     }
 
+    /// Sum over every series (read-only; the EMF records use it).
+    pub fn total(&self) -> f64 {
+        self.values.lock().expect("metrics lock").values().sum()
+    }
+
     fn render(&self, kind: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, kind);
@@ -96,6 +101,12 @@ impl Histogram {
         }
         g.1 += 1;
         g.2 += s;
+    }
+
+    /// Observations so far and their sum in seconds (read-only; the EMF records use it).
+    pub fn count_and_sum(&self) -> (u64, f64) {
+        let g = self.counts.lock().expect("metrics lock");
+        (g.1, g.2)
     }
 
     fn render(&self, out: &mut String) {

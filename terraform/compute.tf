@@ -35,6 +35,9 @@ locals {
     worker_stop_timeout       = local.stop_timeout_seconds
     worker_binary_url         = "s3://${aws_s3_bucket.artifacts.id}/${var.worker_binary_key}"
     worker_binary_sha256      = var.worker_binary_sha256
+    worker_log_group          = aws_cloudwatch_log_group.worker.name
+    worker_emf_namespace      = var.emf_namespace
+    worker_emf_interval       = "${var.emf_interval_seconds}s"
   }
 
   # One boot script for the whole repository, owned by ansible/: it fetches the bundle from S3

@@ -63,6 +63,22 @@ data "aws_iam_policy_document" "worker" {
     resources = [local.asg_arn]
   }
 
+  # The CloudWatch agent (ansible/) ships the worker's log, EMF records included, to its own log
+  # group and nowhere else: create this instance's stream, write to it. No PutMetricData: CloudWatch
+  # extracts the metrics from the log. The group is created here, so no logs:CreateLogGroup.
+  statement {
+    sid = "ShipWorkerLog"
+    actions = [
+      "logs:CreateLogStream",
+      "logs:PutLogEvents",
+      "logs:DescribeLogStreams",
+    ]
+    resources = [
+      aws_cloudwatch_log_group.worker.arn,
+      "${aws_cloudwatch_log_group.worker.arn}:log-stream:*",
+    ]
+  }
+
   # The queue, the tables and the artifacts are encrypted with the customer managed key: reading
   # them needs Decrypt, and only through those three services.
   statement {

@@ -109,3 +109,13 @@ output "error_page_website_endpoint" {
   description = "S3 website endpoint of the error page in the standby region (HTTP only), to check it directly."
   value       = aws_s3_bucket_website_configuration.error_page.website_endpoint
 }
+
+output "worker_log_group_name" {
+  description = "CloudWatch log group of the workers' JSON log (one stream per instance id; EMF records included). The Ansible role's worker_log_group."
+  value       = aws_cloudwatch_log_group.worker.name
+}
+
+output "dashboard_name" {
+  description = "CloudWatch dashboard of the fleet: queue, DLQ, orders by status, drains, hooks, instances, alarms."
+  value       = aws_cloudwatch_dashboard.workers.dashboard_name
+}

@@ -546,3 +546,58 @@ variable "alarm_actions" {
   type        = list(string)
   default     = []
 }
+
+variable "worker_log_retention_days" {
+  description = "Retention of the workers' log group (their JSON log with the EMF records). Metrics extracted from it stay in CloudWatch for 15 months whatever this is."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.worker_log_retention_days)
+    error_message = "worker_log_retention_days must be a retention CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, ... 365, ... 3653)."
+  }
+}
+
+variable "emf_namespace" {
+  description = "CloudWatch namespace of the metrics the workers write as EMF records in their log (ORDER_WORKER_EMF_NAMESPACE)."
+  type        = string
+  default     = "OrderWorker"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._/#:-]{1,255}$", var.emf_namespace)) && !startswith(var.emf_namespace, "AWS/")
+    error_message = "emf_namespace must be 1-255 of A-Za-z0-9._-/#: and must not start with AWS/."
+  }
+}
+
+variable "emf_interval_seconds" {
+  description = "How often each worker writes an EMF record (ORDER_WORKER_EMF_INTERVAL). 60 matches the alarms' one-minute periods."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.emf_interval_seconds >= 10 && var.emf_interval_seconds <= 60 && floor(var.emf_interval_seconds) == var.emf_interval_seconds
+    error_message = "emf_interval_seconds must be whole seconds, 10-60 (the fleet-ready alarm evaluates one-minute periods)."
+  }
+}
+
+variable "rejected_rate_alarm_percent" {
+  description = "Alarm when more than this percentage of the orders applied in 5 minutes were REJECTED (malformed or invalid bodies: a producer is broken)."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.rejected_rate_alarm_percent > 0 && var.rejected_rate_alarm_percent <= 100
+    error_message = "rejected_rate_alarm_percent must be more than 0 and at most 100."
+  }
+}
+
+variable "fleet_not_ready_minutes" {
+  description = "Alarm when no worker has reported itself ready (taking new work) for this many consecutive minutes."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.fleet_not_ready_minutes >= 2 && var.fleet_not_ready_minutes <= 60 && floor(var.fleet_not_ready_minutes) == var.fleet_not_ready_minutes
+    error_message = "fleet_not_ready_minutes must be whole minutes, 2-60 (one minute would page on every rolling refresh)."
+  }
+}

@@ -5,6 +5,8 @@
   check_output.py env ROOT    the environment file against `order-worker --help`
   check_output.py render TEMPLATE VARS_JSON
                               render user-data.sh.tftpl without Terraform (fallback only)
+  check_output.py agent ROOT  the CloudWatch agent's configuration: JSON, the unit's log file,
+                              the log group terraform/ creates, a flush shorter than the unit's wait
   check_output.py vars FILE...
                               the role variables terraform/ passes are declared role options
 
@@ -134,10 +136,20 @@ def cmd_unit(root: Path) -> int:
         bool(last(hdr, "StartLimitBurst")) and bool(last(hdr, "StartLimitIntervalSec")),
         "restarts are limited (StartLimitBurst, StartLimitIntervalSec)",
     )
-    rep.check(
-        last(svc, "StandardOutput") == "journal" and last(svc, "StandardError") == "journal",
-        "stdout and stderr go to journald",
-    )
+    out = last(svc, "StandardOutput") or ""
+    if out.startswith("append:"):
+        rep.check(last(svc, "StandardError") == "inherit", "stderr goes where stdout goes")
+        rep.check(
+            "amazon-cloudwatch-agent.service" in " ".join(hdr.get("After", []))
+            and "amazon-cloudwatch-agent.service" in " ".join(hdr.get("Wants", [])),
+            "After=/Wants=amazon-cloudwatch-agent.service (at shutdown the agent outlives the worker)",
+        )
+        post = (last(svc, "ExecStopPost") or "").split()
+        rep.check(len(post) == 2 and post[0].endswith("/sleep") and post[1].isdigit(),
+                  f"ExecStopPost waits for the agent's last flush ({' '.join(post)})")
+    else:
+        rep.check(out == "journal" and last(svc, "StandardError") == "journal",
+                  "stdout and stderr go to journald")
     user = last(svc, "User")
     rep.check(bool(user) and user not in ("root", "0"), f"runs as a non-root user ({user})")
     for key, want in [
@@ -164,6 +176,69 @@ def cmd_unit(root: Path) -> int:
     rep.check(env_file == "/" + ENV_FILE, f"EnvironmentFile={env_file}")
     check_file_mode(rep, root / ENV_FILE, 0o640, f"environment file /{ENV_FILE}")
     check_file_mode(rep, root / UNIT, 0o644, f"unit /{UNIT}")
+    return 1 if rep.errors else 0
+
+
+AGENT_CONFIG = "etc/order-worker/cloudwatch-agent.json"
+LOGROTATE = "etc/logrotate.d/order-worker"
+
+
+def terraform_log_group() -> str | None:
+    """The worker log group's name as terraform/ creates it with its default environment."""
+    tf = REPO / "terraform"
+    obs, variables = tf / "observability.tf", tf / "variables.tf"
+    if not obs.is_file() or not variables.is_file():
+        return None
+    m = re.search(r'resource\s+"aws_cloudwatch_log_group"\s+"worker"\s*\{[^}]*?name\s*=\s*"([^"]+)"', obs.read_text())
+    env = re.search(r'variable\s+"environment"\s*\{[^}]*?default\s*=\s*"([^"]+)"', variables.read_text(), re.S)
+    if not m or not env:
+        raise SystemExit("terraform/: cannot find aws_cloudwatch_log_group.worker or var.environment's default")
+    return m.group(1).replace("${var.environment}", env.group(1))
+
+
+def cmd_agent(root: Path) -> int:
+    rep = Report()
+    path = root / AGENT_CONFIG
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        rep.fail(f"/{AGENT_CONFIG} is not readable JSON: {err}")
+        return 1
+    rep.ok(f"/{AGENT_CONFIG} is JSON")
+    check_file_mode(rep, path, 0o644, f"agent configuration /{AGENT_CONFIG}")
+    logs = cfg.get("logs", {})
+    files = logs.get("logs_collected", {}).get("files", {}).get("collect_list", [])
+    rep.check(len(files) == 1, "the agent collects one file")
+    if not files:
+        return 1
+    entry = files[0]
+    unknown = set(entry) - {"file_path", "log_group_name", "log_stream_name", "timezone",
+                            "timestamp_format", "multi_line_start_pattern", "encoding", "retention_in_days"}
+    rep.check(not unknown, f"collect_list entry uses documented keys only (unknown: {sorted(unknown)})")
+    unit = parse_unit(root / UNIT)
+    out = (unit.get("Service", {}).get("StandardOutput") or [""])[-1]
+    rep.check(out == "append:" + entry.get("file_path", ""),
+              f"the agent tails the unit's output file ({entry.get('file_path')} vs StandardOutput={out})")
+    rep.check((root / entry["file_path"].lstrip("/")).is_file(), f"{entry['file_path']} exists before the unit starts")
+    rep.check(entry.get("log_stream_name") == "{instance_id}", "one log stream per instance id")
+    want = terraform_log_group()
+    if want is None:
+        rep.warn("no terraform/ in this checkout: log group not compared")
+    else:
+        rep.check(entry.get("log_group_name") == want,
+                  f"log group {entry.get('log_group_name')} is terraform/'s aws_cloudwatch_log_group.worker ({want})")
+    flush = logs.get("force_flush_interval")
+    post = ((unit.get("Service", {}).get("ExecStopPost") or [""])[-1]).split()
+    wait = int(post[-1]) if post and post[-1].isdigit() else 0
+    rep.check(isinstance(flush, int) and 0 < flush < wait,
+              f"force_flush_interval {flush}s < the unit's wait after exit {wait}s")
+    rep.check(cfg.get("agent", {}).get("run_as_user") == "cwagent", "the agent runs as cwagent, not root")
+    log_file = root / entry["file_path"].lstrip("/")
+    if log_file.is_file():
+        rep.check(stat.S_IMODE(log_file.stat().st_mode) & 0o004 != 0, "the log file is readable by the agent's user")
+    rotate = root / LOGROTATE
+    rep.check(rotate.is_file() and "copytruncate" in rotate.read_text() and entry["file_path"] in rotate.read_text(),
+              f"/{LOGROTATE} rotates {entry['file_path']} with copytruncate")
     return 1 if rep.errors else 0
 
 
@@ -320,6 +395,8 @@ def cmd_vars(files: list[Path]) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] == "unit":
         return cmd_unit(Path(argv[2]))
+    if len(argv) == 3 and argv[1] == "agent":
+        return cmd_agent(Path(argv[2]))
     if len(argv) == 3 and argv[1] == "env":
         return cmd_env(Path(argv[2]))
     if len(argv) == 4 and argv[1] == "render":

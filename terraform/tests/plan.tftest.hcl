@@ -411,3 +411,99 @@ run "rejects_no_room_for_the_stop_timeout" {
   }
   expect_failures = [aws_launch_template.worker]
 }
+
+run "observability_log_group_dashboard_alarms" {
+  command = plan
+
+  # A known key ARN at plan time, so the log group's encryption can be asserted.
+  override_resource {
+    target          = aws_kms_key.data
+    override_during = plan
+    values = {
+      arn = "arn:aws:kms:us-east-1:123456789012:key/11111111-2222-3333-4444-555555555555"
+    }
+  }
+
+  assert {
+    condition     = aws_cloudwatch_log_group.worker.name == "/order-worker/prod/worker" && aws_cloudwatch_log_group.worker.retention_in_days == 365
+    error_message = "The workers' log group is /order-worker/<environment>/worker with the retention variable's value (the Ansible role's worker_log_group default agrees)."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_log_group.worker.kms_key_id == aws_kms_key.data.arn
+    error_message = "The workers' log group is encrypted with the stack's key."
+  }
+
+  assert {
+    condition     = local.worker_vars.worker_log_group == aws_cloudwatch_log_group.worker.name && local.worker_vars.worker_emf_namespace == "OrderWorker" && local.worker_vars.worker_emf_interval == "60s"
+    error_message = "The boot hands the role the log group and the EMF settings."
+  }
+
+  assert {
+    condition = alltrue([for a in [
+      aws_cloudwatch_metric_alarm.order_conflict, aws_cloudwatch_metric_alarm.hook_not_completed,
+      aws_cloudwatch_metric_alarm.drain_deadline_hit, aws_cloudwatch_metric_alarm.fleet_not_ready,
+    ] : a.namespace == "OrderWorker" && a.dimensions["QueueName"] == "orders.fifo" && length(a.alarm_description) > 80])
+    error_message = "The EMF alarms watch the OrderWorker namespace under QueueName=orders.fifo and each says why it fires."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.order_conflict.metric_name == "OrdersConflict" &&
+      aws_cloudwatch_metric_alarm.hook_not_completed.metric_name == "HookNotCompleted" &&
+      aws_cloudwatch_metric_alarm.drain_deadline_hit.metric_name == "DrainDeadlineHit" &&
+      aws_cloudwatch_metric_alarm.order_conflict.threshold == 0 &&
+      aws_cloudwatch_metric_alarm.order_conflict.comparison_operator == "GreaterThanThreshold"
+    )
+    error_message = "One conflict, one hook not completed, one drain deadline hit: each alarms."
+  }
+
+  assert {
+    condition = (
+      aws_cloudwatch_metric_alarm.fleet_not_ready.metric_name == "Ready" &&
+      aws_cloudwatch_metric_alarm.fleet_not_ready.evaluation_periods == 5 &&
+      aws_cloudwatch_metric_alarm.fleet_not_ready.datapoints_to_alarm == 5 &&
+      aws_cloudwatch_metric_alarm.fleet_not_ready.treat_missing_data == "breaching"
+    )
+    error_message = "The fleet-not-ready alarm fires after fleet_not_ready_minutes (5) silent or not-ready minutes."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.rejected_rate.threshold == 5 && length(aws_cloudwatch_metric_alarm.rejected_rate.metric_query) == 3
+    error_message = "The rejected-rate alarm is metric math over accepted and rejected, at rejected_rate_alarm_percent."
+  }
+
+  assert {
+    condition = alltrue([for m in [
+      "ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage", "GroupInServiceInstances",
+      "OrdersAccepted", "OrdersRejected", "OrdersConflict", "Drains", "HookCompleted", "HookNotCompleted",
+      "orders-dlq.fifo", "interruption",
+    ] : strcontains(jsonencode([for w in local.dashboard_widgets : w if w.type == "metric"]), "\"${m}\"")])
+    error_message = "The dashboard shows queue depth and age, DLQ depth, orders by status, drains, hooks, instances and interruptions."
+  }
+
+  assert {
+    condition     = length(local.dashboard_widgets) == 7 && length([for w in local.dashboard_widgets : w if w.type == "alarm"][0].properties.alarms) == 7
+    error_message = "Seven widgets (queue, age, fleet, orders, drains and hooks, latency, alarms); the alarm widget shows all seven alarms."
+  }
+}
+
+run "rejects_a_rejected_rate_of_zero" {
+  command = plan
+
+  variables {
+    rejected_rate_alarm_percent = 0
+  }
+
+  expect_failures = [var.rejected_rate_alarm_percent]
+}
+
+run "rejects_a_one_minute_not_ready_alarm" {
+  command = plan
+
+  variables {
+    fleet_not_ready_minutes = 1
+  }
+
+  expect_failures = [var.fleet_not_ready_minutes]
+}

@@ -4,7 +4,10 @@
 (FIFO pair, key OrderID, all-Spot fleet, private network, failover pair, FIS action, ...), so a
 config that is valid but wrong fails here.
 """
+import pathlib
 import re
+
+import pytest
 
 from conftest import block, blocks, refers_to
 
@@ -342,3 +345,46 @@ def test_versions_pinned_and_tfvars_example(tf):
     assert re.search(r'source\s*=\s*"hashicorp/aws"', text)
     assert (tf.dir / "terraform.tfvars.example").is_file()
     assert "default_tags" in text
+
+
+# --- Observability ------------------------------------------------------------------------------
+
+
+def test_worker_log_group_encrypted_retained_and_shipped_only_there(tf):
+    group = tf.resource("aws_cloudwatch_log_group", "worker")
+    assert group.get("kms_key_id") == "${aws_kms_key.data.arn}", "the log group is encrypted with the stack key"
+    assert group.get("retention_in_days") == "${var.worker_log_retention_days}"
+    doc = tf.data["aws_iam_policy_document"]["worker"]
+    by_sid = {s["sid"]: s for s in blocks(doc, "statement")}
+    ship = by_sid["ShipWorkerLog"]
+    assert set(ship["actions"]) == {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
+    assert set(ship["resources"]) == {"${aws_cloudwatch_log_group.worker.arn}",
+                                      "${aws_cloudwatch_log_group.worker.arn}:log-stream:*"}
+    actions = {a for s in by_sid.values() for a in s["actions"]}
+    assert "cloudwatch:PutMetricData" not in actions, "EMF needs no PutMetricData"
+    assert "logs" in tf.default("interface_endpoints"), "the agent reaches CloudWatch Logs through its endpoint"
+
+
+def test_alarms_on_the_emf_metrics_explain_themselves(tf):
+    alarms = tf.resources["aws_cloudwatch_metric_alarm"]
+    for name in ("order_conflict", "hook_not_completed", "drain_deadline_hit", "rejected_rate", "fleet_not_ready"):
+        assert name in alarms, f"no alarm {name}"
+        assert len(alarms[name]["alarm_description"]) > 80, f"{name}: the description says why and what to do"
+        assert alarms[name]["alarm_actions"] == "${var.alarm_actions}"
+    assert alarms["fleet_not_ready"]["evaluation_periods"] == "${var.fleet_not_ready_minutes}"
+    assert alarms["rejected_rate"]["threshold"] == "${var.rejected_rate_alarm_percent}"
+    # The EMF metric names the alarms use are the ones the worker writes (src/emf.rs of this checkout).
+    emf = pathlib.Path(__file__).resolve().parents[2] / "src" / "emf.rs"
+    if not emf.is_file():
+        pytest.skip("no src/emf.rs in this checkout")
+    text = emf.read_text()
+    used = []
+    for name in ("order_conflict", "hook_not_completed", "drain_deadline_hit", "fleet_not_ready"):
+        assert alarms[name]["namespace"] == "${var.emf_namespace}"
+        used.append(alarms[name]["metric_name"])
+    for query in blocks(alarms["rejected_rate"], "metric_query"):
+        for metric in blocks(query, "metric"):
+            used.append(metric["metric_name"])
+    assert len(used) == 6
+    for name in used:
+        assert f'"{name}"' in text, f"an alarm watches {name}, which the worker never writes (src/emf.rs)"

@@ -87,6 +87,16 @@ MUTATIONS = [
     ("orders-key-renamed", "tables.tf",
      '  hash_key     = "OrderID"', '  hash_key     = "OrderId"',
      ["hcl"]),
+    ("worker-log-group-unencrypted", "observability.tf",
+     "  retention_in_days = var.worker_log_retention_days\n  kms_key_id        = aws_kms_key.data.arn\n",
+     "  retention_in_days = var.worker_log_retention_days\n",
+     ["hcl", "tftest", "checkov"]),
+    ("alarm-on-a-metric-never-written", "observability.tf",
+     'metric_name         = "OrdersConflict"', 'metric_name         = "OrderConflicts"',
+     ["hcl", "tftest"]),
+    ("worker-logs-anywhere", "iam.tf",
+     '"${aws_cloudwatch_log_group.worker.arn}:log-stream:*",', '"*",',
+     ["hcl"]),
 ]
 
 

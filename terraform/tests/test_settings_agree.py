@@ -23,6 +23,8 @@ WORKER_DEFAULTS = {
     "drain-timeout": "90s",
     "drain-margin": "10s",
     "lifecycle-hook": "order-worker-drain",
+    "emf-interval": "60s",
+    "emf-namespace": "OrderWorker",
 }
 
 # Shared values the worker has no flag for.
@@ -43,6 +45,8 @@ FLAG_OF = {
     "drain_timeout_seconds": "drain-timeout",
     "drain_margin_seconds": "drain-margin",
     "lifecycle_hook_name": "lifecycle-hook",
+    "emf_interval_seconds": "emf-interval",
+    "emf_namespace": "emf-namespace",
 }
 
 DURATION_UNITS = {"ms": 0.001, "s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h": 3600, "hr": 3600}
@@ -136,7 +140,10 @@ def test_boot_passes_the_worker_settings(tf):
                              ("worker_wait_time", "var.receive_wait_time_seconds"),
                              ("worker_drain_timeout", "var.drain_timeout_seconds"),
                              ("worker_drain_margin", "var.drain_margin_seconds"),
-                             ("worker_hook_timeout", "var.lifecycle_hook_timeout_seconds")):
+                             ("worker_hook_timeout", "var.lifecycle_hook_timeout_seconds"),
+                             ("worker_log_group", "aws_cloudwatch_log_group.worker.name"),
+                             ("worker_emf_namespace", "var.emf_namespace"),
+                             ("worker_emf_interval", "var.emf_interval_seconds")):
         assert source in str(worker_vars.get(role_var)), f"{role_var} must come from {source}"
     for duration in ("worker_visibility_timeout", "worker_wait_time", "worker_drain_timeout", "worker_drain_margin"):
         assert str(worker_vars[duration]).endswith("}s"), f"{duration} is passed as whole seconds (\"90s\")"
@@ -162,5 +169,10 @@ def test_ansible_role_defaults_agree(tf):
     assert seconds(role("worker_drain_margin")) == tf.default("drain_margin_seconds")
     assert seconds(role("worker_visibility_timeout")) == tf.default("visibility_timeout_seconds")
     assert int(role("worker_hook_timeout")) == tf.default("lifecycle_hook_timeout_seconds")
+    assert role("worker_emf_namespace") == tf.default("emf_namespace")
+    assert seconds(role("worker_emf_interval")) == tf.default("emf_interval_seconds")
+    # The log group: observability.tf names it /order-worker/<environment>/worker.
+    group = tf.resource("aws_cloudwatch_log_group", "worker")["name"]
+    assert role("worker_log_group") == group.replace("${var.environment}", tf.default("environment"))
     stop = int(role("worker_stop_timeout"))
     assert tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds") < stop < tf.default("lifecycle_hook_timeout_seconds")
