@@ -110,7 +110,9 @@ async fn interrupt(State(sim): State<Arc<Sim>>, Path(id): Path<String>, b: Bytes
     if st.instances[idx].lifecycle == Lifecycle::Terminated {
         return err(StatusCode::CONFLICT, format!("{id} is terminated"));
     }
-    let end = sim.clock.deadline_after(Duration::from_secs_f64(secs));
+    let end = sim
+        .clock
+        .deadline_after(clock::Now::read(), Duration::from_secs_f64(secs));
     if b.rebalance {
         sim.recommend_rebalance(&mut st, idx, "control API");
     }

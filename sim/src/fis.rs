@@ -588,7 +588,7 @@ async fn start_experiment(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Re
     } else {
         let mut last_end: Option<Instant> = None;
         for (name, a) in &tpl.actions {
-            let end = sim.clock.deadline_after(a.duration);
+            let end = sim.clock.deadline_after(clock::Now::read(), a.duration);
             last_end = Some(last_end.map_or(end.at, |l| l.max(end.at)));
             for iid in exp.resolved.get(&a.target).cloned().unwrap_or_default() {
                 if let Some(idx) = st.find(&iid) {
