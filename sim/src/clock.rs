@@ -44,6 +44,15 @@ impl Now {
             wall: OffsetDateTime::now_utc(),
         }
     }
+
+    /// The same moment `d` (real time) later: how tests move time forward.
+    #[cfg(test)]
+    pub fn after(self, d: Duration) -> Now {
+        Now {
+            at: self.at + d,
+            wall: self.wall + d,
+        }
+    }
 }
 
 impl Clock {
