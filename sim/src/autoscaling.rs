@@ -15,8 +15,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::clock;
-use crate::fleet::{uuid, Instance, Lifecycle, Sim, State as FleetState};
+use crate::clock::{self, Now};
+use crate::model::fleet::{uuid, ActionRef, Fleet, Instance, Lifecycle, LifecycleResult};
+use crate::model::Refusal;
+use crate::runtime::Sim;
 
 const NS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
 
@@ -33,6 +35,13 @@ fn validation(message: impl Into<String>) -> ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "ValidationError",
         message: message.into(),
+    }
+}
+
+/// Every model refusal is a `ValidationError` on this API, with the model's (AWS's) message.
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        validation(r.message())
     }
 }
 
@@ -164,14 +173,6 @@ fn dispatch(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
     }
 }
 
-fn check_group(sim: &Sim, name: &str) -> Result<(), ApiError> {
-    if name == sim.settings.group {
-        Ok(())
-    } else {
-        Err(validation(format!("Group {name} not found")))
-    }
-}
-
 fn instance_xml(out: &mut String, sim: &Sim, i: &Instance, with_group: bool) {
     out.push_str("<member>");
     el(out, "InstanceId", &i.id);
@@ -193,8 +194,9 @@ fn instance_xml(out: &mut String, sim: &Sim, i: &Instance, with_group: bool) {
 }
 
 /// Instances the group still reports: terminated ones drop out, as they do on AWS shortly after.
-fn listed(st: &FleetState) -> impl Iterator<Item = &Instance> {
-    st.instances
+fn listed(fleet: &Fleet) -> impl Iterator<Item = &Instance> {
+    fleet
+        .instances
         .iter()
         .filter(|i| i.lifecycle != Lifecycle::Terminated)
 }
@@ -205,6 +207,7 @@ fn describe_groups(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
     let mut out = String::from("<AutoScalingGroups>");
     if names.is_empty() || names.contains(&s.group) {
         let st = sim.lock();
+        let st = &st.fleet;
         out.push_str("<member>");
         el(&mut out, "AutoScalingGroupName", &s.group);
         el(&mut out, "AutoScalingGroupARN", &s.group_arn());
@@ -221,7 +224,7 @@ fn describe_groups(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
         el(&mut out, "HealthCheckType", "EC2");
         el(&mut out, "HealthCheckGracePeriod", "300");
         out.push_str("<Instances>");
-        for i in listed(&st) {
+        for i in listed(st) {
             instance_xml(&mut out, sim, i, false);
         }
         out.push_str("</Instances>");
@@ -255,7 +258,7 @@ fn describe_instances(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
     let ids = p.list("InstanceIds");
     let st = sim.lock();
     let mut out = String::from("<AutoScalingInstances>");
-    for i in listed(&st).filter(|i| ids.is_empty() || ids.contains(&i.id)) {
+    for i in listed(&st.fleet).filter(|i| ids.is_empty() || ids.contains(&i.id)) {
         instance_xml(&mut out, sim, i, true);
     }
     out.push_str("</AutoScalingInstances>");
@@ -263,7 +266,9 @@ fn describe_instances(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
 }
 
 fn describe_hooks(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
-    check_group(sim, p.required("AutoScalingGroupName")?)?;
+    sim.lock()
+        .fleet
+        .check_group(p.required("AutoScalingGroupName")?)?;
     let names = p.list("LifecycleHookNames");
     let s = &sim.settings;
     let mut out = String::from("<LifecycleHooks>");
@@ -300,99 +305,50 @@ fn lifecycle_action(sim: &Arc<Sim>, p: &Params, complete: bool) -> Result<Respon
     let group = p.required("AutoScalingGroupName")?;
     let result = if complete {
         let r = p.required("LifecycleActionResult")?;
-        if r != "CONTINUE" && r != "ABANDON" {
-            return Err(validation(format!(
+        let parsed = LifecycleResult::parse(r).ok_or_else(|| {
+            validation(format!(
                 "Invalid LifecycleActionResult {r}: must be CONTINUE or ABANDON"
-            )));
-        }
-        Some(r)
+            ))
+        })?;
+        Some(parsed)
     } else {
         None
     };
-    check_group(sim, group)?;
-    if hook != sim.settings.hook {
-        return Err(validation(format!(
-            "No Lifecycle Hook found with name {hook} for group {group}"
-        )));
-    }
-    let token = p.get("LifecycleActionToken");
-    let instance = p.get("InstanceId");
-    let mut st = sim.lock();
-    let idx = match (token, instance) {
-        (None, None) => {
-            return Err(validation(
-                "Either LifecycleActionToken or InstanceId must be specified",
-            ))
-        }
-        (_, Some(id)) => {
-            let idx = st.find(id).filter(|&i| st.instances[i].hook.is_some());
-            let idx = idx.ok_or_else(|| {
-                validation(format!(
-                    "No active Lifecycle Action found with instance ID {id}"
-                ))
-            })?;
-            if let Some(t) = token {
-                if st.instances[idx].hook.as_ref().map(|h| h.token.as_str()) != Some(t) {
-                    return Err(validation(format!(
-                        "No active Lifecycle Action found with token {t}"
-                    )));
-                }
-            }
-            idx
-        }
-        (Some(t), None) => st
-            .instances
-            .iter()
-            .position(|i| i.hook.as_ref().is_some_and(|h| h.token == t))
-            .ok_or_else(|| {
-                validation(format!("No active Lifecycle Action found with token {t}"))
-            })?,
+    let target = ActionRef {
+        instance: p.get("InstanceId"),
+        token: p.get("LifecycleActionToken"),
     };
-    let id = st.instances[idx].id.clone();
-    if let Some(r) = result {
-        st.event(Some(&id), format!("CompleteLifecycleAction {r}"));
-        sim.proceed(&mut st, idx, &format!("lifecycle action completed ({r})"));
-        Ok(ok("CompleteLifecycleAction", ""))
-    } else {
-        let now = std::time::Instant::now();
-        let timeout = sim.clock.real(sim.settings.hook_timeout);
-        if let Some(h) = st.instances[idx].hook.as_mut() {
-            h.deadline = (now + timeout).min(h.global_deadline);
+    match result {
+        Some(r) => {
+            sim.step(|st, now| {
+                match st
+                    .fleet
+                    .complete_lifecycle_action(now, group, hook, target, r)
+                {
+                    Ok(effects) => (Ok(()), effects),
+                    Err(e) => (Err(e), Vec::new()),
+                }
+            })?;
+            Ok(ok("CompleteLifecycleAction", ""))
         }
-        st.event(Some(&id), "RecordLifecycleActionHeartbeat");
-        Ok(ok("RecordLifecycleActionHeartbeat", ""))
+        None => {
+            sim.lock()
+                .fleet
+                .record_heartbeat(Now::read(), group, hook, target)?;
+            Ok(ok("RecordLifecycleActionHeartbeat", ""))
+        }
     }
 }
 
 fn set_desired(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
-    check_group(sim, p.required("AutoScalingGroupName")?)?;
+    let mut st = sim.lock();
+    st.fleet.check_group(p.required("AutoScalingGroupName")?)?;
     let raw = p.required("DesiredCapacity")?;
     let n: u32 = raw
         .parse()
         .map_err(|_| validation(format!("Invalid DesiredCapacity {raw}")))?;
-    if n > sim.settings.max_size {
-        return Err(validation(format!(
-            "New SetDesiredCapacity value {n} is above max value {} for the AutoScalingGroup.",
-            sim.settings.max_size
-        )));
-    }
-    let mut st = sim.lock();
-    st.desired = n;
-    st.event(None, format!("SetDesiredCapacity {n}"));
-    scale_in_to_desired(sim, &mut st);
+    st.fleet.set_desired(Now::read(), n)?;
     Ok(ok("SetDesiredCapacity", ""))
-}
-
-/// Terminate (through the hook) the oldest instances beyond the desired capacity.
-pub fn scale_in_to_desired(sim: &Sim, st: &mut FleetState) {
-    let excess = st.capacity().saturating_sub(st.desired);
-    let victims: Vec<usize> = (0..st.instances.len())
-        .filter(|&i| st.instances[i].lifecycle.counts_as_capacity())
-        .take(excess as usize)
-        .collect();
-    for idx in victims {
-        sim.begin_termination(st, idx, "scale in (desired capacity lowered)");
-    }
 }
 
 fn terminate(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
@@ -406,22 +362,9 @@ fn terminate(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
             )))
         }
     };
-    let mut st = sim.lock();
-    let idx = st
-        .find(id)
-        .filter(|&i| st.instances[i].lifecycle != Lifecycle::Terminated)
-        .ok_or_else(|| {
-            validation(format!(
-                "Instance Id not found - No managed instance found for instance ID: {id}"
-            ))
-        })?;
-    if decrement {
-        st.desired = st.desired.saturating_sub(1);
-    }
-    let cause =
-        format!("TerminateInstanceInAutoScalingGroup (ShouldDecrementDesiredCapacity={decrement})");
-    sim.begin_termination(&mut st, idx, &cause);
-    let now = time::OffsetDateTime::now_utc();
+    let now = Now::read();
+    sim.lock().fleet.terminate_instance(now, id, decrement)?;
+    let now = now.wall;
     let mut out = String::from("<Activity>");
     el(&mut out, "ActivityId", &uuid());
     el(&mut out, "AutoScalingGroupName", &sim.settings.group);

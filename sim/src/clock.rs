@@ -27,6 +27,34 @@ pub struct Deadline {
     pub wall: OffsetDateTime,
 }
 
+/// The present as both clocks see it. Read once per step by the runtime and passed into the model, so every
+/// transition is a plain function of the time it is given (unit tests pass made-up instants).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// What deadlines are compared with.
+    pub at: Instant,
+    /// What events, launch times and notices show.
+    pub wall: OffsetDateTime,
+}
+
+impl Now {
+    pub fn read() -> Now {
+        Now {
+            at: Instant::now(),
+            wall: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// The same moment `d` (real time) later: how tests move time forward.
+    #[cfg(test)]
+    pub fn after(self, d: Duration) -> Now {
+        Now {
+            at: self.at + d,
+            wall: self.wall + d,
+        }
+    }
+}
+
 impl Clock {
     pub fn new(scale: f64) -> Self {
         Clock { scale }
@@ -41,12 +69,11 @@ impl Clock {
         sim.mul_f64(self.scale)
     }
 
-    /// A deadline `sim` simulated time from now. The wall-clock time is rounded *up* to a whole second and the
+    /// A deadline `sim` simulated time after `now`. The wall-clock time is rounded *up* to a whole second and the
     /// monotonic deadline moved with it, so the second printed in IMDS is exactly when the simulator acts
     /// (never a second early, which a worker timing its drain against the notice would notice).
-    pub fn deadline_after(&self, sim: Duration) -> Deadline {
-        let now_i = Instant::now();
-        let now_w = OffsetDateTime::now_utc();
+    pub fn deadline_after(&self, now: Now, sim: Duration) -> Deadline {
+        let (now_i, now_w) = (now.at, now.wall);
         let real = self.real(sim);
         let exact = now_w + real;
         let rounded = round_up_to_second(exact);
@@ -203,7 +230,7 @@ mod tests {
         let c = Clock::new(0.01);
         let before_w = OffsetDateTime::now_utc();
         let before_i = Instant::now();
-        let d = c.deadline_after(Duration::from_secs(100)); // 1 s real
+        let d = c.deadline_after(Now::read(), Duration::from_secs(100)); // 1 s real
         assert_eq!(d.wall.nanosecond(), 0);
         let wall_gap = (d.wall - before_w).as_seconds_f64();
         let mono_gap = d.at.duration_since(before_i).as_secs_f64();

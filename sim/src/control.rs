@@ -1,5 +1,6 @@
 //! The `/_sim/` control API (JSON): what a test or a chaos script does to the region that AWS would do on its own
 //! schedule (interrupt, recommend a rebalance, scale in), plus fault injection and the status document.
+//! Each handler is one model step; the runtime carries out its effects before the handler answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,10 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::fleet::{Fault, Lifecycle, Sim};
-use crate::{clock, fis, process};
+use crate::clock::{self, Now};
+use crate::model::fleet::{Event, EventKind, Fault};
+use crate::model::{Effect, Refusal, Signal};
+use crate::runtime::Sim;
 
 pub fn routes() -> Router<Arc<Sim>> {
     Router::new()
@@ -38,6 +41,17 @@ impl IntoResponse for CtlError {
     }
 }
 
+impl From<Refusal> for CtlError {
+    fn from(r: Refusal) -> CtlError {
+        let status = match r {
+            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::WrongState(_) => StatusCode::CONFLICT,
+            Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        CtlError(status, r.message().to_string())
+    }
+}
+
 type Reply = Result<Response, CtlError>;
 
 /// A refusal, ready to `return`.
@@ -55,9 +69,67 @@ fn body<T: for<'de> Deserialize<'de> + Default>(b: &[u8]) -> Result<T, CtlError>
 }
 
 async fn status(State(sim): State<Arc<Sim>>) -> Response {
-    let mut v = sim.status_json();
-    v["experiments"] = Value::Array(fis::summary(&sim.lock()));
-    axum::Json(v).into_response()
+    axum::Json(status_json(&sim)).into_response()
+}
+
+fn event_json(e: &Event) -> Value {
+    json!({"at": clock::iso_millis(e.at), "instance": e.instance, "kind": e.kind, "event": e.what})
+}
+
+/// The status document (also rendered as the `--status-every` table).
+pub fn status_json(sim: &Sim) -> Value {
+    let st = sim.lock();
+    let s = &sim.settings;
+    let instances: Vec<Value> = st
+        .fleet
+        .instances
+        .iter()
+        // Shown once its IMDS server listens (a moment after launch), so every instance shown has its URL.
+        .filter(|i| i.imds_url.is_some())
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "arn": s.instance_arn(&i.id),
+                "state": i.lifecycle.ec2_state().as_str(),
+                "lifecycle_state": i.lifecycle.as_str(),
+                "target_lifecycle_state": i.target_state.map(|t| t.as_str()),
+                "availability_zone": i.az,
+                "external": i.external,
+                "imds_url": i.imds_url,
+                "metrics_addr": i.metrics_addr,
+                "pid": i.pid.or(i.last_pid),
+                "process_alive": i.pid.is_some(),
+                "process_exit": i.exit,
+                "log_path": i.log_path,
+                "launched_at": clock::iso_millis(i.launched_at),
+                "terminated_at": i.terminated_at.map(clock::iso_millis),
+                "rebalance_notice_time": i.rebalance.map(clock::rfc3339_seconds),
+                "interruption_notice": i.notice.as_ref().map(|n| json!({"action": n.action.as_str(), "time": clock::rfc3339_seconds(n.time)})),
+                "interruption_scheduled": i.interruption.as_ref().map(|x| clock::rfc3339_seconds(x.end.wall)),
+                "lifecycle_action_token": i.hook.as_ref().map(|h| h.token.clone()),
+                "replaces": i.replaces,
+                "imds_fault": i.imds.fault.unwrap_or(Fault::None).as_str(),
+                "events": i.events.iter().map(event_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let experiments: Vec<Value> = st
+        .fis
+        .experiments
+        .values()
+        .map(|e| json!({"id": e.id, "status": e.status.as_str(), "targets": e.resolved, "start": clock::iso_millis(e.start)}))
+        .collect();
+    json!({
+        "group": s.group,
+        "hook": s.hook,
+        "desired": st.fleet.desired,
+        "capacity": st.fleet.capacity(),
+        "time_scale": sim.clock.scale(),
+        "capacity_rebalance": s.capacity_rebalance,
+        "instances": instances,
+        "timeline": st.fleet.timeline.iter().map(event_json).collect::<Vec<_>>(),
+        "experiments": experiments,
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -71,22 +143,27 @@ struct LaunchBody {
 /// so the group does not scale something else in to make room.
 async fn launch(State(sim): State<Arc<Sim>>, b: Bytes) -> Reply {
     let b: LaunchBody = body(&b)?;
-    let mut st = sim.lock();
-    match sim.launch(&mut st, b.external, true, None, "control API") {
-        Ok((id, imds_url)) => {
-            st.desired += 1;
-            let i = st.get(&id).expect("just launched");
-            let v = json!({"id": id, "imds_url": imds_url, "metrics_addr": i.metrics_addr, "pid": i.pid});
+    let id = sim.step(|st, now| st.fleet.attach(now, b.external));
+    let st = sim.lock();
+    match st.fleet.get(&id) {
+        Some(i) => {
+            let v = json!({"id": id, "imds_url": i.imds_url, "metrics_addr": i.metrics_addr, "pid": i.pid});
             Ok((StatusCode::CREATED, axum::Json(v)).into_response())
         }
-        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+        // Its IMDS server could not bind; the timeline says why.
+        None => {
+            let why = st.fleet.timeline.last().map(|e| e.what.clone());
+            err(StatusCode::INTERNAL_SERVER_ERROR, why.unwrap_or_default())
+        }
     }
 }
 
-fn find(sim: &Sim, id: &str) -> Result<usize, CtlError> {
-    sim.lock()
-        .find(id)
-        .ok_or_else(|| CtlError(StatusCode::NOT_FOUND, format!("no instance {id}")))
+/// A model step that may be refused: no effects then.
+fn refusable<T>(r: Result<(T, Vec<Effect>), Refusal>) -> (Result<T, Refusal>, Vec<Effect>) {
+    match r {
+        Ok((t, effects)) => (Ok(t), effects),
+        Err(e) => (Err(e), Vec::new()),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -105,23 +182,10 @@ async fn interrupt(State(sim): State<Arc<Sim>>, Path(id): Path<String>, b: Bytes
     if !(secs.is_finite() && secs >= 0.0) {
         return err(StatusCode::BAD_REQUEST, "in_seconds must be >= 0");
     }
-    let idx = find(&sim, &id)?;
-    let mut st = sim.lock();
-    if st.instances[idx].lifecycle == Lifecycle::Terminated {
-        return err(StatusCode::CONFLICT, format!("{id} is terminated"));
-    }
-    let end = sim.clock.deadline_after(Duration::from_secs_f64(secs));
-    if b.rebalance {
-        sim.recommend_rebalance(&mut st, idx, "control API");
-    }
-    sim.schedule_interruption(&mut st, idx, end, None);
-    // The notice shows at once for a direct interrupt, whatever the lead.
-    if let Some(i) = st.instances[idx].interruption.as_mut() {
-        i.notice_at = std::time::Instant::now();
-    }
-    drop(st);
-    // Apply now rather than on the next tick, so the caller can read the notice as soon as this returns.
-    sim.tick();
+    let end = sim.step(|st, now| {
+        let end = sim.clock.deadline_after(now, Duration::from_secs_f64(secs));
+        refusable(st.interrupt(now, &id, end, b.rebalance).map(|e| (end, e)))
+    })?;
     Ok(
         axum::Json(json!({"id": id, "terminate_at": clock::rfc3339_seconds(end.wall)}))
             .into_response(),
@@ -129,11 +193,8 @@ async fn interrupt(State(sim): State<Arc<Sim>>, Path(id): Path<String>, b: Bytes
 }
 
 async fn rebalance(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Reply {
-    let idx = find(&sim, &id)?;
-    let mut st = sim.lock();
-    sim.recommend_rebalance(&mut st, idx, "control API");
-    let t = st.instances[idx].rebalance.map(clock::rfc3339_seconds);
-    Ok(axum::Json(json!({"id": id, "noticeTime": t})).into_response())
+    let t = sim.step(|st, now| refusable(st.fleet.rebalance(now, &id)))?;
+    Ok(axum::Json(json!({"id": id, "noticeTime": t.map(clock::rfc3339_seconds)})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -151,20 +212,7 @@ impl Default for ScaleInBody {
 
 async fn scale_in(State(sim): State<Arc<Sim>>, Path(id): Path<String>, b: Bytes) -> Reply {
     let b: ScaleInBody = body(&b)?;
-    let idx = find(&sim, &id)?;
-    let mut st = sim.lock();
-    if !st.instances[idx].lifecycle.counts_as_capacity() {
-        let state = st.instances[idx].lifecycle.as_str();
-        return err(
-            StatusCode::CONFLICT,
-            format!("{id} is {state}, not Pending or InService"),
-        );
-    }
-    if b.decrement {
-        st.desired = st.desired.saturating_sub(1);
-    }
-    sim.begin_termination(&mut st, idx, "scale in (control API)");
-    let token = st.instances[idx].hook.as_ref().map(|h| h.token.clone());
+    let token = sim.lock().fleet.scale_in(Now::read(), &id, b.decrement)?;
     Ok(axum::Json(
         json!({"id": id, "lifecycle_state": "Terminating:Wait", "lifecycle_action_token": token}),
     )
@@ -191,28 +239,11 @@ async fn imds_fault(State(sim): State<Arc<Sim>>, Path(id): Path<String>, b: Byte
         Some(Some(m)) => Some(m),
         None => None,
     };
-    let idx = find(&sim, &id)?;
-    let mut st = sim.lock();
-    let inst = &mut st.instances[idx];
-    if let Some(m) = mode {
-        inst.imds.fault = (m != Fault::None).then_some(m);
-    }
-    if b.expire_tokens {
-        inst.imds.tokens.clear();
-    }
-    let fault = inst.imds.fault.unwrap_or(Fault::None).as_str();
-    st.event(
-        Some(&id),
-        format!(
-            "imds fault {fault}{}",
-            if b.expire_tokens {
-                ", tokens expired"
-            } else {
-                ""
-            }
-        ),
-    );
-    Ok(axum::Json(json!({"id": id, "mode": fault})).into_response())
+    let fault = sim
+        .lock()
+        .fleet
+        .set_imds_fault(Now::read(), &id, mode, b.expire_tokens)?;
+    Ok(axum::Json(json!({"id": id, "mode": fault.as_str()})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -231,27 +262,23 @@ async fn signal(State(sim): State<Arc<Sim>>, Path(id): Path<String>, b: Bytes) -
             )
         }
     };
-    let Some(sig) = process::parse_signal(&b.signal) else {
+    let Some(sig) = Signal::parse(&b.signal) else {
         return err(
             StatusCode::BAD_REQUEST,
             format!("unknown signal {}", b.signal),
         );
     };
-    let idx = find(&sim, &id)?;
-    let mut st = sim.lock();
-    let Some(pid) = st.instances[idx].pid else {
-        return err(StatusCode::CONFLICT, format!("{id} has no running process"));
-    };
-    if let Err(e) = process::signal(pid, sig) {
+    let pid = sim.lock().fleet.pid_of(&id)?;
+    if let Err(e) = sim.signal(pid, sig) {
         return err(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("kill({pid}, {}): {e}", b.signal),
         );
     }
-    st.event(
-        Some(&id),
-        format!("signal {} to pid {pid} (control API)", b.signal),
-    );
+    let note = format!("signal {} to pid {pid} (control API)", b.signal);
+    sim.lock()
+        .fleet
+        .event(Now::read(), Some(&id), EventKind::Signal, note);
     Ok(axum::Json(json!({"id": id, "pid": pid, "signal": b.signal})).into_response())
 }
 

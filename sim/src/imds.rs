@@ -15,21 +15,17 @@ use axum::Router;
 use serde_json::json;
 
 use crate::clock;
-use crate::fleet::{hex, Fault, Sim};
+use crate::model::fleet::{hex, Fault};
+use crate::runtime::Sim;
 
 const TOKEN_PATH: &str = "/latest/api/token";
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 const MAX_TTL: u64 = 21_600;
 
-/// Serve IMDS for instance `id` on `listener` until the process exits.
-pub fn serve(sim: Arc<Sim>, id: String, listener: tokio::net::TcpListener) {
-    let app = Router::new().fallback(handle).with_state((sim, id));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(cause = %e, "imds server stopped");
-        }
-    });
+/// The IMDS app of instance `id` (the runtime binds its port and serves it: `runtime::ImdsApp`).
+pub fn app(sim: Arc<Sim>, id: String) -> Router {
+    Router::new().fallback(handle).with_state((sim, id))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -71,7 +67,8 @@ async fn handle(
     let path = uri.path().to_string();
     let fault = {
         let st = sim.lock();
-        st.get(&id)
+        st.fleet
+            .get(&id)
             .and_then(|i| i.imds.fault)
             .unwrap_or(Fault::None)
     };
@@ -98,14 +95,15 @@ async fn handle(
             return text(StatusCode::BAD_REQUEST, "Bad Request");
         };
         let token = format!("AQAE{}", hex(52));
-        let now = Instant::now();
-        let mut st = sim.lock();
-        let Some(idx) = st.find(&id) else {
+        let issued = sim.lock().fleet.issue_token(
+            Instant::now(),
+            &id,
+            token.clone(),
+            Duration::from_secs(ttl),
+        );
+        if !issued {
             return not_found();
-        };
-        let tokens = &mut st.instances[idx].imds.tokens;
-        tokens.retain(|_, exp| *exp > now);
-        tokens.insert(token.clone(), now + Duration::from_secs(ttl));
+        }
         return (
             StatusCode::OK,
             [
@@ -121,14 +119,13 @@ async fn handle(
     }
 
     let st = sim.lock();
-    let Some(inst) = st.get(&id) else {
+    let Some(inst) = st.fleet.get(&id) else {
         return not_found();
     };
     let token_ok = headers
         .get(TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|t| inst.imds.tokens.get(t))
-        .is_some_and(|exp| *exp > Instant::now());
+        .is_some_and(|t| inst.token_valid(t, Instant::now()));
     if !token_ok {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
@@ -159,7 +156,9 @@ async fn handle(
         Some("placement/availability-zone") => text(StatusCode::OK, inst.az.clone()),
         Some("placement/region") => text(StatusCode::OK, s.region.clone()),
         Some("spot/instance-action") => match &inst.notice {
-            Some(n) => json_ok(json!({"action": n.action, "time": clock::rfc3339_seconds(n.time)})),
+            Some(n) => json_ok(
+                json!({"action": n.action.as_str(), "time": clock::rfc3339_seconds(n.time)}),
+            ),
             None => not_found(),
         },
         Some("spot/termination-time") => match &inst.notice {
@@ -171,7 +170,7 @@ async fn handle(
             None => not_found(),
         },
         Some("autoscaling/target-lifecycle-state") => match inst.target_state {
-            Some(t) => text(StatusCode::OK, t),
+            Some(t) => text(StatusCode::OK, t.as_str()),
             None => not_found(),
         },
         Some("tags/instance") | Some("tags/instance/") => text(

@@ -5,14 +5,20 @@
 //! # Layout
 //!
 //! - `config`: the command line (clap; every run flag also from a `SPOT_SIM_*` variable).
-//! - `clock`: the time scale, deadlines known both as `Instant` and wall-clock UTC, ISO-8601/RFC 3339 formats.
-//! - `fleet`: the group, its instances and every state transition; one mutex, one ticker.
+//! - `clock`: the time scale, the present (`Now`), deadlines as `Instant` and wall-clock UTC, AWS time formats.
+//! - `model`: the region as state and transitions, no I/O: `model::fleet` (group, instances, hook,
+//!   interruptions, events) and `model::fis` (templates, experiments); transitions return `Effect`s.
 //! - `process`: the real worker process behind an instance (spawn with its endpoints, signal, no orphans).
+//! - `runtime`: owns the state lock; runs a model step, drops the lock, carries out the effects; the ticker.
 //! - `imds`: one IMDSv2 server per instance, with fault injection.
 //! - `autoscaling`: the Auto Scaling Query API (XML) the SDK speaks.
-//! - `fis`: the FIS REST-JSON API and the `aws:ec2:send-spot-instance-interruptions` action.
+//! - `fis`: the FIS REST-JSON API (parsing templates, rendering experiments).
 //! - `control`: the `/_sim/` JSON control API (interrupt, rebalance, scale in, faults, signals, status).
 //! - `status`: the human-readable instance table.
+//!
+//! Dependencies point one way, so the model is tested without HTTP (`grep '^use crate' src/**/*.rs`):
+//! `clock` <- `model` (`fis` -> `fleet`) <- `process` <- `runtime` <- `imds`, `autoscaling`, `fis`, `control`
+//! <- `main`. The runtime starts IMDS servers through a function `main` hands it (`imds::app`), not an import.
 //!
 //! `main` only parses flags, binds, writes the ready file, and waits for SIGTERM/SIGINT or `/_sim/shutdown`.
 
@@ -21,9 +27,10 @@ mod clock;
 mod config;
 mod control;
 mod fis;
-mod fleet;
 mod imds;
+mod model;
 mod process;
+mod runtime;
 mod status;
 
 use std::path::Path;
@@ -36,7 +43,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
 use crate::config::{Cli, Command, RunArgs};
-use crate::fleet::{Settings, Sim};
+use crate::runtime::{Sim, Workers};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -76,10 +83,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating log dir {}", log_dir.display()))?;
     }
+    let workers = Workers {
+        cmd: args.worker_cmd.clone(),
+        args: args.worker_args.clone(),
+        log_dir: log_dir.clone(),
+    };
     let sim = Sim::new(
-        Settings::from_args(&args, log_dir.clone()),
+        runtime::settings_from_args(&args),
         clock::Clock::new(args.time_scale),
         args.desired,
+        workers,
+        imds::app,
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -99,14 +113,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     // The first tick launches the initial capacity; the API is already up so workers can reach it.
-    fleet::start_ticker(sim.clone());
+    runtime::start_ticker(sim.clone());
     if let Some(every) = args.status_every {
         let sim = sim.clone();
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(every);
             loop {
                 iv.tick().await;
-                let doc = sim.status_json();
+                let doc = control::status_json(&sim);
                 let orders = status::scrape_orders(&doc).await;
                 eprint!("{}", status::render(&doc, &orders));
             }

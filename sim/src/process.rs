@@ -12,6 +12,8 @@ use std::process::Stdio;
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
+use crate::model::Signal;
+
 /// What a worker process needs to know about its instance.
 pub struct Spawn<'a> {
     pub cmd: &'a Path,
@@ -64,21 +66,16 @@ pub fn spawn(s: &Spawn<'_>) -> anyhow::Result<(Child, PathBuf)> {
     Ok((child, log_path))
 }
 
-/// Names accepted by the control API's signal endpoint.
-pub fn parse_signal(name: &str) -> Option<libc::c_int> {
-    match name.trim_start_matches("SIG").to_ascii_uppercase().as_str() {
-        "TERM" => Some(libc::SIGTERM),
-        "KILL" => Some(libc::SIGKILL),
-        "STOP" => Some(libc::SIGSTOP),
-        "CONT" => Some(libc::SIGCONT),
-        "INT" => Some(libc::SIGINT),
-        "HUP" => Some(libc::SIGHUP),
-        _ => None,
-    }
-}
-
 /// Signal the worker's whole process group (it is the group leader); fall back to the pid alone.
-pub fn signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+pub fn signal(pid: u32, sig: Signal) -> std::io::Result<()> {
+    let sig = match sig {
+        Signal::Term => libc::SIGTERM,
+        Signal::Kill => libc::SIGKILL,
+        Signal::Stop => libc::SIGSTOP,
+        Signal::Cont => libc::SIGCONT,
+        Signal::Int => libc::SIGINT,
+        Signal::Hup => libc::SIGHUP,
+    };
     let pid = pid as libc::pid_t;
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(-pid, sig) };
@@ -101,16 +98,30 @@ pub fn free_local_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// How a worker ended, for its `worker exited` event.
+pub fn describe_exit(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown exit".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn signal_names() {
-        assert_eq!(parse_signal("TERM"), Some(libc::SIGTERM));
-        assert_eq!(parse_signal("SIGKILL"), Some(libc::SIGKILL));
-        assert_eq!(parse_signal("stop"), Some(libc::SIGSTOP));
-        assert_eq!(parse_signal("CONT"), Some(libc::SIGCONT));
-        assert_eq!(parse_signal("BOGUS"), None);
+    fn exits_are_described() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(std::process::ExitStatus::from_raw(3 << 8)),
+            "exit code 3"
+        );
+        assert_eq!(
+            describe_exit(std::process::ExitStatus::from_raw(9)),
+            "killed by signal 9"
+        );
     }
 }
