@@ -249,6 +249,12 @@ async fn a_stalled_delete_holds_up_neither_the_next_run_nor_the_drain_report() {
     assert!(status.success(), "{log}");
     // Committed work is not reported (or released) as not committed when the drain's deadline cuts the deletes.
     assert!(!log.contains("run not committed"), "{log}");
+    // A routine SIGTERM is not a warning.
+    let draining = log
+        .lines()
+        .find(|l| l.contains(" draining "))
+        .expect("draining line");
+    assert!(draining.contains(" INFO "), "{draining}");
     assert_eq!(drain_field(&log, "released"), "0", "{log}");
 }
 
@@ -335,8 +341,13 @@ async fn a_record_dynamodb_refuses_on_its_own_fails_alone() {
     let g = "cust-refused";
     let order_ids = ids("ref", 5);
     r.fx.send_orders(g, &order_ids).await;
-    let _w = r.via.worker("w-refused", &[]);
+    let w = r.via.worker("w-refused", &[]);
     let records = r.fx.wait_records(5, Duration::from_secs(30)).await;
+    // The records committed while isolating the refused one are new, not "duplicates" of themselves.
+    assert_eq!(
+        metric(&w, "order_worker_orders_total{status=\"duplicate\"}").await,
+        0.0
+    );
     let mut by_pos: Vec<(u64, String, String, String)> = records
         .iter()
         .map(|x| {

@@ -78,6 +78,17 @@ async fn idle_worker_completes_its_hook_on_a_notice_and_exits() {
     let log = worker.log_text();
     assert!(log.contains("lifecycle hook completed"), "{log}");
     assert!(log.contains("drain complete"), "{log}");
+    // The drain's time runs to the hook, not to the end of the 20 s poll it did not wait for.
+    let took_ms: u64 = log
+        .lines()
+        .find(|l| l.contains("drain complete"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("took_ms="))
+        })
+        .and_then(|v| v.parse().ok())
+        .expect("took_ms");
+    assert!(took_ms < 4_000, "took_ms={took_ms}\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,6 +304,21 @@ async fn a_lifecycle_action_started_late_still_gets_its_hook_completed() {
     let (_emu, _fx, sim, inst, mut worker) =
         on_instance("spot-late-hook", &["--hook-start-delay", "12s"], &[]).await;
     sim.interrupt(&inst.id, 120.0).await;
+    // While the action has not started, heartbeats are answered "no active lifecycle action": counted.
+    wait_for(
+        "a hook heartbeat counted",
+        Duration::from_secs(20),
+        || async {
+            (metric(
+                &worker,
+                "order_worker_hook_heartbeats_total{result=\"no_active_action\"}",
+            )
+            .await
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
     wait_log(&worker, "drain complete", Duration::from_secs(30)).await;
     let status = worker.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}\n{}", worker.log_text());
