@@ -197,10 +197,13 @@ def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int]
             marked_rows += 1
             k = marks[0]
             who = marks and items[k].attrs.get("data-instance")
-            before = [n.attrs.get("data-instance") for n in items[:k] if "cell" in n.classes]
-            after = [n.attrs.get("data-instance") for n in items[k + 1:] if "cell" in n.classes]
-            if who in before and any(a != who for a in after):
-                handover_rows += 1
+            # A handover: the interrupted instance applied some of the row (before the mark, or after it when
+            # it finished in-flight orders during its drain) and another instance went on after its last one.
+            cells = [n.attrs.get("data-instance") for n in items if "cell" in n.classes]
+            if who in cells:
+                last = max(i for i, c in enumerate(cells) if c == who)
+                if any(c != who for c in cells[last + 1:]):
+                    handover_rows += 1
     if rows and not marked_rows:
         bad.append("no interruption mark in any group row")
     if rows and marked_rows and not handover_rows:
@@ -221,10 +224,18 @@ def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int]
             bad.append("the timeline chart has no curve")
         if ticks == 0 or (cells_total and ticks != cells_total):
             bad.append(f"the timeline has {ticks} order ticks for {cells_total} orders")
+    # The figures the workers' EMF records carry (what CloudWatch extracts on AWS), with the interrupted
+    # instance's drain record among them.
+    figures = doc.by_id("emf-figures")
+    emf_rows = figures.find_all("tr", "emf-row") if figures is not None else []
+    if not emf_rows:
+        bad.append("no figures from the workers' EMF records")
+    elif not any(r.attrs.get("data-instance") in interrupted and "finished" in r.text() for r in emf_rows):
+        bad.append("the interrupted instance's EMF drain record is not in the figures")
     seen = (f"verdict {verdict.text().strip() if verdict is not None else '-'}; {len(rows)} group rows of up to "
             f"{longest} positions, {cells_total} orders; {len(legend)} instances ({len(interrupted)} interrupted); "
             f"interruption marked in {marked_rows} rows, handover visible in {handover_rows}; "
-            f"timeline {curves} curves, {ticks} ticks")
+            f"timeline {curves} curves, {ticks} ticks; EMF figures for {len(emf_rows)} instances")
     return bad, seen
 
 

@@ -399,7 +399,9 @@ class LocalRegion:
             "--imds-poll", "200ms",
             "--hook-heartbeat", f"{heartbeat}s",
             "--drain-margin", f"{margin}s",
-            "--log-format", "text",
+            # JSON: the drain summary and the EMF figures are read from the log as structures (chaos/report.py).
+            "--log-format", "json",
+            "--emf-interval", "5s",
         ]  # fmt: skip
 
     def sim_env(self) -> dict:

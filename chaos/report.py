@@ -117,12 +117,15 @@ def instance_story(inst: dict) -> dict:
     # Drains of instances the region is terminating (a drain at the end of the run, on shutdown, is not news).
     if log_path and Path(log_path).exists() and (st.get("notice") or st.get("terminating_wait")):
         for line in Path(log_path).read_text(errors="replace").splitlines():
-            if line.startswith("{"):  # --log-format json: the same fields, flattened to the text form
+            if line.startswith("{"):  # --log-format json: the same fields, put back in the text form
                 try:
                     j = json.loads(line)
                 except ValueError:
                     continue
-                f = j.get("fields") or {}
+                if "_aws" in j:  # an EMF record: read by emf_figures
+                    continue
+                # The worker flattens its events (fields at the top level); older logs nest them in "fields".
+                f = j.get("fields") or {k: v for k, v in j.items() if k not in ("timestamp", "level", "target")}
                 line = f"{j.get('timestamp', '')} {f.get('message', '')} " + " ".join(
                     f"{k}={v}" for k, v in f.items() if k != "message"
                 )
@@ -150,6 +153,64 @@ def instance_story(inst: dict) -> dict:
                     if mm:
                         st[f"drain_{k}"] = mm.group(1)
     return st
+
+
+# The figures CloudWatch would extract from each worker's EMF records (src/emf.rs): interval records carry
+# deltas, so their sums are the totals; the drain record says what the drain did.
+EMF_SUMS = ("OrdersAccepted", "OrdersRejected", "OrdersDuplicate", "OrdersConflict", "MessagesReleased")
+EMF_DRAIN = ("DrainOrdersFinished", "DrainOrdersReleased", "DrainDeadlineHit", "HookCompleted", "DrainSeconds")
+
+
+def emf_figures(inst: dict) -> Optional[dict]:
+    """Totals of one worker's EMF interval records and its last drain record, or None without any."""
+    log_path = inst.get("log_path")
+    if not log_path or not Path(log_path).exists():
+        return None
+    sums = dict.fromkeys(EMF_SUMS, 0.0)
+    drain: dict = {}
+    seen = False
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        if not line.startswith("{") or '"_aws"' not in line:
+            continue
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        seen = True
+        if j.get("record") == "interval":
+            for k in EMF_SUMS:
+                sums[k] += float(j.get(k, 0) or 0)
+        elif j.get("record") == "drain":
+            drain = {k: j.get(k) for k in EMF_DRAIN}
+    if not seen:
+        return None
+    return {**{k: int(v) for k, v in sums.items()}, "drain": drain}
+
+
+def render_figures(figures: dict) -> str:
+    rows = []
+    for inst, f in sorted(figures.items()):
+        if not f:
+            continue
+        d = f["drain"]
+        drain = (
+            f"finished {d.get('DrainOrdersFinished')}, released {d.get('DrainOrdersReleased')}, "
+            f"deadline hit {d.get('DrainDeadlineHit')}, hook completed {d.get('HookCompleted')}, "
+            f"{d.get('DrainSeconds')} s"
+            if d
+            else "-"
+        )
+        cells = "".join(f"<td>{f[k]}</td>" for k in EMF_SUMS)
+        rows.append(f'<tr class="emf-row" data-instance="{html.escape(inst)}"><td>{html.escape(inst)}</td>{cells}<td>{html.escape(drain)}</td></tr>')
+    if not rows:
+        return ""
+    head = "".join(f"<th>{k}</th>" for k in ("instance", *EMF_SUMS, "drain record"))
+    return (
+        "<h2>Figures, as CloudWatch would extract them</h2><p>From each worker's EMF records in its JSON log "
+        "(the same lines the CloudWatch agent ships on AWS): interval deltas summed, and the drain record.</p>"
+        f'<table id="emf-figures" border="1" cellpadding="3" style="border-collapse:collapse;font-size:13px">'
+        f"<tr>{head}</tr>{''.join(rows)}</table>"
+    )
 
 
 # ---- the report ----------------------------------------------------------------------------------------------
@@ -255,12 +316,29 @@ def build(args) -> tuple[str, str, bool]:
         )
     for s in interrupted:
         lines += interruption_lines(s, stories, handovers[s["id"]])
+    figures = {i["id"]: emf_figures(i) for i in status.get("instances", [])}
+    if any(figures.values()):
+        lines.append("figures from the workers' EMF records (what CloudWatch would extract):")
+        for inst, f in sorted(figures.items()):
+            if f:
+                d = f["drain"]
+                tail = (
+                    f"; drain: finished {d.get('DrainOrdersFinished')}, released {d.get('DrainOrdersReleased')}, "
+                    f"hook completed {d.get('HookCompleted')}"
+                    if d
+                    else ""
+                )
+                lines.append(
+                    f"  {inst}: accepted {f['OrdersAccepted']}, rejected {f['OrdersRejected']}, "
+                    f"duplicate {f['OrdersDuplicate']}, conflict {f['OrdersConflict']}, "
+                    f"released {f['MessagesReleased']}{tail}"
+                )
     lines.append("")
     for p in problems:
         lines.append(f"PROBLEM: {p}")
     lines.append("VERDICT: " + ("OK" if ok else "FAILED"))
     summary = "\n".join(lines) + "\n"
-    page = render_html(args.title, summary, records, stories, per_instance, verify, ok, interrupted, handovers)
+    page = render_html(args.title, summary, records, stories, per_instance, verify, ok, interrupted, handovers, figures)
     return summary, page, ok
 
 
@@ -614,7 +692,7 @@ GROUP_VIEW_JS = r"""
 """
 
 
-def render_html(title, summary, records, stories, per_instance, verify, ok, interrupted, handovers) -> str:
+def render_html(title, summary, records, stories, per_instance, verify, ok, interrupted, handovers, figures=None) -> str:
     svg = render_svg(records, stories, per_instance)
     data = group_data(records, stories, per_instance, interrupted)
     examples = "".join(f"<li>{html.escape(e)}</li>" for e in (verify or {}).get("examples", []))
@@ -671,6 +749,7 @@ def render_html(title, summary, records, stories, per_instance, verify, ok, inte
 <span style="background:#f4b0a0"></span>Terminating:Proceed</span>, one tick per order applied, and the marks of the
 interruption (from spot-sim's events and the worker's log).</p>
 {svg}
+{render_figures(figures or {})}
 <h2>Summary</h2>
 <pre id="summary">{html.escape(summary)}</pre>
 {"<h2>Audit examples</h2><ul>" + examples + "</ul>" if examples else ""}
