@@ -334,16 +334,7 @@ impl Drain<'_> {
             held_up_by,
             hook: hook_outcome,
         };
-        tracing::info!(
-            trigger = ?report.trigger,
-            finished = report.finished,
-            released = report.released,
-            took_ms = report.took.as_millis() as u64,
-            deadline_hit = report.deadline_hit,
-            held_up_by = report.held_up_by.as_deref().unwrap_or("-"),
-            hook = ?report.hook,
-            "drain complete"
-        );
+        report.log();
         on_report(&report);
         // The last long poll may still be out: it is never abandoned before the deadline (a dropped poll can hide
         // its messages for a whole visibility timeout), but it does not hold up the hook or the report. Past
@@ -365,6 +356,69 @@ pub fn hook_deadline(cfg: &Config, trigger: &Trigger, started: Instant) -> Insta
             (Instant::now() + left).min(stop_budget)
         }
         _ => stop_budget,
+    }
+}
+
+/// The trigger a notice is, if it calls for a drain.
+pub fn terminal(notice: &Notice) -> Option<Trigger> {
+    match notice {
+        Notice::Interruption(a) => Some(Trigger::Interruption {
+            action: a.action.to_string(),
+            time: a.time,
+        }),
+        Notice::TargetLifecycle(s) if s == "Terminated" => Some(Trigger::LifecycleTerminated),
+        _ => None,
+    }
+}
+
+/// A termination before any work was taken (the worker still waits for SQS or DynamoDB at start): nothing to
+/// release, only the hook to complete, and the same one-line report.
+pub async fn without_work(cfg: &Config, hooks: &HookContext, trigger: Trigger) -> DrainReport {
+    let started = Instant::now();
+    metrics().drains.inc(&[trigger.label()]);
+    tracing::warn!(trigger = ?trigger, "termination notice while waiting to start: nothing is held");
+    let hook = match resolve_hook(cfg, hooks).await {
+        Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
+        Err(why) if why == "disabled" => HookOutcome::NotNeeded,
+        Err(why) => {
+            metrics().hook_completions.inc(&["failed"]);
+            HookOutcome::Failed(why)
+        }
+    };
+    let report = DrainReport {
+        trigger,
+        took: started.elapsed(),
+        finished: 0,
+        released: 0,
+        deadline_hit: false,
+        held_up_by: None,
+        hook,
+    };
+    report.log();
+    report
+}
+
+impl DrainReport {
+    /// Why the hook was not completed, if it was due and failed.
+    pub fn hook_failure(&self) -> Option<&str> {
+        match &self.hook {
+            HookOutcome::Failed(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// The drain's one log line.
+    fn log(&self) {
+        tracing::info!(
+            trigger = ?self.trigger,
+            finished = self.finished,
+            released = self.released,
+            took_ms = self.took.as_millis() as u64,
+            deadline_hit = self.deadline_hit,
+            held_up_by = self.held_up_by.as_deref().unwrap_or("-"),
+            hook = ?self.hook,
+            "drain complete"
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use order_worker::config::{Cli, Command, Config, LogFormat, VerifyArgs};
 use order_worker::dispatch::{Control, Dispatcher};
-use order_worker::drain::{supervise, HookContext, HookOutcome};
+use order_worker::drain::{self, supervise, HookContext, HookOutcome};
 use order_worker::health::Health;
 use order_worker::imds::{self, ImdsClient, ImdsStats};
 use order_worker::metrics::{self, metrics};
@@ -88,16 +88,6 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
     }
-    // A queue or table that does not exist fails now, naming it; an outage is waited out (a signal ends the
-    // wait: nothing is held yet).
-    tokio::select! {
-        checked = startup_checks(&queue, &store) => checked?,
-        Some(s) = signals.recv() => {
-            tracing::info!(signal = s, "stopped while waiting for SQS/DynamoDB; nothing was held");
-            return Ok(ExitCode::SUCCESS);
-        }
-    }
-
     let instance_id = Arc::new(OnceLock::new());
     if let Some(id) = &cfg.instance_id {
         let _ = instance_id.set(id.clone());
@@ -115,6 +105,77 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Metadata is watched from the start: an instance can be interrupted while it still waits for SQS or
+    // DynamoDB (an IAM mistake, an outage), and its hook must be completed all the same (measured in a soak: a
+    // worker that started during a DynamoDB denial never saw its notice and held its instance for the hook's
+    // timeout).
+    let (tx, mut early_notices) = mpsc::channel(16);
+    let stop_watch = CancellationToken::new();
+    match &imds_client {
+        Some(client) => {
+            tokio::spawn(imds::watch(
+                client.clone(),
+                cfg.imds_poll,
+                imds_stats,
+                tx,
+                stop_watch.clone(),
+            ));
+        }
+        None => drop(tx),
+    }
+    let autoscaling =
+        (cfg.lifecycle_hook.is_some()).then(|| aws_sdk_autoscaling::Client::new(&sdk));
+    let hooks = HookContext {
+        autoscaling,
+        imds: imds_client.clone(),
+        instance_id: instance_id.clone(),
+    };
+
+    // A queue or table that does not exist fails now, naming it; an outage is waited out. A signal or a
+    // termination notice ends the wait (nothing is held yet); other notices are kept for the supervisor.
+    let mut kept = Vec::new();
+    {
+        let checks = startup_checks(&queue, &store);
+        tokio::pin!(checks);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                checked = &mut checks => { checked?; break; }
+                Some(s) = signals.recv() => {
+                    tracing::info!(signal = s, "stopped while waiting for SQS/DynamoDB; nothing was held");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                n = early_notices.recv(), if open => match n {
+                    None => open = false,
+                    Some(n) => match drain::terminal(&n) {
+                        Some(trigger) => {
+                            let report = drain::without_work(&cfg, &hooks, trigger).await;
+                            if let Some(why) = report.hook_failure() {
+                                tracing::warn!(cause = %why, "exiting without a completed hook");
+                            }
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        None => kept.push(n),
+                    },
+                },
+            }
+        }
+    }
+    // The supervisor sees the notices kept during the wait first, then the watcher's.
+    let (tx, notices) = mpsc::channel(16);
+    tokio::spawn(async move {
+        for n in kept {
+            if tx.send(n).await.is_err() {
+                return;
+            }
+        }
+        while let Some(n) = early_notices.recv().await {
+            if tx.send(n).await.is_err() {
+                return;
+            }
+        }
+    });
+
     // Records name their instance: ask metadata briefly before taking work (it answers in milliseconds on
     // EC2); if it is down, start anyway and learn the id in the background.
     let mut first_id = cfg.instance_id.clone();
@@ -136,36 +197,16 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         fallback_id.clone(),
         Control::default(),
     );
-
-    let (tx, notices) = mpsc::channel(16);
-    let stop_watch = CancellationToken::new();
-    match &imds_client {
-        Some(client) => {
-            tokio::spawn(imds::watch(
+    if let Some(client) = &imds_client {
+        if instance_id.get().is_none() {
+            tokio::spawn(learn_instance_id(
                 client.clone(),
-                cfg.imds_poll,
-                imds_stats,
-                tx,
+                dispatcher.clone(),
+                instance_id.clone(),
                 stop_watch.clone(),
             ));
-            if instance_id.get().is_none() {
-                tokio::spawn(learn_instance_id(
-                    client.clone(),
-                    dispatcher.clone(),
-                    instance_id.clone(),
-                    stop_watch.clone(),
-                ));
-            }
         }
-        None => drop(tx),
     }
-    let autoscaling =
-        (cfg.lifecycle_hook.is_some()).then(|| aws_sdk_autoscaling::Client::new(&sdk));
-    let hooks = HookContext {
-        autoscaling,
-        imds: imds_client,
-        instance_id,
-    };
     // EMF records in the JSON log: every --emf-interval, one at exit, one per drain (src/emf.rs).
     let emitter = cfg.emf_interval.map(|every| {
         let e = emf::Emitter::new(

@@ -541,3 +541,35 @@ async fn a_drain_does_not_take_back_what_it_released() {
         "A applied {by_a} and released {released} of 24 messages"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_still_waiting_to_start_completes_its_hook_on_an_interruption() {
+    // Found by the long soak: a worker that started during a DynamoDB denial waited in its start-up checks,
+    // never saw the interruption notice, and its instance waited for the hook's timeout.
+    let r = rig("start-denied").await;
+    let sim = Sim::start("start-denied", &[]).await;
+    let inst = sim.launch_external().await;
+    r.proxy
+        .rule(json!({"service": "dynamodb", "action": "error",
+                     "code": "AccessDeniedException", "status": 400}))
+        .await;
+    let mut w = r.via.worker_on(&sim, &inst, &[]);
+    wait_log(
+        &w,
+        "waiting for SQS/DynamoDB before starting",
+        Duration::from_secs(20),
+    )
+    .await;
+    sim.interrupt(&inst.id, 60.0).await;
+    let status = w.wait_exit(Duration::from_secs(20)).await;
+    let log = w.log_text();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("lifecycle hook completed"), "{log}");
+    let events = sim.events(&inst.id).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("CompleteLifecycleAction")),
+        "{events:?}"
+    );
+}
