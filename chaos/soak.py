@@ -895,6 +895,14 @@ def run(a: argparse.Namespace) -> int:
             "launched": len(status["instances"]),
             "terminated": sum(1 for i in status["instances"] if i["lifecycle_state"] == "Terminated"),
         }
+        # Instances whose termination went ahead only because the hook timed out, though no kill explains it
+        # (a kill's hook always times out): the worker did not complete its own hook.
+        killed = {f["target"] for f in chaos.timeline if f["kind"] == "kill"}
+        report["hook_timeouts_not_killed"] = [
+            {"instance": i["id"], "at": e["at"], "faults": [f["kind"] for f in chaos.timeline if f["target"] == i["id"]]}
+            for i in status["instances"] if i["id"] not in killed
+            for e in i.get("events", []) if "hook timed out" in e.get("event", "")
+        ]  # fmt: skip
         report["chaos_errors"] = chaos.errors
         report["faults_skipped"] = chaos.skipped
         report["notices_after_replacement"] = chaos.notices_too_late
@@ -1031,6 +1039,9 @@ def render(r: dict) -> str:
         sd = r["sqs_stall_drains"]
         lines.append(f"sqs_stall_drain  {len(sd)}: hooks completed {sum(1 for x in sd if x['hook'] == 'Completed')}; drains took ms "
                      f"{[x['took_ms'] for x in sd]}, released {[x['released'] for x in sd]}, deadline hit {sum(1 for x in sd if x['deadline_hit'])}")
+    if r.get("hook_timeouts_not_killed"):
+        ht = r["hook_timeouts_not_killed"]
+        lines.append(f"hook timed out  {len(ht)} instances not killed: " + ", ".join(f"{x['instance']} ({'/'.join(x['faults']) or '-'})" for x in ht))
     if r.get("rule_hits"):
         lines.append("proxy rules      " + ", ".join(f"{k}: {h['rules']} rules, {h['hits']} requests hit" for k, h in r["rule_hits"].items()))
     w = r.get("worker_log_signs") or {}
