@@ -29,18 +29,33 @@ Faults, one every `--fault-every` seconds on average (uniform in [0.5, 1.5] x), 
                       expired (the next read is a 401)
     network           the SQS/DynamoDB endpoint unreachable for 2-8 s for every worker: the proxy stalls
                       (holds every byte) or drops (resets) every connection
+    sqs_stall_drain   SQS stops answering every worker for 2-6 s (proxy rule: stall) and at the same moment a
+                      worker holding messages gets an interruption notice: its releases stall, its hook must
+                      still be completed
+    visibility_fail   ChangeMessageVisibilityBatch answers 503 ServiceUnavailable (the next 1-3, or for 1-3 s)
+    ddb_throttle      TransactWriteItems throttled (ThrottlingException or ProvisionedThroughputExceededException)
+                      for 2-6 s, every call or each with probability 0.5
+    denied            DynamoDB AccessDeniedException on every operation for --denied-seconds (at most
+                      --denied-max per run)
+    lost_response     the next TransactWriteItems is applied but its answer is lost (pass-then-reset)
+
+Every kind in use is injected once first (in random order), then kinds are drawn by weight.
 
 Faults stop when the last order is sent; the soak then waits for the queue to empty and the table to hold every
 expected record ("backlog clear"), waits one more visibility timeout for any late double apply to land, and
 runs `order-worker verify`. The report (printed; `report.json` and `report.txt` in `--out`) gives orders sent,
-applied, rejected, lost, applied twice, out of order, faults by kind, drains and their durations, and the time
-for the backlog to clear. Exit status 1 when lost, applied twice or out of order is not 0 (or the backlog does
-not clear, or verify cannot run); 0 otherwise.
+applied, rejected, lost, applied twice, out of order, position gaps, messages in the DLQ, second-consumer
+receives (a ReceiveCount > 1 that no hold-breaking fault explains; see second_consumer()), the histogram of
+ReceiveCount, faults by kind, proxy rule hits, drains and their durations, and the time for the backlog to
+clear. Exit status 1 when any of lost, applied twice, out of order, position gaps, DLQ depth or second-consumer
+receives is not 0 (or the backlog does not clear, verify cannot run, or an instance interrupted under an SQS
+stall did not complete its hook); 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import contextlib
 import json
 import os
@@ -61,8 +76,17 @@ import localregion  # noqa: E402
 from localregion import LocalRegion, log, wait_for  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-FAULT_KINDS = ("fis", "rebalance", "rebalance_notice", "kill", "freeze", "imds", "network")
-DEFAULT_WEIGHTS = {"fis": 2, "rebalance": 1, "rebalance_notice": 1, "kill": 2, "freeze": 2, "imds": 2, "network": 2}
+FAULT_KINDS = ("fis", "rebalance", "rebalance_notice", "kill", "freeze", "imds", "network",
+               "sqs_stall_drain", "visibility_fail", "ddb_throttle", "denied", "lost_response")  # fmt: skip
+DEFAULT_WEIGHTS = {"fis": 2, "rebalance": 1, "rebalance_notice": 1, "kill": 2, "freeze": 2, "imds": 1, "network": 2,
+                   "sqs_stall_drain": 2, "visibility_fail": 1, "ddb_throttle": 2, "denied": 1, "lost_response": 1}  # fmt: skip
+# Faults that can take a hold away from the worker holding a message (or hide a handed-out message until its
+# visibility times out), so that a later receive of the message is expected; see second_consumer() and SOAK.md.
+HOLD_BREAKING = {"fis", "rebalance", "rebalance_notice", "kill", "freeze", "network", "sqs_stall_drain",
+                 "visibility_fail"}  # fmt: skip
+# Of those, the faults on one instance after which that instance never receives again (a kill; a drain, which
+# takes nothing new): they explain another worker's receive of a message only.
+NEVER_RECEIVES_AGAIN = {"fis", "rebalance", "rebalance_notice", "kill"}
 
 
 # ---- the region, plus the proxy ----------------------------------------------------------------------------------
@@ -125,6 +149,13 @@ class SoakRegion(LocalRegion):
 
     def proxy_status(self) -> dict:
         return localregion.http_json("GET", f"{self.proxy_control}/status")
+
+    def proxy_rule(self, rule: dict) -> dict:
+        """A per-service / per-operation fault rule (chaos/proxy.py POST /rules); returns it with its id."""
+        return localregion.http_json("POST", f"{self.proxy_control}/rules", rule)
+
+    def proxy_rules(self) -> list[dict]:
+        return localregion.http_json("GET", f"{self.proxy_control}/rules")["rules"]
 
 
 # ---- orders ------------------------------------------------------------------------------------------------------
@@ -224,9 +255,11 @@ class Producer(threading.Thread):
                         # A partial failure would break the send order within a group: stop, loudly.
                         raise RuntimeError(f"SendMessageBatch partly failed: {out['Failed']}")
                     ok = {e["Id"]: e for e in out["Successful"]}
+                    sent_at = round(time.time(), 3)
                     for k, m in enumerate(chunk):
                         line = {"order_id": m["order_id"], "group": m["group"], "expect": m["expect"],
-                                "message_id": ok[str(k)]["MessageId"], "kind": m["kind"]}  # fmt: skip
+                                "message_id": ok[str(k)]["MessageId"], "kind": m["kind"],
+                                "sent_at": sent_at}  # fmt: skip
                         mf.write(json.dumps(line) + "\n")
                     mf.flush()
                     self.sent += len(chunk)
@@ -243,10 +276,14 @@ class Producer(threading.Thread):
 class Chaos(threading.Thread):
     """Injects one fault every `every` seconds on average until stopped; remembers what it did."""
 
-    def __init__(self, region: SoakRegion, every: float, weights: dict, rng: random.Random, vis_timeout: float, time_scale: float):
+    def __init__(self, region: SoakRegion, every: float, weights: dict, rng: random.Random, vis_timeout: float,
+                 time_scale: float, denied_seconds: float = 10, denied_max: int = 1, drain_timeout: float = 4):  # fmt: skip
         super().__init__(name="chaos", daemon=True)
         self.region, self.every, self.weights, self.rng = region, every, weights, rng
         self.vis_timeout, self.time_scale = vis_timeout, time_scale
+        self.denied_seconds, self.denied_max, self.drain_timeout = denied_seconds, denied_max, drain_timeout
+        self.denied_until = 0.0  # wall time the current denial window ends
+        self.rules: list[dict] = []  # proxy rules added: {"id", "kind", ...}
         self.stop_event = threading.Event()
         self.busy: set[str] = set()  # instances under a fault that is still running
         self.lock = threading.Lock()
@@ -258,11 +295,21 @@ class Chaos(threading.Thread):
         self.notices_too_late = 0  # rebalance_notice whose instance was replaced before the notice
         self.t0 = time.monotonic()
 
-    def note(self, kind: str, target: str, detail: str) -> None:
+    def note(self, kind: str, target: str, detail: str, lasts: float = 0.0, at: float | None = None) -> None:
+        """Record a fault: `target` an instance id or "all workers"; `lasts` seconds of effect after `at` (wall
+        time the fault began; default now)."""
+        at = time.time() if at is None else at
         with self.lock:
             self.counts[kind] += 1
-            self.timeline.append({"t": round(time.monotonic() - self.t0, 2), "kind": kind, "target": target, "detail": detail})
+            self.timeline.append({"t": round(time.monotonic() - self.t0, 2), "kind": kind, "target": target,
+                                  "detail": detail, "at": round(at, 3), "end": round(at + lasts, 3)})  # fmt: skip
         log(f"fault {kind} on {target}: {detail}")
+
+    def rule(self, kind: str, rule: dict) -> dict:
+        r = self.region.proxy_rule(rule)
+        with self.lock:
+            self.rules.append({"id": r["id"], "kind": kind})
+        return r
 
     def later(self, delay: float, fn, *args) -> None:
         """Run fn(*args) after `delay` on a helper thread (the end of a fault), even after stop."""
@@ -288,9 +335,18 @@ class Chaos(threading.Thread):
 
     def run(self) -> None:
         kinds = [k for k in FAULT_KINDS if self.weights.get(k, 0) > 0]
-        w = [self.weights[k] for k in kinds]
+        # Every kind once first (in a random order), so that even a short soak has each; then by weight.
+        cover = list(kinds)
+        self.rng.shuffle(cover)
         while not self.stop_event.wait(self.every * self.rng.uniform(0.5, 1.5)):
-            kind = self.rng.choices(kinds, w)[0]
+            left = [k for k in kinds if k != "denied" or (self.counts["denied"] < self.denied_max and time.time() > self.denied_until)]
+            if not left:
+                continue
+            cover = [k for k in cover if k in left]
+            if cover:
+                kind = cover.pop(0)
+            else:
+                kind = self.rng.choices(left, [self.weights[k] for k in left])[0]
             try:
                 self.inject(kind)
             except Exception as e:
@@ -307,7 +363,41 @@ class Chaos(threading.Thread):
             mode = self.rng.choice(["stall", "drop"])
             secs = round(self.rng.uniform(2, 8), 1)
             r.proxy_fault(mode, secs)
-            self.note(kind, "all workers", f"endpoint {mode} for {secs}s")
+            self.note(kind, "all workers", f"endpoint {mode} for {secs}s", secs)
+            return
+        if kind == "visibility_fail":
+            rule = {"service": "sqs", "operation": "ChangeMessageVisibilityBatch", "action": "error",
+                    "code": "ServiceUnavailable", "status": 503}  # fmt: skip
+            # Mostly "the next N": extensions and releases are sparse (a hold is extended only after half the
+            # visibility timeout), so a short time window often fails none.
+            if self.rng.random() < 0.7:
+                rule["count"] = self.rng.randint(1, 3)
+                what, secs = f"the next {rule['count']}", 1.0
+            else:
+                rule["seconds"] = secs = round(self.rng.uniform(1, 3), 1)
+                what = f"every one for {secs}s"
+            rid = self.rule(kind, rule)["id"]
+            self.note(kind, "all workers", f"ChangeMessageVisibilityBatch: {what} fail 503 ServiceUnavailable (rule {rid})", secs)
+            return
+        if kind == "ddb_throttle":
+            code = self.rng.choice(["ThrottlingException", "ProvisionedThroughputExceededException"])
+            secs = round(self.rng.uniform(2, 6), 1)
+            rule = {"service": "dynamodb", "operation": "TransactWriteItems", "action": "error", "code": code, "seconds": secs}
+            if self.rng.random() < 0.5:
+                rule["probability"] = 0.5
+            rid = self.rule(kind, rule)["id"]
+            prob = f", probability {rule['probability']}" if "probability" in rule else ""
+            self.note(kind, "all workers", f"TransactWriteItems {code} for {secs}s{prob} (rule {rid})", secs)
+            return
+        if kind == "denied":
+            secs = self.denied_seconds
+            rid = self.rule(kind, {"service": "dynamodb", "action": "error", "code": "AccessDeniedException", "seconds": secs})["id"]
+            self.denied_until = time.time() + secs
+            self.note(kind, "all workers", f"DynamoDB AccessDeniedException on every operation for {secs}s (rule {rid})", secs)
+            return
+        if kind == "lost_response":
+            rid = self.rule(kind, {"service": "dynamodb", "operation": "TransactWriteItems", "action": "pass-then-reset", "count": 1})["id"]
+            self.note(kind, "all workers", f"the next TransactWriteItems applied, its answer lost (reset) (rule {rid})")
             return
         cands = self.healthy()
         # Keep one healthy worker, so the fleet as a whole can always make progress.
@@ -317,7 +407,7 @@ class Chaos(threading.Thread):
                 self.skipped += 1
             return
         held = ""
-        if kind in ("kill", "freeze"):
+        if kind in ("kill", "freeze", "sqs_stall_drain"):
             # The hard case is a worker holding messages: prefer the one with the most in flight.
             # Sample for up to 3 s until one holds some (mid-batch), else take the busiest seen.
             give_up = time.monotonic() + 3
@@ -347,26 +437,35 @@ class Chaos(threading.Thread):
                                        "targets": {"SpotInstances": "spot"}}},
             )["experimentTemplate"]  # fmt: skip
             exp = fis.start_experiment(clientToken=str(uuid.uuid4()), experimentTemplateId=tpl["id"])["experiment"]
-            self.note(kind, iid, f"experiment {exp['id']} (PT2M = {120 * self.time_scale:.1f}s)")
+            self.note(kind, iid, f"experiment {exp['id']} (PT2M = {120 * self.time_scale:.1f}s)", self.drain_lasts())
         elif kind == "rebalance":
             r.sim_post(f"{base}/rebalance")
-            self.note(kind, iid, "rebalance recommendation, no notice")
+            self.note(kind, iid, "rebalance recommendation, no notice", self.drain_lasts())
         elif kind == "rebalance_notice":
             r.sim_post(f"{base}/rebalance")
             # Soon after: capacity rebalancing replaces the instance within about a second at small time scales.
             delay = round(self.rng.uniform(0.1, 0.6), 2)
             self.later(delay, self.notice, iid)
-            self.note(kind, iid, f"rebalance recommendation, interruption notice {delay}s later")
+            self.note(kind, iid, f"rebalance recommendation, interruption notice {delay}s later", self.drain_lasts())
+        elif kind == "sqs_stall_drain":
+            # SQS stops answering every worker and, at the same moment, this one (holding messages) is told it is
+            # interrupted: its drain can release nothing (the releases stall), yet it must complete its hook.
+            secs = round(self.rng.uniform(2, 6), 1)
+            at = time.time()
+            rid = self.rule(kind, {"service": "sqs", "action": "stall", "seconds": secs})["id"]
+            r.sim_post(f"{base}/interrupt", {"in_seconds": 120})
+            self.note(kind, iid, f"SQS stalled for {secs}s (rule {rid}) and an interruption notice at once{held}",
+                      max(secs, self.drain_lasts()), at)  # fmt: skip
         elif kind == "kill":
             r.sim_post(f"{base}/signal", {"signal": "KILL"})
             # On EC2 the health check would replace the instance; here: scale-in without decrement.
             self.later(1, r.sim_post, f"{base}/scale-in", {"decrement": False})
-            self.note(kind, iid, f"SIGKILL, no notice{held}; instance replaced")
+            self.note(kind, iid, f"SIGKILL, no notice{held}; instance replaced", 1.0)
         elif kind == "freeze":
             secs = round(self.vis_timeout + self.rng.uniform(1, 4), 1)
             r.sim_post(f"{base}/signal", {"signal": "STOP"})
             self.later(secs, self.thaw, iid)
-            self.note(kind, iid, f"SIGSTOP for {secs}s (visibility timeout {self.vis_timeout:.0f}s){held}, then SIGCONT")
+            self.note(kind, iid, f"SIGSTOP for {secs}s (visibility timeout {self.vis_timeout:.0f}s){held}, then SIGCONT", secs)
             return  # busy until thawed
         elif kind == "imds":
             mode = self.rng.choice(["error500", "hang", "expire_tokens"])
@@ -376,10 +475,15 @@ class Chaos(threading.Thread):
             else:
                 r.sim_post(f"{base}/imds-fault", {"mode": mode})
             self.later(secs, self.imds_ok, iid)
-            self.note(kind, iid, f"metadata {mode} for {secs}s")
+            self.note(kind, iid, f"metadata {mode} for {secs}s", secs)
             return  # busy until metadata answers again
         # Instances on their way out are never picked again (notices / lifecycle), so release at once.
         self.release(iid)
+
+    def drain_lasts(self) -> float:
+        """How long after a notice or rebalance recommendation the instance's drain may still be running: the
+        scaled two-minute notice (or the replacement's launch), then the drain timeout."""
+        return 120 * self.time_scale + self.drain_timeout + 2
 
     def notice(self, iid: str) -> None:
         """The interruption notice after a rebalance recommendation, unless the instance is already gone."""
@@ -439,10 +543,18 @@ def queue_depth(region: SoakRegion) -> int:
 
 
 def dlq_depth(region: SoakRegion) -> int:
+    """Messages in the DLQ (visible + in flight + delayed). The queue's RedrivePolicy (maxReceiveCount 10, as in
+    terraform/queue.tf) moves a message there after ten receives without a delete."""
     a = region.client("sqs").get_queue_attributes(
-        QueueUrl=region.dlq_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        QueueUrl=region.dlq_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
     )["Attributes"]
     return sum(int(v) for v in a.values())
+
+
+def redrive_policy(region: SoakRegion) -> dict | None:
+    a = region.client("sqs").get_queue_attributes(QueueUrl=region.queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+    return json.loads(a["RedrivePolicy"]) if a.get("RedrivePolicy") else None
 
 
 def count_records(region: SoakRegion) -> int:
@@ -486,8 +598,125 @@ def drains(log_dir: Path, before: Optional[str] = None) -> list[dict]:
     return out
 
 
+# What the worker logs when a hold is lost or given back (the messages of src/dispatch/*.rs), counted per run.
+LOG_SIGNS = {
+    "hold_lost": "visibility extension refused: the hold is lost",
+    "extension_failed": "visibility extension failed; retrying",
+    "release_refused": "release refused",
+    "release_not_done": "release not done within its budget",
+    "run_released": "run not committed; releasing it",
+    "drain_deadline_release": "drain deadline: releasing the rest",
+    "delete_refused": "delete refused",
+    "delete_not_done": "delete not done within its budget",
+    "ddb_refuses_every_write": "DynamoDB refuses every write",
+    "sqs_refuses": "SQS refuses this worker",
+}
+
+
+def parse_time(ts: str) -> float | None:
+    """An RFC 3339 UTC time (the workers' timestamps and ProcessedAt) as epoch seconds."""
+    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z$", str(ts))
+    if not m:
+        return None
+    secs = calendar.timegm(tuple(int(x) for x in m.groups()[:6]) + (0, 0, 0))
+    return secs + (float(m.group(7)) if m.group(7) else 0.0)
+
+
+def scan_worker_logs(log_dir: Path, before: str | None = None) -> dict:
+    """Counts of LOG_SIGNS over every worker log (lines stamped before `before` only), the message ids whose hold
+    was lost, and the releases of a group after a failure (group, instance, time), which explain a later receive
+    of the group's messages."""
+    counts = {k: 0 for k in LOG_SIGNS}
+    hold_lost: list[dict] = []
+    releases: list[dict] = []
+    for p in sorted(log_dir.glob("*.log")):
+        for line in p.read_text(errors="replace").splitlines():
+            sign = next((k for k, v in LOG_SIGNS.items() if v in line), None)
+            if sign is None:
+                continue
+            o: dict = {}
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    o = json.loads(line)
+                    o = {**o, **o.get("fields", {})}
+            if before and o.get("timestamp") and str(o["timestamp"]) >= before:
+                continue
+            counts[sign] += 1
+            at = parse_time(o.get("timestamp", ""))
+            if sign == "hold_lost":
+                hold_lost.append({"message_id": o.get("message_id"), "instance": p.stem, "at": o.get("timestamp"), "code": o.get("code")})
+            elif sign in ("run_released", "drain_deadline_release") and o.get("group") and at:
+                releases.append({"group": o["group"], "instance": p.stem, "at": at})
+    return {"counts": counts, "hold_lost": hold_lost, "releases": releases}
+
+
+def second_consumer(records: list[dict], manifest: Path, timeline: list[dict], releases: list[dict], vis: float,
+                    drain_timeout: float) -> dict:  # fmt: skip
+    """The no-second-consumer check (chaos/SOAK.md has the definition). A record's ReceiveCount is SQS's
+    ApproximateReceiveCount at the receive that applied it: 1 means no consumer had the message before. For every
+    record with ReceiveCount > 1 some hold-breaking event must have been in effect between the message's send and
+    its application: a fault of a HOLD_BREAKING kind whose window [start, end + visibility timeout + drain
+    timeout + 2 s] overlaps [sent - 2 s, applied + 1 s] (a kill or drain of one instance explains only a record
+    applied by another instance: that one never receives again), or a release of the message's group logged by a
+    worker after a failure (window [release, release + visibility timeout + 2 s]). The others are
+    `second_consumer_receives`: a message received by a second consumer while nothing took it from the first."""
+    sent: dict[str, float] = {}
+    with open(manifest) as mf:
+        for line in mf:
+            m = json.loads(line)
+            if m.get("sent_at") is not None:
+                sent[m["message_id"]] = float(m["sent_at"])
+    slack = vis + drain_timeout + 2
+    windows = [(f["at"], f["end"] + slack, f["kind"], f["target"]) for f in timeline
+               if f["kind"] in HOLD_BREAKING and "at" in f]  # fmt: skip
+    hist: dict[int, int] = {}
+    unexplained: list[dict] = []
+    explained_by: dict[str, int] = {}
+    for rec in records:
+        rc = int(rec.get("ReceiveCount") or 0)
+        hist[rc] = hist.get(rc, 0) + 1
+        if rc <= 1:
+            continue
+        s0 = sent.get(rec.get("SqsMessageId"))
+        applied = parse_time(rec.get("ProcessedAt", ""))
+        if s0 is None or applied is None:
+            unexplained.append({**_brief(rec), "why": "no send time or ProcessedAt"})
+            continue
+        lo, hi = s0 - 2, applied + 1
+        # Credited to the latest such fault that began before the application (the likeliest cause).
+        by, began = None, 0.0
+        for a, b, kind, target in windows:
+            if a <= hi and b >= lo and a >= began and not (kind in NEVER_RECEIVES_AGAIN and target == rec.get("ProcessedBy")):
+                by, began = kind, a
+        if by is None:
+            for rel in releases:
+                if rel["group"] == rec.get("MessageGroupId") and rel["at"] <= hi and rel["at"] + vis + 2 >= lo:
+                    by = "release"
+                    break
+        if by is None:
+            unexplained.append({**_brief(rec), "sent_at": s0, "applied_at": applied})
+        else:
+            explained_by[by] = explained_by.get(by, 0) + 1
+    return {
+        "receive_count_histogram": {str(k): v for k, v in sorted(hist.items())},
+        "redelivered": sum(v for k, v in hist.items() if k > 1),
+        "explained_by": explained_by,
+        "second_consumer_receives": len(unexplained),
+        "unexplained": unexplained[:50],
+    }
+
+
+def _brief(rec: dict) -> dict:
+    return {k: rec.get(k) for k in ("OrderID", "MessageGroupId", "GroupPosition", "SqsMessageId", "ReceiveCount",
+                                    "ProcessedBy", "ProcessedAt")}  # fmt: skip
+
+
 def plant_bug(region: SoakRegion, kind: str) -> str:
     """Damage the table the way a broken worker would, so a run proves the audit catches it."""
+    if kind == "dlq":
+        mid = region.client("sqs").send_message(QueueUrl=region.dlq_url, MessageBody="planted: a message in the DLQ",
+                                                MessageGroupId="planted", MessageDeduplicationId=str(uuid.uuid4()))["MessageId"]  # fmt: skip
+        return f"sent message {mid} straight into the DLQ {region.dlq_name}"
     ddb = region.client("dynamodb")
     recs = [r for r in region.records() if r.get("Status") == "ACCEPTED"]
     by_group: dict[str, list[dict]] = {}
@@ -516,6 +745,41 @@ def plant_bug(region: SoakRegion, kind: str) -> str:
             ExpressionAttributeValues={":p": {"N": str(pos)}},
         )
     return f"swapped the positions of {x['OrderID']} and {y['OrderID']} in group {group}"
+
+
+def plant_second_consumer(region: SoakRegion, manifest: Path, prefix: str, quiet_from: float) -> str:
+    """Self-test of the second-consumer check: once every fault window is over, one more order is sent into a
+    group of its own and received by a second client (the soak's own, directly at the emulator) before any worker
+    gets it; that client lets it go without deleting it and a worker then applies it with ReceiveCount 2, which no
+    fault explains. The workers are stopped (SIGSTOP) for the few seconds it takes, so that none of their long
+    polls takes the message first; nothing is held then (the backlog is clear)."""
+    if (d := quiet_from - time.time()) > 0:
+        log(f"plant second_consumer: waiting {d:.1f}s for the last fault window to close")
+        time.sleep(d)
+    sqs = region.client("sqs")
+    live = [i["id"] for i in region.instances("InService") if i.get("process_alive")]
+    for iid in live:
+        region.sim_post(f"/_sim/instances/{iid}/signal", {"signal": "STOP"})
+    try:
+        time.sleep(3)  # the polls out when they stopped end (wait time 2 s) with nothing
+        oid, group = f"{prefix}-planted", f"{prefix}-gplanted"
+        body = valid_body(oid, group, random.Random(0))
+        mid = sqs.send_message(QueueUrl=region.queue_url, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=oid)["MessageId"]
+        with open(manifest, "a") as mf:
+            mf.write(json.dumps({"order_id": oid, "group": group, "expect": "accepted", "message_id": mid,
+                                 "kind": "order", "sent_at": round(time.time(), 3)}) + "\n")  # fmt: skip
+        got = sqs.receive_message(QueueUrl=region.queue_url, MaxNumberOfMessages=1, VisibilityTimeout=1, WaitTimeSeconds=2,
+                                  AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])  # fmt: skip
+        if not got or got[0]["MessageId"] != mid:
+            return f"planted order {oid} sent, but the second client did not receive it ({got})"
+        time.sleep(1.5)
+    finally:
+        for iid in live:
+            with contextlib.suppress(Exception):
+                region.sim_post(f"/_sim/instances/{iid}/signal", {"signal": "CONT"})
+    with contextlib.suppress(Exception):
+        wait_for(f"the planted order {oid}", 30, lambda: any(r["OrderID"] == oid for r in region.records()), every=1)
+    return f"order {oid} (message {mid}, group {group}) received by a second client before a worker applied it"
 
 
 def utc_now() -> str:
@@ -570,7 +834,8 @@ def run(a: argparse.Namespace) -> int:
                     sim_args=["--max-size", str(max(10, a.workers * 3))], kill_grace="2s") as region:  # fmt: skip
         manifest = out / "manifest.jsonl"
         producer = Producer(region, messages, a.duration, manifest)
-        chaos = Chaos(region, a.fault_every, weights, random.Random(seed + 1), vis, a.time_scale)
+        chaos = Chaos(region, a.fault_every, weights, random.Random(seed + 1), vis, a.time_scale,
+                      denied_seconds=a.denied_seconds, denied_max=a.denied_max, drain_timeout=a.drain_timeout)  # fmt: skip
         producer.start()
         chaos.start()
         last_print = 0.0
@@ -607,27 +872,62 @@ def run(a: argparse.Namespace) -> int:
         else:
             log(f"backlog clear {backlog_s:.1f}s after the last send; waiting {vis + 2}s for late applies")
             time.sleep(vis + 2)
+        slack = vis + a.drain_timeout + 2
+        if a.plant_bug == "second_consumer":
+            quiet = max([f["end"] + slack for f in chaos.timeline], default=0)
+            report["planted_bug"] = plant_second_consumer(region, manifest, prefix, quiet)
+            log(f"PLANTED BUG (self-test of the audit): {report['planted_bug']}")
+        logs_before = utc_now()
+        wl = scan_worker_logs(region.worker_log_dir, before=logs_before)
+        sc = second_consumer(region.records(), manifest, chaos.timeline, wl["releases"], vis, a.drain_timeout)
+        if a.plant_bug and a.plant_bug != "second_consumer":
+            report["planted_bug"] = plant_bug(region, a.plant_bug)
+            log(f"PLANTED BUG (self-test of the audit): {report['planted_bug']}")
+        report["redrive_policy"] = redrive_policy(region)
         report["dlq_depth"] = dlq_depth(region)
         with contextlib.suppress(Exception):
             report["proxy"] = region.proxy_status()
         status = region.status()
         region.save_status(out / "spot-sim-status.json")
-        if a.plant_bug:
-            report["planted_bug"] = plant_bug(region, a.plant_bug)
-            log(f"PLANTED BUG (self-test of the audit): {report['planted_bug']}")
         v = region.verify(manifest, out / "verify.json")
         (out / "verify.txt").write_text(v.get("text", ""))
         report["instances"] = {
             "launched": len(status["instances"]),
             "terminated": sum(1 for i in status["instances"] if i["lifecycle_state"] == "Terminated"),
         }
+        # Instances whose termination went ahead only because the hook timed out, though no kill explains it
+        # (a kill's hook always times out): the worker did not complete its own hook.
+        killed = {f["target"] for f in chaos.timeline if f["kind"] == "kill"}
+        report["hook_timeouts_not_killed"] = [
+            {"instance": i["id"], "at": e["at"], "faults": [f["kind"] for f in chaos.timeline if f["target"] == i["id"]]}
+            for i in status["instances"] if i["id"] not in killed
+            for e in i.get("events", []) if "hook timed out" in e.get("event", "")
+        ]  # fmt: skip
         report["chaos_errors"] = chaos.errors
         report["faults_skipped"] = chaos.skipped
         report["notices_after_replacement"] = chaos.notices_too_late
         report["producer_retries"] = producer.retries
         # Drains: read the logs while the workers still run (the final shutdown drains are not soak drains).
-        ds = drains(region.worker_log_dir, before=utc_now())
+        ds = drains(region.worker_log_dir, before=logs_before)
     total_s = time.monotonic() - t_start
+    # Proxy rules: how many requests each fault kind's rules failed, stalled or reset.
+    rule_hits: dict[str, dict] = {}
+    kind_of = {r["id"]: r["kind"] for r in chaos.rules}
+    for rule in (report.get("proxy") or {}).get("rules", []):
+        k = kind_of.get(rule.get("id"), "other")
+        h = rule_hits.setdefault(k, {"rules": 0, "hits": 0, "matched": 0})
+        h["rules"] += 1
+        h["hits"] += int(rule.get("hits") or 0)
+        h["matched"] += int(rule.get("matched") or 0)
+    # Every instance interrupted while SQS stalled must still have completed its own lifecycle hook.
+    stall_drains = []
+    for f in chaos.timeline:
+        if f["kind"] == "sqs_stall_drain":
+            mine = [d for d in ds if d["instance"] == f["target"]]
+            stall_drains.append({"instance": f["target"], "hook": mine[0].get("hook") if mine else None,
+                                 "took_ms": mine[0]["took_ms"] if mine else None,
+                                 "released": mine[0].get("released") if mine else None,
+                                 "deadline_hit": mine[0].get("deadline_hit") if mine else None})  # fmt: skip
     kinds = {}
     with open(manifest) as mf:
         for line in mf:
@@ -651,6 +951,13 @@ def run(a: argparse.Namespace) -> int:
             "lost": lost,
             "applied_twice": twice,
             "out_of_order": ooo,
+            "position_gaps": v.get("position_gaps"),
+            "second_consumer_receives": sc["second_consumer_receives"],
+            "receive_counts": sc,
+            "worker_log_signs": wl["counts"],
+            "hold_lost": wl["hold_lost"][:50],
+            "rule_hits": rule_hits,
+            "sqs_stall_drains": stall_drains,
             "wrong_verdict": v.get("wrong_status"),
             "unexpected": v.get("unexpected"),
             "per_instance": v.get("per_instance"),
@@ -669,9 +976,19 @@ def run(a: argparse.Namespace) -> int:
     if lost is None or twice is None or ooo is None:
         failures.append(f"verify produced no report (exit {v.get('exit_code')}): {v.get('text', '')[-500:]}")
     else:
-        for name, val in (("lost", lost), ("applied twice", twice), ("out of order", ooo)):
+        for name, val in (("lost", lost), ("applied twice", twice), ("out of order", ooo),
+                          ("position gaps", v.get("position_gaps") or 0)):  # fmt: skip
             if val:
                 failures.append(f"INVARIANT BROKEN: {name} = {val}")
+    if report["redrive_policy"] is None:
+        failures.append("the queue has no RedrivePolicy: the DLQ invariant would mean nothing")
+    if report["dlq_depth"]:
+        failures.append(f"INVARIANT BROKEN: messages in the DLQ = {report['dlq_depth']}")
+    if sc["second_consumer_receives"]:
+        failures.append(f"INVARIANT BROKEN: second-consumer receives = {sc['second_consumer_receives']} "
+                        f"(ReceiveCount > 1 that no hold-breaking fault or release explains)")  # fmt: skip
+    if bad := [d for d in stall_drains if d["hook"] != "Completed"]:
+        failures.append(f"lifecycle hook not completed after an interruption under an SQS stall: {bad}")
     report["failures"] = failures
     report["verdict"] = "FAILED" if failures else "OK"
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -683,6 +1000,7 @@ def run(a: argparse.Namespace) -> int:
 
 def render(r: dict) -> str:
     d = r["drains"]
+    rc = r["receive_counts"]
     faults = ", ".join(f"{k} {v}" for k, v in r["faults"].items() if v) or "none"
     lines = [
         "== chaos soak report ==",
@@ -694,7 +1012,14 @@ def render(r: dict) -> str:
         f"lost             {r['lost']}",
         f"applied twice    {r['applied_twice']}",
         f"out of order     {r['out_of_order']}",
-        f"wrong verdict    {r['wrong_verdict']}   unexpected {r['unexpected']}   in DLQ {r['dlq_depth']}",
+        f"position gaps    {r['position_gaps']}",
+        f"in DLQ           {r['dlq_depth']} (redrive: {json.dumps(r.get('redrive_policy'))})",
+        (
+            f"second consumer  {r['second_consumer_receives']} unexplained of {rc['redelivered']} records with ReceiveCount > 1 "
+            f"(explained by {', '.join(f'{k} {v}' for k, v in rc['explained_by'].items()) or '-'}); "
+            f"ReceiveCount histogram {', '.join(f'{k}: {v}' for k, v in rc['receive_count_histogram'].items())}"
+        ),
+        f"wrong verdict    {r['wrong_verdict']}   unexpected {r['unexpected']}",
         f"faults           {r['faults_total']}: {faults} (skipped {r.get('faults_skipped', 0)}: under two healthy workers; "
         f"rebalance_notice on an instance already replaced {r.get('notices_after_replacement', 0)})",
     ]
@@ -710,9 +1035,22 @@ def render(r: dict) -> str:
         )
     else:
         lines.append("drains           0")
+    if r.get("sqs_stall_drains"):
+        sd = r["sqs_stall_drains"]
+        lines.append(f"sqs_stall_drain  {len(sd)}: hooks completed {sum(1 for x in sd if x['hook'] == 'Completed')}; drains took ms "
+                     f"{[x['took_ms'] for x in sd]}, released {[x['released'] for x in sd]}, deadline hit {sum(1 for x in sd if x['deadline_hit'])}")
+    if r.get("hook_timeouts_not_killed"):
+        ht = r["hook_timeouts_not_killed"]
+        lines.append(f"hook timed out  {len(ht)} instances not killed: " + ", ".join(f"{x['instance']} ({'/'.join(x['faults']) or '-'})" for x in ht))
+    if r.get("rule_hits"):
+        lines.append("proxy rules      " + ", ".join(f"{k}: {h['rules']} rules, {h['hits']} requests hit" for k, h in r["rule_hits"].items()))
+    w = r.get("worker_log_signs") or {}
+    lines.append("worker logs      " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in w.items() if v) or "worker logs      -")
     lines.append(f"timing           sending {r['send_seconds']}s, backlog clear {r['backlog_clear_seconds']}s after the last send, total {r['total_seconds']}s")
     for e in r.get("verify_examples") or []:
         lines.append(f"  ! {e}")
+    for e in rc.get("unexplained") or []:
+        lines.append(f"  ! ReceiveCount {e.get('ReceiveCount')} unexplained: {json.dumps(e)}")
     for e in r.get("chaos_errors") or []:
         lines.append(f"  fault error: {e}")
     for f in r["failures"]:
@@ -738,9 +1076,12 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--work-delay", default="5ms", help="worker --work-delay (keeps orders in flight)")
     p.add_argument("--backlog-timeout", type=float, default=180, help="seconds allowed for the backlog to clear")
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
-    p.add_argument("--plant-bug", choices=["lost", "twice", "out_of_order"],
+    p.add_argument("--denied-seconds", type=float, default=10, help="length of a `denied` window (DynamoDB AccessDeniedException)")
+    p.add_argument("--denied-max", type=int, default=1, help="at most this many `denied` windows per run")
+    p.add_argument("--plant-bug", choices=["lost", "twice", "out_of_order", "dlq", "second_consumer"],
                    help="self-test: damage the table before verify (delete a record / advance a group's LastPosition / "
-                        "swap two positions); the soak must then FAIL")  # fmt: skip
+                        "swap two positions), put a message in the DLQ, or have a second client receive an order "
+                        "before a worker applies it; the soak must then FAIL")  # fmt: skip
     p.add_argument("--out", default=str(localregion.target_dir() / "soak" / time.strftime("%Y%m%dT%H%M%S")))
     a = p.parse_args(argv)
     if a.faults and (bad := set(a.faults.split(",")) - set(FAULT_KINDS)):
