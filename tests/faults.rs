@@ -36,15 +36,6 @@ async fn rig(test: &str) -> Rig {
     }
 }
 
-async fn wait_log(proc: &Proc, needle: &str, timeout: Duration) {
-    wait_for(
-        &format!("{needle:?} in the worker log"),
-        timeout,
-        || async { proc.log_text().contains(needle).then_some(()) },
-    )
-    .await;
-}
-
 /// A `key=value` field of the worker's `drain complete` line.
 fn drain_field(log: &str, key: &str) -> String {
     line_field(log, "drain complete", key)

@@ -6,15 +6,6 @@ use std::time::Duration;
 
 use common::*;
 
-async fn wait_log(proc: &Proc, needle: &str, timeout: Duration) {
-    wait_for(
-        &format!("{needle:?} in the worker log"),
-        timeout,
-        || async { proc.log_text().contains(needle).then_some(()) },
-    )
-    .await;
-}
-
 /// The emulator, a fixture, spot-sim, one external instance and a worker on it that has learnt its id.
 async fn on_instance(
     test: &str,

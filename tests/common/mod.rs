@@ -427,6 +427,16 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
         .expect("create table");
 }
 
+/// Wait (with a deadline) until a process's log contains `needle`.
+pub async fn wait_log(proc: &Proc, needle: &str, timeout: Duration) {
+    wait_for(
+        &format!("{needle:?} in the worker log"),
+        timeout,
+        || async { proc.log_text().contains(needle).then_some(()) },
+    )
+    .await;
+}
+
 /// A valid order body.
 pub fn order_body(id: &str, customer: &str) -> String {
     format!(
