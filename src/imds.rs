@@ -1952,7 +1952,9 @@ mod tests {
         let (fake, url) = serve().await;
         fake.script_token(&[Reply::Status(403)]);
         let mut w = start_watch(&url);
-        eventually(|| fake.hits(PATH_TOKEN) >= 6).await;
+        // The fake counts a request when it arrives, the watcher its error once the answer is read: wait for both
+        // (waiting for the hits alone raced the sixth error count).
+        eventually(|| fake.hits(PATH_TOKEN) >= 6 && error_count(&w.stats, "forbidden") >= 6).await;
         assert!(!w.task.is_finished());
         assert!(error_count(&w.stats, "forbidden") >= 6);
         // Metadata is turned back on: notices flow.

@@ -147,18 +147,6 @@ fn emf_records(log: &str) -> Vec<Value> {
 }
 
 /// The metrics address from the JSON log line `metrics on /metrics, ...` (field `addr`).
-fn emf_records_addr(log: &str) -> String {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("metrics on"))
-        })
-        .and_then(|v| v["addr"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| panic!("no metrics address in {log}"))
-}
-
 fn sum(records: &[&Value], metric: &str) -> f64 {
     records.iter().filter_map(|r| r[metric].as_f64()).sum()
 }
@@ -234,17 +222,9 @@ async fn emf_records_in_the_json_log_follow_the_format_and_match_the_work() {
     )
     .await;
     // The Prometheus endpoint stays, and agrees.
-    let addr = emf_records_addr(&worker.log_text());
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        body.lines()
-            .any(|l| l == "order_worker_orders_total{status=\"accepted\"} 5"),
-        "{body}"
+    assert_eq!(
+        metric(&worker, "order_worker_orders_total{status=\"accepted\"}").await,
+        5.0
     );
     worker.signal("TERM");
     let status = worker.wait_exit(Duration::from_secs(30)).await;

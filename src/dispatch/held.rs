@@ -229,21 +229,24 @@ impl Held {
     /// Messages whose confirmed visibility ends within `margin`: extend them now. Nothing is changed until SQS
     /// confirms ([`Held::extended`]), so a failed call is tried again on the next tick.
     pub fn due(&self, now: Instant, margin: Duration) -> Vec<Due> {
-        let mut due: Vec<Due> = self
+        let mut due: Vec<(&Lease, Due)> = self
             .leases
             .iter()
             .filter(|(_, l)| !l.lost && l.visible_until.saturating_duration_since(now) < margin)
-            .map(|(id, l)| Due {
-                handle: Handle {
-                    message_id: id.clone(),
-                    receipt_handle: l.receipt_handle.clone(),
-                },
-                generation: l.generation,
+            .map(|(id, l)| {
+                let d = Due {
+                    handle: Handle {
+                        message_id: id.clone(),
+                        receipt_handle: l.receipt_handle.clone(),
+                    },
+                    generation: l.generation,
+                };
+                (l, d)
             })
             .collect();
         // The most urgent first: if SQS only takes some calls, those go first.
-        due.sort_by_key(|d| self.leases[&d.handle.message_id].visible_until);
-        due
+        due.sort_by_key(|(l, _)| l.visible_until);
+        due.into_iter().map(|(_, d)| d).collect()
     }
 
     /// SQS confirmed an extension sent at `sent_at` for `generation` of the handle: hidden until

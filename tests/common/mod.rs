@@ -467,10 +467,15 @@ pub async fn metrics_addr(proc: &Proc) -> String {
         Duration::from_secs(20),
         || async {
             let text = proc.log_text();
-            text.lines()
-                .find(|l| l.contains("metrics on"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .map(|a| a.split_whitespace().next().unwrap().to_owned())
+            let line = text.lines().find(|l| l.contains("metrics on"))?;
+            // `--log-format json` puts it in a field, the text format after `addr=`.
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) => v["addr"].as_str().map(str::to_owned),
+                Err(_) => line
+                    .split("addr=")
+                    .nth(1)
+                    .map(|a| a.split_whitespace().next().unwrap().to_owned()),
+            }
         },
     )
     .await
