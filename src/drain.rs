@@ -24,7 +24,8 @@ use crate::config::{Config, RebalancePolicy};
 use crate::dispatch::{Dispatcher, RELEASE_GRACE};
 use crate::imds::{ImdsClient, Notice};
 use crate::lifecycle::{heartbeat_until, resolve_group, HookResult, LifecycleHook};
-use crate::metrics::metrics;
+use crate::telemetry::{DRAINS, DRAIN_ORDERS, HOOK_COMPLETIONS, LAST_DRAIN_SECONDS, NOTICES};
+use metrics::{counter, gauge};
 
 /// What started a drain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +143,7 @@ fn act_on(
 ) -> Option<Trigger> {
     match notice {
         Notice::Interruption(a) => {
-            metrics().notices.inc(&["interruption"]);
+            counter!(NOTICES, "kind" => "interruption").increment(1);
             *termination_seen = true;
             tracing::warn!(action = %a.action, time = %a.time, "Spot interruption notice");
             Some(Trigger::Interruption {
@@ -151,7 +152,7 @@ fn act_on(
             })
         }
         Notice::TargetLifecycle(state) if state == "Terminated" => {
-            metrics().notices.inc(&["target_lifecycle"]);
+            counter!(NOTICES, "kind" => "target_lifecycle").increment(1);
             *termination_seen = true;
             tracing::warn!("target lifecycle state Terminated (scale-in or rebalancing replaces this instance)");
             Some(Trigger::LifecycleTerminated)
@@ -161,7 +162,7 @@ fn act_on(
             None
         }
         Notice::Rebalance(r) => {
-            metrics().notices.inc(&["rebalance"]);
+            counter!(NOTICES, "kind" => "rebalance").increment(1);
             match cfg.on_rebalance {
                 RebalancePolicy::Ignore => {
                     tracing::info!(notice_time = %r.notice_time, "rebalance recommendation ignored (--on-rebalance ignore)");
@@ -223,7 +224,7 @@ impl Drain<'_> {
         let before = dispatcher.counts();
         let mut deadline = deadline_for(cfg, &trigger, started, OffsetDateTime::now_utc());
         dispatcher.health().set_ready(false);
-        metrics().drains.inc(&[trigger.label()]);
+        counter!(DRAINS, "trigger" => trigger.label()).increment(1);
         let (groups, messages) = dispatcher.held();
         let deadline_in_ms = deadline.saturating_duration_since(started).as_millis() as u64;
         if matches!(trigger, Trigger::Signal(_)) {
@@ -310,7 +311,7 @@ impl Drain<'_> {
                 Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
                 Err(why) if why == "disabled" => HookOutcome::NotNeeded,
                 Err(why) => {
-                    metrics().hook_completions.inc(&["failed"]);
+                    counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
                     HookOutcome::Failed(why)
                 }
             }
@@ -322,9 +323,9 @@ impl Drain<'_> {
         let after = dispatcher.counts();
         let finished = after.finished - before.finished;
         let released = after.released - before.released;
-        metrics().drain_orders.add(&["finished"], finished as f64);
-        metrics().drain_orders.add(&["released"], released as f64);
-        *metrics().last_drain_seconds.lock().expect("metrics lock") = took.as_secs_f64();
+        counter!(DRAIN_ORDERS, "outcome" => "finished").increment(finished);
+        counter!(DRAIN_ORDERS, "outcome" => "released").increment(released);
+        gauge!(LAST_DRAIN_SECONDS).set(took.as_secs_f64());
         let report = DrainReport {
             trigger,
             took,
@@ -375,13 +376,13 @@ pub fn terminal(notice: &Notice) -> Option<Trigger> {
 /// release, only the hook to complete, and the same one-line report.
 pub async fn without_work(cfg: &Config, hooks: &HookContext, trigger: Trigger) -> DrainReport {
     let started = Instant::now();
-    metrics().drains.inc(&[trigger.label()]);
+    counter!(DRAINS, "trigger" => trigger.label()).increment(1);
     tracing::warn!(trigger = ?trigger, "termination notice while waiting to start: nothing is held");
     let hook = match resolve_hook(cfg, hooks).await {
         Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
         Err(why) if why == "disabled" => HookOutcome::NotNeeded,
         Err(why) => {
-            metrics().hook_completions.inc(&["failed"]);
+            counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
             HookOutcome::Failed(why)
         }
     };
@@ -472,7 +473,7 @@ async fn complete(hook: &LifecycleHook, until: Instant) -> HookOutcome {
         );
         match call.await {
             Ok(Ok(())) => {
-                metrics().hook_completions.inc(&["ok"]);
+                counter!(HOOK_COMPLETIONS, "result" => "ok").increment(1);
                 tracing::info!(group = %hook.group(), hook = %hook.hook(), instance = %hook.instance_id(), attempts = attempt + 1, "lifecycle hook completed (CONTINUE)");
                 return HookOutcome::Completed;
             }
@@ -496,7 +497,7 @@ async fn complete(hook: &LifecycleHook, until: Instant) -> HookOutcome {
         }
         tokio::time::sleep(pause).await;
     }
-    metrics().hook_completions.inc(&["failed"]);
+    counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
     tracing::error!(cause = %last, "lifecycle hook NOT completed: the group proceeds when the hook times out");
     HookOutcome::Failed(last)
 }

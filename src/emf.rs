@@ -3,9 +3,9 @@
 //! `cloudwatch:PutMetricData` permission, and the figures of an interrupted instance are in CloudWatch as soon
 //! as its log lines are.
 //!
-//! Hand-built with `serde_json` from the existing [`crate::metrics::metrics`] counters (read, never changed).
-//! A later issue moves the worker's metrics to the `metrics` facade; then the crate
-//! `metrics_cloudwatch_embedded` (a `metrics` recorder that writes EMF) can replace this module.
+//! Hand-built with `serde_json` from the figures of the one metrics recorder ([`crate::telemetry::snapshot`]:
+//! read, never changed), so EMF and `/metrics` report the same counts. Readiness comes from
+//! [`crate::health::Health`], whose state it is.
 //!
 //! # Records
 //! - **interval** (every `--emf-interval`, and once more at exit): counters as **deltas since the previous
@@ -32,7 +32,6 @@
 //! format (a report picks the records out by their `record` member: `interval` or `drain`).
 
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +39,8 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::drain::{DrainReport, HookOutcome, Trigger};
-use crate::metrics::metrics;
+use crate::health::Health;
+use crate::telemetry::{self, Snapshot};
 
 /// EMF's limits per directive (the format's specification).
 pub const MAX_METRICS: usize = 100;
@@ -174,18 +174,18 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Read the process-wide counters.
-    pub fn read() -> Counters {
-        let m = metrics();
-        let (committed, latency_sum_s) = m.latency.count_and_sum();
+    /// The counters in one snapshot of the recorder.
+    pub fn read(s: &Snapshot) -> Counters {
+        let orders = |status| s.value(telemetry::ORDERS, &[("status", status)]);
+        let latency = |part| s.value(&format!("{}_{part}", telemetry::ORDER_LATENCY), &[]);
         Counters {
-            accepted: m.orders.get(&["accepted"]),
-            rejected: m.orders.get(&["rejected"]),
-            duplicate: m.orders.get(&["duplicate"]),
-            conflict: m.orders.get(&["conflict"]),
-            released: m.releases.total(),
-            committed,
-            latency_sum_s,
+            accepted: orders("accepted"),
+            rejected: orders("rejected"),
+            duplicate: orders("duplicate"),
+            conflict: orders("conflict"),
+            released: s.sum(telemetry::RELEASES),
+            committed: latency("count") as u64,
+            latency_sum_s: latency("sum"),
         }
     }
 }
@@ -199,12 +199,12 @@ pub struct Gauges {
 }
 
 impl Gauges {
-    pub fn read() -> Gauges {
-        let m = metrics();
+    /// The held counts from a snapshot, readiness from its owner.
+    pub fn read(s: &Snapshot, health: &Health) -> Gauges {
         Gauges {
-            messages_held: m.messages_in_flight.load(Ordering::Relaxed),
-            groups_held: m.groups_in_flight.load(Ordering::Relaxed),
-            ready: m.ready.load(Ordering::Relaxed),
+            messages_held: s.value(telemetry::MESSAGES_IN_FLIGHT, &[]) as u64,
+            groups_held: s.value(telemetry::GROUPS_IN_FLIGHT, &[]) as u64,
+            ready: health.ready(),
         }
     }
 }
@@ -357,6 +357,8 @@ pub struct Emitter {
     queue_name: String,
     instance_id: Arc<OnceLock<String>>,
     fallback_id: String,
+    /// Readiness, for the `Ready` gauge.
+    health: Arc<Health>,
     last: Mutex<(Counters, std::time::Instant)>,
 }
 
@@ -366,13 +368,18 @@ impl Emitter {
         queue_url: &str,
         instance_id: Arc<OnceLock<String>>,
         fallback_id: &str,
+        health: Arc<Health>,
     ) -> Arc<Emitter> {
         Arc::new(Emitter {
             namespace: namespace.to_string(),
             queue_name: queue_name(queue_url),
             instance_id,
             fallback_id: fallback_id.to_string(),
-            last: Mutex::new((Counters::read(), std::time::Instant::now())),
+            health,
+            last: Mutex::new((
+                Counters::read(&telemetry::snapshot()),
+                std::time::Instant::now(),
+            )),
         })
     }
 
@@ -390,7 +397,8 @@ impl Emitter {
 
     /// Write an interval record with the deltas since the previous one.
     pub fn emit_interval(&self) {
-        let cur = Counters::read();
+        let snapshot = telemetry::snapshot();
+        let cur = Counters::read(&snapshot);
         let mut last = self.last.lock().expect("emf lock");
         let record = interval_record(
             &self.ctx(),
@@ -398,7 +406,7 @@ impl Emitter {
             last.1.elapsed(),
             &last.0,
             &cur,
-            &Gauges::read(),
+            &Gauges::read(&snapshot, &self.health),
         );
         *last = (cur, std::time::Instant::now());
         write(&record);
@@ -567,6 +575,44 @@ mod tests {
         assert_eq!(v["HookNotCompleted"], 1.0);
         assert_eq!(v["hook"], "failed: refused");
         assert_eq!(v["record"], "drain");
+    }
+
+    #[test]
+    fn counters_and_gauges_are_read_from_the_recorder() {
+        let local = telemetry::LocalRecorder::install();
+        metrics::counter!(telemetry::ORDERS, "status" => "accepted").increment(4);
+        metrics::counter!(telemetry::ORDERS, "status" => "conflict").increment(1);
+        metrics::counter!(telemetry::RELEASES, "reason" => "drain").increment(2);
+        metrics::counter!(telemetry::RELEASES, "reason" => "rebalance").increment(1);
+        metrics::histogram!(telemetry::ORDER_LATENCY).record(0.25);
+        metrics::histogram!(telemetry::ORDER_LATENCY).record(0.5);
+        metrics::gauge!(telemetry::MESSAGES_IN_FLIGHT).set(7.0);
+        metrics::gauge!(telemetry::GROUPS_IN_FLIGHT).set(2.0);
+        let s = local.snapshot();
+        let c = Counters::read(&s);
+        assert_eq!(
+            c,
+            Counters {
+                accepted: 4.0,
+                rejected: 0.0,
+                duplicate: 0.0,
+                conflict: 1.0,
+                released: 3.0,
+                committed: 2,
+                latency_sum_s: 0.75,
+            }
+        );
+        let health = Health::default();
+        assert!(!Gauges::read(&s, &health).ready);
+        health.set_ready(true);
+        assert_eq!(
+            Gauges::read(&s, &health),
+            Gauges {
+                messages_held: 7,
+                groups_held: 2,
+                ready: true,
+            }
+        );
     }
 
     #[test]

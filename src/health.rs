@@ -45,14 +45,6 @@ impl Default for Health {
 impl Health {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
-        self.mirror();
-    }
-
-    /// Keep the `order_worker_ready` gauge equal to [`Health::ready`].
-    fn mirror(&self) {
-        crate::metrics::metrics()
-            .ready
-            .store(self.ready(), Ordering::Relaxed);
     }
 
     /// Ready to take work: the drain says so and no service is blocked.
@@ -89,8 +81,7 @@ impl Health {
             },
         );
         drop(b);
-        crate::metrics::metrics().blocked.add(&[service], 1.0);
-        self.mirror();
+        metrics::gauge!(crate::telemetry::BLOCKED, "service" => service).increment(1.0);
         self.changed.send_modify(|n| *n += 1);
         true
     }
@@ -99,8 +90,7 @@ impl Health {
     pub fn clear(&self, service: &'static str) -> Option<Blocker> {
         let lifted = self.blocked.lock().expect("health lock").remove(service);
         if lifted.is_some() {
-            crate::metrics::metrics().blocked.add(&[service], -1.0);
-            self.mirror();
+            metrics::gauge!(crate::telemetry::BLOCKED, "service" => service).decrement(1.0);
             self.changed.send_modify(|n| *n += 1);
         }
         lifted

@@ -15,7 +15,6 @@
 //! - Never through an HTTP proxy: IMDS is link-local, a proxy from the environment would break it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::{IMDS_ERRORS, IMDS_NOTICES};
 
 /// The instance metadata endpoint on EC2 (IPv4).
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -157,7 +158,18 @@ pub enum ImdsError {
 }
 
 impl ImdsError {
-    /// Short label used as the metrics `kind` (see [`ImdsStats::errors`]).
+    /// Every [`ImdsError::kind`], for the metrics: each is exported from the start, at 0.
+    pub const KINDS: [&'static str; 7] = [
+        "timeout",
+        "transport",
+        "unauthorized",
+        "forbidden",
+        "throttled",
+        "server_error",
+        "malformed",
+    ];
+
+    /// Short label used as the metrics `kind` of `order_worker_imds_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
             ImdsError::Timeout { .. } => "timeout",
@@ -169,6 +181,11 @@ impl ImdsError {
             // An unknown status is a protocol surprise, like a body we cannot read.
             ImdsError::UnexpectedStatus { .. } | ImdsError::Malformed { .. } => "malformed",
         }
+    }
+
+    /// Count this error (one failed HTTP attempt, or a document that did not parse).
+    fn count(&self) {
+        metrics::counter!(IMDS_ERRORS, "kind" => self.kind()).increment(1);
     }
 
     /// Whether trying again soon may help.
@@ -369,90 +386,6 @@ fn poll_delay(poll: Duration, failing_polls: u32, unit: f64) -> Duration {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stats
-// ---------------------------------------------------------------------------------------------
-
-/// Counters for the metrics endpoint. Errors are counted per failed HTTP attempt (a request that
-/// failed once and then succeeded on retry still shows up); notices are counted once per distinct
-/// event sent by the watcher.
-#[derive(Debug, Default)]
-pub struct ImdsStats {
-    timeout: AtomicU64,
-    transport: AtomicU64,
-    unauthorized: AtomicU64,
-    forbidden: AtomicU64,
-    throttled: AtomicU64,
-    server_error: AtomicU64,
-    malformed: AtomicU64,
-    token_refreshes: AtomicU64,
-    interruption: AtomicU64,
-    rebalance: AtomicU64,
-    target_lifecycle: AtomicU64,
-}
-
-impl ImdsStats {
-    /// Fresh counters, all zero.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Errors by kind, in a fixed order (every kind present, zeros included).
-    pub fn errors(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("timeout", &self.timeout),
-            ("transport", &self.transport),
-            ("unauthorized", &self.unauthorized),
-            ("forbidden", &self.forbidden),
-            ("throttled", &self.throttled),
-            ("server_error", &self.server_error),
-            ("malformed", &self.malformed),
-        ]
-        .into_iter()
-        .map(|(k, c)| (k, c.load(Ordering::Relaxed)))
-        .collect()
-    }
-
-    /// Distinct notices sent by the watcher, by kind, in a fixed order.
-    pub fn notices(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("interruption", &self.interruption),
-            ("rebalance", &self.rebalance),
-            ("target_lifecycle", &self.target_lifecycle),
-        ]
-        .into_iter()
-        .map(|(k, c)| (k, c.load(Ordering::Relaxed)))
-        .collect()
-    }
-
-    /// Tokens fetched (the first one included).
-    pub fn token_refreshes(&self) -> u64 {
-        self.token_refreshes.load(Ordering::Relaxed)
-    }
-
-    fn record_error(&self, err: &ImdsError) {
-        let counter = match err.kind() {
-            "timeout" => &self.timeout,
-            "transport" => &self.transport,
-            "unauthorized" => &self.unauthorized,
-            "forbidden" => &self.forbidden,
-            "throttled" => &self.throttled,
-            "server_error" => &self.server_error,
-            _ => &self.malformed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn record_notice(&self, notice: &Notice) {
-        let counter = match notice {
-            Notice::Interruption(_) => &self.interruption,
-            Notice::Rebalance(_) => &self.rebalance,
-            Notice::TargetLifecycle(_) => &self.target_lifecycle,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
 
@@ -539,7 +472,6 @@ impl ImdsClientBuilder {
             base: Arc::from(trimmed),
             token: Arc::new(Mutex::new(None)),
             settings: self,
-            stats: Arc::new(ImdsStats::new()),
         })
     }
 }
@@ -556,8 +488,6 @@ pub struct ImdsClient {
     token: Arc<Mutex<Option<Token>>>,
     /// Timeouts, retries, TTL.
     settings: ImdsClientBuilder,
-    /// Where errors and token refreshes are counted.
-    stats: Arc<ImdsStats>,
 }
 
 /// Outcome of one HTTP attempt that did not fail.
@@ -587,18 +517,6 @@ impl ImdsClient {
         }
     }
 
-    /// Counts errors and token refreshes into `stats` from now on (the watcher uses this so the
-    /// metrics endpoint sees one set of counters).
-    pub fn with_stats(mut self, stats: Arc<ImdsStats>) -> Self {
-        self.stats = stats;
-        self
-    }
-
-    /// The counters this client writes to.
-    pub fn stats(&self) -> &Arc<ImdsStats> {
-        &self.stats
-    }
-
     /// The endpoint, without trailing slash.
     pub fn endpoint(&self) -> &str {
         &self.base
@@ -617,7 +535,7 @@ impl ImdsClient {
                 Ok(Fetched::NotFound) => return Ok(None),
                 Err(err) => err,
             };
-            self.stats.record_error(&err);
+            err.count();
             match err {
                 ImdsError::Unauthorized { .. } if !refreshed_after_401 => {
                     // The token expired or IMDS restarted: drop it and retry once with a new one.
@@ -687,7 +605,7 @@ impl ImdsClient {
                     path: path.to_owned(),
                     source,
                 };
-                self.stats.record_error(&err);
+                err.count();
                 err
             }),
         }
@@ -769,7 +687,6 @@ impl ImdsClient {
                 source: ParseError("empty token".to_owned()),
             });
         }
-        self.stats.token_refreshes.fetch_add(1, Ordering::Relaxed);
         let margin = TOKEN_REFRESH_MARGIN.min(granted / 10);
         *cached = Some(Token {
             value: value.clone(),
@@ -816,6 +733,9 @@ impl fmt::Display for Notice {
 }
 
 impl Notice {
+    /// Every [`Notice::kind`], for the metrics: each is exported from the start, at 0.
+    pub const KINDS: [&'static str; 3] = ["interruption", "rebalance", "target_lifecycle"];
+
     /// The metrics `kind` label.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -966,17 +886,22 @@ impl FailureLog {
 /// Polls the Spot interruption notice, the rebalance recommendation and the target lifecycle
 /// state every `poll` (±10 % jitter) and sends each distinct event once on `tx`.
 ///
-/// Never returns on metadata errors: it logs them (rate limited), counts them in `stats`, slows
-/// down while everything fails, and keeps polling. Returns when `cancel` fires or the receiver is
-/// dropped.
+/// Never returns on metadata errors: it logs them (rate limited), counts them
+/// (`order_worker_imds_errors_total`), slows down while everything fails, and keeps polling. Returns when
+/// `cancel` fires or the receiver is dropped.
 pub async fn watch(
     client: ImdsClient,
     poll: Duration,
-    stats: Arc<ImdsStats>,
     tx: mpsc::Sender<Notice>,
     cancel: CancellationToken,
 ) {
-    let client = client.with_stats(stats.clone());
+    // A scraper sees every kind at 0 while metadata is watched, so "no errors" is a value, not a gap.
+    for kind in ImdsError::KINDS {
+        metrics::counter!(IMDS_ERRORS, "kind" => kind).increment(0);
+    }
+    for kind in Notice::KINDS {
+        metrics::counter!(IMDS_NOTICES, "kind" => kind).increment(0);
+    }
     let mut filter = NoticeFilter::default();
     let mut failures = FailureLog::default();
     let mut failing_polls = 0u32;
@@ -1050,7 +975,7 @@ pub async fn watch(
             if !filter.admit(&notice) {
                 continue;
             }
-            stats.record_notice(&notice);
+            metrics::counter!(IMDS_NOTICES, "kind" => notice.kind()).increment(1);
             tracing::info!(kind = notice.kind(), %notice, "instance metadata notice");
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -1070,8 +995,9 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::LocalRecorder;
     use std::collections::{HashMap, VecDeque};
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex as StdMutex;
     use time::macros::datetime;
 
@@ -1516,6 +1442,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_documents_with_one_cached_token() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         fake.script(PATH_INSTANCE_ID, &[Reply::Body("i-0123456789abcdef0\n")]);
         fake.script(
@@ -1552,9 +1479,9 @@ mod tests {
         })
         .await;
         assert_eq!(fake.tokens_issued.load(Ordering::SeqCst), 1);
-        assert_eq!(c.stats().token_refreshes(), 1);
+        assert_eq!(fake.tokens_issued.load(Ordering::SeqCst), 1);
         assert_eq!(fake.bad_ttl_requests.load(Ordering::SeqCst), 0);
-        assert!(c.stats().errors().iter().all(|(_, n)| *n == 0));
+        assert_eq!(m.snapshot().sum(IMDS_ERRORS), 0.0);
     }
 
     #[tokio::test]
@@ -1584,6 +1511,7 @@ mod tests {
 
     #[tokio::test]
     async fn refreshes_the_token_on_401_and_retries_once() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         fake.script(PATH_INSTANCE_ID, &[Reply::Body("i-1")]);
         let c = fast(&url);
@@ -1594,8 +1522,8 @@ mod tests {
         })
         .await;
         assert_eq!(fake.tokens_issued.load(Ordering::SeqCst), 2);
-        assert_eq!(c.stats().token_refreshes(), 2);
-        assert_eq!(error_count(c.stats(), "unauthorized"), 1);
+        assert_eq!(fake.tokens_issued.load(Ordering::SeqCst), 2);
+        assert_eq!(error_count(&m, "unauthorized"), 1);
     }
 
     #[tokio::test]
@@ -1626,6 +1554,7 @@ mod tests {
 
     #[tokio::test]
     async fn refreshes_a_token_before_it_expires() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         let c = ImdsClient::builder(&url)
             .token_ttl(Duration::from_secs(1))
@@ -1639,18 +1568,19 @@ mod tests {
         })
         .await;
         assert_eq!(fake.tokens_issued.load(Ordering::SeqCst), 2);
-        assert_eq!(error_count(c.stats(), "unauthorized"), 0);
+        assert_eq!(error_count(&m, "unauthorized"), 0);
     }
 
     #[tokio::test]
     async fn forbidden_is_reported_not_retried() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         fake.script_token(&[Reply::Status(403)]);
         let c = fast(&url);
         let err = within(c.spot_instance_action()).await.unwrap_err();
         assert!(matches!(err, ImdsError::Forbidden { .. }), "{err:?}");
         assert_eq!(fake.hits(PATH_TOKEN), 1);
-        assert_eq!(error_count(c.stats(), "forbidden"), 1);
+        assert_eq!(error_count(&m, "forbidden"), 1);
 
         // 403 on the document itself too.
         let (fake, url) = serve().await;
@@ -1663,6 +1593,7 @@ mod tests {
 
     #[tokio::test]
     async fn retries_server_errors_and_throttling() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         fake.script(
             PATH_INSTANCE_ID,
@@ -1674,8 +1605,8 @@ mod tests {
             Some("i-2")
         );
         assert_eq!(fake.hits(PATH_INSTANCE_ID), 3);
-        assert_eq!(error_count(c.stats(), "server_error"), 1);
-        assert_eq!(error_count(c.stats(), "throttled"), 1);
+        assert_eq!(error_count(&m, "server_error"), 1);
+        assert_eq!(error_count(&m, "throttled"), 1);
 
         // A token endpoint that fails once is retried too.
         let (fake, url) = serve().await;
@@ -1690,6 +1621,7 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_after_the_configured_attempts() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         fake.script(PATH_INSTANCE_ID, &[Reply::Status(500)]);
         let c = fast(&url);
@@ -1699,14 +1631,12 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(fake.hits(PATH_INSTANCE_ID), DEFAULT_ATTEMPTS);
-        assert_eq!(
-            error_count(c.stats(), "server_error"),
-            u64::from(DEFAULT_ATTEMPTS)
-        );
+        assert_eq!(error_count(&m, "server_error"), u64::from(DEFAULT_ATTEMPTS));
     }
 
     #[tokio::test]
     async fn a_hanging_server_times_out_within_bounds() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         fake.script(PATH_INSTANCE_ACTION, &[Reply::Hang]);
         let c = ImdsClient::builder(&url)
@@ -1724,7 +1654,7 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(fake.hits(PATH_INSTANCE_ACTION), 2);
-        assert_eq!(error_count(c.stats(), "timeout"), 2);
+        assert_eq!(error_count(&m, "timeout"), 2);
     }
 
     #[tokio::test]
@@ -1754,6 +1684,7 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_documents_are_errors_with_the_path() {
+        let m = LocalRecorder::install();
         let (fake, url) = serve().await;
         fake.script(PATH_INSTANCE_ACTION, &[Reply::Body("{not json")]);
         fake.script(PATH_REBALANCE, &[Reply::Body(r#"{"noticeTime":"later"}"#)]);
@@ -1778,50 +1709,40 @@ mod tests {
             2,
             "malformed is not retried"
         );
-        assert_eq!(error_count(c.stats(), "malformed"), 4);
+        assert_eq!(error_count(&m, "malformed"), 4);
     }
 
-    fn error_count(stats: &ImdsStats, kind: &str) -> u64 {
-        stats
-            .errors()
-            .into_iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, n)| n)
-            .unwrap()
+    fn error_count(m: &LocalRecorder, kind: &str) -> u64 {
+        m.snapshot().value(IMDS_ERRORS, &[("kind", kind)]) as u64
     }
 
-    fn notice_count(stats: &ImdsStats, kind: &str) -> u64 {
-        stats
-            .notices()
-            .into_iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, n)| n)
-            .unwrap()
+    fn notice_count(m: &LocalRecorder, kind: &str) -> u64 {
+        m.snapshot().value(IMDS_NOTICES, &[("kind", kind)]) as u64
     }
 
     // ----- the watcher -----
 
     struct Watcher {
         rx: mpsc::Receiver<Notice>,
-        stats: Arc<ImdsStats>,
+        /// Where this test's watcher counts (the test's own recorder).
+        metrics: LocalRecorder,
         cancel: CancellationToken,
         task: tokio::task::JoinHandle<()>,
     }
 
     fn start_watch(url: &str) -> Watcher {
         let (tx, rx) = mpsc::channel(16);
-        let stats = Arc::new(ImdsStats::new());
+        let metrics = LocalRecorder::install();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(watch(
             fast(url),
             Duration::from_millis(20),
-            stats.clone(),
             tx,
             cancel.clone(),
         ));
         Watcher {
             rx,
-            stats,
+            metrics,
             cancel,
             task,
         }
@@ -1907,9 +1828,9 @@ mod tests {
             within(w.rx.recv()).await,
             Some(Notice::TargetLifecycle("Terminated".into()))
         );
-        assert_eq!(notice_count(&w.stats, "interruption"), 2);
-        assert_eq!(notice_count(&w.stats, "rebalance"), 1);
-        assert_eq!(notice_count(&w.stats, "target_lifecycle"), 2);
+        assert_eq!(notice_count(&w.metrics, "interruption"), 2);
+        assert_eq!(notice_count(&w.metrics, "rebalance"), 1);
+        assert_eq!(notice_count(&w.metrics, "target_lifecycle"), 2);
 
         w.cancel.cancel();
         within(w.task).await.unwrap();
@@ -1925,9 +1846,9 @@ mod tests {
         let mut w = start_watch(&url);
         eventually(|| fake.hits(PATH_INSTANCE_ACTION) >= 2 * DEFAULT_ATTEMPTS).await;
         assert!(!w.task.is_finished());
-        assert!(error_count(&w.stats, "server_error") >= 2);
-        assert!(error_count(&w.stats, "malformed") >= 1);
-        assert!(error_count(&w.stats, "throttled") >= 2);
+        assert!(error_count(&w.metrics, "server_error") >= 2);
+        assert!(error_count(&w.metrics, "malformed") >= 1);
+        assert!(error_count(&w.metrics, "throttled") >= 2);
 
         // ... then a notice appears on one path while the others still fail.
         fake.script(
@@ -1954,9 +1875,10 @@ mod tests {
         let mut w = start_watch(&url);
         // The fake counts a request when it arrives, the watcher its error once the answer is read: wait for both
         // (waiting for the hits alone raced the sixth error count).
-        eventually(|| fake.hits(PATH_TOKEN) >= 6 && error_count(&w.stats, "forbidden") >= 6).await;
+        eventually(|| fake.hits(PATH_TOKEN) >= 6 && error_count(&w.metrics, "forbidden") >= 6)
+            .await;
         assert!(!w.task.is_finished());
-        assert!(error_count(&w.stats, "forbidden") >= 6);
+        assert!(error_count(&w.metrics, "forbidden") >= 6);
         // Metadata is turned back on: notices flow.
         fake.script_token(&[Reply::Body("")]);
         fake.script(PATH_TARGET_LIFECYCLE, &[Reply::Body("Terminated")]);

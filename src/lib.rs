@@ -16,7 +16,9 @@
 //! - [`imds`]: IMDSv2 client and the watcher that turns instance metadata into notices.
 //! - [`lifecycle`]: completing our own Auto Scaling lifecycle hook, with heartbeats.
 //! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle, rebalance) and its report.
-//! - [`metrics`]: Prometheus counters, `/metrics`, `/healthz`, `/readyz`.
+//! - [`telemetry`]: logging, and every metric's name, help and unit (the `metrics` crate, exported by
+//!   `metrics-exporter-prometheus`); `http` serves `/metrics`, `/healthz`, `/readyz` on one port; `snapshot`
+//!   reads the figures back for EMF.
 //! - [`emf`]: the same figures as CloudWatch Embedded Metric Format records in the JSON log.
 //! - [`verify`]: the auditor: reads the table and a manifest, reports lost / twice / out-of-order orders.
 //!
@@ -31,9 +33,9 @@ pub mod emf;
 pub mod health;
 pub mod imds;
 pub mod lifecycle;
-pub mod metrics;
 pub mod order;
 pub mod queue;
 pub mod retry;
 pub mod store;
+pub mod telemetry;
 pub mod verify;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::imds::ImdsClient;
+use crate::telemetry::HOOK_HEARTBEATS;
 
 /// The instance tag Auto Scaling puts on every instance of a group.
 pub const GROUP_NAME_TAG: &str = "aws:autoscaling:groupName";
@@ -374,13 +375,11 @@ pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: Cancel
         };
         match result {
             Ok(()) => {
-                crate::metrics::metrics().hook_heartbeats.inc(&["ok"]);
+                metrics::counter!(HOOK_HEARTBEATS, "result" => "ok").increment(1);
                 tracing::debug!(hook = %hook.hook, "lifecycle heartbeat sent");
             }
             Err(err) if err.is_no_active_action() => {
-                crate::metrics::metrics()
-                    .hook_heartbeats
-                    .inc(&["no_active_action"]);
+                metrics::counter!(HOOK_HEARTBEATS, "result" => "no_active_action").increment(1);
                 if told_no_action {
                     tracing::debug!(error = %err, "heartbeat: no active lifecycle action");
                 } else {
@@ -396,7 +395,7 @@ pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: Cancel
                 }
             }
             Err(err) => {
-                crate::metrics::metrics().hook_heartbeats.inc(&["failed"]);
+                metrics::counter!(HOOK_HEARTBEATS, "result" => "failed").increment(1);
                 tracing::warn!(
                     group = %hook.group,
                     hook = %hook.hook,

@@ -13,10 +13,10 @@ use order_worker::config::{Cli, Command, Config, LogFormat, VerifyArgs};
 use order_worker::dispatch::{Control, Dispatcher};
 use order_worker::drain::{self, supervise, HookContext, HookOutcome};
 use order_worker::health::Health;
-use order_worker::imds::{self, ImdsClient, ImdsStats};
-use order_worker::metrics::{self, metrics};
+use order_worker::imds::{self, ImdsClient};
 use order_worker::queue::Queue;
 use order_worker::store::Store;
+use order_worker::telemetry::{self, init_logging};
 use order_worker::{aws, emf, retry, verify};
 
 fn main() -> ExitCode {
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         None => match cli.run.validate() {
             Ok(cfg) => {
                 init_logging(cfg.log_format);
+                telemetry::install();
                 runtime.block_on(run_worker(cfg))
             }
             Err(e) => {
@@ -48,20 +49,6 @@ fn main() -> ExitCode {
             eprintln!("order-worker: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -82,8 +69,9 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         cfg.groups_table.clone(),
     ));
     let stop_metrics = CancellationToken::new();
+    tokio::spawn(telemetry::upkeep(stop_metrics.clone()));
     if let Some(addr) = cfg.metrics_addr {
-        let bound = metrics::serve(addr, health.clone(), stop_metrics.clone())
+        let bound = telemetry::http::serve(addr, health.clone(), stop_metrics.clone())
             .await
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
@@ -92,17 +80,9 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     if let Some(id) = &cfg.instance_id {
         let _ = instance_id.set(id.clone());
     }
-    // One metadata client (and its statistics) for the id probe, the watcher and the hook.
-    let imds_stats = Arc::new(ImdsStats::new());
+    // One metadata client (one token) for the id probe, the watcher and the hook.
     let imds_client = match &cfg.imds_endpoint {
-        Some(endpoint) => {
-            let _ = metrics().imds.set(imds_stats.clone());
-            Some(
-                ImdsClient::new(endpoint)
-                    .context("--imds-endpoint")?
-                    .with_stats(imds_stats.clone()),
-            )
-        }
+        Some(endpoint) => Some(ImdsClient::new(endpoint).context("--imds-endpoint")?),
         None => None,
     };
     // Metadata is watched from the start: an instance can be interrupted while it still waits for SQS or
@@ -116,7 +96,6 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
             tokio::spawn(imds::watch(
                 client.clone(),
                 cfg.imds_poll,
-                imds_stats,
                 tx,
                 stop_watch.clone(),
             ));
@@ -214,6 +193,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
             &cfg.queue_url,
             hooks.instance_id.clone(),
             &fallback_id,
+            dispatcher.health().clone(),
         );
         tokio::spawn(e.clone().run(every, stop_watch.clone()));
         e

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use crate::aws::{describe, error_code};
 use crate::health::Health;
-use crate::metrics::request;
 use crate::retry::{backoff_for, classify, Budget, Class};
+use crate::telemetry::request;
 
 /// One message as received.
 #[derive(Debug, Clone)]

@@ -30,8 +30,8 @@ use tokio::time::Instant;
 
 use crate::aws::{describe, error_code};
 use crate::health::Health;
-use crate::metrics::{metrics, request};
 use crate::retry::{backoff, backoff_for, Budget, Class};
+use crate::telemetry::{request, WRITE_UNITS};
 
 /// Most actions DynamoDB allows in one transaction.
 pub const MAX_ACTIONS: usize = 100;
@@ -327,7 +327,7 @@ impl Store {
                         .iter()
                         .filter_map(|c| c.capacity_units())
                         .sum();
-                    metrics().write_units.add(&[], units);
+                    metrics::counter!(WRITE_UNITS).increment(units.round() as u64); // WCUs are whole numbers
                     waits = Waits::default();
                     cancelled_in_a_row = 0;
                     let mut applied: HashMap<usize, Vec<usize>> = HashMap::new();

@@ -9,8 +9,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::Dispatcher;
-use crate::metrics::metrics;
 use crate::store::{Applied, CommitContext, Run, RunOutcome, MAX_ACTIONS};
+use crate::telemetry::{DELETE_FAILURES, ORDERS, ORDER_LATENCY};
 
 /// Longest the committer waits for more groups' runs to fill a transaction (and its delete batch).
 const COMMIT_LINGER: Duration = Duration::from_millis(3);
@@ -94,9 +94,8 @@ impl Dispatcher {
                 held.committed(settled);
                 for id in settled {
                     if let Some(l) = held.lease(id) {
-                        metrics()
-                            .latency
-                            .observe(now.saturating_duration_since(l.received_at));
+                        metrics::histogram!(ORDER_LATENCY)
+                            .record(now.saturating_duration_since(l.received_at));
                     }
                 }
                 done.extend(settled.iter().cloned());
@@ -106,7 +105,8 @@ impl Dispatcher {
             for (rec, a) in req.run.records.iter().zip(&outcome.applied) {
                 match a {
                     Applied::New { .. } => {
-                        metrics().orders.inc(&[&rec.status.to_ascii_lowercase()]);
+                        metrics::counter!(ORDERS, "status" => rec.status.to_ascii_lowercase())
+                            .increment(1);
                     }
                     Applied::Conflict => {
                         tracing::warn!(order = %rec.order_key, group = %rec.group_id, message_id = %rec.sqs_message_id, payload_sha256 = %rec.payload_sha256, "conflict: an order with this OrderID and another payload is already recorded; not applied");
@@ -133,7 +133,7 @@ impl Dispatcher {
         let handles = self.inner.held.lock().expect("held lock").handles(&ids);
         let outcome = self.inner.queue.delete(&handles, self.budget()).await;
         for (id, code) in &outcome.refused {
-            metrics().delete_failures.inc(&[code]);
+            metrics::counter!(DELETE_FAILURES, "code" => code.to_string()).increment(1);
             tracing::warn!(message_id = %id, code = %code, "delete refused (receipt handle expired?); the redelivery will be recognised as a duplicate");
         }
         if let Some(e) = &outcome.last_error {

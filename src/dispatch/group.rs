@@ -8,11 +8,11 @@ use tokio::time::Instant;
 
 use super::commit::CommitRequest;
 use super::{now_rfc3339_millis, Dispatcher};
-use crate::metrics::metrics;
 use crate::order::{evaluate, Verdict};
 use crate::queue::Received;
 use crate::retry::{backoff_for, Class};
 use crate::store::{Applied, Record, Run, StoreError};
+use crate::telemetry::ORDERS;
 
 /// Most orders one group commits in one run (leaves room for other groups in the same transaction).
 const RUN_MAX: usize = 25;
@@ -100,8 +100,12 @@ impl Dispatcher {
             for a in &outcome.applied {
                 match a {
                     Applied::New { .. } => {}
-                    Applied::Duplicate => metrics().orders.inc(&["duplicate"]),
-                    Applied::Conflict => metrics().orders.inc(&["conflict"]),
+                    Applied::Duplicate => {
+                        metrics::counter!(ORDERS, "status" => "duplicate").increment(1)
+                    }
+                    Applied::Conflict => {
+                        metrics::counter!(ORDERS, "status" => "conflict").increment(1)
+                    }
                 }
             }
             let settled = outcome.applied.len();

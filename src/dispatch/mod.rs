@@ -36,10 +36,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::health::Health;
-use crate::metrics::metrics;
 use crate::queue::Queue;
 use crate::retry::Budget;
 use crate::store::Store;
+use crate::telemetry::{GROUPS_IN_FLIGHT, MESSAGES_IN_FLIGHT};
 
 use commit::CommitRequest;
 use held::Held;
@@ -266,10 +266,8 @@ impl Dispatcher {
     /// Publish the held counts (gauges, and the receive loop's capacity).
     fn publish(&self) {
         let (groups, messages) = self.held();
-        let m = metrics();
-        m.groups_in_flight.store(groups as u64, Ordering::Relaxed);
-        m.messages_in_flight
-            .store(messages as u64, Ordering::Relaxed);
+        metrics::gauge!(GROUPS_IN_FLIGHT).set(groups as f64);
+        metrics::gauge!(MESSAGES_IN_FLIGHT).set(messages as f64);
         self.inner.groups_held.send_replace(groups);
     }
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Dispatcher;
-use crate::metrics::metrics;
 use crate::queue::{Handle, BATCH_ATTEMPT_TIMEOUT};
 use crate::retry::Budget;
+use crate::telemetry::{RELEASES, VISIBILITY_EXTENSIONS, VISIBILITY_LOST};
 
 impl Dispatcher {
     /// Release messages already taken out of the held state: visibility `visibility` (0 hands them to the next
@@ -52,7 +52,7 @@ impl Dispatcher {
             tracing::warn!(messages = outcome.unsent.len(), cause = %e, "release not done within its budget; the messages return when their visibility times out");
         }
         let n = outcome.ok.len() as u64;
-        metrics().releases.add(&[reason], n as f64);
+        metrics::counter!(RELEASES, "reason" => reason).increment(n);
         self.inner.released.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -104,15 +104,13 @@ impl Dispatcher {
                     held.extended(id, d.generation, sent_at, vis);
                 } else if let Some(code) = refused.get(id) {
                     if held.lost(id, d.generation) {
-                        metrics().visibility_lost.inc(&[code]);
+                        metrics::counter!(VISIBILITY_LOST, "code" => code.to_string()).increment(1);
                         tracing::warn!(message_id = %id, code = %code, "visibility extension refused: the hold is lost and another worker may receive the message (the write stays idempotent)");
                     }
                 }
             }
             drop(held);
-            metrics()
-                .visibility_extensions
-                .add(&[], outcome.ok.len() as f64);
+            metrics::counter!(VISIBILITY_EXTENSIONS).increment(outcome.ok.len() as u64);
             if let Some(e) = &outcome.last_error {
                 tracing::warn!(cause = %e, count = outcome.unsent.len(), "visibility extension failed; retrying on the next tick");
             }

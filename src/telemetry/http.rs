@@ -1,0 +1,62 @@
+//! The one HTTP port: `/metrics` (Prometheus text), `/healthz` (the process is alive) and `/readyz` (taking
+//! work: false while draining, paused or blocked).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+
+/// Serve `/metrics`, `/healthz` and `/readyz` until `stop` fires. Returns the bound address (port 0 works).
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(cause = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// The exposition, with `order_worker_ready` read from [`Health`] at this instant: readiness is the drain's
+/// state, the gauge only shows it.
+async fn metrics(State(health): State<Arc<Health>>) -> String {
+    metrics::gauge!(super::READY).set(if health.ready() { 1.0 } else { 0.0 });
+    super::render()
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
+    if health.ready() {
+        return (StatusCode::OK, "ready\n".into());
+    }
+    let blockers = health.blockers();
+    if blockers.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining, paused or not started\n".into(),
+        );
+    }
+    let why: Vec<String> = blockers
+        .iter()
+        .map(|(service, b)| format!("{service} blocked by {}: {}", b.code, b.detail))
+        .collect();
+    (StatusCode::SERVICE_UNAVAILABLE, why.join("\n") + "\n")
+}
