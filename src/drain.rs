@@ -12,7 +12,7 @@
 //! all-or-nothing); then the lifecycle hook is completed, with heartbeats while the drain outlasts the
 //! heartbeat interval. One log line says what the drain did.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RebalancePolicy};
 use crate::dispatch::{Dispatcher, RELEASE_GRACE};
 use crate::imds::{ImdsClient, Notice};
+use crate::instance::InstanceId;
 use crate::lifecycle::{heartbeat_until, resolve_group, HookResult, LifecycleHook};
 use crate::telemetry::{DRAINS, DRAIN_ORDERS, HOOK_COMPLETIONS, LAST_DRAIN_SECONDS, NOTICES};
 use metrics::{counter, gauge};
@@ -39,7 +40,8 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    fn label(&self) -> &'static str {
+    /// Its name as a metric label and an EMF dimension value.
+    pub fn label(&self) -> &'static str {
         match self {
             Trigger::Signal(_) => "signal",
             Trigger::Interruption { .. } => "interruption",
@@ -74,8 +76,8 @@ pub struct DrainReport {
 pub struct HookContext {
     pub autoscaling: Option<aws_sdk_autoscaling::Client>,
     pub imds: Option<ImdsClient>,
-    /// Filled by whoever learns the instance id first (flag or metadata).
-    pub instance_id: Arc<OnceLock<String>>,
+    /// The hook is addressed by instance id: learned here from metadata if nobody has yet.
+    pub instance_id: Arc<InstanceId>,
 }
 
 /// Run the policy until a terminal trigger, then drain. `signals` carries SIGTERM/SIGINT (a second signal
@@ -431,12 +433,12 @@ async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook
     let Some(client) = hooks.autoscaling.clone() else {
         return Err("disabled".into());
     };
-    let instance_id = match hooks.instance_id.get() {
-        Some(id) => id.clone(),
+    let instance_id = match hooks.instance_id.known() {
+        Some(id) => id.to_owned(),
         None => match &hooks.imds {
             Some(imds) => match imds.instance_id().await {
                 Ok(Some(id)) => {
-                    let _ = hooks.instance_id.set(id.clone());
+                    hooks.instance_id.learn(&id);
                     id
                 }
                 Ok(None) => return Err("instance metadata has no instance-id".into()),

@@ -32,14 +32,15 @@
 //! format (a report picks the records out by their `record` member: `interval` or `drain`).
 
 use std::io::Write as _;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::drain::{DrainReport, HookOutcome, Trigger};
+use crate::drain::{DrainReport, HookOutcome};
 use crate::health::Health;
+use crate::instance::InstanceId;
 use crate::telemetry::{self, Snapshot};
 
 /// EMF's limits per directive (the format's specification).
@@ -289,15 +290,6 @@ pub fn interval_record(
         .metric("Ready", Unit::None, if g.ready { 1.0 } else { 0.0 })
 }
 
-/// The trigger's name as a dimension value.
-pub fn trigger_name(t: &Trigger) -> &'static str {
-    match t {
-        Trigger::Signal(_) => "signal",
-        Trigger::Interruption { .. } => "interruption",
-        Trigger::LifecycleTerminated => "lifecycle",
-    }
-}
-
 /// The drain record: what the drain summary line says, as metrics.
 pub fn drain_record(ctx: &Context, timestamp_ms: i64, report: &DrainReport) -> Record {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
@@ -306,7 +298,7 @@ pub fn drain_record(ctx: &Context, timestamp_ms: i64, report: &DrainReport) -> R
         HookOutcome::Completed => (true, false, "completed".to_string()),
         HookOutcome::Failed(why) => (false, true, format!("failed: {why}")),
     };
-    let trigger = trigger_name(&report.trigger);
+    let trigger = report.trigger.label();
     ctx.record(timestamp_ms, "drain", "drain metrics")
         .dimension("Trigger", trigger)
         .property("trigger_detail", format!("{:?}", report.trigger))
@@ -355,8 +347,8 @@ pub fn write(record: &Record) {
 pub struct Emitter {
     namespace: String,
     queue_name: String,
-    instance_id: Arc<OnceLock<String>>,
-    fallback_id: String,
+    /// Named in every record (the id once known, the fallback until then).
+    instance_id: Arc<InstanceId>,
     /// Readiness, for the `Ready` gauge.
     health: Arc<Health>,
     last: Mutex<(Counters, std::time::Instant)>,
@@ -366,15 +358,13 @@ impl Emitter {
     pub fn new(
         namespace: &str,
         queue_url: &str,
-        instance_id: Arc<OnceLock<String>>,
-        fallback_id: &str,
+        instance_id: Arc<InstanceId>,
         health: Arc<Health>,
     ) -> Arc<Emitter> {
         Arc::new(Emitter {
             namespace: namespace.to_string(),
             queue_name: queue_name(queue_url),
             instance_id,
-            fallback_id: fallback_id.to_string(),
             health,
             last: Mutex::new((
                 Counters::read(&telemetry::snapshot()),
@@ -387,11 +377,7 @@ impl Emitter {
         Context {
             namespace: self.namespace.clone(),
             queue_name: self.queue_name.clone(),
-            instance_id: self
-                .instance_id
-                .get()
-                .cloned()
-                .unwrap_or_else(|| self.fallback_id.clone()),
+            instance_id: self.instance_id.name().to_owned(),
         }
     }
 
@@ -433,6 +419,7 @@ impl Emitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drain::Trigger;
 
     fn ctx() -> Context {
         Context {

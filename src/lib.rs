@@ -13,6 +13,7 @@
 //! - [`dispatch`]: the worker engine, cut by its steps: `held` (the pure held-message state), `receive`,
 //!   `group` (per-group ordered tasks), `commit` (group-commit batching, background deletes), `visibility`
 //!   (heartbeats, release).
+//! - [`instance`]: this instance's id, in one place: from the flag or metadata, a fallback name until known.
 //! - [`imds`]: IMDSv2 client and the watcher that turns instance metadata into notices.
 //! - [`lifecycle`]: completing our own Auto Scaling lifecycle hook, with heartbeats.
 //! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle, rebalance) and its report.
@@ -32,6 +33,7 @@ pub mod drain;
 pub mod emf;
 pub mod health;
 pub mod imds;
+pub mod instance;
 pub mod lifecycle;
 pub mod order;
 pub mod queue;

@@ -1,7 +1,7 @@
 //! `order-worker`: thin wiring. Parse flags, start logging and metrics, build clients, run, exit.
 
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,6 +14,7 @@ use order_worker::dispatch::{Control, Dispatcher};
 use order_worker::drain::{self, supervise, HookContext, HookOutcome};
 use order_worker::health::Health;
 use order_worker::imds::{self, ImdsClient};
+use order_worker::instance::InstanceId;
 use order_worker::queue::Queue;
 use order_worker::store::Store;
 use order_worker::telemetry::{self, init_logging};
@@ -76,10 +77,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
     }
-    let instance_id = Arc::new(OnceLock::new());
-    if let Some(id) = &cfg.instance_id {
-        let _ = instance_id.set(id.clone());
-    }
+    let instance_id = Arc::new(InstanceId::new(cfg.instance_id.as_deref()));
     // One metadata client (one token) for the id probe, the watcher and the hook.
     let imds_client = match &cfg.imds_endpoint {
         Some(endpoint) => Some(ImdsClient::new(endpoint).context("--imds-endpoint")?),
@@ -157,30 +155,26 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
 
     // Records name their instance: ask metadata briefly before taking work (it answers in milliseconds on
     // EC2); if it is down, start anyway and learn the id in the background.
-    let mut first_id = cfg.instance_id.clone();
-    if let (None, Some(client)) = (&first_id, &imds_client) {
+    if let (None, Some(client)) = (instance_id.known(), &imds_client) {
         if let Ok(Ok(Some(id))) =
             tokio::time::timeout(Duration::from_secs(3), client.instance_id()).await
         {
             tracing::info!(instance_id = %id, "instance id from metadata");
-            let _ = instance_id.set(id.clone());
-            first_id = Some(id);
+            instance_id.learn(&id);
         }
     }
-    let fallback_id = first_id.unwrap_or_else(|| format!("unknown-{}", std::process::id()));
     let dispatcher = Dispatcher::start(
         cfg.clone(),
         queue,
         store,
         health,
-        fallback_id.clone(),
+        instance_id.clone(),
         Control::default(),
     );
     if let Some(client) = &imds_client {
-        if instance_id.get().is_none() {
+        if instance_id.known().is_none() {
             tokio::spawn(learn_instance_id(
                 client.clone(),
-                dispatcher.clone(),
                 instance_id.clone(),
                 stop_watch.clone(),
             ));
@@ -191,8 +185,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         let e = emf::Emitter::new(
             &cfg.emf_namespace,
             &cfg.queue_url,
-            hooks.instance_id.clone(),
-            &fallback_id,
+            instance_id.clone(),
             dispatcher.health().clone(),
         );
         tokio::spawn(e.clone().run(every, stop_watch.clone()));
@@ -256,19 +249,13 @@ async fn startup_checks(queue: &Queue, store: &Store) -> anyhow::Result<()> {
 }
 
 /// Ask metadata for our instance id until it answers (ProcessedBy and the hook need it); never blocks work.
-async fn learn_instance_id(
-    client: ImdsClient,
-    dispatcher: Dispatcher,
-    slot: Arc<OnceLock<String>>,
-    stop: CancellationToken,
-) {
+async fn learn_instance_id(client: ImdsClient, slot: Arc<InstanceId>, stop: CancellationToken) {
     let mut attempt = 0u32;
     loop {
         match client.instance_id().await {
             Ok(Some(id)) => {
                 tracing::info!(instance_id = %id, "instance id from metadata");
-                dispatcher.set_instance_id(id.clone());
-                let _ = slot.set(id);
+                slot.learn(&id);
                 return;
             }
             Ok(None) => {}

@@ -184,7 +184,7 @@ impl Dispatcher {
             sqs_message_id: m.message_id.clone(),
             sqs_sequence_number: m.sequence_number.clone(),
             receive_count: m.receive_count,
-            processed_by: self.inner.instance_id.read().expect("id lock").clone(),
+            processed_by: self.inner.instance_id.name().to_owned(),
             processed_at: now_rfc3339_millis(),
         }
     }

@@ -26,7 +26,7 @@ mod receive;
 mod visibility;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::instance::InstanceId;
 use crate::queue::Queue;
 use crate::retry::Budget;
 use crate::store::Store;
@@ -80,8 +81,8 @@ struct Inner {
     queue: Queue,
     store: Arc<Store>,
     health: Arc<Health>,
-    /// Recorded as ProcessedBy; filled from instance metadata when it answers.
-    instance_id: RwLock<String>,
+    /// Recorded as ProcessedBy: the id once known, a fallback name until then.
+    instance_id: Arc<InstanceId>,
     held: Mutex<Held>,
     /// Number of held groups: the receive loop waits on it for capacity.
     groups_held: watch::Sender<usize>,
@@ -115,7 +116,7 @@ impl Dispatcher {
         queue: Queue,
         store: Arc<Store>,
         health: Arc<Health>,
-        instance_id: String,
+        instance_id: Arc<InstanceId>,
         control: Control,
     ) -> Self {
         let (commits, commit_rx) = mpsc::unbounded_channel();
@@ -124,7 +125,7 @@ impl Dispatcher {
             queue,
             store,
             health,
-            instance_id: RwLock::new(instance_id),
+            instance_id,
             held: Mutex::new(Held::default()),
             groups_held: watch::channel(0).0,
             paused: watch::channel(false).0,
@@ -154,11 +155,6 @@ impl Dispatcher {
 
     pub fn health(&self) -> &Arc<Health> {
         &self.inner.health
-    }
-
-    /// Record a better instance id once metadata answers.
-    pub fn set_instance_id(&self, id: String) {
-        *self.inner.instance_id.write().expect("id lock") = id;
     }
 
     /// Pause or resume receiving (the soft rebalance policy). Held groups keep being served.

@@ -1,0 +1,65 @@
+//! Who this worker is: the EC2 instance id, kept in one place for every reader (the `ProcessedBy` of each
+//! record, the lifecycle hook, the EMF records).
+//!
+//! The id comes from `--instance-id` or, on EC2, from instance metadata, which may answer only later (it can be
+//! down at start). Until it is known, records name the process with a fallback; the hook, which needs the real
+//! id, waits for it.
+
+use std::sync::OnceLock;
+
+/// The instance id once learned, and the name used until then.
+#[derive(Debug)]
+pub struct InstanceId {
+    /// Set once, by whoever learns the id first (the flag, the start-up probe, the background retry or the
+    /// drain): an instance's id never changes, so the first answer is the answer.
+    known: OnceLock<String>,
+    /// What records say while the id is unknown: `unknown-<pid>`, distinct per process on one host.
+    fallback: String,
+}
+
+impl InstanceId {
+    /// From the flag, if given (blank counts as not given).
+    pub fn new(flag: Option<&str>) -> InstanceId {
+        let id = InstanceId {
+            known: OnceLock::new(),
+            fallback: format!("unknown-{}", std::process::id()),
+        };
+        if let Some(flag) = flag.map(str::trim).filter(|f| !f.is_empty()) {
+            id.learn(flag);
+        }
+        id
+    }
+
+    /// The real id, if known.
+    pub fn known(&self) -> Option<&str> {
+        self.known.get().map(String::as_str)
+    }
+
+    /// Record the id; returns false when one was already known (the first stays).
+    pub fn learn(&self, id: &str) -> bool {
+        self.known.set(id.to_owned()).is_ok()
+    }
+
+    /// The name to put on records now: the real id, or the fallback until it is known.
+    pub fn name(&self) -> &str {
+        self.known().unwrap_or(&self.fallback)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_or_the_first_learned_id_wins_and_records_name_a_fallback_until_then() {
+        let id = InstanceId::new(None);
+        assert_eq!(id.known(), None);
+        assert_eq!(id.name(), format!("unknown-{}", std::process::id()));
+        assert!(id.learn("i-1"));
+        assert!(!id.learn("i-2"), "an instance's id never changes");
+        assert_eq!(id.name(), "i-1");
+
+        assert_eq!(InstanceId::new(Some("i-flag")).known(), Some("i-flag"));
+        assert_eq!(InstanceId::new(Some("  ")).known(), None);
+    }
+}
