@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RebalancePolicy};
 use crate::dispatch::{Dispatcher, RELEASE_GRACE};
-use crate::imds::{ImdsClient, Notice};
+use crate::imds::{ImdsClient, LifecycleState, Notice, SpotAction};
 use crate::instance::InstanceId;
 use crate::lifecycle::{heartbeat_until, resolve_group, HookResult, LifecycleHook};
 use crate::telemetry::{DRAINS, DRAIN_ORDERS, HOOK_COMPLETIONS, LAST_DRAIN_SECONDS, NOTICES};
@@ -33,7 +33,7 @@ use metrics::{counter, gauge};
 pub enum Trigger {
     Signal(&'static str),
     Interruption {
-        action: String,
+        action: SpotAction,
         time: OffsetDateTime,
     },
     LifecycleTerminated,
@@ -149,11 +149,11 @@ fn act_on(
             *termination_seen = true;
             tracing::warn!(action = %a.action, time = %a.time, "Spot interruption notice");
             Some(Trigger::Interruption {
-                action: a.action.to_string(),
+                action: a.action,
                 time: a.time,
             })
         }
-        Notice::TargetLifecycle(state) if state == "Terminated" => {
+        Notice::TargetLifecycle(LifecycleState::Terminated) => {
             counter!(NOTICES, "kind" => "target_lifecycle").increment(1);
             *termination_seen = true;
             tracing::warn!("target lifecycle state Terminated (scale-in or rebalancing replaces this instance)");
@@ -245,7 +245,7 @@ impl Drain<'_> {
         let hook = if self.termination_seen {
             resolve_hook(cfg, &self.hooks).await
         } else {
-            Err("no termination in progress".into())
+            Err(NoHook::NotAttempted)
         };
         let heartbeat_done = CancellationToken::new();
         if let Ok(h) = &hook {
@@ -287,7 +287,7 @@ impl Drain<'_> {
                         None => self.notices_open = false,
                         Some(Notice::Interruption(a)) => {
                             self.termination_seen = true;
-                            let t = Trigger::Interruption { action: a.action.to_string(), time: a.time };
+                            let t = Trigger::Interruption { action: a.action, time: a.time };
                             let earlier = deadline_for(cfg, &t, Instant::now(), OffsetDateTime::now_utc());
                             if earlier < deadline && !deadline_hit {
                                 deadline = earlier;
@@ -295,7 +295,7 @@ impl Drain<'_> {
                                 tracing::warn!(time = %a.time, "interruption notice during the drain; deadline brought forward");
                             }
                         }
-                        Some(Notice::TargetLifecycle(s)) if s == "Terminated" => self.termination_seen = true,
+                        Some(Notice::TargetLifecycle(LifecycleState::Terminated)) => self.termination_seen = true,
                         Some(_) => {}
                     },
                 }
@@ -311,10 +311,10 @@ impl Drain<'_> {
             };
             match hook {
                 Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
-                Err(why) if why == "disabled" => HookOutcome::NotNeeded,
+                Err(NoHook::Disabled) => HookOutcome::NotNeeded,
                 Err(why) => {
                     counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
-                    HookOutcome::Failed(why)
+                    HookOutcome::Failed(why.to_string())
                 }
             }
         };
@@ -366,10 +366,10 @@ pub fn hook_deadline(cfg: &Config, trigger: &Trigger, started: Instant) -> Insta
 pub fn terminal(notice: &Notice) -> Option<Trigger> {
     match notice {
         Notice::Interruption(a) => Some(Trigger::Interruption {
-            action: a.action.to_string(),
+            action: a.action,
             time: a.time,
         }),
-        Notice::TargetLifecycle(s) if s == "Terminated" => Some(Trigger::LifecycleTerminated),
+        Notice::TargetLifecycle(LifecycleState::Terminated) => Some(Trigger::LifecycleTerminated),
         _ => None,
     }
 }
@@ -382,10 +382,10 @@ pub async fn without_work(cfg: &Config, hooks: &HookContext, trigger: Trigger) -
     tracing::warn!(trigger = ?trigger, "termination notice while waiting to start: nothing is held");
     let hook = match resolve_hook(cfg, hooks).await {
         Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
-        Err(why) if why == "disabled" => HookOutcome::NotNeeded,
+        Err(NoHook::Disabled) => HookOutcome::NotNeeded,
         Err(why) => {
             counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
-            HookOutcome::Failed(why)
+            HookOutcome::Failed(why.to_string())
         }
     };
     let report = DrainReport {
@@ -425,14 +425,29 @@ impl DrainReport {
     }
 }
 
+/// Why there is no hook to complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NoHook {
+    /// No `--lifecycle-hook` (or no Auto Scaling client): nothing is due, not a failure.
+    #[error("no lifecycle hook configured")]
+    Disabled,
+    /// The drain started without a termination; resolved again if one arrives during the drain.
+    #[error("no termination in progress")]
+    NotAttempted,
+    /// A hook is configured but cannot be addressed (instance id or group unknown): a failure, with the fix.
+    #[error("{0}")]
+    Unresolved(String),
+}
+
 /// The hook to complete: hook name (flag), group (flag or instance tag), instance id (flag or metadata).
-async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook, String> {
+async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook, NoHook> {
     let Some(hook_name) = cfg.lifecycle_hook.clone() else {
-        return Err("disabled".into());
+        return Err(NoHook::Disabled);
     };
     let Some(client) = hooks.autoscaling.clone() else {
-        return Err("disabled".into());
+        return Err(NoHook::Disabled);
     };
+    let unresolved = |why: String| Err(NoHook::Unresolved(why));
     let instance_id = match hooks.instance_id.known() {
         Some(id) => id.to_owned(),
         None => match &hooks.imds {
@@ -441,18 +456,18 @@ async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook
                     hooks.instance_id.learn(&id);
                     id
                 }
-                Ok(None) => return Err("instance metadata has no instance-id".into()),
-                Err(e) => return Err(format!("instance id unknown: metadata failed: {e}")),
+                Ok(None) => return unresolved("instance metadata has no instance-id".into()),
+                Err(e) => return unresolved(format!("instance id unknown: metadata failed: {e}")),
             },
             None => {
-                return Err(
+                return unresolved(
                     "instance id unknown: set --instance-id or enable instance metadata".into(),
                 )
             }
         },
     };
     let Some(group) = resolve_group(cfg.asg_name.clone(), hooks.imds.as_ref()).await else {
-        return Err("Auto Scaling group unknown: set --asg-name or allow instance metadata tags (aws:autoscaling:groupName)".into());
+        return unresolved("Auto Scaling group unknown: set --asg-name or allow instance metadata tags (aws:autoscaling:groupName)".into());
     };
     Ok(LifecycleHook::new(client, group, hook_name, instance_id))
 }
@@ -523,14 +538,14 @@ mod tests {
         let now = Instant::now();
         let wall = OffsetDateTime::now_utc();
         let t = Trigger::Interruption {
-            action: "terminate".into(),
+            action: SpotAction::Terminate,
             time: wall + time::Duration::seconds(120),
         };
         let d = deadline_for(&cfg, &t, now, wall);
         // 120 s notice - 10 s margin = 110 s, later than the 90 s timeout: the timeout wins.
         assert_eq!(d - now, Duration::from_secs(90));
         let t = Trigger::Interruption {
-            action: "terminate".into(),
+            action: SpotAction::Terminate,
             time: wall + time::Duration::seconds(30),
         };
         assert_eq!(
@@ -538,7 +553,7 @@ mod tests {
             Duration::from_secs(20)
         );
         let t = Trigger::Interruption {
-            action: "terminate".into(),
+            action: SpotAction::Terminate,
             time: wall - time::Duration::seconds(5),
         };
         assert_eq!(deadline_for(&cfg, &t, now, wall), now);
@@ -546,5 +561,56 @@ mod tests {
             deadline_for(&cfg, &Trigger::Signal("SIGTERM"), now, wall) - now,
             Duration::from_secs(90)
         );
+    }
+
+    #[test]
+    fn only_an_interruption_or_the_terminated_state_ends_the_worker() {
+        assert_eq!(
+            terminal(&Notice::TargetLifecycle(LifecycleState::Terminated)),
+            Some(Trigger::LifecycleTerminated)
+        );
+        for state in LifecycleState::ALL {
+            if state != LifecycleState::Terminated {
+                assert_eq!(terminal(&Notice::TargetLifecycle(state)), None, "{state}");
+            }
+        }
+        let time = OffsetDateTime::now_utc();
+        let action = crate::imds::InstanceAction {
+            action: SpotAction::Stop,
+            time,
+        };
+        assert_eq!(
+            terminal(&Notice::Interruption(action)),
+            Some(Trigger::Interruption {
+                action: SpotAction::Stop,
+                time
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn without_auto_scaling_nothing_is_due_and_a_hook_without_an_id_is_a_failure() {
+        let hooks = |autoscaling| HookContext {
+            autoscaling,
+            imds: None,
+            instance_id: Arc::new(InstanceId::new(None)),
+        };
+        assert_eq!(
+            resolve_hook(&cfg(), &hooks(None)).await.unwrap_err(),
+            NoHook::Disabled
+        );
+        let report = without_work(&cfg(), &hooks(None), Trigger::LifecycleTerminated).await;
+        assert_eq!(report.hook, HookOutcome::NotNeeded);
+
+        // The default --lifecycle-hook is set; with a client, what is missing is the instance id.
+        let sdk = aws_sdk_autoscaling::Config::builder()
+            .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
+            .region(aws_sdk_autoscaling::config::Region::new("us-east-1"))
+            .build();
+        let client = aws_sdk_autoscaling::Client::from_conf(sdk);
+        match resolve_hook(&cfg(), &hooks(Some(client))).await {
+            Err(NoHook::Unresolved(why)) => assert!(why.contains("--instance-id"), "{why}"),
+            other => panic!("{:?}", other.map(|h| h.hook().to_owned())),
+        }
     }
 }

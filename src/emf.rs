@@ -3,7 +3,7 @@
 //! `cloudwatch:PutMetricData` permission, and the figures of an interrupted instance are in CloudWatch as soon
 //! as its log lines are.
 //!
-//! Hand-built with `serde_json` from the figures of the one metrics recorder ([`crate::telemetry::snapshot`]:
+//! Hand-built with `serde_json` from the figures of the one metrics recorder ([`crate::telemetry::snapshot()`]:
 //! read, never changed), so EMF and `/metrics` report the same counts. Readiness comes from
 //! [`crate::health::Health`], whose state it is.
 //!

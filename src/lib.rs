@@ -14,12 +14,13 @@
 //!   `group` (per-group ordered tasks), `commit` (group-commit batching, background deletes), `visibility`
 //!   (heartbeats, release).
 //! - [`instance`]: this instance's id, in one place: from the flag or metadata, a fallback name until known.
-//! - [`imds`]: IMDSv2 client and the watcher that turns instance metadata into notices.
+//! - [`imds`]: instance metadata, cut by its parts: `errors`, `documents` (pure parsers; wire states as enums),
+//!   `client` (IMDSv2 tokens, retries), `watcher` (polls into notices, each once), `fake` (tests' scripted server).
 //! - [`lifecycle`]: completing our own Auto Scaling lifecycle hook, with heartbeats.
 //! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle, rebalance) and its report.
 //! - [`telemetry`]: logging, and every metric's name, help and unit (the `metrics` crate, exported by
-//!   `metrics-exporter-prometheus`); `http` serves `/metrics`, `/healthz`, `/readyz` on one port; `snapshot`
-//!   reads the figures back for EMF.
+//!   `metrics-exporter-prometheus`); `snapshot` reads the figures back for EMF.
+//! - [`http`]: the one port: `/metrics` (the recorder, with readiness read from [`health`]), `/healthz`, `/readyz`.
 //! - [`emf`]: the same figures as CloudWatch Embedded Metric Format records in the JSON log.
 //! - [`verify`]: the auditor: reads the table and a manifest, reports lost / twice / out-of-order orders.
 //!
@@ -32,6 +33,7 @@ pub mod dispatch;
 pub mod drain;
 pub mod emf;
 pub mod health;
+pub mod http;
 pub mod imds;
 pub mod instance;
 pub mod lifecycle;

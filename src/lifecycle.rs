@@ -769,28 +769,13 @@ mod tests {
         assert_eq!(resolve_group(Some("  ".into()), None).await, None);
         assert_eq!(resolve_group(None, None).await, None);
 
-        // From the instance tag, through a minimal IMDSv2 peer.
-        async fn imds(
-            method: axum::http::Method,
-            uri: axum::http::Uri,
-        ) -> axum::response::Response {
-            use axum::response::IntoResponse;
-            match (method, uri.path()) {
-                (axum::http::Method::PUT, "/latest/api/token") => "t".into_response(),
-                (_, "/latest/meta-data/tags/instance/aws:autoscaling:groupName") => {
-                    "order-workers\n".into_response()
-                }
-                _ => axum::http::StatusCode::NOT_FOUND.into_response(),
-            }
-        }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, axum::Router::new().fallback(imds))
-                .await
-                .unwrap()
-        });
-        let client = ImdsClient::new(&format!("http://{addr}")).unwrap();
+        // From the instance tag, through the scripted metadata server.
+        let (imds, url) = crate::imds::fake::serve().await;
+        imds.script(
+            &format!("{}{GROUP_NAME_TAG}", crate::imds::PATH_TAGS_PREFIX),
+            &[crate::imds::fake::Reply::Body("order-workers\n")],
+        );
+        let client = ImdsClient::new(&url).unwrap();
         assert_eq!(
             within(resolve_group(None, Some(&client))).await.as_deref(),
             Some("order-workers")

@@ -72,7 +72,7 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     let stop_metrics = CancellationToken::new();
     tokio::spawn(telemetry::upkeep(stop_metrics.clone()));
     if let Some(addr) = cfg.metrics_addr {
-        let bound = telemetry::http::serve(addr, health.clone(), stop_metrics.clone())
+        let bound = order_worker::http::serve(addr, health.clone(), stop_metrics.clone())
             .await
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");

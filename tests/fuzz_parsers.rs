@@ -738,7 +738,7 @@ fn check_lifecycle(body: &str) -> bool {
     match r {
         Ok(s) => {
             assert!(known, "accepted {body:?}");
-            assert_eq!(s, body.trim());
+            assert_eq!(s.as_str(), body.trim());
             true
         }
         Err(e) => {
@@ -819,7 +819,7 @@ fn imds_parsers_never_panic_and_accept_exactly_the_documents() {
         check_rebalance(&any_string(&mut rng, 80));
 
         // target lifecycle state
-        let state = *pick(&mut rng, LIFECYCLE_STATES);
+        let state = *pick(&mut rng, &LIFECYCLE_STATES);
         let body = match rng.u8(..8) {
             0 => format!("{state}\n"),
             1 => format!("  {state}\t"),

@@ -1,14 +1,13 @@
 //! Logging and metrics: the one place that names, describes and exports every figure the worker keeps.
 //!
 //! Figures are recorded with the `metrics` macros (`counter!`, `gauge!`, `histogram!`) under the names below
-//! and exported by `metrics-exporter-prometheus`. Its own HTTP listener stays off: [`http::serve`] renders the
-//! same recorder into our `/metrics`, beside `/healthz` and `/readyz`, so one port answers all three. The EMF
-//! records ([`crate::emf`]) read the same recorder through [`snapshot`], so the two exports cannot disagree.
+//! and exported by `metrics-exporter-prometheus`. Its own HTTP listener stays off: [`crate::http::serve`]
+//! renders the same recorder into our `/metrics`, beside `/healthz` and `/readyz`, so one port answers all three. The EMF
+//! records ([`crate::emf`]) read the same recorder through [`snapshot()`], so the two exports cannot disagree.
 //!
 //! The names, labels and buckets are an interface: the README lists them, the tests, the bench and the soak
 //! scrape them. Change them only with all of those.
 
-pub mod http;
 pub mod snapshot;
 
 use std::sync::OnceLock;

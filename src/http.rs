@@ -11,6 +11,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
+use crate::telemetry;
 
 /// Serve `/metrics`, `/healthz` and `/readyz` until `stop` fires. Returns the bound address (port 0 works).
 pub async fn serve(
@@ -39,8 +40,8 @@ pub async fn serve(
 /// The exposition, with `order_worker_ready` read from [`Health`] at this instant: readiness is the drain's
 /// state, the gauge only shows it.
 async fn metrics(State(health): State<Arc<Health>>) -> String {
-    metrics::gauge!(super::READY).set(if health.ready() { 1.0 } else { 0.0 });
-    super::render()
+    metrics::gauge!(telemetry::READY).set(if health.ready() { 1.0 } else { 0.0 });
+    telemetry::render()
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
