@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::clock::{epoch_seconds, parse_iso8601_duration, Now};
 use crate::model::fis::{
-    instance_id_of, rand_id, Action, Experiment, FilterPath, Selection, Target, Template,
+    instance_id_of, rand_id, Action, Experiment, Filter, Selection, Target, Template,
     MAX_SPOT_TARGETS, SPOT_RESOURCE,
 };
 use crate::model::Refusal;
@@ -179,22 +179,17 @@ fn parse_target(name: &str, t: &Value) -> Result<Target, FisError> {
         .flatten()
     {
         let raw = f.get("path").and_then(Value::as_str).unwrap_or_default();
-        let path = FilterPath::parse(raw).ok_or_else(|| {
+        let values: Vec<&str> = f
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let filter = Filter::parse(raw, &values).ok_or_else(|| {
             validation(format!(
                 "Target {name}: filter path {raw} is not supported by spot-sim (State.Name, Placement.AvailabilityZone)"
             ))
         })?;
-        let values = f
-            .get("values")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        filters.push((path, values));
+        filters.push(filter);
     }
     let selection =
         Selection::parse(str_field(t, "selectionMode").unwrap_or("ALL")).map_err(validation)?;

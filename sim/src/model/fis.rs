@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::fleet::{EventKind, Fleet, Instance, Lifecycle};
+use super::fleet::{Ec2State, EventKind, Fleet, Instance, Lifecycle};
 use super::{Effect, Refusal};
 use crate::clock::Now;
 
@@ -63,28 +63,34 @@ impl Selection {
     }
 }
 
-/// The instance attributes a target filter can test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FilterPath {
-    /// `State.Name`: the EC2 state (running, shutting-down, terminated).
-    StateName,
-    /// `Placement.AvailabilityZone`.
-    AvailabilityZone,
+/// A target filter (`filters[]`), its values parsed once at template creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// `State.Name`: any of these EC2 states. A value no instance can be in (a typo, or `stopped`, which this
+    /// group never reaches) is dropped at parse time: as on EC2, it matches nothing.
+    State(Vec<Ec2State>),
+    /// `Placement.AvailabilityZone`: any of these zones.
+    Zone(Vec<String>),
 }
 
-impl FilterPath {
-    pub fn parse(s: &str) -> Option<FilterPath> {
-        match s {
-            "State.Name" => Some(FilterPath::StateName),
-            "Placement.AvailabilityZone" => Some(FilterPath::AvailabilityZone),
+impl Filter {
+    /// The filter at `path` with `values`; `None` for a path spot-sim does not support.
+    pub fn parse(path: &str, values: &[&str]) -> Option<Filter> {
+        match path {
+            "State.Name" => Some(Filter::State(
+                values.iter().filter_map(|v| Ec2State::parse(v)).collect(),
+            )),
+            "Placement.AvailabilityZone" => {
+                Some(Filter::Zone(values.iter().map(|v| v.to_string()).collect()))
+            }
             _ => None,
         }
     }
 
-    fn of(self, i: &Instance) -> &str {
+    fn admits(&self, i: &Instance) -> bool {
         match self {
-            FilterPath::StateName => i.lifecycle.ec2_state().as_str(),
-            FilterPath::AvailabilityZone => &i.az,
+            Filter::State(states) => states.contains(&i.lifecycle.ec2_state()),
+            Filter::Zone(zones) => zones.contains(&i.az),
         }
     }
 }
@@ -96,8 +102,8 @@ pub struct Target {
     pub arns: Vec<String>,
     /// `resourceTags`: every pair must match.
     pub tags: BTreeMap<String, String>,
-    /// `filters`: (path, accepted values); any value matches.
-    pub filters: Vec<(FilterPath, Vec<String>)>,
+    /// `filters`: every filter must admit the instance.
+    pub filters: Vec<Filter>,
     pub selection: Selection,
 }
 
@@ -241,11 +247,7 @@ pub fn resolve(fleet: &Fleet, t: &Target) -> Vec<String> {
                     .all(|(k, v)| group_tags.iter().any(|(gk, gv)| gk == k && gv == v))
             }
         })
-        .filter(|i| {
-            t.filters
-                .iter()
-                .all(|(path, values)| values.iter().any(|v| v == path.of(i)))
-        })
+        .filter(|i| t.filters.iter().all(|f| f.admits(i)))
         // A terminated instance is never a target, filter or not.
         .filter(|i| i.lifecycle != Lifecycle::Terminated)
         .map(|i| i.id.clone())
@@ -553,12 +555,20 @@ mod tests {
         assert!(resolve(&f, &arn).is_empty());
         // Filters: zones go a, b, c, a, so zone b holds instance 1 alone; running excludes shutting-down.
         let mut zone = by_tag(Selection::All);
-        zone.filters = vec![(FilterPath::AvailabilityZone, vec!["us-east-1b".into()])];
+        zone.filters = vec![Filter::parse("Placement.AvailabilityZone", &["us-east-1b"]).unwrap()];
         assert_eq!(resolve(&f, &zone), vec![f.instances[1].id.clone()]);
         f.instances[2].lifecycle = Lifecycle::TerminatingProceed;
         let mut running = by_tag(Selection::All);
-        running.filters = vec![(FilterPath::StateName, vec!["running".into()])];
+        running.filters = vec![Filter::parse("State.Name", &["running"]).unwrap()];
         assert_eq!(resolve(&f, &running).len(), 2);
+        running.filters = vec![Filter::parse("State.Name", &["shutting-down", "stopped"]).unwrap()];
+        assert_eq!(resolve(&f, &running), vec![f.instances[2].id.clone()]);
+        running.filters = vec![Filter::parse("State.Name", &["Running"]).unwrap()];
+        assert!(
+            resolve(&f, &running).is_empty(),
+            "state names are exact, as on EC2"
+        );
+        assert_eq!(Filter::parse("InstanceType", &["t3.micro"]), None);
     }
 
     #[test]

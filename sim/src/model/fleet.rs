@@ -69,12 +69,23 @@ pub enum Ec2State {
 }
 
 impl Ec2State {
+    pub const ALL: [Ec2State; 3] = [
+        Ec2State::Running,
+        Ec2State::ShuttingDown,
+        Ec2State::Terminated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Ec2State::Running => "running",
             Ec2State::ShuttingDown => "shutting-down",
             Ec2State::Terminated => "terminated",
         }
+    }
+
+    /// The state EC2 spells `s`, if this simulator models it.
+    pub fn parse(s: &str) -> Option<Ec2State> {
+        Ec2State::ALL.into_iter().find(|state| state.as_str() == s)
     }
 }
 
@@ -565,10 +576,11 @@ impl Fleet {
             "with worker"
         };
         let state = if inst.attached {
-            "InService"
+            Lifecycle::InService
         } else {
-            "Pending"
-        };
+            Lifecycle::Pending
+        }
+        .as_str();
         let what = format!(
             "launched ({kind}, {state}): {}; imds {url}",
             inst.launch_cause
