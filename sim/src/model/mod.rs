@@ -3,7 +3,8 @@
 //! server, spawn a worker, send a signal), so the rules the worker's guarantees rest on are unit-tested here
 //! without HTTP, and the runtime can carry the effects out after it has released the state lock.
 //!
-//! - `fleet`: the group, its instances, the lifecycle hook, Spot interruptions, rebalancing, the event log.
+//! - `fleet`: the group, its instances, the lifecycle hook, Spot interruptions, rebalancing, the event log
+//!   (`fleet/states`: the states as enums and the records; `fleet/termination`: how an instance leaves).
 //! - `fis`: FIS templates and experiments; resolves targets against the fleet and schedules its interruptions.
 //!
 //! `fis` depends on `fleet`, never the reverse; [`Region`] holds both and runs what involves both (the tick).
