@@ -140,8 +140,10 @@ pub struct Metrics {
     pub blocked: Family,
     /// DeleteMessageBatch entries that failed (an expired receipt handle; the redelivery is a harmless duplicate).
     pub delete_failures: Family,
-    /// DynamoDB write units consumed by our transactions.
+    /// DynamoDB write units consumed (as DynamoDB reports them; a failed claim by the billing rule).
     pub write_units: Family,
+    /// DynamoDB read units consumed (by the billing rule: neither engine reports all of them).
+    pub read_units: Family,
     /// Notices acted on, by kind.
     pub notices: Family,
     /// Drains by trigger, and orders finished / released during drains.
@@ -206,6 +208,11 @@ static METRICS: Metrics = Metrics {
     write_units: Family::new(
         "order_worker_dynamodb_write_units_total",
         "DynamoDB write capacity units consumed.",
+        &[],
+    ),
+    read_units: Family::new(
+        "order_worker_dynamodb_read_units_total",
+        "DynamoDB read capacity units consumed.",
         &[],
     ),
     notices: Family::new(
@@ -274,6 +281,7 @@ impl Metrics {
             &self.visibility_lost,
             &self.delete_failures,
             &self.write_units,
+            &self.read_units,
             &self.notices,
             &self.drains,
             &self.drain_orders,

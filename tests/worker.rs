@@ -44,7 +44,7 @@ async fn hundred_orders_over_five_groups_applied_once_in_send_order() {
     assert_eq!(report.accepted, 100);
     // Every record carries the whole shape.
     for r in &records {
-        for k in order_worker::store::ACCEPTED_ATTRIBUTES {
+        for k in order_worker::schema::ACCEPTED_ATTRIBUTES {
             assert!(r.contains_key(*k), "record lacks {k}: {r:?}");
         }
         assert_eq!(s(r, "TotalCents"), "2598");

@@ -106,7 +106,7 @@ impl Dispatcher {
             for (rec, a) in req.run.records.iter().zip(&outcome.applied) {
                 match a {
                     Applied::New { .. } => {
-                        metrics().orders.inc(&[&rec.status.to_ascii_lowercase()]);
+                        metrics().orders.inc(&[rec.status.label()]);
                     }
                     Applied::Conflict => {
                         tracing::warn!(order = %rec.order_key, group = %rec.group_id, message_id = %rec.sqs_message_id, payload_sha256 = %rec.payload_sha256, "conflict: an order with this OrderID and another payload is already recorded; not applied");

@@ -12,6 +12,7 @@ use crate::metrics::metrics;
 use crate::order::{evaluate, Verdict};
 use crate::queue::Received;
 use crate::retry::{backoff_for, Class};
+use crate::schema::Status;
 use crate::store::{Applied, Record, Run, StoreError};
 
 /// Most orders one group commits in one run (leaves room for other groups in the same transaction).
@@ -62,7 +63,6 @@ impl Dispatcher {
                 };
                 let Some(rest) = rest else { continue };
                 self.publish();
-                inner.store.forget_group(&group);
                 self.release(rest, 0, "drain").await;
                 return;
             }
@@ -154,7 +154,6 @@ impl Dispatcher {
             (held.take(run_ids), held.close(group))
         };
         self.publish();
-        self.inner.store.forget_group(group);
         self.release(run, visibility, reason).await;
         self.release(rest, 0, reason).await;
     }
@@ -165,8 +164,8 @@ impl Dispatcher {
             Verdict::Accepted {
                 total_cents,
                 currency,
-            } => ("ACCEPTED", None, Some(total_cents), Some(currency)),
-            Verdict::Rejected { reason } => ("REJECTED", Some(reason), None, None),
+            } => (Status::Accepted, None, Some(total_cents), Some(currency)),
+            Verdict::Rejected { reason } => (Status::Rejected, Some(reason), None, None),
         };
         Record {
             order_key: e.order_key,
