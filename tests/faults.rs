@@ -320,11 +320,11 @@ async fn access_denied_by_sqs_makes_the_worker_unready_until_it_clears() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_dynamodb_refuses_on_its_own_fails_alone() {
     let r = rig("ddb-refused").await;
-    // The run's transaction is refused, then the first record's own transaction: that record (and only it)
-    // cannot be written as it is.
+    // The run's batch of inserts is refused as a whole, then the first record's own insert: that record (and
+    // only it) cannot be written as it is.
     r.proxy
         .rule(
-            json!({"service": "dynamodb", "operation": "TransactWriteItems", "action": "error",
+            json!({"service": "dynamodb", "operation": "BatchExecuteStatement", "action": "error",
                      "code": "ValidationException", "status": 400, "count": 2,
                      "message": "Item size has exceeded the maximum allowed size"}),
         )
@@ -395,9 +395,10 @@ async fn a_group_row_at_position_zero_is_a_row_not_a_hot_loop() {
     let manifest: Vec<_> = order_ids.iter().map(|id| sent(id, g, "accepted")).collect();
     let report = r.fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
-    // It took 1,001 transactions in 3 s before.
-    let tx = r.proxy.count("dynamodb", "TransactWriteItems").await;
-    assert!(tx <= 10, "{tx} transactions for 5 orders");
+    // It took 1,001 transactions in 3 s before claims.
+    let writes = r.proxy.count("dynamodb", "UpdateItem").await
+        + r.proxy.count("dynamodb", "BatchExecuteStatement").await;
+    assert!(writes <= 10, "{writes} write calls for 5 orders");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,7 +416,7 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
     .await;
     let order_ids = ids("bad", 3);
     r.fx.send_orders(g, &order_ids).await;
-    // Another group, committed in the same transactions: it must not wait for the bad one.
+    // Another group, committed in the same calls: it must not wait for the bad one.
     let good = "cust-good";
     let good_ids = ids("good", 3);
     r.fx.send_orders(good, &good_ids).await;
@@ -435,7 +436,8 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
     );
     let count = || async {
         r.proxy.count("dynamodb", "BatchGetItem").await
-            + r.proxy.count("dynamodb", "TransactWriteItems").await
+            + r.proxy.count("dynamodb", "UpdateItem").await
+            + r.proxy.count("dynamodb", "BatchExecuteStatement").await
     };
     let before = count().await;
     // A rate needs a window: 4 s of waiting out bad data must cost a handful of reads, not thousands.

@@ -80,7 +80,8 @@ async fn duplicates_and_conflicts_are_not_applied_and_do_not_block_the_group() {
     )
     .await;
     let worker = fx.worker("w1", &[]);
-    fx.wait_records(3, Duration::from_secs(60)).await;
+    // Three records and two markers: each message that reached the worker holds one position.
+    fx.wait_records(5, Duration::from_secs(60)).await;
     wait_for(
         "the conflict to be counted",
         Duration::from_secs(30),
@@ -106,7 +107,41 @@ async fn duplicates_and_conflicts_are_not_applied_and_do_not_block_the_group() {
     let report = fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
     let records = fx.records().await;
-    assert_eq!(records.len(), 3);
+    let mut by_pos: Vec<(u64, String, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                s(r, "GroupPosition").parse().unwrap(),
+                s(r, "OrderID"),
+                s(r, "Status"),
+                s(r, "MarkerOf"),
+            )
+        })
+        .collect();
+    by_pos.sort();
+    let shape: Vec<(u64, &str, &str)> = by_pos
+        .iter()
+        .map(|(p, id, st, of)| {
+            let id = if st == "ACCEPTED" {
+                id.as_str()
+            } else {
+                of.as_str()
+            };
+            (*p, st.as_str(), id)
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (1, "ACCEPTED", "ord-a"),
+            (2, "ACCEPTED", "ord-b"),
+            (3, "DUPLICATE", "ord-a"),
+            (4, "CONFLICT", "ord-b"),
+            (5, "ACCEPTED", "ord-c"),
+        ],
+        "{by_pos:?}"
+    );
+    assert!(by_pos[2].1.starts_with("duplicate:") && by_pos[3].1.starts_with("conflict:"));
     let b_rec = records.iter().find(|r| s(r, "OrderID") == "ord-b").unwrap();
     assert_eq!(s(b_rec, "ItemCount"), "1");
     assert_eq!(

@@ -260,8 +260,14 @@ impl Store {
                 }
                 match a.commit.step() {
                     Step::Claim(c) => claims.push((i, c)),
+                    // One by one means one statement in flight at a time: the refused one is then the one
+                    // that was sent.
+                    Step::Write(_) if one_by_one && !writes.is_empty() => {}
                     Step::Write(ws) => {
                         for w in ws {
+                            if one_by_one && !writes.is_empty() {
+                                break;
+                            }
                             // DynamoDB refuses a batch that names one key twice (DynamoDB Local refuses the
                             // whole call): a second group's write of the same OrderID waits a round.
                             if keys.insert(w.key(a.commit.msgs())) {
@@ -388,7 +394,11 @@ impl Store {
                     InsertResult::Written => WriteAnswer::Written,
                     InsertResult::Exists => match &existing {
                         Some(found) => {
-                            WriteAnswer::Exists(found.get(key).map(|e| e.existing(record)))
+                            let e = found.get(key).map(|e| e.existing(record));
+                            if e.as_ref().is_some_and(|e| e.sha.is_none()) {
+                                tracing::warn!(order = %record.order_key, group = %record.group_id, "an existing record with this OrderID has no PayloadSha256 (written by something else); counted as a conflict");
+                            }
+                            WriteAnswer::Exists(e)
                         }
                         None => WriteAnswer::Retry,
                     },
