@@ -54,10 +54,6 @@ fn line_field(log: &str, marker: &str, key: &str) -> String {
         .to_owned()
 }
 
-fn ids(prefix: &str, n: usize) -> Vec<String> {
-    (1..=n).map(|i| format!("{prefix}-{i:03}")).collect()
-}
-
 async fn send_groups(
     fx: &Fixture,
     prefix: &str,
@@ -466,17 +462,18 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
 async fn a_record_written_by_something_else_is_a_logged_conflict_and_the_group_goes_on() {
     let r = rig("foreign").await;
     let g = "cust-foreign";
-    // An item with the order's id but no PayloadSha256 (not written by this worker).
+    // An item with the first order's id but no PayloadSha256 (not written by this worker).
+    let order_ids = ids("foreign", 3);
     put_item(
         &r.fx,
         &r.fx.orders_table,
         &[
-            ("OrderID", AttributeValue::S("foreign-001".into())),
+            ("OrderID", AttributeValue::S(order_ids[0].clone())),
             ("MessageGroupId", AttributeValue::S("elsewhere".into())),
         ],
     )
     .await;
-    r.fx.send_orders(g, &ids("foreign", 3)).await;
+    r.fx.send_orders(g, &order_ids).await;
     let w = r.via.worker("w-foreign", &[]);
     r.fx.wait_records(3, Duration::from_secs(30)).await;
     let log = w.log_text();
