@@ -21,14 +21,13 @@ import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (REPO, Baseline, BenchError, Emulator, Fixture, Procs, Worker, add_metrics,  # noqa: E402
-                     audit_baseline, histogram_quantile, metric_sum, parse_prometheus, parse_time, tail,
-                     verify_worker_run, wait_until)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import REPO, http_json, parse_time, sim, tail, wait_for  # noqa: E402 - after the path is set
+from harness.metrics import add_metrics, histogram_quantile, metric_sum, parse_prometheus  # noqa: E402
+from runs import PROCS, Baseline, BenchError, Emulator, Fixture, Worker, audit_baseline, stop_all, verify_worker_run  # noqa: E402, I001
 
 MODES = {
     "full": {
@@ -153,7 +152,7 @@ class Bench:
                 f"{row['ddb_writes_per_order']} DDB writes/order, RSS {row['rss_peak_mib']} MiB, audit ok")
             return row
         finally:
-            Procs.stop_all()
+            stop_all()
             emu.stop()
 
     # ---- latency under steady load -----------------------------------------------------------------------
@@ -190,7 +189,7 @@ class Bench:
             log(f"{label}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
             return row
         finally:
-            Procs.stop_all()
+            stop_all()
             emu.stop()
 
     # ---- interruption --------------------------------------------------------------------------------------
@@ -202,12 +201,12 @@ class Bench:
         try:
             fx = Fixture(emu)
             ready_file = logdir / "spot-sim.json"
-            sim = Procs.spawn([str(self.spot_sim), "--desired", "0", "--time-scale", "1",
-                               "--ready-file", str(ready_file)],
-                              dict(os.environ, SPOT_SIM_LOG="spot_sim=info"), logdir / "spot-sim.log")
-            wait_until("spot-sim", 30, lambda: ready_file.exists() or sim.poll() is not None)
-            if sim.poll() is not None:
-                raise BenchError(f"spot-sim exited:\n{tail(sim.log_path)}")
+            spot = PROCS.spawn("spot-sim", [self.spot_sim, "--desired", "0", "--time-scale", "1",
+                                            "--ready-file", ready_file],
+                               logdir / "spot-sim.log", env=dict(os.environ, SPOT_SIM_LOG="spot_sim=info"))  # fmt: skip
+            wait_for("spot-sim", 30, lambda: ready_file.exists() or not spot.alive(), 0.05)
+            if not spot.alive():
+                raise BenchError(f"spot-sim exited:\n{tail(spot.log_path)}")
             api = json.loads(ready_file.read_text())["api"]
             inst = http_json("POST", f"{api}/_sim/instances", {"external": True})
             n = self.cfg["busy_backlog"] if busy else 0
@@ -222,7 +221,7 @@ class Bench:
                 def holding():
                     w.check_alive()
                     return metric_sum(w.metrics(), "order_worker_messages_in_flight") >= 20
-                wait_until("the worker to hold messages", 60, holding, 0.02)
+                wait_for("the worker to hold messages", 60, holding, 0.02)
             else:
                 time.sleep(2)  # a few metadata polls: the steady idle state
             m0 = w.metrics()
@@ -247,12 +246,11 @@ class Bench:
                             t_empty = now
                 events = http_json("GET", f"{api}/_sim/status")
                 mine = next(i for i in events["instances"] if i["id"] == inst["id"])
-                if any(e["event"].startswith("CompleteLifecycleAction") for e in mine["events"]):
+                if sim.first(mine, "hook_completed"):
                     break
                 time.sleep(0.02)
-            ev = {e["event"]: parse_time(e["at"]) for e in mine["events"]}
-            t_notice = next((t for e, t in ev.items() if e.startswith("spot interruption notice")), t_call)
-            t_hook = next((t for e, t in ev.items() if e.startswith("CompleteLifecycleAction")), None)
+            t_notice = sim.first_at(mine, "notice") or t_call
+            t_hook = sim.first_at(mine, "hook_completed")
             exit_code = t_exit = None
             try:
                 exit_code = w.proc.wait(40)
@@ -265,11 +263,11 @@ class Bench:
                    "notice_to_nothing_held_s": rnd(t_empty and t_empty - t_notice),
                    "notice_to_hook_completed_s": rnd(t_hook and t_hook - t_notice),
                    "notice_to_exit_s": rnd(t_exit and t_exit - t_notice, 1),
-                   "hook_result": next((e for e in ev if e.startswith("CompleteLifecycleAction")), None),
+                   "hook_result": (sim.first(mine, "hook_completed") or {}).get("event"),
                    "worker_exit": exit_code}
             if t_hook is None:
                 raise BenchError(f"{label}: the hook was not completed within 100 s:\n{tail(w.proc.log_path)}")
-            Procs.stop(sim)
+            PROCS.stop(spot)
             if busy:
                 # The released messages must still be processed exactly once and in order: a second worker
                 # (metadata off) drains the rest, then the whole run is audited.
@@ -282,7 +280,7 @@ class Bench:
                 f"{row['notice_to_hook_completed_s']} s")
             return row
         finally:
-            Procs.stop_all()
+            stop_all()
             emu.stop()
 
     # ---- the whole benchmark -------------------------------------------------------------------------------
@@ -343,13 +341,6 @@ def pct(sorted_values: list[float], p: float) -> float:
         return float("nan")
     k = max(0, min(len(sorted_values) - 1, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
     return sorted_values[k]
-
-
-def http_json(method: str, url: str, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
 
 
 def machine() -> dict:
@@ -511,7 +502,7 @@ def main() -> int:
     run_dir = Path(os.environ.get("BENCH_WORK_DIR") or (target / "bench-runs" / f"{args.mode}-{stamp}"))
 
     def interrupted(signum, _frame):
-        Procs.stop_all()
+        stop_all()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, interrupted)
@@ -524,7 +515,7 @@ def main() -> int:
     try:
         bench.run()
     finally:
-        Procs.stop_all()
+        stop_all()
     res["duration_s"] = round(time.monotonic() - t0, 1)
     res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     md = report(res) + f"\nTotal benchmark time {res['duration_s']} s; logs in {run_dir}.\n"

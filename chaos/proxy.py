@@ -3,8 +3,11 @@
 unreachable for a while (the chaos soak's "network fault"), or makes ONE service and ONE operation fail the way
 AWS fails. Standard library only (asyncio).
 
-    chaos/proxy.py --upstream http://127.0.0.1:4566 [--listen 127.0.0.1:0] [--control 127.0.0.1:0]
-                   [--ready-file F] [--seed N]
+    chaos/proxy.py --upstream http://127.0.0.1:4566 [--upstream-for dynamodb=http://127.0.0.1:8000]...
+                   [--listen 127.0.0.1:0] [--control 127.0.0.1:0] [--ready-file F] [--seed N]
+
+`--upstream-for SERVICE=URL` sends that service's requests elsewhere (DynamoDB on DynamoDB Local while SQS stays
+on the emulator); every fault still covers every service, as one network would.
 
 Workers get `AWS_ENDPOINT_URL=http://<listen>` and reach the emulator through it. Every request on a connection
 (HTTP/1.1 keep-alive) is read whole, identified, and then forwarded, or answered by the proxy itself:
@@ -515,6 +518,7 @@ class Conn:
         self.down_w = w
         self.up: Stream | None = None
         self.up_w: asyncio.StreamWriter | None = None
+        self.up_addr: tuple[str, int] | None = None  # where `up` goes: one client connection may carry two services
         self.dead = False
 
     def close_up(self) -> None:
@@ -524,8 +528,9 @@ class Conn:
 
 
 class Proxy:
-    def __init__(self, upstream: tuple[str, int]):
+    def __init__(self, upstream: tuple[str, int], per_service: dict[str, tuple[str, int]] | None = None):
         self.upstream = upstream
+        self.per_service = dict(per_service or {})
         self.mode = "pass"
         self.until = 0.0
         self.flowing = asyncio.Event()
@@ -700,7 +705,7 @@ class Proxy:
             if hangup.done() and not hangup.cancelled():
                 self.stats["abandoned"] += 1  # the client gave up: never forward what it no longer waits for
                 return False
-        resp = await self.forward(c, req)
+        resp = await self.forward(c, req, self.per_service.get(service, self.upstream))
         if resp is None:
             self._reset_conn(c)
             return False
@@ -717,19 +722,19 @@ class Proxy:
         await c.down_w.drain()
         return keep_alive and not resp.has_token("connection", "close")
 
-    async def forward(self, c: Conn, req: Message) -> Message | None:
-        """Send `req` upstream and read the whole answer; None if the upstream cannot be reached."""
+    async def forward(self, c: Conn, req: Message, upstream: tuple[str, int]) -> Message | None:
+        """Send `req` to `upstream` and read the whole answer; None if the upstream cannot be reached."""
         method = req.start.split(" ", 1)[0]
         for attempt in (1, 2):
             reused = c.up is not None
-            if c.up is None or c.up.r.at_eof() or (c.up_w and c.up_w.is_closing()):
+            if c.up is None or c.up.r.at_eof() or (c.up_w and c.up_w.is_closing()) or c.up_addr != upstream:
                 c.close_up()
                 try:
-                    r, w = await asyncio.open_connection(*self.upstream)
+                    r, w = await asyncio.open_connection(*upstream)
                 except OSError:
                     self.stats["upstream_errors"] += 1
                     return None
-                c.up, c.up_w = Stream(r), w
+                c.up, c.up_w, c.up_addr = Stream(r), w, upstream
                 reused = False
             assert c.up is not None and c.up_w is not None
             try:
@@ -811,8 +816,9 @@ class Proxy:
             w.close()
 
 
-async def serve(upstream: str, listen: str, control: str, ready_file: str | None) -> None:
-    proxy = Proxy(host_port(upstream))
+async def serve(upstream: str, listen: str, control: str, ready_file: str | None,
+                upstream_for: dict[str, str] | None = None) -> None:  # fmt: skip
+    proxy = Proxy(host_port(upstream), {k: host_port(v) for k, v in (upstream_for or {}).items()})
     lh, lp = host_port(listen)
     ch, cp = host_port(control)
     data_srv = await asyncio.start_server(proxy.handle, lh, lp, reuse_address=True, backlog=512)
@@ -842,6 +848,8 @@ async def serve(upstream: str, listen: str, control: str, ready_file: str | None
 def main(argv: list | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--upstream", required=True, help="the real endpoint, http://host:port")
+    p.add_argument("--upstream-for", action="append", default=[], metavar="SERVICE=URL",
+                   help="another endpoint for one service (repeat): dynamodb=http://127.0.0.1:8000")  # fmt: skip
     p.add_argument("--listen", default="127.0.0.1:0", help="address the workers use (default a free port)")
     p.add_argument("--control", default="127.0.0.1:0", help="control address (default a free port)")
     p.add_argument("--ready-file", help="write the addresses here (JSON) once listening")
@@ -849,7 +857,13 @@ def main(argv: list | None = None) -> int:
     a = p.parse_args(argv)
     if a.seed is not None:
         random.seed(a.seed)
-    asyncio.run(serve(a.upstream, a.listen, a.control, a.ready_file))
+    upstream_for = {}
+    for x in a.upstream_for:
+        service, sep, url = x.partition("=")
+        if not sep or not url:
+            p.error(f"--upstream-for {x!r}: SERVICE=URL")
+        upstream_for[service] = url
+    asyncio.run(serve(a.upstream, a.listen, a.control, a.ready_file, upstream_for))
     return 0
 
 

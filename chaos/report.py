@@ -25,34 +25,14 @@ import json
 import os
 import re
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Optional
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import hms, parse_time, sim, worker_log  # noqa: E402 - after the path is set
+
 # ---- inputs --------------------------------------------------------------------------------------------------
-
-
-def parse_time(s: Optional[str]) -> Optional[float]:
-    """RFC 3339 (any fraction, Z or offset) -> epoch seconds."""
-    if not s:
-        return None
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?", s)
-    if not m:
-        return None
-    base = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")
-    tz = m.group(3) or "Z"
-    if tz == "Z":
-        base = base.replace(tzinfo=timezone.utc)
-    else:
-        base = datetime.fromisoformat(m.group(1) + tz)
-    return base.timestamp() + (float(m.group(2)) if m.group(2) else 0.0)
-
-
-def hms(t: Optional[float], millis: bool = True) -> str:
-    if t is None:
-        return "-"
-    d = datetime.fromtimestamp(t, timezone.utc)
-    return d.strftime("%H:%M:%S") + (f".{int(d.microsecond / 1000):03d}" if millis else "")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -64,94 +44,71 @@ def read_jsonl(path: Path) -> list[dict]:
 def scan_table(table: str, groups: set[str]) -> list[dict]:
     import boto3  # the project's venv has it (requirements/chaos.txt)
 
+    from harness import ddb
+
     endpoint = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("AWS_ENDPOINT_URL")
-    ddb = boto3.client("dynamodb", endpoint_url=endpoint)
-    items, kwargs = [], {"TableName": table, "ConsistentRead": True}
-    while True:
-        out = ddb.scan(**kwargs)
-        for it in out.get("Items", []):
-            rec = {k: (int(v["N"]) if "N" in v and re.fullmatch(r"-?\d+", v["N"]) else next(iter(v.values()))) for k, v in it.items()}
-            if not groups or rec.get("MessageGroupId") in groups:
-                items.append(rec)
-        if "LastEvaluatedKey" not in out:
-            return items
-        kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+    client = boto3.client("dynamodb", endpoint_url=endpoint)
+    return ddb.scan(client, table, keep=lambda r: not groups or r.get("MessageGroupId") in groups)
 
 
-# What each spot-sim event means for the timeline (first match wins).
-EVENT_KINDS = [
-    ("launched", "launched"),
-    ("InService", "in_service"),
-    ("rebalance recommendation", "rebalance"),
-    ("spot interruption notice", "notice"),
-    ("Terminating:Wait", "terminating_wait"),
-    ("CompleteLifecycleAction", "hook_completed"),
-    ("lifecycle hook timed out", "hook_timed_out"),
-    ("Terminating:Proceed", "terminating_proceed"),
-    ("SIGTERM", "sigterm"),
-    ("SIGKILL", "sigkill"),
-    ("worker exited", "exited"),
-    ("Terminated", "terminated"),
-]
-
-LOG_TIME = re.compile(r"^(?:\x1b\[[0-9;]*m)*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)")
+# The story's name for each kind of spot-sim event (its `kind`, snake_case EventKind) that the timeline shows.
+EVENT_KINDS = {
+    "launched": "launched",
+    "in_service": "in_service",
+    "rebalance": "rebalance",
+    "notice": "notice",
+    "terminating_wait": "terminating_wait",
+    "hook_completed": "hook_completed",
+    "terminating_proceed": "terminating_proceed",
+    "sigterm": "sigterm",
+    "sigkill": "sigkill",
+    "worker_exited": "exited",
+    "terminated": "terminated",
+}
 
 
 def instance_story(inst: dict) -> dict:
     """First time of each kind of event of one instance, plus the drain from its worker log."""
     st: dict = {"id": inst["id"], "replaces": inst.get("replaces"), "state": inst.get("lifecycle_state")}
     for ev in inst.get("events", []):
+        kind = EVENT_KINDS.get(ev.get("kind"))
+        if kind is None:
+            continue
         what = ev.get("event", "")
-        for needle, kind in EVENT_KINDS:
-            if what.startswith(needle):
-                st.setdefault(kind, parse_time(ev.get("at")))
-                if kind == "notice":
-                    st.setdefault("notice_text", what)
-                if kind == "hook_completed":
-                    st.setdefault("hook_result", what.split()[-1])
-                break
+        st.setdefault(kind, parse_time(ev.get("at")))
+        if kind == "notice":
+            st.setdefault("notice_text", what)
+        if kind == "hook_completed":
+            st.setdefault("hook_result", what.split()[-1])  # the result (CONTINUE): the event's last word
+    if timed_out := sim.hook_timed_out(inst):
+        st.setdefault("hook_timed_out", parse_time(timed_out.get("at")))
     st.setdefault("launched", parse_time(inst.get("launched_at")))
     if inst.get("terminated_at"):
         st.setdefault("terminated", parse_time(inst["terminated_at"]))
     log_path = inst.get("log_path")
     # Drains of instances the region is terminating (a drain at the end of the run, on shutdown, is not news).
     if log_path and Path(log_path).exists() and (st.get("notice") or st.get("terminating_wait")):
-        for line in Path(log_path).read_text(errors="replace").splitlines():
-            if line.startswith("{"):  # --log-format json: the same fields, put back in the text form
-                try:
-                    j = json.loads(line)
-                except ValueError:
-                    continue
-                if "_aws" in j:  # an EMF record: read by emf_figures
-                    continue
-                # The worker flattens its events (fields at the top level); older logs nest them in "fields".
-                f = j.get("fields") or {k: v for k, v in j.items() if k not in ("timestamp", "level", "target")}
-                line = f"{j.get('timestamp', '')} {f.get('message', '')} " + " ".join(
-                    f"{k}={v}" for k, v in f.items() if k != "message"
-                )
-            m = LOG_TIME.match(line)
-            if not m:
+        for e in worker_log.events(log_path):
+            t, message = e["t"], str(e.get("message", ""))
+            if t is None:
                 continue
-            t = parse_time(m.group(1))
-            if "rebalance recommendation: taking no new message groups" in line and "paused" not in st:
+            if message.startswith("rebalance recommendation: taking no new message groups") and "paused" not in st:
                 st["paused"] = t
-            elif " draining" in line and "drain_start" not in st:
+            elif message == "draining" and "drain_start" not in st:
                 st["drain_start"] = t
-                st["drain_trigger"] = (re.search(r"trigger=(\S+(?: \{[^}]*\})?)", line) or [None, ""])[1]
+                st["drain_trigger"] = str(e.get("trigger", ""))
                 for k in ("groups_held", "messages_held"):
-                    mm = re.search(rf"\b{k}=(\d+)", line)
-                    if mm:
-                        st[f"drain_{k}"] = int(mm.group(1))
-            elif "lifecycle hook completed" in line and "drain_start" in st and "hook_logged" not in st:
+                    if isinstance(e.get(k), int):
+                        st[f"drain_{k}"] = e[k]
+            elif message.startswith("lifecycle hook completed") and "drain_start" in st and "hook_logged" not in st:
                 st["hook_logged"] = t
-            elif "drain complete" in line and "drain_end" not in st:
+            elif message == "drain complete" and "drain_end" not in st:
                 # Logged once the worker's last long poll has returned (its took_ms counts that wait too): the
                 # honest drain time is from "draining" to the hook completion, both by timestamp.
                 st["drain_end"] = t
                 for k in ("finished", "released", "took_ms", "deadline_hit"):
-                    mm = re.search(rf"\b{k}=(\S+)", line)
-                    if mm:
-                        st[f"drain_{k}"] = mm.group(1)
+                    if k in e:
+                        st[f"drain_{k}"] = e[k]
     return st
 
 
@@ -169,13 +126,7 @@ def emf_figures(inst: dict) -> Optional[dict]:
     sums = dict.fromkeys(EMF_SUMS, 0.0)
     drain: dict = {}
     seen = False
-    for line in Path(log_path).read_text(errors="replace").splitlines():
-        if not line.startswith("{") or '"_aws"' not in line:
-            continue
-        try:
-            j = json.loads(line)
-        except ValueError:
-            continue
+    for j in worker_log.emf_records(log_path):
         seen = True
         if j.get("record") == "interval":
             for k in EMF_SUMS:
@@ -729,7 +680,7 @@ def render_html(title, summary, records, stories, per_instance, verify, ok, inte
 .legend-instance .swatch{{display:inline-block;width:14px;height:14px;margin-right:4px;vertical-align:-2px;border-radius:3px}}
 .key span{{margin-right:14px}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>Verdict: {verdict}. Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')} UTC.</p>
+<p>Verdict: {verdict}. Generated {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC.</p>
 <ul>{"".join(story)}</ul>
 <h2>Each group in order</h2>
 <p>One row per message group: its orders by position (1, 2, 3…), each coloured by the instance that applied it.

@@ -8,7 +8,7 @@ The only additions to the 30 lines are measurement, kept out of the loop's logic
 requests (and the consumed capacity DynamoDB reports), and SIGTERM writes those counts to a JSON file.
 """
 
-import json, os, signal, sys, time
+import json, os, signal, sys
 from datetime import datetime, timezone
 
 import boto3

@@ -1,111 +1,44 @@
-"""Plumbing for the benchmark: processes, the emulator, queue and tables, load, metrics, audits.
+"""The benchmark's runs: a fresh emulator, queue and tables per run, the load, the consumers (order-worker and the
+seed's baseline), their metrics and usage, the audits. Processes, servers, scans, orders, metrics and times come
+from the shared harness (../harness/).
 
-Everything started here is registered and stopped (its whole process group) when the run ends, also on
-Ctrl-C or an exception: see `Procs`.
+Everything started here is registered in PROCS and stopped (its whole process group) when the run ends, also on
+Ctrl-C or an exception.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
-from datetime import datetime
 from pathlib import Path
 
 import boto3
 from botocore.config import Config as BotoConfig
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = REPO / ".venv" / "bin"
+from harness import REPO, HarnessError, Registry, free_port, parse_time, tail, venv_bin, wait_for
+from harness import ddb, orders, procs, servers
+from harness.metrics import get, parse_prometheus
+
 REGION = "us-east-1"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Every child of the benchmark; stop_all() at the end of each run.
+PROCS = Registry()
+# A run that did not work (as opposed to a run that was slow): anything the harness raises counts.
+BenchError = HarnessError
+# The benchmark's order: two items, a fixed time (the same bytes in every run, so runs compare).
+BENCH_ITEMS = [orders.item("SKU-1", 2, 1299), orders.item("SKU-7", 1, 4999)]
 
 
-class BenchError(Exception):
-    """A run that did not work (as opposed to a run that was slow)."""
+def order_body(oid: str, group: str) -> str:
+    return orders.order_body(oid, group, BENCH_ITEMS, "2026-11-25T12:00:00Z")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(what: str, timeout: float, fn, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-# ---- processes ----------------------------------------------------------------------------------------------
-
-
-class Procs:
-    """Every child this benchmark started; each in its own process group, killed on stop_all()."""
-
-    live: list[subprocess.Popen] = []
-
-    @classmethod
-    def spawn(cls, argv, env, log: Path) -> subprocess.Popen:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        f = open(log, "wb")
-        p = subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-        f.close()
-        p.log_path = log  # type: ignore[attr-defined]
-        cls.live.append(p)
-        return p
-
-    @classmethod
-    def stop(cls, p: subprocess.Popen, sig=signal.SIGTERM, grace: float = 10.0) -> int | None:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
-        if p in cls.live:
-            cls.live.remove(p)
-        return p.returncode
-
-    @classmethod
-    def stop_all(cls):
-        for p in list(cls.live):
-            cls.stop(p, signal.SIGKILL, 5)
-
-
-def proc_usage(pid: int) -> dict:
-    """Peak RSS (VmHWM) and CPU seconds (utime + stime) of a live process."""
-    out = {"rss_peak_kib": None, "cpu_s": None}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out["rss_peak_kib"] = int(line.split()[1])
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        out["cpu_s"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-        pass
-    return out
+def stop_all() -> None:
+    PROCS.stop_all(signal.SIGKILL, 5)
 
 
 # ---- the emulator ---------------------------------------------------------------------------------------------
@@ -115,24 +48,10 @@ class Emulator:
     """One ministack (SQS + DynamoDB) on a free port, for one run."""
 
     def __init__(self, logdir: Path):
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, BIND_HOST="127.0.0.1", GATEWAY_PORT=str(self.port))
-        binary = os.environ.get("MINISTACK_BIN", str(VENV_BIN / "ministack"))
-        if not Path(binary).exists():
-            raise BenchError(f"{binary} missing: run scripts/bootstrap")
-        self.proc = Procs.spawn([binary], env, logdir / f"ministack-{self.port}.log")
-
-        def up():
-            if self.proc.poll() is not None:
-                raise BenchError(f"ministack exited: see {self.proc.log_path}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until("the emulator to listen", 60, up)
+        self.server = servers.start_ministack(PROCS, logdir)
+        self.proc = self.server.proc
+        self.port = self.server.port
+        self.endpoint = self.server.endpoint
 
     def env(self) -> dict:
         return {
@@ -151,10 +70,10 @@ class Emulator:
                                               max_pool_connections=20))
 
     def usage(self) -> dict:
-        return proc_usage(self.proc.pid)
+        return procs.usage(self.proc.pid)
 
     def stop(self):
-        Procs.stop(self.proc, signal.SIGKILL, 5)
+        PROCS.stop(self.proc, signal.SIGKILL, 5)
 
 
 class Fixture:
@@ -273,25 +192,7 @@ class Fixture:
     # -- read back --
 
     def records(self) -> list[dict]:
-        out = []
-        pages = self.ddb.get_paginator("scan").paginate(
-            TableName=self.orders_table, ConsistentRead=True,
-            ProjectionExpression="OrderID, MessageGroupId, ProcessedAt, ProcessedBy, GroupPosition")
-        for page in pages:
-            for item in page["Items"]:
-                out.append({k: list(v.values())[0] for k, v in item.items()})
-        return out
-
-
-def order_body(oid: str, group: str) -> str:
-    return json.dumps({"order_id": oid, "customer_id": group,
-                       "items": [{"sku": "SKU-1", "qty": 2, "unit_price_cents": 1299},
-                                 {"sku": "SKU-7", "qty": 1, "unit_price_cents": 4999}],
-                       "currency": "EUR", "placed_at": "2026-11-25T12:00:00Z"}, separators=(",", ":"))
-
-
-def parse_time(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+        return ddb.scan(self.ddb, self.orders_table, "OrderID, MessageGroupId, ProcessedAt, ProcessedBy, GroupPosition")
 
 
 # ---- consumers ------------------------------------------------------------------------------------------------
@@ -310,20 +211,14 @@ class Worker:
         if not imds:
             argv += ["--imds-disabled", "--instance-id", name]
         argv += extra or []
-        self.proc = Procs.spawn(argv, env, logdir / f"{name}.log")
+        self.proc = PROCS.spawn(name, argv, logdir / f"{name}.log", env=env)
         self.started = time.time()
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=timeout) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, ""
-        except OSError:
-            return 0, ""
+        return get(f"http://127.0.0.1:{self.metrics_port}{path}", timeout)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.alive()
 
     def check_alive(self):
         if not self.alive():
@@ -334,7 +229,7 @@ class Worker:
         def ready():
             self.check_alive()
             return self.get("/readyz", 0.5)[0] == 200
-        wait_until(f"{self.name} to be ready", timeout, ready)
+        wait_for(f"{self.name} to be ready", timeout, ready, 0.05)
 
     def metrics(self) -> dict:
         code, text = self.get("/metrics")
@@ -343,12 +238,12 @@ class Worker:
         return parse_prometheus(text)
 
     def usage(self) -> dict:
-        return proc_usage(self.proc.pid)
+        return procs.usage(self.proc.pid)
 
     def terminate(self):
         """SIGTERM: the worker drains and exits (after its current long poll returns: up to --wait-time)."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+        if self.proc.alive():
+            self.proc.send(signal.SIGTERM, group=False)
 
     def stop(self, grace: float = 40) -> int | None:
         self.terminate()
@@ -356,7 +251,7 @@ class Worker:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             pass
-        return Procs.stop(self.proc, signal.SIGKILL, 5)
+        return PROCS.stop(self.proc, signal.SIGKILL, 5)
 
 
 class Baseline:
@@ -368,11 +263,11 @@ class Baseline:
         env = dict(os.environ, **fx.emu.env(), QUEUE_URL=fx.queue_url, ORDERS_TABLE=fx.orders_table,
                    BASELINE_STATS=str(self.stats_file), PYTHONUNBUFFERED="1")
         script = REPO / "bench" / "baseline" / "baseline_worker.py"
-        self.proc = Procs.spawn([str(VENV_BIN / "python"), str(script)], env, logdir / f"{name}.log")
+        self.proc = PROCS.spawn(name, [venv_bin("python"), script], logdir / f"{name}.log", env=env)
         self.started = time.time()
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc.alive()
 
     def check_alive(self):
         if not self.alive():
@@ -382,77 +277,17 @@ class Baseline:
         def ready():
             self.check_alive()
             return "baseline ready" in Path(self.proc.log_path).read_text(errors="replace")
-        wait_until("the baseline to be ready", timeout, ready)
+        wait_for("the baseline to be ready", timeout, ready, 0.05)
 
     def usage(self) -> dict:
-        return proc_usage(self.proc.pid)
+        return procs.usage(self.proc.pid)
 
     def stop(self) -> dict:
-        Procs.stop(self.proc, signal.SIGTERM, 10)
+        PROCS.stop(self.proc, signal.SIGTERM, 10)
         try:
             return json.loads(self.stats_file.read_text())
         except (OSError, ValueError):
             raise BenchError(f"baseline wrote no stats:\n{tail(self.proc.log_path)}")
-
-
-def tail(path, n: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)$')
-
-
-def parse_prometheus(text: str) -> dict:
-    """{(name, frozenset(labels)): value}"""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        try:
-            out[(m.group(1), labels)] = float(m.group(4))
-        except ValueError:
-            pass
-    return out
-
-
-def metric_sum(metrics: dict, name: str, **want) -> float:
-    return sum(v for (n, labels), v in metrics.items()
-               if n == name and all((k, val) in labels for k, val in want.items()))
-
-
-def add_metrics(all_metrics: list[dict]) -> dict:
-    out: dict = {}
-    for m in all_metrics:
-        for k, v in m.items():
-            out[k] = out.get(k, 0.0) + v
-    return out
-
-
-def histogram_quantile(metrics: dict, name: str, q: float) -> float | None:
-    buckets = []
-    for (n, labels), v in metrics.items():
-        if n == f"{name}_bucket":
-            le = dict(labels).get("le")
-            buckets.append((float("inf") if le == "+Inf" else float(le), v))
-    buckets.sort()
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    target = q * buckets[-1][1]
-    prev_b, prev_c = 0.0, 0.0
-    for b, c in buckets:
-        if c >= target:
-            if b == float("inf"):
-                return prev_b
-            return prev_b + (b - prev_b) * ((target - prev_c) / max(c - prev_c, 1e-9))
-        prev_b, prev_c = b, c
-    return None
 
 
 # ---- audits ---------------------------------------------------------------------------------------------------
