@@ -20,8 +20,21 @@ from pathlib import Path
 import boto3
 from botocore.config import Config as BotoConfig
 
-from harness import REPO, HarnessError, Registry, free_port, parse_time, tail, venv_bin, wait_for
-from harness import ddb, orders, procs, servers
+from harness import (
+    REPO,
+    HarnessError,
+    Registry,
+    audit,
+    ddb,
+    free_port,
+    orders,
+    parse_time,
+    procs,
+    servers,
+    tail,
+    venv_bin,
+    wait_for,
+)
 from harness.metrics import get, parse_prometheus
 
 REGION = "us-east-1"
@@ -64,10 +77,14 @@ class Emulator:
         }
 
     def client(self, service: str):
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
-                            aws_access_key_id="test", aws_secret_access_key="test",
-                            config=BotoConfig(retries={"max_attempts": 10, "mode": "standard"},
-                                              max_pool_connections=20))
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            config=BotoConfig(retries={"max_attempts": 10, "mode": "standard"}, max_pool_connections=20),
+        )
 
     def usage(self) -> dict:
         return procs.usage(self.proc.pid)
@@ -91,9 +108,12 @@ class Fixture:
         self.orders_table = f"orders-{self.suffix}"
         self.groups_table = f"order-groups-{self.suffix}"
         for table, key in ((self.orders_table, "OrderID"), (self.groups_table, "MessageGroupId")):
-            self.ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
-                                  AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
-                                  KeySchema=[{"AttributeName": key, "KeyType": "HASH"}])
+            self.ddb.create_table(
+                TableName=table,
+                BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+            )
         self.sent_at: dict[str, float] = {}
         self.manifest: list[dict] = []
 
@@ -140,17 +160,20 @@ class Fixture:
                 mine = set(shard)
                 entries = [(oid, g) for oid, g in plan if g in mine]  # send order: groups interleaved
                 for i in range(0, len(entries), 10):
-                    chunk = entries[i:i + 10]
+                    chunk = entries[i : i + 10]
                     now = time.time()
-                    out = sqs.send_message_batch(QueueUrl=self.queue_url, Entries=[
-                        {"Id": str(k), "MessageBody": order_body(oid, g), "MessageGroupId": g,
-                         "MessageDeduplicationId": oid} for k, (oid, g) in enumerate(chunk)])
+                    out = sqs.send_message_batch(
+                        QueueUrl=self.queue_url,
+                        Entries=orders.batch_entries(
+                            [{"body": order_body(oid, g), "group": g, "order_id": oid} for oid, g in chunk]
+                        ),
+                    )
                     if out.get("Failed"):
                         raise BenchError(f"send failed: {out['Failed'][:2]}")
                     with lock:
-                        for oid, g in chunk:
+                        for oid, _ in chunk:
                             self.sent_at[oid] = now
-            except BaseException as e:  # noqa: BLE001 - reported below
+            except BaseException as e:
                 errors.append(e)
 
         started = time.monotonic()
@@ -180,8 +203,9 @@ class Fixture:
             else:
                 late = max(late, now - due)
             self.sent_at[oid] = time.time()
-            sqs.send_message(QueueUrl=self.queue_url, MessageBody=order_body(oid, g), MessageGroupId=g,
-                             MessageDeduplicationId=oid)
+            sqs.send_message(
+                QueueUrl=self.queue_url, MessageBody=order_body(oid, g), MessageGroupId=g, MessageDeduplicationId=oid
+            )
             self.manifest.append({"order_id": oid, "group": g, "expect": "accepted"})
         return {"sent": n, "seconds": time.monotonic() - t0, "max_lag_s": late}
 
@@ -201,13 +225,30 @@ class Fixture:
 class Worker:
     """One order-worker process with its own metrics port."""
 
-    def __init__(self, binary: Path, fx: Fixture, name: str, logdir: Path, extra: list[str] | None = None,
-                 env_extra: dict | None = None, imds: bool = False):
+    def __init__(
+        self,
+        binary: Path,
+        fx: Fixture,
+        name: str,
+        logdir: Path,
+        extra: list[str] | None = None,
+        env_extra: dict | None = None,
+        imds: bool = False,
+    ):
         self.name = name
         self.metrics_port = free_port()
         env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "info", **fx.emu.env(), **(env_extra or {})}
-        argv = [str(binary), "--queue-url", fx.queue_url, "--orders-table", fx.orders_table,
-                "--groups-table", fx.groups_table, "--metrics-addr", f"127.0.0.1:{self.metrics_port}"]
+        argv = [
+            str(binary),
+            "--queue-url",
+            fx.queue_url,
+            "--orders-table",
+            fx.orders_table,
+            "--groups-table",
+            fx.groups_table,
+            "--metrics-addr",
+            f"127.0.0.1:{self.metrics_port}",
+        ]
         if not imds:
             argv += ["--imds-disabled", "--instance-id", name]
         argv += extra or []
@@ -222,13 +263,15 @@ class Worker:
 
     def check_alive(self):
         if not self.alive():
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}: see {self.proc.log_path}\n"
-                             + tail(self.proc.log_path))
+            raise BenchError(
+                f"{self.name} exited with {self.proc.returncode}: see {self.proc.log_path}\n" + tail(self.proc.log_path)
+            )
 
     def wait_ready(self, timeout: float = 60):
         def ready():
             self.check_alive()
             return self.get("/readyz", 0.5)[0] == 200
+
         wait_for(f"{self.name} to be ready", timeout, ready, 0.05)
 
     def metrics(self) -> dict:
@@ -260,8 +303,14 @@ class Baseline:
     def __init__(self, fx: Fixture, logdir: Path, name: str = "baseline"):
         self.name = name
         self.stats_file = logdir / f"{name}-stats.json"
-        env = dict(os.environ, **fx.emu.env(), QUEUE_URL=fx.queue_url, ORDERS_TABLE=fx.orders_table,
-                   BASELINE_STATS=str(self.stats_file), PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            **fx.emu.env(),
+            QUEUE_URL=fx.queue_url,
+            ORDERS_TABLE=fx.orders_table,
+            BASELINE_STATS=str(self.stats_file),
+            PYTHONUNBUFFERED="1",
+        )
         script = REPO / "bench" / "baseline" / "baseline_worker.py"
         self.proc = PROCS.spawn(name, [venv_bin("python"), script], logdir / f"{name}.log", env=env)
         self.started = time.time()
@@ -277,6 +326,7 @@ class Baseline:
         def ready():
             self.check_alive()
             return "baseline ready" in Path(self.proc.log_path).read_text(errors="replace")
+
         wait_for("the baseline to be ready", timeout, ready, 0.05)
 
     def usage(self) -> dict:
@@ -287,7 +337,7 @@ class Baseline:
         try:
             return json.loads(self.stats_file.read_text())
         except (OSError, ValueError):
-            raise BenchError(f"baseline wrote no stats:\n{tail(self.proc.log_path)}")
+            raise BenchError(f"baseline wrote no stats:\n{tail(self.proc.log_path)}") from None
 
 
 # ---- audits ---------------------------------------------------------------------------------------------------
@@ -298,17 +348,14 @@ def verify_worker_run(binary: Path, fx: Fixture, logdir: Path, label: str) -> di
     manifest = fx.write_manifest(logdir / f"{label}-manifest.jsonl")
     report_path = logdir / f"{label}-verify.json"
     env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "warn", **fx.emu.env()}
-    r = subprocess.run([str(binary), "verify", "--table", fx.orders_table, "--groups-table", fx.groups_table,
-                        "--manifest", str(manifest), "--json", str(report_path)],
-                       env=env, capture_output=True, text=True, timeout=300)
-    (logdir / f"{label}-verify.txt").write_text(r.stdout + r.stderr)
-    try:
-        report = json.loads(report_path.read_text())
-    except (OSError, ValueError):
-        raise BenchError(f"{label}: verify produced no report (exit {r.returncode}):\n{r.stdout}{r.stderr}")
-    report["ok"] = r.returncode == 0
+    report = audit.verify(binary, env, fx.orders_table, fx.groups_table, manifest, report_path, timeout=300)
+    (logdir / f"{label}-verify.txt").write_text(report["text"])
+    if not report_path.exists():
+        raise BenchError(f"{label}: verify produced no report (exit {report['exit_code']}):\n{report['text']}")
+    code, text = report.pop("exit_code"), report.pop("text")  # the results keep the report alone, as before
+    report["ok"] = code == 0
     if not report["ok"]:
-        raise BenchError(f"{label}: the audit FAILED (exit {r.returncode}):\n{r.stdout}{r.stderr}")
+        raise BenchError(f"{label}: the audit FAILED (exit {code}):\n{text}")
     return report
 
 
@@ -331,5 +378,11 @@ def audit_baseline(fx: Fixture) -> dict:
             if i < highest:
                 out_of_order += 1
             highest = max(highest, i)
-    return {"records": len(recs), "distinct_orders": len(index), "lost": lost, "unexpected": unexpected,
-            "out_of_order": out_of_order, "ok": lost == 0 and unexpected == 0 and out_of_order == 0}
+    return {
+        "records": len(recs),
+        "distinct_orders": len(index),
+        "lost": lost,
+        "unexpected": unexpected,
+        "out_of_order": out_of_order,
+        "ok": lost == 0 and unexpected == 0 and out_of_order == 0,
+    }

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import sim_status, utc_now  # noqa: E402 - after the path is set
-from harness.metrics import metric_sum, scrape  # noqa: E402
+from harness import sim_status, utc_now
+from harness.metrics import metric_sum, scrape
 
 
 def worker_load(metrics_addr: str) -> dict | None:
@@ -64,17 +64,24 @@ def read_templates(path: str | None) -> dict[str, str] | None:
         return None
     out = {}
     try:
-        for line in open(path):
-            parts = line.split()
-            if len(parts) == 2:
-                out[parts[0]] = parts[1]
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    out[parts[0]] = parts[1]
     except OSError:
         pass
     return out
 
 
-def choose(rows: list[dict], min_groups: int, min_messages: int, all_busy: bool,
-           templates: dict[str, str] | None = None, min_busy: int = 1) -> dict | None:
+def choose(
+    rows: list[dict],
+    min_groups: int,
+    min_messages: int,
+    all_busy: bool,
+    templates: dict[str, str] | None = None,
+    min_busy: int = 1,
+) -> dict | None:
     if not rows:
         return None
     busy = sum(1 for r in rows if r["groups"] > 0)
@@ -117,16 +124,27 @@ def main(argv=None) -> int:
             at = utc_now()
             if a.json:
                 with open(a.json, "w") as f:
-                    json.dump({"chosen": best["id"], "at": at, "workers": rows,
-                               "template": (templates or {}).get(best["id"])}, f, indent=1)
+                    json.dump(
+                        {
+                            "chosen": best["id"],
+                            "at": at,
+                            "workers": rows,
+                            "template": (templates or {}).get(best["id"]),
+                        },
+                        f,
+                        indent=1,
+                    )
             desc = ", ".join(f"{r['id']} {r['groups']} groups/{r['messages']} messages" for r in rows)
             print(f"busiest: {best['id']} ({desc})", file=sys.stderr)
             print(f"--template-id {templates[best['id']]}" if templates is not None else best["id"])
             return 0
         if time.monotonic() > deadline:
-            print(f"busiest: no worker held {a.min_groups} groups and {a.min_messages} messages (with "
-                  f"{'every worker' if a.all_busy else a.min_busy} busy) within "
-                  f"{a.timeout:.0f}s; last look: {json.dumps(rows)}", file=sys.stderr)
+            print(
+                f"busiest: no worker held {a.min_groups} groups and {a.min_messages} messages (with "
+                f"{'every worker' if a.all_busy else a.min_busy} busy) within "
+                f"{a.timeout:.0f}s; last look: {json.dumps(rows)}",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(a.every)
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import DYNAMODB_BACKENDS, LocalRegion, log, sim_status  # noqa: E402 - after the path is set
+from harness import DYNAMODB_BACKENDS, LocalRegion, log, sim_status
 
 
 def cmd_up(a) -> int:
@@ -62,12 +62,16 @@ def cmd_status(a) -> int:
         print(json.dumps(s, indent=2))
     else:
         for i in s["instances"]:
-            print(f"{i['id']}  {i['lifecycle_state']:<20} {i.get('target_lifecycle_state') or '-':<11} replaces={i.get('replaces') or '-'}")
+            print(
+                f"{i['id']}  {i['lifecycle_state']:<20} {i.get('target_lifecycle_state') or '-':<11} replaces={i.get('replaces') or '-'}"
+            )
     return 0
 
 
 def main(argv: list | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the local region and keep it up until SIGINT/SIGTERM")
     up.add_argument("--out", required=True, help="directory for logs, status and manifests")

@@ -95,10 +95,9 @@ MAX_HEAD = 64 * 1024
 
 SERVICES = ("sqs", "dynamodb", "autoscaling")
 ACTIONS = ("error", "stall", "reset", "delay", "pass-then-reset")
-RULE_FIELDS = {
-    "service", "operation", "action", "code", "status", "message", "type",
-    "delay_seconds", "count", "seconds", "probability",
-}
+# What a rule may say, in the order /rules shows it.
+RULE_FIELDS = ("service", "operation", "action", "code", "status", "message", "type", "delay_seconds", "count",
+               "seconds", "probability")  # fmt: skip
 
 # The error shapes, per service: code -> (HTTP status, what the wire carries, default message).
 # SQS speaks the JSON protocol but is "query compatible": besides `__type` it sends `x-amzn-query-error:
@@ -106,22 +105,39 @@ RULE_FIELDS = {
 # (aws-sdk-sqs protocol_serde::parse_http_error_metadata), so `.code()` is the query code, e.g.
 # "AWS.SimpleQueueService.NonExistentQueue" for QueueDoesNotExist, exactly as against real SQS.
 SQS_ERRORS = {
-    "AccessDenied": (400, "com.amazon.coral.service#AccessDeniedException", "AccessDenied",
-                     "Access to the resource is denied."),
-    "RequestThrottled": (400, "com.amazonaws.sqs#RequestThrottled", "RequestThrottled",
-                         "Rate exceeded"),
-    "ThrottlingException": (400, "com.amazon.coral.availability#ThrottlingException", "ThrottlingException",
-                            "Rate exceeded"),
-    "InternalFailure": (500, "com.amazon.coral.service#InternalFailure", "InternalFailure",
-                        "The request processing has failed because of an unknown error, exception or failure."),
-    "ServiceUnavailable": (503, "com.amazon.coral.availability#ServiceUnavailableException", "ServiceUnavailable",
-                           "The request has failed due to a temporary failure of the server."),
-    "QueueDoesNotExist": (400, "com.amazonaws.sqs#QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue",
-                          "The specified queue does not exist."),
-    "InvalidAddress": (404, "com.amazonaws.sqs#InvalidAddress", "InvalidAddress",
-                       "The specified ID is invalid."),
-    "OverLimit": (403, "com.amazonaws.sqs#OverLimit", "OverLimit",
-                  "The specified action violates a limit."),
+    "AccessDenied": (
+        400,
+        "com.amazon.coral.service#AccessDeniedException",
+        "AccessDenied",
+        "Access to the resource is denied.",
+    ),
+    "RequestThrottled": (400, "com.amazonaws.sqs#RequestThrottled", "RequestThrottled", "Rate exceeded"),
+    "ThrottlingException": (
+        400,
+        "com.amazon.coral.availability#ThrottlingException",
+        "ThrottlingException",
+        "Rate exceeded",
+    ),
+    "InternalFailure": (
+        500,
+        "com.amazon.coral.service#InternalFailure",
+        "InternalFailure",
+        "The request processing has failed because of an unknown error, exception or failure.",
+    ),
+    "ServiceUnavailable": (
+        503,
+        "com.amazon.coral.availability#ServiceUnavailableException",
+        "ServiceUnavailable",
+        "The request has failed due to a temporary failure of the server.",
+    ),
+    "QueueDoesNotExist": (
+        400,
+        "com.amazonaws.sqs#QueueDoesNotExist",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "The specified queue does not exist.",
+    ),
+    "InvalidAddress": (404, "com.amazonaws.sqs#InvalidAddress", "InvalidAddress", "The specified ID is invalid."),
+    "OverLimit": (403, "com.amazonaws.sqs#OverLimit", "OverLimit", "The specified action violates a limit."),
 }
 SQS_ERRORS["AWS.SimpleQueueService.NonExistentQueue"] = SQS_ERRORS["QueueDoesNotExist"]
 
@@ -129,31 +145,57 @@ SQS_ERRORS["AWS.SimpleQueueService.NonExistentQueue"] = SQS_ERRORS["QueueDoesNot
 # errors shared by every AWS JSON service and its own namespace for its own errors, plus x-amz-crc32 of the body.
 DDB_NS = "com.amazonaws.dynamodb.v20120810#"
 DDB_ERRORS = {
-    "AccessDeniedException": (400, "com.amazon.coral.service#AccessDeniedException",
-                              "User is not authorized to perform this action"),
-    "ResourceNotFoundException": (400, DDB_NS + "ResourceNotFoundException",
-                                  "Requested resource not found"),
-    "ThrottlingException": (400, "com.amazon.coral.availability#ThrottlingException",
-                            "Rate of requests exceeds the allowed throughput."),
+    "AccessDeniedException": (
+        400,
+        "com.amazon.coral.service#AccessDeniedException",
+        "User is not authorized to perform this action",
+    ),
+    "ResourceNotFoundException": (400, DDB_NS + "ResourceNotFoundException", "Requested resource not found"),
+    "ThrottlingException": (
+        400,
+        "com.amazon.coral.availability#ThrottlingException",
+        "Rate of requests exceeds the allowed throughput.",
+    ),
     "ProvisionedThroughputExceededException": (
-        400, DDB_NS + "ProvisionedThroughputExceededException",
-        ("The level of configured provisioned throughput for the table was exceeded. Consider increasing your "
-         "provisioning level with the UpdateTable API.")),
-    "RequestLimitExceeded": (400, DDB_NS + "RequestLimitExceeded",
-                             "Throughput exceeds the current throughput limit for your account."),
-    "UnrecognizedClientException": (400, "com.amazon.coral.service#UnrecognizedClientException",
-                                    "The security token included in the request is invalid."),
-    "ExpiredTokenException": (400, "com.amazon.coral.service#ExpiredTokenException",
-                              "The security token included in the request is expired"),
+        400,
+        DDB_NS + "ProvisionedThroughputExceededException",
+        (
+            "The level of configured provisioned throughput for the table was exceeded. Consider increasing your "
+            "provisioning level with the UpdateTable API."
+        ),
+    ),
+    "RequestLimitExceeded": (
+        400,
+        DDB_NS + "RequestLimitExceeded",
+        "Throughput exceeds the current throughput limit for your account.",
+    ),
+    "UnrecognizedClientException": (
+        400,
+        "com.amazon.coral.service#UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+    ),
+    "ExpiredTokenException": (
+        400,
+        "com.amazon.coral.service#ExpiredTokenException",
+        "The security token included in the request is expired",
+    ),
     "InternalServerError": (500, DDB_NS + "InternalServerError", "Internal server error"),
-    "ServiceUnavailable": (503, "com.amazon.coral.availability#ServiceUnavailableException",
-                           "Service unavailable"),
-    "ValidationException": (400, "com.amazon.coral.validate#ValidationException",
-                            "Item size has exceeded the maximum allowed size"),
-    "ConditionalCheckFailedException": (400, DDB_NS + "ConditionalCheckFailedException",
-                                        "The conditional request failed"),
-    "TransactionConflictException": (400, DDB_NS + "TransactionConflictException",
-                                     "Transaction is ongoing for the item"),
+    "ServiceUnavailable": (503, "com.amazon.coral.availability#ServiceUnavailableException", "Service unavailable"),
+    "ValidationException": (
+        400,
+        "com.amazon.coral.validate#ValidationException",
+        "Item size has exceeded the maximum allowed size",
+    ),
+    "ConditionalCheckFailedException": (
+        400,
+        DDB_NS + "ConditionalCheckFailedException",
+        "The conditional request failed",
+    ),
+    "TransactionConflictException": (
+        400,
+        DDB_NS + "TransactionConflictException",
+        "Transaction is ongoing for the item",
+    ),
 }
 
 # Auto Scaling: the Query protocol, an XML ErrorResponse; `Type` is Sender for client faults, Receiver for
@@ -429,7 +471,7 @@ def _number(req: dict, key: str, lo: float, hi: float, integer: bool = False) ->
 
 class Rule:
     def __init__(self, rid: int, req: dict):
-        unknown = set(req) - RULE_FIELDS
+        unknown = set(req) - set(RULE_FIELDS)
         if unknown:
             raise ValueError(f"unknown rule fields {sorted(unknown)} (known: {sorted(RULE_FIELDS)})")
         self.id = rid
@@ -464,9 +506,7 @@ class Rule:
         self.removed = False
         # Set when the rule stops holding requests: its seconds are up, or it was deleted.
         self.released = asyncio.Event()
-        self._timer = (
-            asyncio.get_running_loop().call_later(self.seconds, self.released.set) if self.seconds else None
-        )
+        self._timer = asyncio.get_running_loop().call_later(self.seconds, self.released.set) if self.seconds else None
 
     def in_force(self, now: float) -> bool:
         return (
@@ -497,11 +537,7 @@ class Rule:
 
     def view(self) -> dict:
         now = time.monotonic()
-        out = {
-            k: getattr(self, k)
-            for k in ("id", "service", "operation", "action", "code", "status", "message", "type",
-                      "delay_seconds", "count", "seconds", "probability", "hits", "matched", "remaining", "held")
-        }
+        out = {k: getattr(self, k) for k in ("id", *RULE_FIELDS, "hits", "matched", "remaining", "held")}
         out["active"] = self.in_force(now)
         out["seconds_left"] = round(max(0.0, self.until - now), 3) if self.until else None
         return out

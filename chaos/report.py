@@ -27,10 +27,9 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import hms, parse_time, sim, worker_log  # noqa: E402 - after the path is set
+from harness import hms, parse_time, sim, worker_log
 
 # ---- inputs --------------------------------------------------------------------------------------------------
 
@@ -118,7 +117,7 @@ EMF_SUMS = ("OrdersAccepted", "OrdersRejected", "OrdersDuplicate", "OrdersConfli
 EMF_DRAIN = ("DrainOrdersFinished", "DrainOrdersReleased", "DrainDeadlineHit", "HookCompleted", "DrainSeconds")
 
 
-def emf_figures(inst: dict) -> Optional[dict]:
+def emf_figures(inst: dict) -> dict | None:
     """Totals of one worker's EMF interval records and its last drain record, or None without any."""
     log_path = inst.get("log_path")
     if not log_path or not Path(log_path).exists():
@@ -152,7 +151,9 @@ def render_figures(figures: dict) -> str:
             else "-"
         )
         cells = "".join(f"<td>{f[k]}</td>" for k in EMF_SUMS)
-        rows.append(f'<tr class="emf-row" data-instance="{html.escape(inst)}"><td>{html.escape(inst)}</td>{cells}<td>{html.escape(drain)}</td></tr>')
+        rows.append(
+            f'<tr class="emf-row" data-instance="{html.escape(inst)}"><td>{html.escape(inst)}</td>{cells}<td>{html.escape(drain)}</td></tr>'
+        )
     if not rows:
         return ""
     head = "".join(f"<th>{k}</th>" for k in ("instance", *EMF_SUMS, "drain record"))
@@ -193,7 +194,9 @@ def build(args) -> tuple[str, str, bool]:
             r["RecordedProcessedBy"] = r["ProcessedBy"]
             r["ProcessedBy"] = by_pid[r["ProcessedBy"]]
     # The interrupted instances: the FIS experiments' targets, else whatever got a notice.
-    targets = sorted({i for e in status.get("experiments", []) for ids in (e.get("targets") or {}).values() for i in ids})
+    targets = sorted(
+        {i for e in status.get("experiments", []) for ids in (e.get("targets") or {}).values() for i in ids}
+    )
     interrupted = [stories[i] for i in targets if i in stories] or [s for s in stories.values() if s.get("notice")]
     problems: list[str] = []
 
@@ -203,7 +206,12 @@ def build(args) -> tuple[str, str, bool]:
         problems.append(f"no verification ({verify_path} missing)")
         lost = dup = ooo = wrong = None
     else:
-        lost, dup, ooo, wrong = verify.get("lost"), verify.get("applied_twice"), verify.get("out_of_order"), verify.get("wrong_status")
+        lost, dup, ooo, wrong = (
+            verify.get("lost"),
+            verify.get("applied_twice"),
+            verify.get("out_of_order"),
+            verify.get("wrong_status"),
+        )
         for name, v in (("lost", lost), ("applied twice", dup), ("out of order", ooo), ("wrong verdict", wrong)):
             if v:
                 problems.append(f"{v} orders {name}")
@@ -300,7 +308,7 @@ def as_int(v) -> int:
         return 0
 
 
-def hook_time(s: dict) -> Optional[float]:
+def hook_time(s: dict) -> float | None:
     """When the worker's hook completion took effect: spot-sim's CompleteLifecycleAction, else the worker's log."""
     return s.get("hook_completed") or s.get("hook_logged")
 
@@ -337,15 +345,17 @@ def handover(s: dict, records: list[dict]) -> list[dict]:
             if r["ProcessedBy"] not in seen:
                 seen.add(r["ProcessedBy"])
                 continued.append({"instance": r["ProcessedBy"], "from": r["GroupPosition"]})
-        out.append({
-            "group": g,
-            "positions": mine,
-            "finished": finished,
-            "redelivered": [r["GroupPosition"] for r, _ in after if (r.get("ReceiveCount") or 1) > 1],
-            "continued": continued,
-            "last": rs[-1].get("GroupPosition") if rs else 0,
-            "in_order": [r.get("GroupPosition") for r in rs] == list(range(1, len(rs) + 1)),
-        })
+        out.append(
+            {
+                "group": g,
+                "positions": mine,
+                "finished": finished,
+                "redelivered": [r["GroupPosition"] for r, _ in after if (r.get("ReceiveCount") or 1) > 1],
+                "continued": continued,
+                "last": rs[-1].get("GroupPosition") if rs else 0,
+                "in_order": [r.get("GroupPosition") for r in rs] == list(range(1, len(rs) + 1)),
+            }
+        )
     return out
 
 
@@ -367,7 +377,7 @@ def short_group(g: str) -> str:
     return m.group(1) if m else g
 
 
-def secs(a: Optional[float], b: Optional[float]) -> str:
+def secs(a: float | None, b: float | None) -> str:
     return "?" if a is None or b is None else f"{b - a:.2f} s"
 
 
@@ -390,13 +400,16 @@ def interruption_lines(s: dict, stories: dict, hand: list[dict]) -> list[str]:
     for h in hand:
         fin = f" ({ranges(h['finished'])} finished in the drain)" if h["finished"] else ""
         mine = f"{ranges(h['positions'])} on {i}{fin}" if h["positions"] else f"none applied by {i}"
-        went = "; ".join(
-            f"from #{c['from']}"
-            + (" (received again)" if c["from"] in h["redelivered"] else "")
-            + f" on {c['instance']}"
-            + (" (its replacement)" if stories.get(c["instance"], {}).get("replaces") == i else "")
-            for c in h["continued"]
-        ) or "nothing left after it"
+        went = (
+            "; ".join(
+                f"from #{c['from']}"
+                + (" (received again)" if c["from"] in h["redelivered"] else "")
+                + f" on {c['instance']}"
+                + (" (its replacement)" if stories.get(c["instance"], {}).get("replaces") == i else "")
+                for c in h["continued"]
+            )
+            or "nothing left after it"
+        )
         order = f"positions 1-{h['last']} in order" if h["in_order"] else "POSITIONS NOT 1..n"
         lines.append(f"  {short_group(h['group'])}: {mine}; went on {went}; {order}")
     events: list[tuple[float, str]] = []
@@ -407,11 +420,17 @@ def interruption_lines(s: dict, stories: dict, hand: list[dict]) -> list[str]:
         add("notice", "interruption notice  " + s.get("notice_text", "").replace("spot interruption notice: ", ""))
     add("terminating_wait", "Terminating:Wait (hook started)")
     if s.get("drain_start"):
-        add("drain_start", f"drain started: {s.get('drain_groups_held', '?')} groups, {s.get('drain_messages_held', '?')} messages held")
+        add(
+            "drain_start",
+            f"drain started: {s.get('drain_groups_held', '?')} groups, {s.get('drain_messages_held', '?')} messages held",
+        )
     add("hook_completed", f"lifecycle hook completed by the worker  {s.get('hook_result', '')}".rstrip())
     add("hook_timed_out", "lifecycle hook timed out")
     if s.get("drain_end"):
-        add("drain_end", f"drain report logged: finished {s.get('drain_finished', '?')}, released {s.get('drain_released', '?')}")
+        add(
+            "drain_end",
+            f"drain report logged: finished {s.get('drain_finished', '?')}, released {s.get('drain_released', '?')}",
+        )
     add("exited", "worker exited")
     add("terminated", "terminated")
     for r in stories.values():
@@ -470,7 +489,9 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     top_h, lane_h, gap = 220, 46, 40
     H = top_h + gap + lane_h * len(shown) + 50
     x = lambda t: left + (t - t0) / (t1 - t0) * (W - left - right)  # noqa: E731
-    out = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">']
+    out = [
+        f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">'
+    ]
     out.append(f'<rect x="0" y="0" width="{W}" height="{H}" fill="#fff"/>')
     # Time axis ticks.
     span = t1 - t0
@@ -491,7 +512,9 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     out.append(f'<text x="{left - 6}" y="{y_top(n_max) + 4:.1f}" text-anchor="end" fill="#555">{n_max}</text>')
     out.append(f'<text x="{left - 6}" y="{top_h + 4}" text-anchor="end" fill="#555">0</text>')
     for inst in shown:
-        ts = sorted(parse_time(r.get("ProcessedAt")) for r in records if r.get("ProcessedBy") == inst and r.get("ProcessedAt"))
+        ts = sorted(
+            parse_time(r.get("ProcessedAt")) for r in records if r.get("ProcessedBy") == inst and r.get("ProcessedAt")
+        )
         if not ts:
             continue
         pts = [f"{x(ts[0]):.1f},{y_top(0):.1f}"]
@@ -506,7 +529,9 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
         for key, label, c, _ in MARKS:
             if s.get(key) and key in ("notice", "terminated"):
                 xx = x(s[key])
-                out.append(f'<line x1="{xx:.1f}" y1="20" x2="{xx:.1f}" y2="{top_h}" stroke="{c}" stroke-dasharray="4,3"/>')
+                out.append(
+                    f'<line x1="{xx:.1f}" y1="20" x2="{xx:.1f}" y2="{top_h}" stroke="{c}" stroke-dasharray="4,3"/>'
+                )
                 ty = 30 if key == "notice" else 46
                 out.append(f'<text x="{xx + 3:.1f}" y="{ty}" fill="{c}">{label} {inst[-6:]}</text>')
     # Lanes: lifetime bar coloured by state, one tick per order, the marks.
@@ -519,29 +544,51 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
         start = s.get("launched") or t0
         segs = [
             (start, s.get("in_service") or start, "#ddd", "Pending"),
-            (s.get("in_service") or start, s.get("terminating_wait") or s.get("terminating_proceed") or s.get("terminated") or t1, "#d8f0d8", "InService"),
+            (
+                s.get("in_service") or start,
+                s.get("terminating_wait") or s.get("terminating_proceed") or s.get("terminated") or t1,
+                "#d8f0d8",
+                "InService",
+            ),
         ]
         if s.get("terminating_wait"):
-            segs.append((s["terminating_wait"], s.get("terminating_proceed") or s.get("terminated") or t1, "#ffe0a0", "Terminating:Wait"))
+            segs.append(
+                (
+                    s["terminating_wait"],
+                    s.get("terminating_proceed") or s.get("terminated") or t1,
+                    "#ffe0a0",
+                    "Terminating:Wait",
+                )
+            )
         if s.get("terminating_proceed"):
             segs.append((s["terminating_proceed"], s.get("terminated") or t1, "#f4b0a0", "Terminating:Proceed"))
         for a, b, c, name in segs:
             a, b = max(a, t0), min(b, t1)
             if b > a:
-                out.append(f'<rect x="{x(a):.1f}" y="{yy + 8}" width="{max(1, x(b) - x(a)):.1f}" height="26" fill="{c}"><title>{name}</title></rect>')
+                out.append(
+                    f'<rect x="{x(a):.1f}" y="{yy + 8}" width="{max(1, x(b) - x(a)):.1f}" height="26" fill="{c}"><title>{name}</title></rect>'
+                )
         for r in records:
             if r.get("ProcessedBy") == inst and r.get("ProcessedAt"):
                 xx = x(parse_time(r["ProcessedAt"]))
-                out.append(f'<line x1="{xx:.1f}" y1="{yy + 12}" x2="{xx:.1f}" y2="{yy + 30}" stroke="{color[inst]}" stroke-width="1.2"><title>{html.escape(str(r.get("OrderID")))} {html.escape(str(r.get("MessageGroupId")))} #{r.get("GroupPosition")}</title></line>')
+                out.append(
+                    f'<line x1="{xx:.1f}" y1="{yy + 12}" x2="{xx:.1f}" y2="{yy + 30}" stroke="{color[inst]}" stroke-width="1.2"><title>{html.escape(str(r.get("OrderID")))} {html.escape(str(r.get("MessageGroupId")))} #{r.get("GroupPosition")}</title></line>'
+                )
         for key, label, c, title in MARKS:
             if s.get(key):
                 xx = x(s[key])
-                out.append(f'<line x1="{xx:.1f}" y1="{yy + 4}" x2="{xx:.1f}" y2="{yy + 38}" stroke="{c}" stroke-width="2"/>')
-                out.append(f'<text x="{xx + 2:.1f}" y="{yy + 6}" fill="{c}" font-size="10" font-weight="bold">{label}<title>{title} {hms(s[key])}</title></text>')
+                out.append(
+                    f'<line x1="{xx:.1f}" y1="{yy + 4}" x2="{xx:.1f}" y2="{yy + 38}" stroke="{c}" stroke-width="2"/>'
+                )
+                out.append(
+                    f'<text x="{xx + 2:.1f}" y="{yy + 6}" fill="{c}" font-size="10" font-weight="bold">{label}<title>{title} {hms(s[key])}</title></text>'
+                )
     # Legend, one line under the top panel.
     lx = 10
     for _, label, c, title in MARKS:
-        out.append(f'<text x="{lx:.0f}" y="{top_h + 26}" fill="{c}" font-size="10"><tspan font-weight="bold">{label}</tspan> {title}</text>')
+        out.append(
+            f'<text x="{lx:.0f}" y="{top_h + 26}" fill="{c}" font-size="10"><tspan font-weight="bold">{label}</tspan> {title}</text>'
+        )
         lx += 14 + 5.6 * (len(title) + len(label) + 1)
     out.append("</svg>")
     return "\n".join(out)
@@ -554,27 +601,38 @@ def group_data(records: list[dict], stories: dict, per_instance: dict, interrupt
     role = {}
     for i in shown:
         st = stories.get(i, {})
-        role[i] = "interrupted" if any(x["id"] == i for x in interrupted) else ("replacement" if st.get("replaces") else "")
+        role[i] = (
+            "interrupted" if any(x["id"] == i for x in interrupted) else ("replacement" if st.get("replaces") else "")
+        )
     groups = []
     for g, rs in sorted(by_group(records).items()):
-        groups.append({
-            "group": g,
-            "label": short_group(g),
-            "orders": [
-                {
-                    "pos": r.get("GroupPosition"),
-                    "id": r.get("OrderID"),
-                    "by": r.get("ProcessedBy"),
-                    "at": parse_time(r.get("ProcessedAt")),
-                    "rc": r.get("ReceiveCount") or 1,
-                }
-                for r in rs
-            ],
-        })
+        groups.append(
+            {
+                "group": g,
+                "label": short_group(g),
+                "orders": [
+                    {
+                        "pos": r.get("GroupPosition"),
+                        "id": r.get("OrderID"),
+                        "by": r.get("ProcessedBy"),
+                        "at": parse_time(r.get("ProcessedAt")),
+                        "rc": r.get("ReceiveCount") or 1,
+                    }
+                    for r in rs
+                ],
+            }
+        )
     return {
-        "instances": [{"id": i, "color": color[i], "role": role[i], "replaces": stories.get(i, {}).get("replaces")} for i in shown],
+        "instances": [
+            {"id": i, "color": color[i], "role": role[i], "replaces": stories.get(i, {}).get("replaces")} for i in shown
+        ],
         "interruptions": [
-            {"id": x["id"], "notice": x.get("notice") or x.get("drain_start"), "drain_start": x.get("drain_start"), "hook": hook_time(x)}
+            {
+                "id": x["id"],
+                "notice": x.get("notice") or x.get("drain_start"),
+                "drain_start": x.get("drain_start"),
+                "hook": hook_time(x),
+            }
             for x in interrupted
         ],
         "groups": groups,
@@ -643,7 +701,9 @@ GROUP_VIEW_JS = r"""
 """
 
 
-def render_html(title, summary, records, stories, per_instance, verify, ok, interrupted, handovers, figures=None) -> str:
+def render_html(
+    title, summary, records, stories, per_instance, verify, ok, interrupted, handovers, figures=None
+) -> str:
     svg = render_svg(records, stories, per_instance)
     data = group_data(records, stories, per_instance, interrupted)
     examples = "".join(f"<li>{html.escape(e)}</li>" for e in (verify or {}).get("examples", []))
@@ -654,11 +714,11 @@ def render_html(title, summary, records, stories, per_instance, verify, ok, inte
         went = sorted({c["instance"] for g in h for c in g["continued"]})
         story.append(
             f'<li class="interruption-story" data-instance="{html.escape(s["id"])}"><b>{html.escape(s["id"])}</b> was interrupted '
-            f'while holding {s.get("drain_groups_held", "?")} groups and {s.get("drain_messages_held", "?")} messages: its drain '
-            f'<b>finished {html.escape(str(s.get("drain_finished", "?")))}</b> orders in flight and '
-            f'<b>released {html.escape(str(s.get("drain_released", "?")))}</b>, and completed the lifecycle hook '
-            f'{secs(s.get("drain_start"), hook_time(s))} after the drain started ({secs(s.get("notice"), hook_time(s))} after the notice). '
-            f'Its {len(h)} groups went on on {html.escape(", ".join(went) or "no other instance")}, in order.</li>'
+            f"while holding {s.get('drain_groups_held', '?')} groups and {s.get('drain_messages_held', '?')} messages: its drain "
+            f"<b>finished {html.escape(str(s.get('drain_finished', '?')))}</b> orders in flight and "
+            f"<b>released {html.escape(str(s.get('drain_released', '?')))}</b>, and completed the lifecycle hook "
+            f"{secs(s.get('drain_start'), hook_time(s))} after the drain started ({secs(s.get('notice'), hook_time(s))} after the notice). "
+            f"Its {len(h)} groups went on on {html.escape(', '.join(went) or 'no other instance')}, in order.</li>"
         )
     # The JSON sits in a script element: only "</" could end it early.
     blob = json.dumps(data).replace("</", "<\\/")
@@ -680,7 +740,7 @@ def render_html(title, summary, records, stories, per_instance, verify, ok, inte
 .legend-instance .swatch{{display:inline-block;width:14px;height:14px;margin-right:4px;vertical-align:-2px;border-radius:3px}}
 .key span{{margin-right:14px}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>Verdict: {verdict}. Generated {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC.</p>
+<p>Verdict: {verdict}. Generated {time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())} UTC.</p>
 <ul>{"".join(story)}</ul>
 <h2>Each group in order</h2>
 <p>One row per message group: its orders by position (1, 2, 3…), each coloured by the instance that applied it.
@@ -717,8 +777,11 @@ def main(argv=None) -> int:
     p.add_argument("--records", help="records JSON instead of scanning the table")
     p.add_argument("--table", default=os.environ.get("ORDERS_TABLE", "orders"))
     p.add_argument("--require-interruption", action="store_true")
-    p.add_argument("--require-busy", action="store_true",
-                   help="the interrupted instance must have finished or released orders, and its groups gone on elsewhere")
+    p.add_argument(
+        "--require-busy",
+        action="store_true",
+        help="the interrupted instance must have finished or released orders, and its groups gone on elsewhere",
+    )
     p.add_argument("--title", default="order-worker: orders through a Spot interruption")
     a = p.parse_args(argv)
     summary, page, ok = build(a)

@@ -65,11 +65,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import DYNAMODB_BACKENDS, LocalRegion, Proc, http_json, log, parse_time, sim, target_dir, utc_now, wait_for  # noqa: E402, I001 - after the path is set
-from harness import metrics, orders, worker_log  # noqa: E402
+from harness import DYNAMODB_BACKENDS, LocalRegion, Proc, http_json, log, parse_time, sim, target_dir, utc_now, wait_for  # noqa: I001 - after the path is set
+from harness import metrics, orders, worker_log
 
 HERE = Path(__file__).resolve().parent
 FAULT_KINDS = ("fis", "rebalance", "rebalance_notice", "kill", "freeze", "imds", "network",
@@ -95,11 +94,11 @@ class SoakRegion(LocalRegion):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.proxy_proc: Optional[Proc] = None
-        self.proxy_url: Optional[str] = None
-        self.proxy_control: Optional[str] = None
+        self.proxy_proc: Proc | None = None
+        self.proxy_url: str | None = None
+        self.proxy_control: str | None = None
 
-    def start(self) -> "SoakRegion":
+    def start(self) -> SoakRegion:
         self.start_emulator()
         self.create_resources()
         self.start_proxy()
@@ -131,7 +130,9 @@ class SoakRegion(LocalRegion):
 
         info = wait_for("the proxy's ready file", 20, up)
         self.proxy_url, self.proxy_control = info["listen"], info["control"]
-        self.say(f"proxy {self.proxy_url} -> {self.endpoint}, DynamoDB {self.ddb_endpoint} (control {self.proxy_control})")
+        self.say(
+            f"proxy {self.proxy_url} -> {self.endpoint}, DynamoDB {self.ddb_endpoint} (control {self.proxy_control})"
+        )
 
     def proxy_fault(self, mode: str, seconds: float) -> dict:
         return http_json("POST", f"{self.proxy_control}/fault", {"mode": mode, "seconds": seconds})
@@ -160,7 +161,7 @@ def valid_body(oid: str, group: str, rng: random.Random) -> str:
     return orders.body(valid_order(oid, group, rng))
 
 
-def malformed(oid: str, group: str, rng: random.Random) -> tuple[str, Optional[str]]:
+def malformed(oid: str, group: str, rng: random.Random) -> tuple[str, str | None]:
     """A body the worker must reject, and the order id it will be recorded under (None: by MessageId)."""
     kind = rng.randrange(6)
     if kind == 0:
@@ -190,9 +191,25 @@ def plan_messages(n: int, groups: int, prefix: str, dup_rate: float, bad_rate: f
         oid = f"{prefix}-{i:06d}"
         if rng.random() < bad_rate:
             body, key = malformed(oid, g, rng)
-            out.append({"body": body, "group": g, "dedup": f"{oid}-bad", "order_id": key, "expect": "rejected", "kind": "malformed"})
+            out.append(
+                {
+                    "body": body,
+                    "group": g,
+                    "dedup": f"{oid}-bad",
+                    "order_id": key,
+                    "expect": "rejected",
+                    "kind": "malformed",
+                }
+            )
         else:
-            m = {"body": valid_body(oid, g, rng), "group": g, "dedup": oid, "order_id": oid, "expect": "accepted", "kind": "order"}
+            m = {
+                "body": valid_body(oid, g, rng),
+                "group": g,
+                "dedup": oid,
+                "order_id": oid,
+                "expect": "accepted",
+                "kind": "order",
+            }
             out.append(m)
             if rng.random() < dup_rate:
                 pending_dups.append((i + rng.randrange(1, 200), m))
@@ -210,7 +227,7 @@ class Producer(threading.Thread):
         super().__init__(name="producer", daemon=True)
         self.region, self.messages, self.duration, self.manifest = region, messages, duration, manifest
         self.sent = 0
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.started_at = self.finished_at = 0.0
         self.retries = 0
 
@@ -225,10 +242,7 @@ class Producer(threading.Thread):
                     due = self.started_at + b * gap
                     if (d := due - time.monotonic()) > 0:
                         time.sleep(d)
-                    entries = [
-                        {"Id": str(k), "MessageBody": m["body"], "MessageGroupId": m["group"], "MessageDeduplicationId": m["dedup"]}
-                        for k, m in enumerate(chunk)
-                    ]
+                    entries = orders.batch_entries(chunk)
                     for attempt in range(6):
                         try:
                             out = sqs.send_message_batch(QueueUrl=self.region.queue_url, Entries=entries)
@@ -327,7 +341,11 @@ class Chaos(threading.Thread):
         cover = list(kinds)
         self.rng.shuffle(cover)
         while not self.stop_event.wait(self.every * self.rng.uniform(0.5, 1.5)):
-            left = [k for k in kinds if k != "denied" or (self.counts["denied"] < self.denied_max and time.time() > self.denied_until)]
+            left = [
+                k
+                for k in kinds
+                if k != "denied" or (self.counts["denied"] < self.denied_max and time.time() > self.denied_until)
+            ]
             if not left:
                 continue
             cover = [k for k in cover if k in left]
@@ -365,12 +383,23 @@ class Chaos(threading.Thread):
                 rule["seconds"] = secs = round(self.rng.uniform(1, 3), 1)
                 what = f"every one for {secs}s"
             rid = self.rule(kind, rule)["id"]
-            self.note(kind, "all workers", f"ChangeMessageVisibilityBatch: {what} fail 503 ServiceUnavailable (rule {rid})", secs)
+            self.note(
+                kind,
+                "all workers",
+                f"ChangeMessageVisibilityBatch: {what} fail 503 ServiceUnavailable (rule {rid})",
+                secs,
+            )
             return
         if kind == "ddb_throttle":
             code = self.rng.choice(["ThrottlingException", "ProvisionedThroughputExceededException"])
             secs = round(self.rng.uniform(2, 6), 1)
-            rule = {"service": "dynamodb", "operation": "TransactWriteItems", "action": "error", "code": code, "seconds": secs}
+            rule = {
+                "service": "dynamodb",
+                "operation": "TransactWriteItems",
+                "action": "error",
+                "code": code,
+                "seconds": secs,
+            }
             if self.rng.random() < 0.5:
                 rule["probability"] = 0.5
             rid = self.rule(kind, rule)["id"]
@@ -379,12 +408,19 @@ class Chaos(threading.Thread):
             return
         if kind == "denied":
             secs = self.denied_seconds
-            rid = self.rule(kind, {"service": "dynamodb", "action": "error", "code": "AccessDeniedException", "seconds": secs})["id"]
+            rid = self.rule(
+                kind, {"service": "dynamodb", "action": "error", "code": "AccessDeniedException", "seconds": secs}
+            )["id"]
             self.denied_until = time.time() + secs
-            self.note(kind, "all workers", f"DynamoDB AccessDeniedException on every operation for {secs}s (rule {rid})", secs)
+            self.note(
+                kind, "all workers", f"DynamoDB AccessDeniedException on every operation for {secs}s (rule {rid})", secs
+            )
             return
         if kind == "lost_response":
-            rid = self.rule(kind, {"service": "dynamodb", "operation": "TransactWriteItems", "action": "pass-then-reset", "count": 1})["id"]
+            rid = self.rule(
+                kind,
+                {"service": "dynamodb", "operation": "TransactWriteItems", "action": "pass-then-reset", "count": 1},
+            )["id"]
             self.note(kind, "all workers", f"the next TransactWriteItems applied, its answer lost (reset) (rule {rid})")
             return
         cands = self.healthy()
@@ -453,7 +489,9 @@ class Chaos(threading.Thread):
             secs = round(self.vis_timeout + self.rng.uniform(1, 4), 1)
             r.sim_post(f"{base}/signal", {"signal": "STOP"})
             self.later(secs, self.thaw, iid)
-            self.note(kind, iid, f"SIGSTOP for {secs}s (visibility timeout {self.vis_timeout:.0f}s){held}, then SIGCONT", secs)
+            self.note(
+                kind, iid, f"SIGSTOP for {secs}s (visibility timeout {self.vis_timeout:.0f}s){held}, then SIGCONT", secs
+            )
             return  # busy until thawed
         elif kind == "imds":
             mode = self.rng.choice(["error500", "hang", "expire_tokens"])
@@ -517,7 +555,11 @@ def in_flight(inst: dict) -> int:
 def queue_depth(region: SoakRegion) -> int:
     a = region.client("sqs").get_queue_attributes(
         QueueUrl=region.queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
     )["Attributes"]
     return sum(int(v) for v in a.values())
 
@@ -527,20 +569,28 @@ def dlq_depth(region: SoakRegion) -> int:
     terraform/queue.tf) moves a message there after ten receives without a delete."""
     a = region.client("sqs").get_queue_attributes(
         QueueUrl=region.dlq_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
     )["Attributes"]
     return sum(int(v) for v in a.values())
 
 
 def redrive_policy(region: SoakRegion) -> dict | None:
-    a = region.client("sqs").get_queue_attributes(QueueUrl=region.queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+    a = region.client("sqs").get_queue_attributes(QueueUrl=region.queue_url, AttributeNames=["RedrivePolicy"])[
+        "Attributes"
+    ]
     return json.loads(a["RedrivePolicy"]) if a.get("RedrivePolicy") else None
 
 
-def drains(log_dir: Path, before: Optional[str] = None) -> list[dict]:
+def drains(log_dir: Path, before: str | None = None) -> list[dict]:
     """Every drain report (`drain complete`) of every worker log, optionally only those stamped before `before`
     (an RFC 3339 UTC time: the soak's own shutdown drains are not counted)."""
-    return [{**d, "instance": p.stem} for p in sorted(log_dir.glob("*.log")) for d in worker_log.drain_reports(p, before)]
+    return [
+        {**d, "instance": p.stem} for p in sorted(log_dir.glob("*.log")) for d in worker_log.drain_reports(p, before)
+    ]
 
 
 # What the worker logs when a hold is lost or given back: how the messages of src/dispatch/*.rs, src/store.rs and
@@ -575,7 +625,14 @@ def scan_worker_logs(log_dir: Path, before: str | None = None) -> dict:
             counts[sign] += 1
             at = o["t"]
             if sign == "hold_lost":
-                hold_lost.append({"message_id": o.get("message_id"), "instance": p.stem, "at": o.get("timestamp"), "code": o.get("code")})
+                hold_lost.append(
+                    {
+                        "message_id": o.get("message_id"),
+                        "instance": p.stem,
+                        "at": o.get("timestamp"),
+                        "code": o.get("code"),
+                    }
+                )
             elif sign in ("run_released", "drain_deadline_release") and o.get("group") and at:
                 releases.append({"group": o["group"], "instance": p.stem, "at": at})
     return {"counts": counts, "hold_lost": hold_lost, "releases": releases}
@@ -617,7 +674,12 @@ def second_consumer(records: list[dict], manifest: Path, timeline: list[dict], r
         # Credited to the latest such fault that began before the application (the likeliest cause).
         by, began = None, 0.0
         for a, b, kind, target in windows:
-            if a <= hi and b >= lo and a >= began and not (kind in NEVER_RECEIVES_AGAIN and target == rec.get("ProcessedBy")):
+            if (
+                a <= hi
+                and b >= lo
+                and a >= began
+                and not (kind in NEVER_RECEIVES_AGAIN and target == rec.get("ProcessedBy"))
+            ):
                 by, began = kind, a
         if by is None:
             for rel in releases:
@@ -695,7 +757,9 @@ def plant_second_consumer(region: SoakRegion, manifest: Path, prefix: str, quiet
         time.sleep(3)  # the polls out when they stopped end (wait time 2 s) with nothing
         oid, group = f"{prefix}-planted", f"{prefix}-gplanted"
         body = valid_body(oid, group, random.Random(0))
-        mid = sqs.send_message(QueueUrl=region.queue_url, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=oid)["MessageId"]
+        mid = sqs.send_message(
+            QueueUrl=region.queue_url, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=oid
+        )["MessageId"]
         with open(manifest, "a") as mf:
             mf.write(json.dumps({"order_id": oid, "group": group, "expect": "accepted", "message_id": mid,
                                  "kind": "order", "sent_at": round(time.time(), 3)}) + "\n")  # fmt: skip
@@ -723,7 +787,12 @@ def summarize_drains(ds: list[dict]) -> dict:
     return {
         "count": len(ds),
         "by_trigger": by,
-        "took_ms": {"min": took[0], "median": int(statistics.median(took)), "p95": took[int(0.95 * (len(took) - 1))], "max": took[-1]},
+        "took_ms": {
+            "min": took[0],
+            "median": int(statistics.median(took)),
+            "p95": took[int(0.95 * (len(took) - 1))],
+            "max": took[-1],
+        },
         "deadline_hit": sum(1 for d in ds if d.get("deadline_hit")),
         "released": sum(int(d.get("released") or 0) for d in ds),
         "hooks_completed": sum(1 for d in ds if d.get("hook") == "Completed"),
@@ -740,7 +809,9 @@ def run(a: argparse.Namespace) -> int:
         weights = {k: (DEFAULT_WEIGHTS[k] if k in a.faults.split(",") else 0) for k in FAULT_KINDS}
     prefix = f"s{seed % 100000:05d}"
     messages = plan_messages(a.orders, a.groups, prefix, a.dup_rate, a.malformed_rate, rng)
-    expected_keys = len({m["order_id"] for m in messages if m["order_id"]}) + sum(1 for m in messages if m["order_id"] is None)
+    expected_keys = len({m["order_id"] for m in messages if m["order_id"]}) + sum(
+        1 for m in messages if m["order_id"] is None
+    )
     vis = a.visibility_timeout
     worker_args = [
         "--visibility-timeout", f"{vis}s",
@@ -953,7 +1024,9 @@ def render(r: dict) -> str:
     ]
     if r.get("proxy"):
         p = r["proxy"]
-        lines.append(f"proxy            {p['connections']} connections, {p['reset']} reset, stalls {p['faults']['stall']}, drops {p['faults']['drop']}")
+        lines.append(
+            f"proxy            {p['connections']} connections, {p['reset']} reset, stalls {p['faults']['stall']}, drops {p['faults']['drop']}"
+        )
     if d["count"]:
         t = d["took_ms"]
         lines.append(
@@ -965,16 +1038,28 @@ def render(r: dict) -> str:
         lines.append("drains           0")
     if r.get("sqs_stall_drains"):
         sd = r["sqs_stall_drains"]
-        lines.append(f"sqs_stall_drain  {len(sd)}: hooks completed {sum(1 for x in sd if x['hook'] == 'Completed')}; drains took ms "
-                     f"{[x['took_ms'] for x in sd]}, released {[x['released'] for x in sd]}, deadline hit {sum(1 for x in sd if x['deadline_hit'])}")
+        lines.append(
+            f"sqs_stall_drain  {len(sd)}: hooks completed {sum(1 for x in sd if x['hook'] == 'Completed')}; drains took ms "
+            f"{[x['took_ms'] for x in sd]}, released {[x['released'] for x in sd]}, deadline hit {sum(1 for x in sd if x['deadline_hit'])}"
+        )
     if r.get("hook_timeouts_not_killed"):
         ht = r["hook_timeouts_not_killed"]
-        lines.append(f"hook timed out  {len(ht)} instances not killed: " + ", ".join(f"{x['instance']} ({'/'.join(x['faults']) or '-'})" for x in ht))
+        lines.append(
+            f"hook timed out  {len(ht)} instances not killed: "
+            + ", ".join(f"{x['instance']} ({'/'.join(x['faults']) or '-'})" for x in ht)
+        )
     if r.get("rule_hits"):
-        lines.append("proxy rules      " + ", ".join(f"{k}: {h['rules']} rules, {h['hits']} requests hit" for k, h in r["rule_hits"].items()))
+        lines.append(
+            "proxy rules      "
+            + ", ".join(f"{k}: {h['rules']} rules, {h['hits']} requests hit" for k, h in r["rule_hits"].items())
+        )
     w = r.get("worker_log_signs") or {}
-    lines.append("worker logs      " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in w.items() if v) or "worker logs      -")
-    lines.append(f"timing           sending {r['send_seconds']}s, backlog clear {r['backlog_clear_seconds']}s after the last send, total {r['total_seconds']}s")
+    lines.append(
+        "worker logs      " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in w.items() if v) or "worker logs      -"
+    )
+    lines.append(
+        f"timing           sending {r['send_seconds']}s, backlog clear {r['backlog_clear_seconds']}s after the last send, total {r['total_seconds']}s"
+    )
     for e in r.get("verify_examples") or []:
         lines.append(f"  ! {e}")
     for e in rc.get("unexplained") or []:
@@ -987,7 +1072,7 @@ def render(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Fault kinds: " + ", ".join(FAULT_KINDS))  # fmt: skip
     p.add_argument("--orders", type=int, default=2000, help="orders to send (before duplicate re-sends)")
@@ -1004,14 +1089,20 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--work-delay", default="5ms", help="worker --work-delay (keeps orders in flight)")
     p.add_argument("--backlog-timeout", type=float, default=180, help="seconds allowed for the backlog to clear")
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
-    p.add_argument("--denied-seconds", type=float, default=10, help="length of a `denied` window (DynamoDB AccessDeniedException)")
+    p.add_argument(
+        "--denied-seconds", type=float, default=10, help="length of a `denied` window (DynamoDB AccessDeniedException)"
+    )
     p.add_argument("--denied-max", type=int, default=1, help="at most this many `denied` windows per run")
     p.add_argument("--plant-bug", choices=["lost", "twice", "out_of_order", "dlq", "second_consumer"],
                    help="self-test: damage the table before verify (delete a record / advance a group's LastPosition / "
                         "swap two positions), put a message in the DLQ, or have a second client receive an order "
                         "before a worker applies it; the soak must then FAIL")  # fmt: skip
-    p.add_argument("--dynamodb", choices=DYNAMODB_BACKENDS, default="ministack",
-                   help="where the tables live: ministack (with SQS) or dynamodb-local (AWS's own engine)")
+    p.add_argument(
+        "--dynamodb",
+        choices=DYNAMODB_BACKENDS,
+        default="ministack",
+        help="where the tables live: ministack (with SQS) or dynamodb-local (AWS's own engine)",
+    )
     p.add_argument("--out", default=str(target_dir() / "soak" / time.strftime("%Y%m%dT%H%M%S")))
     a = p.parse_args(argv)
     if a.faults and (bad := set(a.faults.split(",")) - set(FAULT_KINDS)):

@@ -28,8 +28,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from . import audit
 from . import ddb as ddb_scan
-from .orders import make_orders
+from .orders import batch_entries, make_orders
 from .paths import REPO, binary
 from .procs import Proc, Registry, wait_for
 from .servers import Server, start_dynamodb_local, start_ministack
@@ -88,7 +89,6 @@ def terraform_defaults(tf_dir: Path = REPO / "terraform") -> dict:
         elif re.fullmatch(r"-?\d+", raw):
             out[name] = int(raw)
     return out
-
 
 
 class LocalRegion:
@@ -157,7 +157,7 @@ class LocalRegion:
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> "LocalRegion":
+    def __enter__(self) -> LocalRegion:
         self._install_signal_handlers()
         try:
             self.start()
@@ -185,7 +185,7 @@ class LocalRegion:
         if not self.quiet:
             log(msg)
 
-    def start(self) -> "LocalRegion":
+    def start(self) -> LocalRegion:
         self.start_emulator()
         self.create_resources()
         self.start_sim()
@@ -365,7 +365,9 @@ class LocalRegion:
             return None
 
         self.sim_api = wait_for("spot-sim's ready file", 30, api)
-        self.say(f"spot-sim on {self.sim_api}, pid {self._sim.pid}, {self.workers} workers, time scale {self.time_scale}")
+        self.say(
+            f"spot-sim on {self.sim_api}, pid {self._sim.pid}, {self.workers} workers, time scale {self.time_scale}"
+        )
         if wait_in_service:
             self.wait_in_service(self.workers, timeout)
         return self.sim_api
@@ -474,6 +476,7 @@ class LocalRegion:
             capture_output=True,
             text=True,
             timeout=15,
+            check=False,  # a failure is shown as its message
         )
         return r.stdout if r.returncode == 0 else r.stderr
 
@@ -503,16 +506,7 @@ class LocalRegion:
         with open(manifest, "a") as mf:
             for start in range(0, len(orders), 10):
                 chunk = orders[start : start + 10]
-                entries = [
-                    {
-                        "Id": str(k),
-                        "MessageBody": o["body"],
-                        "MessageGroupId": o["group"],
-                        "MessageDeduplicationId": o["order_id"],
-                    }
-                    for k, o in enumerate(chunk)
-                ]
-                out = sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+                out = sqs.send_message_batch(QueueUrl=self.queue_url, Entries=batch_entries(chunk))
                 if out.get("Failed"):
                     raise RuntimeError(f"SendMessageBatch failed: {out['Failed']}")
                 ok = {e["Id"]: e for e in out["Successful"]}
@@ -541,6 +535,7 @@ class LocalRegion:
 
     def wait_records(self, n: int, timeout: float = 120, every: float = 0.5) -> list[dict]:
         """Wait until the orders table holds at least `n` records."""
+
         def enough():
             r = self.records()
             return r if len(r) >= n else None
@@ -552,24 +547,8 @@ class LocalRegion:
         manifest = Path(manifest) if manifest else self.out_dir / "manifest.jsonl"
         json_out = Path(json_out) if json_out else self.out_dir / "verify.json"
         env = dict(os.environ, **{k: v for k, v in self.env().items() if v is not None})
-        r = subprocess.run(
-            [
-                str(binary("order-worker", self.profile)),
-                "verify",
-                "--table", self.orders_table,
-                "--groups-table", self.groups_table,
-                "--manifest", str(manifest),
-                "--json", str(json_out),
-            ],  # fmt: skip
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        report = json.loads(json_out.read_text()) if json_out.exists() else {}
-        report["exit_code"] = r.returncode
-        report["text"] = r.stdout + r.stderr
-        return report
+        return audit.verify(binary("order-worker", self.profile), env, self.orders_table, self.groups_table, manifest,
+                            json_out)  # fmt: skip
 
 
 def shell_quote(v: str) -> str:

@@ -82,7 +82,7 @@ def start_dynamodb_local(reg: Registry, log_dir: Path, cwd: Path | None = None, 
         try:
             ddb.list_tables(Limit=1)
             return True
-        except Exception:  # noqa: BLE001 - any failure means "not yet"; the deadline reports it
+        except Exception:
             if not p.alive():
                 raise HarnessError(f"DynamoDB Local exited; see {p.log_path}") from None
             return False
