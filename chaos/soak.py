@@ -1004,7 +1004,8 @@ def render(r: dict) -> str:
     lines = [
         "== chaos soak report ==",
         f"seed {r['seed']}, {r['workers']} workers, {r['groups']} groups; instances launched {r['instances']['launched']}, "
-        f"terminated {r['instances']['terminated']}",
+        f"terminated {r['instances']['terminated']}"
+        + ("; DynamoDB on DynamoDB Local" if r["config"].get("dynamodb") == "dynamodb-local" else ""),
         f"orders sent      {r['orders_sent']} ({r['valid_orders_sent']} valid, {r['malformed_sent']} malformed) "
         f"+ {r['duplicate_sends']} duplicate sends = {r['messages_sent']} messages",
         f"records          {r['records']} of {r['expected_records']} expected: applied {r['applied']}, rejected {r['rejected']}",

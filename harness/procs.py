@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -124,7 +125,7 @@ class Proc:
             try:
                 self.p.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                print(f"{self.name} (pid {self.p.pid}) still running after {grace:.0f}s: SIGKILL", flush=True)
+                print(f"{self.name} (pid {self.p.pid}) still running after {grace:.0f}s: SIGKILL", file=sys.stderr)
         self.send(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.p.wait(timeout=5)
