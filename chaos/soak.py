@@ -553,29 +553,13 @@ def in_flight(inst: dict) -> int:
 
 
 def queue_depth(region: SoakRegion) -> int:
-    a = region.client("sqs").get_queue_attributes(
-        QueueUrl=region.queue_url,
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return sum(int(v) for v in a.values())
+    return region.depth(region.queue_url)
 
 
 def dlq_depth(region: SoakRegion) -> int:
-    """Messages in the DLQ (visible + in flight + delayed). The queue's RedrivePolicy (maxReceiveCount 10, as in
-    terraform/queue.tf) moves a message there after ten receives without a delete."""
-    a = region.client("sqs").get_queue_attributes(
-        QueueUrl=region.dlq_url,
-        AttributeNames=[
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ],
-    )["Attributes"]
-    return sum(int(v) for v in a.values())
+    """Messages in the DLQ. The queue's RedrivePolicy (maxReceiveCount 10, as in terraform/queue.tf) moves a
+    message there after ten receives without a delete."""
+    return region.depth(region.dlq_url)
 
 
 def redrive_policy(region: SoakRegion) -> dict | None:

@@ -526,6 +526,15 @@ class LocalRegion:
                     time.sleep(pause)
         return sent
 
+    def depth(self, queue_url: str) -> int:
+        """Messages in a queue: visible, in flight and delayed (all three: "empty" means nothing left anywhere)."""
+        a = self.client("sqs").get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                            "ApproximateNumberOfMessagesDelayed"],
+        )["Attributes"]  # fmt: skip
+        return sum(int(v) for v in a.values())
+
     def records(self) -> list[dict]:
         """Every record of the orders table, as plain values."""
         return ddb_scan.scan(self.client("dynamodb"), self.orders_table)
