@@ -4,11 +4,11 @@
 (FIFO pair, key OrderID, all-Spot fleet, private network, failover pair, FIS action, ...), so a
 config that is valid but wrong fails here.
 """
+
 import pathlib
 import re
 
 import pytest
-
 from conftest import block, blocks, refers_to
 
 # --- SQS ---------------------------------------------------------------------------------------
@@ -42,7 +42,9 @@ def test_high_throughput_fifo_is_an_option(tf):
     q = tf.resource("aws_sqs_queue", "orders")
     assert "messageGroup" in q["deduplication_scope"] and "var.high_throughput_fifo" in q["deduplication_scope"]
     assert "perMessageGroupId" in q["fifo_throughput_limit"]
-    assert tf.variables["high_throughput_fifo"]["type"] == "${bool}" or "bool" in str(tf.variables["high_throughput_fifo"]["type"])
+    assert tf.variables["high_throughput_fifo"]["type"] == "${bool}" or "bool" in str(
+        tf.variables["high_throughput_fifo"]["type"]
+    )
 
 
 def test_queues_are_encrypted_long_polled_and_tls_only(tf):
@@ -62,8 +64,11 @@ def test_queues_are_encrypted_long_polled_and_tls_only(tf):
 
 
 def test_alarm_on_dlq_depth(tf):
-    alarms = [a for a in tf.resources["aws_cloudwatch_metric_alarm"].values()
-              if refers_to(str(a.get("dimensions")), r"aws_sqs_queue\.dlq\.")]
+    alarms = [
+        a
+        for a in tf.resources["aws_cloudwatch_metric_alarm"].values()
+        if refers_to(str(a.get("dimensions")), r"aws_sqs_queue\.dlq\.")
+    ]
     assert alarms, "no alarm on the dead-letter queue"
     assert alarms[0]["metric_name"] == "ApproximateNumberOfMessagesVisible"
 
@@ -153,8 +158,17 @@ def test_launch_template_imdsv2_encrypted_no_market_options(tf):
     assert "local.user_data" in lt["user_data"]
 
 
-ROLE_VARS = ("worker_queue_url", "worker_orders_table", "worker_groups_table", "worker_region", "worker_asg_name",
-             "worker_lifecycle_hook", "worker_drain_timeout", "worker_binary_url", "worker_binary_sha256")
+ROLE_VARS = (
+    "worker_queue_url",
+    "worker_orders_table",
+    "worker_groups_table",
+    "worker_region",
+    "worker_asg_name",
+    "worker_lifecycle_hook",
+    "worker_drain_timeout",
+    "worker_binary_url",
+    "worker_binary_sha256",
+)
 
 
 def test_user_data_runs_the_play_from_s3(tf):
@@ -216,8 +230,12 @@ def test_termination_hook_fits_the_spot_notice(tf):
     assert hook["name"] == "${var.lifecycle_hook_name}"
     assert hook["heartbeat_timeout"] == "${var.lifecycle_hook_timeout_seconds}"
     assert tf.default("lifecycle_hook_timeout_seconds") <= 120
-    assert tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds") < tf.default("lifecycle_hook_timeout_seconds")
-    assert tf.default("visibility_timeout_seconds") >= tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds")
+    assert tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds") < tf.default(
+        "lifecycle_hook_timeout_seconds"
+    )
+    assert tf.default("visibility_timeout_seconds") >= tf.default("drain_timeout_seconds") + tf.default(
+        "drain_margin_seconds"
+    )
     asg = tf.resource("aws_autoscaling_group", "workers")
     assert "initial_lifecycle_hook" not in asg, "the hook is its own resource"
 
@@ -229,14 +247,28 @@ def test_worker_policy_is_exact(tf):
     doc = tf.data["aws_iam_policy_document"]["worker"]
     by_sid = {s["sid"]: s for s in blocks(doc, "statement")}
     assert set(by_sid["ConsumeOrders"]["actions"]) == {
-        "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"}
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+    }
     assert by_sid["ConsumeOrders"]["resources"] == ["${aws_sqs_queue.orders.arn}"]
     assert set(by_sid["ApplyOrders"]["actions"]) == {
-        "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
-        "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"}
-    assert set(by_sid["ApplyOrders"]["resources"]) == {"${aws_dynamodb_table.orders.arn}", "${aws_dynamodb_table.groups.arn}"}
+        "dynamodb:DescribeTable",
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:ConditionCheckItem",
+    }
+    assert set(by_sid["ApplyOrders"]["resources"]) == {
+        "${aws_dynamodb_table.orders.arn}",
+        "${aws_dynamodb_table.groups.arn}",
+    }
     assert set(by_sid["CompleteOwnLifecycleHook"]["actions"]) == {
-        "autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"}
+        "autoscaling:CompleteLifecycleAction",
+        "autoscaling:RecordLifecycleActionHeartbeat",
+    }
     assert by_sid["CompleteOwnLifecycleHook"]["resources"] == ["${local.asg_arn}"]
     assert "autoScalingGroupName/${var.asg_name}" in tf.locals["asg_arn"], "group ARN built by hand"
     for sid, stmt in by_sid.items():
@@ -251,10 +283,14 @@ def test_worker_policy_is_exact(tf):
 
 def test_failover_pair(tf):
     records = tf.resources["aws_route53_record"]
-    kinds = {name: block(r, "failover_routing_policy")["type"] for name, r in records.items() if r.get("failover_routing_policy")}
+    kinds = {
+        name: block(r, "failover_routing_policy")["type"]
+        for name, r in records.items()
+        if r.get("failover_routing_policy")
+    }
     assert sorted(kinds.values()) == ["PRIMARY", "SECONDARY"]
-    primary = records[[n for n, k in kinds.items() if k == "PRIMARY"][0]]
-    secondary = records[[n for n, k in kinds.items() if k == "SECONDARY"][0]]
+    primary = records[next(n for n, k in kinds.items() if k == "PRIMARY")]
+    secondary = records[next(n for n, k in kinds.items() if k == "SECONDARY")]
     assert primary["name"] == secondary["name"] == "${var.record_name}"
     assert primary["type"] == secondary["type"] == "A"
     assert primary["set_identifier"] != secondary["set_identifier"]
@@ -302,7 +338,9 @@ def test_fis_experiment_template(tf):
     assert target["resource_type"] == "aws:ec2:spot-instance"
     assert re.fullmatch(r"ALL|COUNT\(\d+\)|PERCENT\(\d+\)", tf.default("fis_selection_mode"))
     assert block(target, "resource_tag")["key"] == "aws:autoscaling:groupName"
-    assert all(s["source"] == "aws:cloudwatch:alarm" for s in blocks(t, "stop_condition")) and blocks(t, "stop_condition")
+    assert all(s["source"] == "aws:cloudwatch:alarm" for s in blocks(t, "stop_condition")) and blocks(
+        t, "stop_condition"
+    )
     assert block(t, "experiment_options")["empty_target_resolution_mode"] == "fail"
     assert block(t, "log_configuration")
     assert "fis_experiment_template_id" in tf.outputs
@@ -326,14 +364,30 @@ def test_variables_typed_and_documented(tf):
         assert v.get("type"), f"variable {name} has no type"
         assert v.get("description"), f"variable {name} has no description"
     validated = {n for n, v in tf.variables.items() if v.get("validation")}
-    assert {"queue_name", "dlq_name", "lifecycle_hook_timeout_seconds", "instance_types",
-            "fis_selection_mode", "fis_duration_before_interruption"} <= validated
-    assert {"drain_fits_the_lifecycle_hook", "visibility_covers_the_drain", "queue_names_are_fifo_and_distinct"} <= set(tf.checks)
+    assert {
+        "queue_name",
+        "dlq_name",
+        "lifecycle_hook_timeout_seconds",
+        "instance_types",
+        "fis_selection_mode",
+        "fis_duration_before_interruption",
+    } <= validated
+    assert {"drain_fits_the_lifecycle_hook", "visibility_covers_the_drain", "queue_names_are_fifo_and_distinct"} <= set(
+        tf.checks
+    )
 
 
 def test_outputs_documented(tf):
-    required = {"queue_url", "queue_arn", "orders_table_name", "groups_table_name", "asg_name",
-                "lifecycle_hook_name", "launch_template_id", "fis_experiment_template_id"}
+    required = {
+        "queue_url",
+        "queue_arn",
+        "orders_table_name",
+        "groups_table_name",
+        "asg_name",
+        "lifecycle_hook_name",
+        "launch_template_id",
+        "fis_experiment_template_id",
+    }
     assert required <= set(tf.outputs)
     for name, o in tf.outputs.items():
         assert o.get("description"), f"output {name} has no description"
@@ -358,8 +412,10 @@ def test_worker_log_group_encrypted_retained_and_shipped_only_there(tf):
     by_sid = {s["sid"]: s for s in blocks(doc, "statement")}
     ship = by_sid["ShipWorkerLog"]
     assert set(ship["actions"]) == {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
-    assert set(ship["resources"]) == {"${aws_cloudwatch_log_group.worker.arn}",
-                                      "${aws_cloudwatch_log_group.worker.arn}:log-stream:*"}
+    assert set(ship["resources"]) == {
+        "${aws_cloudwatch_log_group.worker.arn}",
+        "${aws_cloudwatch_log_group.worker.arn}:log-stream:*",
+    }
     actions = {a for s in by_sid.values() for a in s["actions"]}
     assert "cloudwatch:PutMetricData" not in actions, "EMF needs no PutMetricData"
     assert "logs" in tf.default("interface_endpoints"), "the agent reaches CloudWatch Logs through its endpoint"
