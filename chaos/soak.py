@@ -34,11 +34,12 @@ Faults, one every `--fault-every` seconds on average (uniform in [0.5, 1.5] x), 
                       worker holding messages gets an interruption notice: its releases stall, its hook must
                       still be completed
     visibility_fail   ChangeMessageVisibilityBatch answers 503 ServiceUnavailable (the next 1-3, or for 1-3 s)
-    ddb_throttle      TransactWriteItems throttled (ThrottlingException or ProvisionedThroughputExceededException)
-                      for 2-6 s, every call or each with probability 0.5
+    ddb_throttle      the claims (UpdateItem) or the inserts (BatchExecuteStatement) throttled (ThrottlingException
+                      or ProvisionedThroughputExceededException) for 2-6 s, every call or each with probability 0.5
     denied            DynamoDB AccessDeniedException on every operation for --denied-seconds (at most
                       --denied-max per run)
-    lost_response     the next TransactWriteItems is applied but its answer is lost (pass-then-reset)
+    lost_response     the next claim (UpdateItem) or batch of inserts (BatchExecuteStatement) is applied but its
+                      answer is lost (pass-then-reset)
 
 Every kind in use is injected once first (in random order), then kinds are drawn by weight.
 
@@ -82,6 +83,8 @@ HOLD_BREAKING = {"fis", "rebalance", "rebalance_notice", "kill", "freeze", "netw
 # Of those, the faults on one instance after which that instance never receives again (a kill; a drain, which
 # takes nothing new): they explain another worker's receive of a message only.
 NEVER_RECEIVES_AGAIN = {"fis", "rebalance", "rebalance_notice", "kill"}
+# The worker's DynamoDB writes: a group's claim, and the batches of record inserts.
+DDB_WRITE_OPS = ("UpdateItem", "BatchExecuteStatement")
 
 
 # ---- the region, plus the proxy ----------------------------------------------------------------------------------
@@ -393,9 +396,10 @@ class Chaos(threading.Thread):
         if kind == "ddb_throttle":
             code = self.rng.choice(["ThrottlingException", "ProvisionedThroughputExceededException"])
             secs = round(self.rng.uniform(2, 6), 1)
+            op = self.rng.choice(DDB_WRITE_OPS)
             rule = {
                 "service": "dynamodb",
-                "operation": "TransactWriteItems",
+                "operation": op,
                 "action": "error",
                 "code": code,
                 "seconds": secs,
@@ -404,7 +408,7 @@ class Chaos(threading.Thread):
                 rule["probability"] = 0.5
             rid = self.rule(kind, rule)["id"]
             prob = f", probability {rule['probability']}" if "probability" in rule else ""
-            self.note(kind, "all workers", f"TransactWriteItems {code} for {secs}s{prob} (rule {rid})", secs)
+            self.note(kind, "all workers", f"{op} {code} for {secs}s{prob} (rule {rid})", secs)
             return
         if kind == "denied":
             secs = self.denied_seconds
@@ -417,11 +421,12 @@ class Chaos(threading.Thread):
             )
             return
         if kind == "lost_response":
+            op = self.rng.choice(DDB_WRITE_OPS)
             rid = self.rule(
                 kind,
-                {"service": "dynamodb", "operation": "TransactWriteItems", "action": "pass-then-reset", "count": 1},
+                {"service": "dynamodb", "operation": op, "action": "pass-then-reset", "count": 1},
             )["id"]
-            self.note(kind, "all workers", f"the next TransactWriteItems applied, its answer lost (reset) (rule {rid})")
+            self.note(kind, "all workers", f"the next {op} applied, its answer lost (reset) (rule {rid})")
             return
         cands = self.healthy()
         # Keep one healthy worker, so the fleet as a whole can always make progress.
