@@ -563,3 +563,46 @@ async fn a_worker_still_waiting_to_start_completes_its_hook_on_an_interruption()
         "{events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_to_a_claim_and_to_inserts_apply_nothing_twice_and_leave_no_gap() {
+    let r = rig("lost-answers").await;
+    // The first claim and the first batch of inserts are applied, and their answers lost (the connection is
+    // reset instead): the claim is sent again unchanged and finds its own claim in the row; the inserts are
+    // sent again and find their own records.
+    for op in ["UpdateItem", "BatchExecuteStatement"] {
+        r.proxy
+            .rule(json!({"service": "dynamodb", "operation": op, "action": "pass-then-reset", "count": 1}))
+            .await;
+    }
+    let g = "cust-lost";
+    let order_ids = ids("lost", 8);
+    r.fx.send_orders(g, &order_ids).await;
+    let w = r.via.worker("w-lost", &[]);
+    r.fx.wait_records(8, Duration::from_secs(60)).await;
+    let manifest: Vec<_> = order_ids.iter().map(|id| sent(id, g, "accepted")).collect();
+    let report = r.fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    // Our own earlier writes are recognised as ours: no markers, no "duplicates".
+    assert_eq!(
+        (report.records, report.markers),
+        (8, 0),
+        "{}",
+        report.summary()
+    );
+    wait_for("every order counted", Duration::from_secs(10), || async {
+        (metric(&w, "order_worker_orders_total{status=\"accepted\"}").await == 8.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&w, "order_worker_orders_total{status=\"duplicate\"}").await,
+        0.0
+    );
+    // Both faults happened.
+    for op in ["UpdateItem", "BatchExecuteStatement"] {
+        assert!(
+            r.proxy.count("dynamodb", op).await >= 2,
+            "{op} was not sent again"
+        );
+    }
+}

@@ -15,8 +15,10 @@ use crate::retry::{backoff_for, Class};
 use crate::schema::Status;
 use crate::store::{Applied, Record, Run, StoreError};
 
-/// Most orders one group commits in one run (leaves room for other groups in the same transaction).
-const RUN_MAX: usize = 25;
+/// Most orders one group commits in one run. A claim lists its run's SequenceNumbers (about 23 bytes each as
+/// DynamoDB sizes them) and may carry an unfinished run forward: 2 x 16 entries keep the group row under 1 KB,
+/// so a claim stays one write unit. (A receive returns at most 10 of a group anyway.)
+const RUN_MAX: usize = 16;
 /// Longest a run collects orders before it is committed.
 const RUN_LINGER: Duration = Duration::from_millis(50);
 
