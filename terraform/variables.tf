@@ -60,8 +60,14 @@ variable "queue_name" {
   }
 }
 
+variable "dead_letter_queue" {
+  description = "Opt in to a FIFO dead-letter queue (dlq_name) that SQS moves an order to after max_receive_count receives without a delete. Off by default, because it breaks the worker's per-group order: the moved order leaves its GroupPosition empty for good (`order-worker verify` reports a position gap), the group's later orders are applied without it, and a redrive appends it after the group's tail, out of order; AWS advises against a DLQ on a FIFO queue where order matters. The worker needs none for poison bodies (recorded REJECTED and deleted) or account-wide errors (receiving pauses; no receive count is burnt). Without it, an order nobody processes stays in its group, holding the group's later orders back, until message_retention_seconds deletes it; the <queue>-orders-near-expiry alarm fires at half that. Turn it on only if losing an order's place is better than holding its group back."
+  type        = bool
+  default     = false
+}
+
 variable "dlq_name" {
-  description = "Name of the FIFO dead-letter queue. A FIFO queue's dead-letter queue must be FIFO too."
+  description = "Name of the FIFO dead-letter queue, created only with dead_letter_queue = true. A FIFO queue's dead-letter queue must be FIFO too."
   type        = string
   default     = "orders-dlq.fifo"
 
@@ -100,7 +106,7 @@ variable "receive_wait_time_seconds" {
 }
 
 variable "message_retention_seconds" {
-  description = "How long the main queue keeps an order."
+  description = "How long the main queue keeps an order. SQS deletes an order older than this, processed or not; the <queue>-orders-near-expiry alarm fires at half of it."
   type        = number
   default     = 345600 # 4 days
 
@@ -111,7 +117,7 @@ variable "message_retention_seconds" {
 }
 
 variable "max_receive_count" {
-  description = "Receives before SQS moves a message to the dead-letter queue."
+  description = "Receives before SQS moves a message to the dead-letter queue (only with dead_letter_queue = true)."
   type        = number
   default     = 10
 
@@ -122,7 +128,7 @@ variable "max_receive_count" {
 }
 
 variable "dlq_alarm_threshold" {
-  description = "Alarm when the dead-letter queue holds at least this many messages."
+  description = "Alarm when the dead-letter queue holds at least this many messages (only with dead_letter_queue = true)."
   type        = number
   default     = 1
 
@@ -542,7 +548,7 @@ variable "log_retention_days" {
 }
 
 variable "alarm_actions" {
-  description = "ARNs (SNS topics) notified when an alarm fires: the dead-letter queue, the stalled queue."
+  description = "ARNs (SNS topics) notified when an alarm fires: the stalled queue, an order near expiry, the dead-letter queue (when there is one), the worker's EMF alarms."
   type        = list(string)
   default     = []
 }
