@@ -55,6 +55,7 @@ TERRAFORM_FALLBACK = {
     "receive_wait_time_seconds": 20,
     "message_retention_seconds": 345600,
     "max_receive_count": 10,
+    "dead_letter_queue": False,
     "asg_name": "order-workers",
     "lifecycle_hook_name": "order-worker-drain",
     "lifecycle_hook_timeout_seconds": 120,
@@ -222,6 +223,7 @@ class LocalRegion:
         kill_grace: str = "5s",
         launch_delay: str = "40s",
         quiet: bool = False,
+        dead_letter_queue: Optional[bool] = None,
     ):
         """`suffix` is appended to every resource name (each region has its own emulator, so the default is the
         exact Terraform names). `worker_args` go to every worker, replacing the local defaults they name.
@@ -242,6 +244,8 @@ class LocalRegion:
         self.quiet = quiet
         tf = terraform_defaults()
         self.tf = tf
+        # A DLQ and its redrive policy only when asked (None: terraform's dead_letter_queue default, off).
+        self.dead_letter_queue = tf["dead_letter_queue"] if dead_letter_queue is None else dead_letter_queue
         self.queue_name = tf["queue_name"].removesuffix(".fifo") + suffix + ".fifo"
         self.dlq_name = tf["dlq_name"].removesuffix(".fifo") + suffix + ".fifo"
         self.orders_table = tf["orders_table_name"] + suffix
@@ -334,19 +338,23 @@ class LocalRegion:
             return self._clients[service]
 
     def create_resources(self) -> None:
-        """The DLQ, the queue (redrive to the DLQ) and both tables, as terraform/queue.tf and tables.tf make them
-        (less KMS and point-in-time recovery, which a local emulator has no use for)."""
+        """The queue (a DLQ and its redrive only with dead_letter_queue) and both tables, as terraform/queue.tf and
+        tables.tf make them (less KMS and point-in-time recovery, which a local emulator has no use for)."""
         tf = self.tf
         sqs = self.client("sqs")
-        self.dlq_url = sqs.create_queue(
-            QueueName=self.dlq_name,
-            Attributes={
-                "FifoQueue": "true",
-                "ContentBasedDeduplication": "false",
-                "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS),
-            },
-        )["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        redrive = {}  # terraform/queue.tf: a DLQ and its redrive policy only with dead_letter_queue
+        if self.dead_letter_queue:
+            self.dlq_url = sqs.create_queue(
+                QueueName=self.dlq_name,
+                Attributes={
+                    "FifoQueue": "true",
+                    "ContentBasedDeduplication": "false",
+                    "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS),
+                },
+            )["QueueUrl"]
+            attrs = sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])["Attributes"]
+            policy = {"deadLetterTargetArn": attrs["QueueArn"], "maxReceiveCount": tf["max_receive_count"]}
+            redrive["RedrivePolicy"] = json.dumps(policy)
         ht = bool(tf["high_throughput_fifo"])
         self.queue_url = sqs.create_queue(
             QueueName=self.queue_name,
@@ -358,21 +366,20 @@ class LocalRegion:
                 "VisibilityTimeout": str(tf["visibility_timeout_seconds"]),
                 "ReceiveMessageWaitTimeSeconds": str(tf["receive_wait_time_seconds"]),
                 "MessageRetentionPeriod": str(tf["message_retention_seconds"]),
-                "RedrivePolicy": json.dumps(
-                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": tf["max_receive_count"]}
-                ),
+                **redrive,
             },
         )["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
         with contextlib.suppress(Exception):  # not every emulator knows RedriveAllowPolicy; it is advisory here
-            sqs.set_queue_attributes(
-                QueueUrl=self.dlq_url,
-                Attributes={
-                    "RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [queue_arn]})
-                },
-            )
+            if self.dlq_url:
+                sqs.set_queue_attributes(
+                    QueueUrl=self.dlq_url,
+                    Attributes={
+                        "RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [queue_arn]})
+                    },
+                )
         ddb = self.client("dynamodb")
         for name, key in ((self.orders_table, "OrderID"), (self.groups_table, "MessageGroupId")):
             ddb.create_table(
@@ -382,10 +389,8 @@ class LocalRegion:
                 KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
             )
             ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
-        self.say(
-            f"queue {self.queue_url} (DLQ {self.dlq_name}, maxReceiveCount {tf['max_receive_count']}), "
-            f"tables {self.orders_table} and {self.groups_table}"
-        )
+        dlq = f"DLQ {self.dlq_name}, maxReceiveCount {tf['max_receive_count']}" if self.dlq_url else "no DLQ"
+        self.say(f"queue {self.queue_url} ({dlq}), tables {self.orders_table} and {self.groups_table}")
 
     def worker_defaults(self) -> list[str]:
         """Worker flags that fit a simulated region (short polls, fast metadata polling, heartbeats that fit the
