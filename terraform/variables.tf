@@ -224,6 +224,17 @@ variable "interface_endpoints" {
   }
 }
 
+variable "interface_endpoint_az_count" {
+  description = "How many zones get an interface endpoint network interface (the first N worker subnets). Null: every worker subnet (3 by default). Each endpoint costs about $0.01 an hour per zone, so the 7 default endpoints cost ~$153 a month in 3 zones, ~$102 in 2, ~$51 in 1 (terraform/README.md, \"Cost\"); the workers stay in every zone either way (Spot capacity), and reach an endpoint in another zone over the VPC (cross-zone traffic, cents at this volume). The price of fewer: with 1, an outage of that zone stops every worker's SQS, Auto Scaling and Logs calls until it is back (orders wait in the queue, the stalled alarm fails over the DNS record); with 2, one zone can fail. Still no internet path either way, unlike a NAT gateway (~$33 a month per zone plus $0.045/GB, and an egress route to the internet)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.interface_endpoint_az_count == null || try(var.interface_endpoint_az_count >= 1 && var.interface_endpoint_az_count <= 6 && floor(var.interface_endpoint_az_count) == var.interface_endpoint_az_count, false)
+    error_message = "interface_endpoint_az_count must be null (every worker subnet) or a whole number from 1 to 6."
+  }
+}
+
 # --- compute ---------------------------------------------------------------------------------------
 
 variable "asg_name" {

@@ -267,6 +267,41 @@ run "network_is_private" {
   }
 }
 
+run "interface_endpoints_in_every_zone_by_default" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for e in aws_vpc_endpoint.interface : length(e.subnet_ids) == 3])
+    error_message = "By default every interface endpoint has a network interface in each of the three worker subnets."
+  }
+}
+
+run "interface_endpoints_in_fewer_zones" {
+  command = plan
+
+  variables {
+    interface_endpoint_az_count = 1
+  }
+
+  assert {
+    condition     = alltrue([for e in aws_vpc_endpoint.interface : length(e.subnet_ids) == 1]) && length(aws_subnet.private) == 3
+    error_message = "interface_endpoint_az_count = 1 puts the endpoints in one zone; the workers keep their three subnets."
+  }
+
+  assert {
+    condition     = toset(keys(aws_vpc_endpoint.gateway)) == toset(["s3", "dynamodb"]) && length(aws_vpc_endpoint.gateway["dynamodb"].route_table_ids) == 3
+    error_message = "The free gateway endpoints stay, on every route table."
+  }
+}
+
+run "rejects_more_endpoint_zones_than_subnets" {
+  command = plan
+  variables {
+    interface_endpoint_az_count = 4
+  }
+  expect_failures = [aws_vpc_endpoint.interface]
+}
+
 run "dns_failover_to_the_error_page" {
   command = plan
 

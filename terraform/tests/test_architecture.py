@@ -152,6 +152,10 @@ def test_gateway_and_interface_endpoints(tf):
     itf = tf.resource("aws_vpc_endpoint", "interface")
     assert itf["vpc_endpoint_type"] == "Interface" and itf["private_dns_enabled"] is True
     assert {"sqs", "autoscaling", "ssm", "logs", "sts"} <= set(tf.default("interface_endpoints"))
+    # The cheaper option puts the endpoints in fewer zones; by default they are in every worker subnet.
+    assert itf["subnet_ids"] == "${local.endpoint_subnet_ids}"
+    assert tf.default("interface_endpoint_az_count") is None
+    assert "local.private_subnet_ids" in str(tf.locals["endpoint_subnet_ids"])
 
 
 def test_workers_have_no_inbound_and_no_public_ip(tf):
