@@ -5,7 +5,7 @@
     chaos/localregion.py status --api http://127.0.0.1:PORT [--json]
 
 `up` writes a shell file of `export` lines (the standard AWS endpoint variables, SPOT_SIM_API, QUEUE_URL,
-DLQ_URL, ORDERS_TABLE, GROUPS_TABLE, ORDER_WORKER_BIN) once the fleet is InService; the scripts in chaos/ then run
+DLQ_URL when there is one, ORDERS_TABLE, GROUPS_TABLE, ORDER_WORKER_BIN) once the fleet is InService; the scripts in chaos/ then run
 against the local region exactly as they run against AWS.
 """
 

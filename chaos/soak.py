@@ -817,9 +817,11 @@ def run(a: argparse.Namespace) -> int:
     t_start = time.monotonic()
     report: dict = {"config": cfg}
     failures: list[str] = []
+    # dead_letter_queue=True although terraform/ has none by default: here the DLQ is an instrument, and
+    # "DLQ empty" means no order was received max_receive_count times without being deleted.
     with SoakRegion(out_dir=out, workers=a.workers, time_scale=a.time_scale, worker_args=worker_args,
                     sim_args=["--max-size", str(max(10, a.workers * 3))], kill_grace="2s",
-                    dynamodb=a.dynamodb) as region:  # fmt: skip
+                     dynamodb=a.dynamodb, dead_letter_queue=True) as region:  # fmt: skip
         manifest = out / "manifest.jsonl"
         producer = Producer(region, messages, a.duration, manifest)
         chaos = Chaos(region, a.fault_every, weights, random.Random(seed + 1), vis, a.time_scale,

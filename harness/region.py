@@ -46,6 +46,7 @@ DYNAMODB_BACKENDS = ("ministack", "dynamodb-local")
 TERRAFORM_FALLBACK = {
     "queue_name": "orders.fifo",
     "dlq_name": "orders-dlq.fifo",
+    "dead_letter_queue": False,
     "orders_table_name": "orders",
     "groups_table_name": "order-groups",
     "high_throughput_fifo": True,
@@ -110,12 +111,15 @@ class LocalRegion:
         launch_delay: str = "40s",
         quiet: bool = False,
         dynamodb: str = "ministack",
+        dead_letter_queue: bool | None = None,
     ):
         """`suffix` is appended to every resource name (each region has its own emulator, so the default is the
         exact Terraform names). `worker_args` go to every worker, replacing the local defaults they name.
         `launch_delay` (simulated) is Pending -> InService: EC2 takes tens of seconds to launch, and a much shorter
         delay lets capacity rebalancing replace and terminate an instance before FIS's interruption notice shows.
-        `dynamodb` is where the tables live: "ministack" (beside SQS) or "dynamodb-local"."""
+        `dynamodb` is where the tables live: "ministack" (beside SQS) or "dynamodb-local". `dead_letter_queue`:
+        a DLQ and its redrive policy (None: terraform's `dead_letter_queue` default, off; see terraform/README.md
+        on why a DLQ and dense group positions do not mix)."""
         if dynamodb not in DYNAMODB_BACKENDS:
             raise ValueError(f"dynamodb={dynamodb!r}: one of {', '.join(DYNAMODB_BACKENDS)}")
         self.out_dir = Path(out_dir)
@@ -134,6 +138,7 @@ class LocalRegion:
         self.dynamodb = dynamodb
         tf = terraform_defaults()
         self.tf = tf
+        self.dead_letter_queue = tf["dead_letter_queue"] if dead_letter_queue is None else dead_letter_queue
         self.queue_name = tf["queue_name"].removesuffix(".fifo") + suffix + ".fifo"
         self.dlq_name = tf["dlq_name"].removesuffix(".fifo") + suffix + ".fifo"
         self.orders_table = tf["orders_table_name"] + suffix
@@ -226,19 +231,26 @@ class LocalRegion:
             return self._clients[service]
 
     def create_resources(self) -> None:
-        """The DLQ, the queue (redrive to the DLQ) and both tables, as terraform/queue.tf and tables.tf make them
-        (less KMS and point-in-time recovery, which a local emulator has no use for)."""
+        """The queue (a DLQ and its redrive only with dead_letter_queue) and both tables, as terraform/queue.tf and
+        tables.tf make them (less KMS and point-in-time recovery, which a local emulator has no use for)."""
         tf = self.tf
         sqs = self.client("sqs")
-        self.dlq_url = sqs.create_queue(
-            QueueName=self.dlq_name,
-            Attributes={
-                "FifoQueue": "true",
-                "ContentBasedDeduplication": "false",
-                "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS),
-            },
-        )["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        redrive = {}
+        if self.dead_letter_queue:
+            self.dlq_url = sqs.create_queue(
+                QueueName=self.dlq_name,
+                Attributes={
+                    "FifoQueue": "true",
+                    "ContentBasedDeduplication": "false",
+                    "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS),
+                },
+            )["QueueUrl"]
+            dlq_arn = sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            redrive["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": tf["max_receive_count"]}
+            )
         ht = bool(tf["high_throughput_fifo"])
         self.queue_url = sqs.create_queue(
             QueueName=self.queue_name,
@@ -250,21 +262,22 @@ class LocalRegion:
                 "VisibilityTimeout": str(tf["visibility_timeout_seconds"]),
                 "ReceiveMessageWaitTimeSeconds": str(tf["receive_wait_time_seconds"]),
                 "MessageRetentionPeriod": str(tf["message_retention_seconds"]),
-                "RedrivePolicy": json.dumps(
-                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": tf["max_receive_count"]}
-                ),
+                **redrive,
             },
         )["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
-        with contextlib.suppress(Exception):  # not every emulator knows RedriveAllowPolicy; it is advisory here
-            sqs.set_queue_attributes(
-                QueueUrl=self.dlq_url,
-                Attributes={
-                    "RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [queue_arn]})
-                },
-            )
+        if self.dlq_url:
+            with contextlib.suppress(Exception):  # not every emulator knows RedriveAllowPolicy; it is advisory here
+                sqs.set_queue_attributes(
+                    QueueUrl=self.dlq_url,
+                    Attributes={
+                        "RedriveAllowPolicy": json.dumps(
+                            {"redrivePermission": "byQueue", "sourceQueueArns": [queue_arn]}
+                        )
+                    },
+                )
         ddb = self.client("dynamodb")
         for name, key in ((self.orders_table, "OrderID"), (self.groups_table, "MessageGroupId")):
             ddb.create_table(
@@ -274,10 +287,8 @@ class LocalRegion:
                 KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
             )
             ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
-        self.say(
-            f"queue {self.queue_url} (DLQ {self.dlq_name}, maxReceiveCount {tf['max_receive_count']}), "
-            f"tables {self.orders_table} and {self.groups_table}"
-        )
+        dlq = f"DLQ {self.dlq_name}, maxReceiveCount {tf['max_receive_count']}" if self.dlq_url else "no DLQ"
+        self.say(f"queue {self.queue_url} ({dlq}), tables {self.orders_table} and {self.groups_table}")
 
     def worker_defaults(self) -> list[str]:
         """Worker flags that fit a simulated region (short polls, fast metadata polling, heartbeats that fit the
@@ -421,7 +432,7 @@ class LocalRegion:
             "AWS_ENDPOINT_URL_FIS": self.sim_api,
             "SPOT_SIM_API": self.sim_api,
             "QUEUE_URL": self.queue_url,
-            "DLQ_URL": self.dlq_url,
+            **({"DLQ_URL": self.dlq_url} if self.dlq_url else {}),
             "ORDERS_TABLE": self.orders_table,
             "GROUPS_TABLE": self.groups_table,
             "ASG_NAME": self.group_name,

@@ -30,12 +30,48 @@ def test_redrive_and_redrive_allow_are_their_own_resources(tf):
         assert "redrive_policy" not in q and "redrive_allow_policy" not in q, "inline redrive makes a cycle"
     redrive = tf.resource("aws_sqs_queue_redrive_policy")
     assert refers_to(redrive["queue_url"], r"aws_sqs_queue\.orders\.")
-    assert refers_to(str(redrive["redrive_policy"]), r"aws_sqs_queue\.dlq\.arn")
+    assert refers_to(str(redrive["redrive_policy"]), r"aws_sqs_queue\.dlq\[0\]\.arn")
     assert refers_to(str(redrive["redrive_policy"]), r"maxReceiveCount")
     allow = tf.resource("aws_sqs_queue_redrive_allow_policy")
-    assert refers_to(allow["queue_url"], r"aws_sqs_queue\.dlq\.")
+    assert refers_to(allow["queue_url"], r"aws_sqs_queue\.dlq\[0\]\.")
     assert refers_to(str(allow["redrive_allow_policy"]), r"byQueue")
     assert tf.default("max_receive_count") == 10
+
+
+def test_no_dead_letter_queue_unless_asked(tf):
+    """A dead-lettered order leaves its GroupPosition empty and a redrive lands it after its group's tail, so
+    the DLQ and everything that exists only for it are opt-in (dead_letter_queue, default false)."""
+    assert tf.default("dead_letter_queue") is False
+    description = tf.variables["dead_letter_queue"]["description"]
+    for consequence in ("GroupPosition", "redrive", "REJECTED", "message_retention_seconds"):
+        assert consequence in description, (
+            f"dead_letter_queue's description must state its consequences ({consequence})"
+        )
+    gated = [
+        ("aws_sqs_queue", "dlq"),
+        ("aws_sqs_queue_redrive_policy", "orders"),
+        ("aws_sqs_queue_redrive_allow_policy", "dlq"),
+        ("aws_sqs_queue_policy", "dlq"),
+        ("aws_cloudwatch_metric_alarm", "dlq_depth"),
+    ]
+    for rtype, name in gated:
+        count = str(tf.resource(rtype, name).get("count"))
+        assert "local.dlq_enabled" in count or "var.dead_letter_queue" in count, (
+            f"{rtype}.{name} must exist only with dead_letter_queue"
+        )
+    assert "var.dead_letter_queue" in str(tf.locals.get("dlq_enabled"))
+
+
+def test_alarm_before_the_retention_deletes_an_order(tf):
+    """With no DLQ, a stuck order is deleted by SQS at message_retention_seconds: an alarm on its age fires
+    at a threshold derived from the retention, well before it."""
+    alarm = tf.resource("aws_cloudwatch_metric_alarm", "queue_retention")
+    assert alarm["metric_name"] == "ApproximateAgeOfOldestMessage" and alarm["namespace"] == "AWS/SQS"
+    assert refers_to(str(alarm["dimensions"]), r"aws_sqs_queue\.orders\.name")
+    assert alarm["threshold"] == "${local.retention_alarm_seconds}"
+    assert refers_to(str(tf.locals["retention_alarm_seconds"]), r"var\.message_retention_seconds\s*/\s*2")
+    assert alarm["alarm_actions"] == "${var.alarm_actions}"
+    assert "retention_outlasts_the_failover" in tf.checks
 
 
 def test_high_throughput_fifo_is_an_option(tf):
@@ -60,14 +96,14 @@ def test_queues_are_encrypted_long_polled_and_tls_only(tf):
     cond = block(stmt, "condition")
     assert cond["variable"] == "aws:SecureTransport" and cond["values"] == ["false"]
     policies = tf.resources["aws_sqs_queue_policy"]
-    assert {p["queue_url"] for p in policies.values()} == {"${aws_sqs_queue.orders.id}", "${aws_sqs_queue.dlq.id}"}
+    assert {p["queue_url"] for p in policies.values()} == {"${aws_sqs_queue.orders.id}", "${aws_sqs_queue.dlq[0].id}"}
 
 
 def test_alarm_on_dlq_depth(tf):
     alarms = [
         a
         for a in tf.resources["aws_cloudwatch_metric_alarm"].values()
-        if refers_to(str(a.get("dimensions")), r"aws_sqs_queue\.dlq\.")
+        if refers_to(str(a.get("dimensions")), r"aws_sqs_queue\.dlq\[0\]\.")
     ]
     assert alarms, "no alarm on the dead-letter queue"
     assert alarms[0]["metric_name"] == "ApproximateNumberOfMessagesVisible"
@@ -129,6 +165,10 @@ def test_gateway_and_interface_endpoints(tf):
     itf = tf.resource("aws_vpc_endpoint", "interface")
     assert itf["vpc_endpoint_type"] == "Interface" and itf["private_dns_enabled"] is True
     assert {"sqs", "autoscaling", "ssm", "logs", "sts"} <= set(tf.default("interface_endpoints"))
+    # The cheaper option puts the endpoints in fewer zones; by default they are in every worker subnet.
+    assert itf["subnet_ids"] == "${local.endpoint_subnet_ids}"
+    assert tf.default("interface_endpoint_az_count") is None
+    assert "local.private_subnet_ids" in str(tf.locals["endpoint_subnet_ids"])
 
 
 def test_workers_have_no_inbound_and_no_public_ip(tf):

@@ -155,6 +155,27 @@ MUTATIONS = [
         'metric_name         = "OrderConflicts"',
         ["hcl", "tftest"],
     ),
+    (
+        "dlq-on-by-default",
+        "variables.tf",
+        '  type        = bool\n  default     = false\n}\n\nvariable "dlq_name"',
+        '  type        = bool\n  default     = true\n}\n\nvariable "dlq_name"',
+        ["hcl", "tftest"],
+    ),
+    (
+        "redrive-without-the-opt-in",
+        "queue.tf",
+        'resource "aws_sqs_queue_redrive_policy" "orders" {\n  count = local.dlq_enabled ? 1 : 0\n',
+        'resource "aws_sqs_queue_redrive_policy" "orders" {\n',
+        ["hcl", "tftest"],
+    ),
+    (
+        "retention-alarm-not-derived",
+        "queue.tf",
+        "  threshold           = local.retention_alarm_seconds",
+        "  threshold           = 86400",
+        ["hcl", "tftest"],
+    ),
     ("worker-logs-anywhere", "iam.tf", '"${aws_cloudwatch_log_group.worker.arn}:log-stream:*",', '"*",', ["hcl"]),
 ]
 
@@ -180,9 +201,8 @@ def plant(tmp_path, file, old, new):
 
 
 def run(cmd, cwd, env=None):
-    # check=False: a mutation must make terraform fail; the tests read the status.
     return subprocess.run(
-        cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}, check=False
+        cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
     )
 
 
