@@ -21,36 +21,54 @@ import subprocess
 import sys
 import time
 import traceback
-import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (REPO, Baseline, BenchError, Emulator, Fixture, Procs, Worker, add_metrics,  # noqa: E402
-                     audit_baseline, histogram_quantile, metric_sum, parse_prometheus, parse_time, tail,
-                     verify_worker_run, wait_until)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from runs import PROCS, Baseline, BenchError, Emulator, Fixture, Worker, audit_baseline, stop_all, verify_worker_run
+
+from harness import REPO, http_json, parse_time, sim, tail, wait_for
+from harness.metrics import add_metrics, histogram_quantile, metric_sum, parse_prometheus
 
 MODES = {
     "full": {
-        "backlog": 5000, "groups": 50, "baseline_backlog": 5000, "workers": [1, 2, 4],
-        "latency_seconds": 30, "latency_rate_cap": 40.0, "latency_groups": 50,
+        "backlog": 5000,
+        "groups": 50,
+        "baseline_backlog": 5000,
+        "workers": [1, 2, 4],
+        "latency_seconds": 30,
+        "latency_rate_cap": 40.0,
+        "latency_groups": 50,
         "scale": [(10, 5000), (1000, 5000), (1, 1000)],
-        "busy_backlog": 600, "busy_work_delay": "200ms", "timeout": 900, "worker_wait": "20s", "rounds": 2,
+        "busy_backlog": 600,
+        "busy_work_delay": "200ms",
+        "timeout": 900,
+        "worker_wait": "20s",
+        "rounds": 2,
     },
     "short": {
-        "backlog": 600, "groups": 50, "baseline_backlog": 300, "workers": [1, 2],
-        "latency_seconds": 8, "latency_rate_cap": 20.0, "latency_groups": 20,
+        "backlog": 600,
+        "groups": 50,
+        "baseline_backlog": 300,
+        "workers": [1, 2],
+        "latency_seconds": 8,
+        "latency_rate_cap": 20.0,
+        "latency_groups": 20,
         "scale": [(1000, 1000), (1, 100)],
-        "busy_backlog": 300, "busy_work_delay": "200ms", "timeout": 300, "worker_wait": "5s", "rounds": 1,
+        "busy_backlog": 300,
+        "busy_work_delay": "200ms",
+        "timeout": 300,
+        "worker_wait": "5s",
+        "rounds": 1,
     },
 }
 
 TARGETS = {
-    "ratio": 5.0,             # at least 5x the baseline's throughput, 50 groups, same run
-    "sqs_per_order": 0.25,    # at most
+    "ratio": 5.0,  # at least 5x the baseline's throughput, 50 groups, same run
+    "sqs_per_order": 0.25,  # at most
     "ddb_writes_per_order": 0.5,
-    "rss_mib": 30.0,          # under
-    "hook_idle_s": 2.0,       # notice -> hook completed, idle worker, under
+    "rss_mib": 30.0,  # under
+    "hook_idle_s": 2.0,  # notice -> hook completed, idle worker, under
 }
 
 WRITE_OPS = {"TransactWriteItems", "PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
@@ -91,7 +109,9 @@ class Bench:
             if kind == "baseline":
                 consumers = [Baseline(fx, logdir)]
             else:
-                consumers = [Worker(self.binary, fx, f"w{i + 1}", logdir, extra=self.wait_args()) for i in range(workers)]
+                consumers = [
+                    Worker(self.binary, fx, f"w{i + 1}", logdir, extra=self.wait_args()) for i in range(workers)
+                ]
 
             def check():
                 for c in consumers:
@@ -100,14 +120,19 @@ class Bench:
             t_end = fx.wait_drained(self.cfg["timeout"], check)
             usage = [c.usage() for c in consumers]
             emu1 = emu.usage()["cpu_s"] or 0.0
-            row: dict = {"label": label, "consumer": kind, "workers": workers, "orders": n, "groups": groups,
-                         "preload_s": round(preload_s, 2)}
+            row: dict = {
+                "label": label,
+                "consumer": kind,
+                "workers": workers,
+                "orders": n,
+                "groups": groups,
+                "preload_s": round(preload_s, 2),
+            }
             if kind == "baseline":
                 stats = consumers[0].stop()
                 reqs = {k.split(":", 1)[1]: v for k, v in stats["requests"].items() if k.startswith("sqs:")}
                 dreqs = {k.split(":", 1)[1]: v for k, v in stats["requests"].items() if k.startswith("dynamodb:")}
-                row.update(write_units=stats["write_units"], applied=stats["orders"],
-                           duplicates=stats["duplicates"])
+                row.update(write_units=stats["write_units"], applied=stats["orders"], duplicates=stats["duplicates"])
                 audit = audit_baseline(fx)
                 if not audit["ok"]:
                     raise BenchError(f"{label}: baseline audit failed: {audit}")
@@ -120,13 +145,18 @@ class Bench:
                     if name == "order_worker_requests_total":
                         d = dict(labels)
                         (reqs if d.get("service") == "sqs" else dreqs)[d.get("operation")] = v
-                row["failed_requests"] = {dict(lb).get("operation"): v for (name, lb), v in m.items()
-                                          if name == "order_worker_request_errors_total" and v}
-                row.update(write_units=metric_sum(m, "order_worker_dynamodb_write_units_total"),
-                           applied=metric_sum(m, "order_worker_orders_total", status="accepted")
-                           + metric_sum(m, "order_worker_orders_total", status="rejected"),
-                           duplicates=metric_sum(m, "order_worker_orders_total", status="duplicate"),
-                           commit_p50_s=histogram_quantile(m, "order_worker_order_latency_seconds", 0.5))
+                row["failed_requests"] = {
+                    dict(lb).get("operation"): v
+                    for (name, lb), v in m.items()
+                    if name == "order_worker_request_errors_total" and v
+                }
+                row.update(
+                    write_units=metric_sum(m, "order_worker_dynamodb_write_units_total"),
+                    applied=metric_sum(m, "order_worker_orders_total", status="accepted")
+                    + metric_sum(m, "order_worker_orders_total", status="rejected"),
+                    duplicates=metric_sum(m, "order_worker_orders_total", status="duplicate"),
+                    commit_p50_s=histogram_quantile(m, "order_worker_order_latency_seconds", 0.5),
+                )
                 audit = verify_worker_run(self.binary, fx, logdir, label)
                 audit = {k: audit.get(k) for k in ("records", "lost", "applied_twice", "out_of_order", "ok")}
                 for c in consumers:
@@ -137,9 +167,11 @@ class Bench:
             first = min(parse_time(r["ProcessedAt"]) for r in records)
             busy_s = t_end - first
             row.update(
-                seconds=round(busy_s, 2), wall_s=round(t_end - t_spawn, 2),
+                seconds=round(busy_s, 2),
+                wall_s=round(t_end - t_spawn, 2),
                 orders_per_s=round(n / busy_s, 1),
-                sqs_requests=reqs, dynamodb_requests=dreqs,
+                sqs_requests=reqs,
+                dynamodb_requests=dreqs,
                 sqs_per_order=round(sum(reqs.values()) / n, 3),
                 ddb_writes_per_order=round(sum(v for k, v in dreqs.items() if k in WRITE_OPS) / n, 3),
                 ddb_reads_per_order=round(sum(v for k, v in dreqs.items() if k in READ_OPS) / n, 3),
@@ -149,11 +181,13 @@ class Bench:
                 emulator_cpu_s_per_1000=round((emu1 - emu0) / n * 1000, 2),
                 audit=audit,
             )
-            log(f"{label}: {row['orders_per_s']} orders/s, {row['sqs_per_order']} SQS req/order, "
-                f"{row['ddb_writes_per_order']} DDB writes/order, RSS {row['rss_peak_mib']} MiB, audit ok")
+            log(
+                f"{label}: {row['orders_per_s']} orders/s, {row['sqs_per_order']} SQS req/order, "
+                f"{row['ddb_writes_per_order']} DDB writes/order, RSS {row['rss_peak_mib']} MiB, audit ok"
+            )
             return row
         finally:
-            Procs.stop_all()
+            stop_all()
             emu.stop()
 
     # ---- latency under steady load -----------------------------------------------------------------------
@@ -165,12 +199,23 @@ class Bench:
         emu = Emulator(logdir)
         try:
             fx = Fixture(emu)
-            c = Baseline(fx, logdir) if kind == "baseline" else Worker(self.binary, fx, "w1", logdir, extra=self.wait_args())
+            c = (
+                Baseline(fx, logdir)
+                if kind == "baseline"
+                else Worker(self.binary, fx, "w1", logdir, extra=self.wait_args())
+            )
             c.wait_ready()
             load = fx.steady_load(rate, seconds, groups)
             fx.wait_drained(self.cfg["timeout"], c.check_alive)
-            row: dict = {"label": label, "consumer": kind, "rate": rate, "seconds": seconds, "groups": groups,
-                         "sent": load["sent"], "sender_max_lag_s": round(load["max_lag_s"], 3)}
+            row: dict = {
+                "label": label,
+                "consumer": kind,
+                "rate": rate,
+                "seconds": seconds,
+                "groups": groups,
+                "sent": load["sent"],
+                "sender_max_lag_s": round(load["max_lag_s"], 3),
+            }
             if kind == "baseline":
                 c.stop()
                 audit = audit_baseline(fx)
@@ -185,12 +230,15 @@ class Bench:
                 if c.stop() != 0:
                     raise BenchError(f"{label}: worker exited non-zero after SIGTERM")
             lat = sorted(parse_time(r["ProcessedAt"]) - fx.sent_at[r["OrderID"]] for r in fx.records())
-            row.update(p50_ms=round(1000 * pct(lat, 50), 1), p99_ms=round(1000 * pct(lat, 99), 1),
-                       max_ms=round(1000 * lat[-1], 1))
+            row.update(
+                p50_ms=round(1000 * pct(lat, 50), 1),
+                p99_ms=round(1000 * pct(lat, 99), 1),
+                max_ms=round(1000 * lat[-1], 1),
+            )
             log(f"{label}: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
             return row
         finally:
-            Procs.stop_all()
+            stop_all()
             emu.stop()
 
     # ---- interruption --------------------------------------------------------------------------------------
@@ -202,27 +250,35 @@ class Bench:
         try:
             fx = Fixture(emu)
             ready_file = logdir / "spot-sim.json"
-            sim = Procs.spawn([str(self.spot_sim), "--desired", "0", "--time-scale", "1",
-                               "--ready-file", str(ready_file)],
-                              dict(os.environ, SPOT_SIM_LOG="spot_sim=info"), logdir / "spot-sim.log")
-            wait_until("spot-sim", 30, lambda: ready_file.exists() or sim.poll() is not None)
-            if sim.poll() is not None:
-                raise BenchError(f"spot-sim exited:\n{tail(sim.log_path)}")
+            spot = PROCS.spawn("spot-sim", [self.spot_sim, "--desired", "0", "--time-scale", "1",
+                                            "--ready-file", ready_file],
+                               logdir / "spot-sim.log", env=dict(os.environ, SPOT_SIM_LOG="spot_sim=info"))  # fmt: skip
+            wait_for("spot-sim", 30, lambda: ready_file.exists() or not spot.alive(), 0.05)
+            if not spot.alive():
+                raise BenchError(f"spot-sim exited:\n{tail(spot.log_path)}")
             api = json.loads(ready_file.read_text())["api"]
             inst = http_json("POST", f"{api}/_sim/instances", {"external": True})
             n = self.cfg["busy_backlog"] if busy else 0
             if busy:
                 fx.preload(n, self.cfg["groups"])  # before the worker starts: it is busy from its first receive
             extra = self.wait_args() + (["--work-delay", self.cfg["busy_work_delay"]] if busy else [])
-            w = Worker(self.binary, fx, "w1", logdir, extra=extra, imds=True,
-                       env_extra={"AWS_EC2_METADATA_SERVICE_ENDPOINT": inst["imds_url"],
-                                  "AWS_ENDPOINT_URL_AUTO_SCALING": api})
+            w = Worker(
+                self.binary,
+                fx,
+                "w1",
+                logdir,
+                extra=extra,
+                imds=True,
+                env_extra={"AWS_EC2_METADATA_SERVICE_ENDPOINT": inst["imds_url"], "AWS_ENDPOINT_URL_AUTO_SCALING": api},
+            )
             w.wait_ready()
             if busy:
+
                 def holding():
                     w.check_alive()
                     return metric_sum(w.metrics(), "order_worker_messages_in_flight") >= 20
-                wait_until("the worker to hold messages", 60, holding, 0.02)
+
+                wait_for("the worker to hold messages", 60, holding, 0.02)
             else:
                 time.sleep(2)  # a few metadata polls: the steady idle state
             m0 = w.metrics()
@@ -242,34 +298,40 @@ class Bench:
                             t_released = now
                         if t_drain is None and metric_sum(m, "order_worker_drains_total") > 0:
                             t_drain = now
-                        if (t_drain is not None and t_empty is None
-                                and metric_sum(m, "order_worker_messages_in_flight") == 0):
+                        if (
+                            t_drain is not None
+                            and t_empty is None
+                            and metric_sum(m, "order_worker_messages_in_flight") == 0
+                        ):
                             t_empty = now
                 events = http_json("GET", f"{api}/_sim/status")
                 mine = next(i for i in events["instances"] if i["id"] == inst["id"])
-                if any(e["event"].startswith("CompleteLifecycleAction") for e in mine["events"]):
+                if sim.first(mine, "hook_completed"):
                     break
                 time.sleep(0.02)
-            ev = {e["event"]: parse_time(e["at"]) for e in mine["events"]}
-            t_notice = next((t for e, t in ev.items() if e.startswith("spot interruption notice")), t_call)
-            t_hook = next((t for e, t in ev.items() if e.startswith("CompleteLifecycleAction")), None)
+            t_notice = sim.first_at(mine, "notice") or t_call
+            t_hook = sim.first_at(mine, "hook_completed")
             exit_code = t_exit = None
             try:
                 exit_code = w.proc.wait(40)
                 t_exit = time.time()
             except subprocess.TimeoutExpired:
                 pass
-            row = {"label": label, "state": "busy" if busy else "idle", "held_at_notice": int(held),
-                   "notice_to_drain_started_s": rnd(t_drain and t_drain - t_notice),
-                   "notice_to_released_s": rnd(t_released and t_released - t_notice),
-                   "notice_to_nothing_held_s": rnd(t_empty and t_empty - t_notice),
-                   "notice_to_hook_completed_s": rnd(t_hook and t_hook - t_notice),
-                   "notice_to_exit_s": rnd(t_exit and t_exit - t_notice, 1),
-                   "hook_result": next((e for e in ev if e.startswith("CompleteLifecycleAction")), None),
-                   "worker_exit": exit_code}
+            row = {
+                "label": label,
+                "state": "busy" if busy else "idle",
+                "held_at_notice": int(held),
+                "notice_to_drain_started_s": rnd(t_drain and t_drain - t_notice),
+                "notice_to_released_s": rnd(t_released and t_released - t_notice),
+                "notice_to_nothing_held_s": rnd(t_empty and t_empty - t_notice),
+                "notice_to_hook_completed_s": rnd(t_hook and t_hook - t_notice),
+                "notice_to_exit_s": rnd(t_exit and t_exit - t_notice, 1),
+                "hook_result": (sim.first(mine, "hook_completed") or {}).get("event"),
+                "worker_exit": exit_code,
+            }
             if t_hook is None:
                 raise BenchError(f"{label}: the hook was not completed within 100 s:\n{tail(w.proc.log_path)}")
-            Procs.stop(sim)
+            PROCS.stop(spot)
             if busy:
                 # The released messages must still be processed exactly once and in order: a second worker
                 # (metadata off) drains the rest, then the whole run is audited.
@@ -278,11 +340,13 @@ class Bench:
                 w2.stop()
                 a = verify_worker_run(self.binary, fx, logdir, label)
                 row["audit"] = {k: a.get(k) for k in ("records", "lost", "applied_twice", "out_of_order", "ok")}
-            log(f"{label}: notice -> released {row['notice_to_released_s']} s, -> hook completed "
-                f"{row['notice_to_hook_completed_s']} s")
+            log(
+                f"{label}: notice -> released {row['notice_to_released_s']} s, -> hook completed "
+                f"{row['notice_to_hook_completed_s']} s"
+            )
             return row
         finally:
-            Procs.stop_all()
+            stop_all()
             emu.stop()
 
     # ---- the whole benchmark -------------------------------------------------------------------------------
@@ -295,7 +359,7 @@ class Bench:
         except BenchError as e:
             log(f"ERROR in {args[0]}: {e}")
             self.results["errors"].append({"run": args[0], "error": str(e)})
-        except Exception as e:  # noqa: BLE001 - a crash of the harness is also a failed run
+        except Exception as e:
             log(f"ERROR in {args[0]}: {e!r}")
             self.results["errors"].append({"run": args[0], "error": traceback.format_exc()})
         return None
@@ -307,18 +371,27 @@ class Bench:
         bases = []
         for r in range(1, c["rounds"] + 1):
             sfx = f"-r{r}" if c["rounds"] > 1 else ""
-            b = self.attempt("throughput", self.drain_run, f"drain-baseline{sfx}", "baseline",
-                             c["baseline_backlog"], c["groups"])
+            b = self.attempt(
+                "throughput", self.drain_run, f"drain-baseline{sfx}", "baseline", c["baseline_backlog"], c["groups"]
+            )
             if b:
                 b["round"] = r
                 bases.append(b)
-            w = self.attempt("throughput", self.drain_run, f"drain-worker-x1{sfx}", "worker", c["backlog"],
-                             c["groups"], 1)
+            w = self.attempt(
+                "throughput", self.drain_run, f"drain-worker-x1{sfx}", "worker", c["backlog"], c["groups"], 1
+            )
             if w:
                 w["round"] = r
         for n_workers in [n for n in c["workers"] if n != 1]:
-            self.attempt("throughput", self.drain_run, f"drain-worker-x{n_workers}", "worker", c["backlog"],
-                         c["groups"], n_workers)
+            self.attempt(
+                "throughput",
+                self.drain_run,
+                f"drain-worker-x{n_workers}",
+                "worker",
+                c["backlog"],
+                c["groups"],
+                n_workers,
+            )
         # Below saturation for both: half the baseline's throughput in this run, capped.
         rate = c["latency_rate_cap"]
         if bases:
@@ -341,15 +414,8 @@ def rnd(v, d=3):
 def pct(sorted_values: list[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values) + 0.5) - 1))
     return sorted_values[k]
-
-
-def http_json(method: str, url: str, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
 
 
 def machine() -> dict:
@@ -358,12 +424,18 @@ def machine() -> dict:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem_kib = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
-                       if l.startswith("MemTotal")).split()[1])
+    mem_kib = int(
+        next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
+    )
     load = os.getloadavg()
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "memory_gib": round(mem_kib / 1024 / 1024, 1),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in load]}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in load],
+    }
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
@@ -398,94 +470,249 @@ def report(res: dict) -> str:
         b = bases.get(r.get("round")) if r.get("round") in bases else None
         b_tput = b["orders_per_s"] if b else base_mean
         return r["orders_per_s"] / b_tput if b_tput else None
-    parts = [f"## Benchmark ({res['mode']}) — {res['started']}", "",
-             "Machine: {nproc} CPUs ({cpu_model}), {memory_gib} GiB RAM, kernel {kernel}; load average at start "
-             "{load_average_at_start}, at the end {load_average_at_end}. The emulator (ministack, Python) runs on the same CPUs as the workers."
-             .format(**res["machine"]), ""]
+
+    parts = [
+        f"## Benchmark ({res['mode']}) — {res['started']}",
+        "",
+        "Machine: {nproc} CPUs ({cpu_model}), {memory_gib} GiB RAM, kernel {kernel}; load average at start "
+        "{load_average_at_start}, at the end {load_average_at_end}. The emulator (ministack, Python) runs on the same CPUs as the workers.".format(
+            **res["machine"]
+        ),
+        "",
+    ]
     rows = []
     for r in thr:
         ratio = ratio_of(r)
-        name = f"{r['consumer']} x{r['workers']}" + (f" (round {r['round']})" if len(bases) > 1 and "round" in r
-                                                      else "")
-        rows.append([name, r["orders"], r["groups"], r["seconds"], r["orders_per_s"],
-                     fmt(ratio, 1) + "x" if ratio else "-", r["sqs_per_order"], r["ddb_writes_per_order"],
-                     r["ddb_reads_per_order"], r["wcu_per_order"], r["rss_peak_mib"], r["cpu_s_per_1000"],
-                     r["emulator_cpu_s_per_1000"], "ok" if r["audit"]["ok"] else "FAILED"])
-    parts += ["### Throughput and requests per order (drain of a pre-loaded backlog)", "",
-              table(["consumer", "orders", "groups", "seconds", "orders/s", "vs baseline", "SQS req/order",
-                     "DDB write calls/order", "DDB read calls/order", "WCU/order", "peak RSS MiB",
-                     "CPU s/1000 orders", "emulator CPU s/1000 orders", "audit"], rows), ""]
+        name = f"{r['consumer']} x{r['workers']}" + (
+            f" (round {r['round']})" if len(bases) > 1 and "round" in r else ""
+        )
+        rows.append(
+            [
+                name,
+                r["orders"],
+                r["groups"],
+                r["seconds"],
+                r["orders_per_s"],
+                fmt(ratio, 1) + "x" if ratio else "-",
+                r["sqs_per_order"],
+                r["ddb_writes_per_order"],
+                r["ddb_reads_per_order"],
+                r["wcu_per_order"],
+                r["rss_peak_mib"],
+                r["cpu_s_per_1000"],
+                r["emulator_cpu_s_per_1000"],
+                "ok" if r["audit"]["ok"] else "FAILED",
+            ]
+        )
+    parts += [
+        "### Throughput and requests per order (drain of a pre-loaded backlog)",
+        "",
+        table(
+            [
+                "consumer",
+                "orders",
+                "groups",
+                "seconds",
+                "orders/s",
+                "vs baseline",
+                "SQS req/order",
+                "DDB write calls/order",
+                "DDB read calls/order",
+                "WCU/order",
+                "peak RSS MiB",
+                "CPU s/1000 orders",
+                "emulator CPU s/1000 orders",
+                "audit",
+            ],
+            rows,
+        ),
+        "",
+    ]
     per_k = lambda r, d, *ops: round(sum(r[d].get(o, 0) for o in ops) / r["orders"] * 1000)  # noqa: E731
-    parts += ["Requests per 1,000 orders, by operation:", "",
-              table(["consumer", "ReceiveMessage", "DeleteMessage(Batch)", "PutItem / TransactWriteItems",
-                     "failed calls (cancelled transactions)", "BatchGetItem", "start-up checks"],
-                    [[rows[i][0], per_k(r, "sqs_requests", "ReceiveMessage"),
-                      per_k(r, "sqs_requests", "DeleteMessage", "DeleteMessageBatch"),
-                      per_k(r, "dynamodb_requests", "PutItem", "TransactWriteItems"),
-                      round(sum((r.get("failed_requests") or {}).values()) / r["orders"] * 1000),
-                      per_k(r, "dynamodb_requests", "BatchGetItem"),
-                      per_k(r, "sqs_requests", "GetQueueAttributes") + per_k(r, "dynamodb_requests", "DescribeTable")]
-                     for i, r in enumerate(thr)]), ""]
+    parts += [
+        "Requests per 1,000 orders, by operation:",
+        "",
+        table(
+            [
+                "consumer",
+                "ReceiveMessage",
+                "DeleteMessage(Batch)",
+                "PutItem / TransactWriteItems",
+                "failed calls (cancelled transactions)",
+                "BatchGetItem",
+                "start-up checks",
+            ],
+            [
+                [
+                    rows[i][0],
+                    per_k(r, "sqs_requests", "ReceiveMessage"),
+                    per_k(r, "sqs_requests", "DeleteMessage", "DeleteMessageBatch"),
+                    per_k(r, "dynamodb_requests", "PutItem", "TransactWriteItems"),
+                    round(sum((r.get("failed_requests") or {}).values()) / r["orders"] * 1000),
+                    per_k(r, "dynamodb_requests", "BatchGetItem"),
+                    per_k(r, "sqs_requests", "GetQueueAttributes") + per_k(r, "dynamodb_requests", "DescribeTable"),
+                ]
+                for i, r in enumerate(thr)
+            ],
+        ),
+        "",
+    ]
     lat = res["latency"]
     if lat:
-        parts += [f"### Latency, send to record, steady load ({lat[0]['rate']:g} orders/s for {lat[0]['seconds']} s "
-                  f"over {lat[0]['groups']} groups)", "",
-                  table(["consumer", "orders", "p50 ms", "p99 ms", "max ms", "worker receive->delete p50/p99 s"],
-                        [[r["consumer"], r["sent"], r["p50_ms"], r["p99_ms"], r["max_ms"],
-                          f"{fmt(r.get('receive_to_delete_p50_s'), 3)} / {fmt(r.get('receive_to_delete_p99_s'), 3)}"
-                          if r["consumer"] == "worker" else "-"] for r in lat]), ""]
+        parts += [
+            f"### Latency, send to record, steady load ({lat[0]['rate']:g} orders/s for {lat[0]['seconds']} s "
+            f"over {lat[0]['groups']} groups)",
+            "",
+            table(
+                ["consumer", "orders", "p50 ms", "p99 ms", "max ms", "worker receive->delete p50/p99 s"],
+                [
+                    [
+                        r["consumer"],
+                        r["sent"],
+                        r["p50_ms"],
+                        r["p99_ms"],
+                        r["max_ms"],
+                        f"{fmt(r.get('receive_to_delete_p50_s'), 3)} / {fmt(r.get('receive_to_delete_p99_s'), 3)}"
+                        if r["consumer"] == "worker"
+                        else "-",
+                    ]
+                    for r in lat
+                ],
+            ),
+            "",
+        ]
     parts += ["### Interruption (Spot notice from spot-sim, default --imds-poll 1s)", ""]
     if res["interruption"]:
-        parts += [table(["worker", "held at notice", "notice -> worker draining s", "notice -> held released s",
-                         "notice -> nothing held s",
-                         "notice -> hook completed s", "notice -> process exit s", "hook", "audit"],
-                        [[r["state"], r["held_at_notice"], r.get("notice_to_drain_started_s"),
-                          r["notice_to_released_s"], r["notice_to_nothing_held_s"],
-                          r["notice_to_hook_completed_s"], r.get("notice_to_exit_s"), r["hook_result"],
-                          ("ok" if r["audit"]["ok"] else "FAILED") if "audit" in r else "-"]
-                         for r in res["interruption"]]), ""]
+        parts += [
+            table(
+                [
+                    "worker",
+                    "held at notice",
+                    "notice -> worker draining s",
+                    "notice -> held released s",
+                    "notice -> nothing held s",
+                    "notice -> hook completed s",
+                    "notice -> process exit s",
+                    "hook",
+                    "audit",
+                ],
+                [
+                    [
+                        r["state"],
+                        r["held_at_notice"],
+                        r.get("notice_to_drain_started_s"),
+                        r["notice_to_released_s"],
+                        r["notice_to_nothing_held_s"],
+                        r["notice_to_hook_completed_s"],
+                        r.get("notice_to_exit_s"),
+                        r["hook_result"],
+                        ("ok" if r["audit"]["ok"] else "FAILED") if "audit" in r else "-",
+                    ]
+                    for r in res["interruption"]
+                ],
+            ),
+            "",
+        ]
     else:
         parts += [res.get("interruption_note", "not measured yet"), ""]
     sc = res["scale"]
     if sc:
         allrows = sorted(sc + w1s[:1], key=lambda r: r["groups"])
-        parts += ["### Scale (one worker)", "",
-                  table(["groups", "orders", "orders/s", "SQS req/order", "DDB write calls/order", "peak RSS MiB",
-                         "CPU s/1000 orders", "audit"],
-                        [[r["groups"], r["orders"], r["orders_per_s"], r["sqs_per_order"], r["ddb_writes_per_order"],
-                          r["rss_peak_mib"], r["cpu_s_per_1000"], "ok" if r["audit"]["ok"] else "FAILED"]
-                         for r in allrows]), ""]
+        parts += [
+            "### Scale (one worker)",
+            "",
+            table(
+                [
+                    "groups",
+                    "orders",
+                    "orders/s",
+                    "SQS req/order",
+                    "DDB write calls/order",
+                    "peak RSS MiB",
+                    "CPU s/1000 orders",
+                    "audit",
+                ],
+                [
+                    [
+                        r["groups"],
+                        r["orders"],
+                        r["orders_per_s"],
+                        r["sqs_per_order"],
+                        r["ddb_writes_per_order"],
+                        r["rss_peak_mib"],
+                        r["cpu_s_per_1000"],
+                        "ok" if r["audit"]["ok"] else "FAILED",
+                    ]
+                    for r in allrows
+                ],
+            ),
+            "",
+        ]
     # Targets
     t = []
     ratios = [x for x in (ratio_of(r) for r in w1s) if x]
     if bases and ratios:
         ratio = statistics.median(ratios)
-        shown = f"{ratio:.1f}x" + (f" (median of rounds: {', '.join(f'{x:.1f}x' for x in ratios)})"
-                                  if len(ratios) > 1 else "")
-        t.append(["throughput vs baseline, 50 groups, one worker", f">= {TARGETS['ratio']:g}x", shown,
-                  verdict(ratio >= TARGETS["ratio"], f"short by a factor {TARGETS['ratio'] / ratio:.2f}")])
+        shown = f"{ratio:.1f}x" + (
+            f" (median of rounds: {', '.join(f'{x:.1f}x' for x in ratios)})" if len(ratios) > 1 else ""
+        )
+        t.append(
+            [
+                "throughput vs baseline, 50 groups, one worker",
+                f">= {TARGETS['ratio']:g}x",
+                shown,
+                verdict(ratio >= TARGETS["ratio"], f"short by a factor {TARGETS['ratio'] / ratio:.2f}"),
+            ]
+        )
     if w1:
         w1 = max(w1s, key=lambda r: r["sqs_per_order"])  # the worse round
         v = w1["sqs_per_order"]
-        t.append(["SQS requests per order", f"<= {TARGETS['sqs_per_order']}", v,
-                  verdict(v <= TARGETS["sqs_per_order"], f"+{v - TARGETS['sqs_per_order']:.3f}")])
+        t.append(
+            [
+                "SQS requests per order",
+                f"<= {TARGETS['sqs_per_order']}",
+                v,
+                verdict(v <= TARGETS["sqs_per_order"], f"+{v - TARGETS['sqs_per_order']:.3f}"),
+            ]
+        )
         v = w1["ddb_writes_per_order"]
-        t.append(["DynamoDB write calls per order", f"<= {TARGETS['ddb_writes_per_order']}", v,
-                  verdict(v <= TARGETS["ddb_writes_per_order"], f"+{v - TARGETS['ddb_writes_per_order']:.3f}")])
+        t.append(
+            [
+                "DynamoDB write calls per order",
+                f"<= {TARGETS['ddb_writes_per_order']}",
+                v,
+                verdict(v <= TARGETS["ddb_writes_per_order"], f"+{v - TARGETS['ddb_writes_per_order']:.3f}"),
+            ]
+        )
         v = max(r["rss_peak_mib"] for r in thr + sc if r["consumer"] == "worker")
-        t.append(["worker peak RSS (any run)", f"< {TARGETS['rss_mib']:g} MiB", v,
-                  verdict(v < TARGETS["rss_mib"], f"+{v - TARGETS['rss_mib']:.1f} MiB")])
+        t.append(
+            [
+                "worker peak RSS (any run)",
+                f"< {TARGETS['rss_mib']:g} MiB",
+                v,
+                verdict(v < TARGETS["rss_mib"], f"+{v - TARGETS['rss_mib']:.1f} MiB"),
+            ]
+        )
     idle = next((r for r in res["interruption"] if r["state"] == "idle"), None)
     if idle and idle["notice_to_hook_completed_s"] is not None:
         v = idle["notice_to_hook_completed_s"]
-        t.append(["notice -> hook completed, idle", f"< {TARGETS['hook_idle_s']:g} s", v,
-                  verdict(v < TARGETS["hook_idle_s"], f"+{v - TARGETS['hook_idle_s']:.2f} s")])
+        t.append(
+            [
+                "notice -> hook completed, idle",
+                f"< {TARGETS['hook_idle_s']:g} s",
+                v,
+                verdict(v < TARGETS["hook_idle_s"], f"+{v - TARGETS['hook_idle_s']:.2f} s"),
+            ]
+        )
     elif not idle:
         t.append(["notice -> hook completed, idle", f"< {TARGETS['hook_idle_s']:g} s", "-", "not measured"])
     parts += ["### Targets", "", table(["target", "wanted", "measured", "verdict"], t), ""]
     if res["errors"]:
-        parts += ["### ERRORS (runs that broke)", ""] + [f"- {e['run']}: {e['error'].splitlines()[0]}"
-                                                        for e in res["errors"]] + [""]
+        parts += (
+            ["### ERRORS (runs that broke)", ""]
+            + [f"- {e['run']}: {e['error'].splitlines()[0]}" for e in res["errors"]]
+            + [""]
+        )
     return "\n".join(parts)
 
 
@@ -495,36 +722,48 @@ def main() -> int:
     ap.add_argument("--binary", type=Path, help="order-worker binary (default: target/<profile>/order-worker)")
     ap.add_argument("--spot-sim", type=Path, help="spot-sim binary (default: target/<profile>/spot-sim)")
     ap.add_argument("--profile", choices=["release", "debug"], default=None)
-    ap.add_argument("--out", type=Path, help="results directory (default: bench/results for full, "
-                                              "target/bench-check for short)")
+    ap.add_argument(
+        "--out", type=Path, help="results directory (default: bench/results for full, target/bench-check for short)"
+    )
     args = ap.parse_args()
     profile = args.profile or ("release" if args.mode == "full" else "debug")
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    binary = args.binary or Path(os.environ.get("ORDER_WORKER_BIN") if args.mode == "short" and
-                                 os.environ.get("ORDER_WORKER_BIN") else target / profile / "order-worker")
+    binary = args.binary or Path(
+        os.environ.get("ORDER_WORKER_BIN")
+        if args.mode == "short" and os.environ.get("ORDER_WORKER_BIN")
+        else target / profile / "order-worker"
+    )
     spot = args.spot_sim or Path(os.environ.get("SPOT_SIM_BIN") or target / "debug" / "spot-sim")
     if not binary.exists():
         print(f"bench: {binary} missing: build it first (scripts/bench does)", file=sys.stderr)
         return 2
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or (REPO / "bench" / "results" if args.mode == "full" else target / "bench-check")
     run_dir = Path(os.environ.get("BENCH_WORK_DIR") or (target / "bench-runs" / f"{args.mode}-{stamp}"))
 
     def interrupted(signum, _frame):
-        Procs.stop_all()
+        stop_all()
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)
     bench = Bench(args.mode, binary, spot, run_dir)
     res = bench.results
-    res.update(mode=args.mode, started=stamp, machine=machine(), binary=str(binary), profile=profile,
-               config=bench.cfg, targets=TARGETS, logs=str(run_dir))
+    res.update(
+        mode=args.mode,
+        started=stamp,
+        machine=machine(),
+        binary=str(binary),
+        profile=profile,
+        config=bench.cfg,
+        targets=TARGETS,
+        logs=str(run_dir),
+    )
     t0 = time.monotonic()
     try:
         bench.run()
     finally:
-        Procs.stop_all()
+        stop_all()
     res["duration_s"] = round(time.monotonic() - t0, 1)
     res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     md = report(res) + f"\nTotal benchmark time {res['duration_s']} s; logs in {run_dir}.\n"

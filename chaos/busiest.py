@@ -16,51 +16,39 @@ are chosen).
 
 --json FILE records the snapshot the choice was made on (per instance: groups and messages held, orders
 applied). Exit status: 0 with the id on stdout; 1 at the deadline (the last snapshot on stderr); 2 on bad use.
-Standard library only.
+Standard library only (and harness's metrics and spot-sim parts, which are too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
-import urllib.request
-from datetime import datetime, timezone
+from pathlib import Path
 
-GAUGES = {
-    "order_worker_groups_in_flight": "groups",
-    "order_worker_messages_in_flight": "messages",
-}
-ORDERS = re.compile(r'^order_worker_orders_total\{status="(accepted|rejected)"\}\s+([0-9.e+]+)$')
-
-
-def get(url: str, timeout: float = 2.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import sim_status, utc_now
+from harness.metrics import metric_sum, scrape
 
 
 def worker_load(metrics_addr: str) -> dict | None:
-    """The held groups/messages and orders applied of one worker, or None if its metrics do not answer."""
-    try:
-        text = get(f"http://{metrics_addr}/metrics")
-    except OSError:
+    """The held groups/messages and orders applied (accepted or rejected) of one worker, or None if its metrics
+    do not answer."""
+    m = scrape(metrics_addr)
+    if m is None:
         return None
-    out = {"groups": 0, "messages": 0, "applied": 0}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in GAUGES:
-            out[GAUGES[parts[0]]] = int(float(parts[1]))
-        m = ORDERS.match(line)
-        if m:
-            out["applied"] += int(float(m.group(2)))
-    return out
+    return {
+        "groups": int(metric_sum(m, "order_worker_groups_in_flight")),
+        "messages": int(metric_sum(m, "order_worker_messages_in_flight")),
+        "applied": int(metric_sum(m, "order_worker_orders_total", status="accepted"))
+        + int(metric_sum(m, "order_worker_orders_total", status="rejected")),
+    }
 
 
 def snapshot(api: str) -> list[dict]:
     """Every InService instance with a live worker, and what its worker holds."""
-    status = json.loads(get(api.rstrip("/") + "/_sim/status", timeout=10))
+    status = sim_status(api)
     rows = []
     for i in status.get("instances", []):
         if i.get("lifecycle_state") != "InService" or not i.get("process_alive") or not i.get("metrics_addr"):
@@ -76,17 +64,24 @@ def read_templates(path: str | None) -> dict[str, str] | None:
         return None
     out = {}
     try:
-        for line in open(path):
-            parts = line.split()
-            if len(parts) == 2:
-                out[parts[0]] = parts[1]
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    out[parts[0]] = parts[1]
     except OSError:
         pass
     return out
 
 
-def choose(rows: list[dict], min_groups: int, min_messages: int, all_busy: bool,
-           templates: dict[str, str] | None = None, min_busy: int = 1) -> dict | None:
+def choose(
+    rows: list[dict],
+    min_groups: int,
+    min_messages: int,
+    all_busy: bool,
+    templates: dict[str, str] | None = None,
+    min_busy: int = 1,
+) -> dict | None:
     if not rows:
         return None
     busy = sum(1 for r in rows if r["groups"] > 0)
@@ -120,25 +115,36 @@ def main(argv=None) -> int:
     while True:
         try:
             rows = snapshot(a.api)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # not answering, or answering an error
             print(f"busiest: spot-sim status failed: {e}", file=sys.stderr)
             rows = []
         templates = read_templates(a.templates)
         best = choose(rows, a.min_groups, a.min_messages, a.all_busy, templates, a.min_busy)
         if best:
-            at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            at = utc_now()
             if a.json:
                 with open(a.json, "w") as f:
-                    json.dump({"chosen": best["id"], "at": at, "workers": rows,
-                               "template": (templates or {}).get(best["id"])}, f, indent=1)
+                    json.dump(
+                        {
+                            "chosen": best["id"],
+                            "at": at,
+                            "workers": rows,
+                            "template": (templates or {}).get(best["id"]),
+                        },
+                        f,
+                        indent=1,
+                    )
             desc = ", ".join(f"{r['id']} {r['groups']} groups/{r['messages']} messages" for r in rows)
             print(f"busiest: {best['id']} ({desc})", file=sys.stderr)
             print(f"--template-id {templates[best['id']]}" if templates is not None else best["id"])
             return 0
         if time.monotonic() > deadline:
-            print(f"busiest: no worker held {a.min_groups} groups and {a.min_messages} messages (with "
-                  f"{'every worker' if a.all_busy else a.min_busy} busy) within "
-                  f"{a.timeout:.0f}s; last look: {json.dumps(rows)}", file=sys.stderr)
+            print(
+                f"busiest: no worker held {a.min_groups} groups and {a.min_messages} messages (with "
+                f"{'every worker' if a.all_busy else a.min_busy} busy) within "
+                f"{a.timeout:.0f}s; last look: {json.dumps(rows)}",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(a.every)
 

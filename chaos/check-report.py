@@ -31,7 +31,6 @@ import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Optional
 
 
 class NoBrowser(Exception):
@@ -42,17 +41,29 @@ def browser() -> str:
     for c in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser"):
         if c and shutil.which(c):
             return shutil.which(c)
-    raise NoBrowser("no chromium found: run scripts/bootstrap (as root it installs Debian's chromium), "
-                    "`apt-get install -y chromium`, or set CHROMIUM")
+    raise NoBrowser(
+        "no chromium found: run scripts/bootstrap (as root it installs Debian's chromium), "
+        "`apt-get install -y chromium`, or set CHROMIUM"
+    )
 
 
 def run_browser(url: str, *extra: str, timeout: float = 90) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="check-report-") as profile:
-        cmd = [browser(), "--headless", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-               "--disable-extensions", f"--user-data-dir={profile}", *extra, url]
+        cmd = [
+            browser(),
+            "--headless",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={profile}",
+            *extra,
+            url,
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.insert(1, "--no-sandbox")  # chromium refuses to run as root with its sandbox
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        # check=False: the caller reads the status (a page that fails to render is an answer, not a crash).
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def rendered_dom(path: Path) -> str:
@@ -77,7 +88,7 @@ VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "met
 
 
 class Node:
-    def __init__(self, tag: str, attrs: dict, parent: Optional["Node"]):
+    def __init__(self, tag: str, attrs: dict, parent: Node | None):
         self.tag, self.attrs, self.parent = tag, attrs, parent
         self.children: list[Node | str] = []
 
@@ -94,10 +105,10 @@ class Node:
             if isinstance(c, Node):
                 yield from c.walk()
 
-    def find_all(self, tag: Optional[str] = None, cls: Optional[str] = None) -> list["Node"]:
+    def find_all(self, tag: str | None = None, cls: str | None = None) -> list[Node]:
         return [n for n in self.walk() if (tag is None or n.tag == tag) and (cls is None or cls in n.classes)]
 
-    def by_id(self, ident: str) -> Optional["Node"]:
+    def by_id(self, ident: str) -> Node | None:
         return next((n for n in self.walk() if n.attrs.get("id") == ident), None)
 
 
@@ -142,7 +153,7 @@ def background(node: Node) -> str:
 # ---- the checks -------------------------------------------------------------------------------------------------
 
 
-def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int] = None) -> tuple[list[str], str]:
+def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: int | None = None) -> tuple[list[str], str]:
     """(failures, what was seen)."""
     doc = parse(dom)
     bad: list[str] = []
@@ -153,7 +164,9 @@ def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int]
         bad.append(f"verdict {verdict.text().strip()!r}, expected {expect_verdict!r}")
     err = doc.by_id("render-error")
     if err is None or err.text().strip():
-        bad.append("the page reports a rendering error: " + (err.text().strip() if err is not None else "(no error slot)"))
+        bad.append(
+            "the page reports a rendering error: " + (err.text().strip() if err is not None else "(no error slot)")
+        )
 
     legend = {n.attrs.get("data-instance"): n for n in doc.find_all(cls="legend-instance")}
     colours = {}
@@ -190,9 +203,15 @@ def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int]
                 bad.append(f"{g}: #{n.attrs.get('data-pos')} applied by {iid}, which the legend does not show")
                 break
             if not background(n) or background(n) != colours.get(iid):
-                bad.append(f"{g}: #{n.attrs.get('data-pos')} is coloured {background(n)!r}, its instance {iid} {colours.get(iid)!r}")
+                bad.append(
+                    f"{g}: #{n.attrs.get('data-pos')} is coloured {background(n)!r}, its instance {iid} {colours.get(iid)!r}"
+                )
                 break
-        marks = [k for k, n in enumerate(items) if "mark-interruption" in n.classes and n.attrs.get("data-instance") in interrupted]
+        marks = [
+            k
+            for k, n in enumerate(items)
+            if "mark-interruption" in n.classes and n.attrs.get("data-instance") in interrupted
+        ]
         if marks:
             marked_rows += 1
             k = marks[0]
@@ -202,7 +221,7 @@ def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int]
             cells = [n.attrs.get("data-instance") for n in items if "cell" in n.classes]
             if who in cells:
                 last = max(i for i, c in enumerate(cells) if c == who)
-                if any(c != who for c in cells[last + 1:]):
+                if any(c != who for c in cells[last + 1 :]):
                     handover_rows += 1
     if rows and not marked_rows:
         bad.append("no interruption mark in any group row")
@@ -219,7 +238,9 @@ def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int]
         for pl in svg.find_all("polyline"):
             if len(re.findall(r"-?[\d.]+,-?[\d.]+", pl.attrs.get("points", ""))) >= 2:
                 curves += 1
-        ticks = sum(1 for ln in svg.find_all("line") if any(isinstance(c, Node) and c.tag == "title" for c in ln.children))
+        ticks = sum(
+            1 for ln in svg.find_all("line") if any(isinstance(c, Node) and c.tag == "title" for c in ln.children)
+        )
         if curves == 0:
             bad.append("the timeline chart has no curve")
         if ticks == 0 or (cells_total and ticks != cells_total):
@@ -232,14 +253,16 @@ def check_dom(dom: str, expect_verdict: str = "OK", expect_orders: Optional[int]
         bad.append("no figures from the workers' EMF records")
     elif not any(r.attrs.get("data-instance") in interrupted and "finished" in r.text() for r in emf_rows):
         bad.append("the interrupted instance's EMF drain record is not in the figures")
-    seen = (f"verdict {verdict.text().strip() if verdict is not None else '-'}; {len(rows)} group rows of up to "
-            f"{longest} positions, {cells_total} orders; {len(legend)} instances ({len(interrupted)} interrupted); "
-            f"interruption marked in {marked_rows} rows, handover visible in {handover_rows}; "
-            f"timeline {curves} curves, {ticks} ticks; EMF figures for {len(emf_rows)} instances")
+    seen = (
+        f"verdict {verdict.text().strip() if verdict is not None else '-'}; {len(rows)} group rows of up to "
+        f"{longest} positions, {cells_total} orders; {len(legend)} instances ({len(interrupted)} interrupted); "
+        f"interruption marked in {marked_rows} rows, handover visible in {handover_rows}; "
+        f"timeline {curves} curves, {ticks} ticks; EMF figures for {len(emf_rows)} instances"
+    )
     return bad, seen
 
 
-def check_file(path: Path, expect_verdict: str = "OK", expect_orders: Optional[int] = None) -> tuple[list[str], str]:
+def check_file(path: Path, expect_verdict: str = "OK", expect_orders: int | None = None) -> tuple[list[str], str]:
     return check_dom(rendered_dom(path), expect_verdict, expect_orders)
 
 
@@ -252,7 +275,7 @@ def with_data(page: str, change) -> str:
     m = DATA.search(page)
     data = json.loads(m.group(2).replace("<\\/", "</"))
     change(data)
-    return page[: m.start(2)] + json.dumps(data).replace("</", "<\\/") + page[m.end(2):]
+    return page[: m.start(2)] + json.dumps(data).replace("</", "<\\/") + page[m.end(2) :]
 
 
 def swap_two(data):
@@ -273,7 +296,10 @@ PLANTS = [
     ("no interruption marks", lambda p: with_data(p, lambda d: d.__setitem__("interruptions", []))),
     ("an empty timeline chart", lambda p: re.sub(r"<polyline[^>]*/>", "", p)),
     ("the verdict FAILED", lambda p: re.sub(r'(<b id="verdict"[^>]*>)OK<', r"\1FAILED<", p)),
-    ("a cell coloured unlike its instance", lambda p: p.replace("c.style.background = colour[o.by]", "c.style.background = '#abcdef' || colour[o.by]", 1)),
+    (
+        "a cell coloured unlike its instance",
+        lambda p: p.replace("c.style.background = colour[o.by]", "c.style.background = '#abcdef' || colour[o.by]", 1),
+    ),
 ]
 
 
@@ -300,7 +326,9 @@ def self_test(path: Path) -> int:
             else:
                 print(f"check-report self-test: planted {name}: NOT caught", file=sys.stderr)
                 failures += 1
-    print(f"check-report self-test: {'OK' if not failures else 'FAILED'}: {len(PLANTS) - failures} of {len(PLANTS)} plants caught")
+    print(
+        f"check-report self-test: {'OK' if not failures else 'FAILED'}: {len(PLANTS) - failures} of {len(PLANTS)} plants caught"
+    )
     return 1 if failures else 0
 
 

@@ -3,8 +3,11 @@
 unreachable for a while (the chaos soak's "network fault"), or makes ONE service and ONE operation fail the way
 AWS fails. Standard library only (asyncio).
 
-    chaos/proxy.py --upstream http://127.0.0.1:4566 [--listen 127.0.0.1:0] [--control 127.0.0.1:0]
-                   [--ready-file F] [--seed N]
+    chaos/proxy.py --upstream http://127.0.0.1:4566 [--upstream-for dynamodb=http://127.0.0.1:8000]...
+                   [--listen 127.0.0.1:0] [--control 127.0.0.1:0] [--ready-file F] [--seed N]
+
+`--upstream-for SERVICE=URL` sends that service's requests elsewhere (DynamoDB on DynamoDB Local while SQS stays
+on the emulator); every fault still covers every service, as one network would.
 
 Workers get `AWS_ENDPOINT_URL=http://<listen>` and reach the emulator through it. Every request on a connection
 (HTTP/1.1 keep-alive) is read whole, identified, and then forwarded, or answered by the proxy itself:
@@ -92,10 +95,9 @@ MAX_HEAD = 64 * 1024
 
 SERVICES = ("sqs", "dynamodb", "autoscaling")
 ACTIONS = ("error", "stall", "reset", "delay", "pass-then-reset")
-RULE_FIELDS = {
-    "service", "operation", "action", "code", "status", "message", "type",
-    "delay_seconds", "count", "seconds", "probability",
-}
+# What a rule may say, in the order /rules shows it.
+RULE_FIELDS = ("service", "operation", "action", "code", "status", "message", "type", "delay_seconds", "count",
+               "seconds", "probability")  # fmt: skip
 
 # The error shapes, per service: code -> (HTTP status, what the wire carries, default message).
 # SQS speaks the JSON protocol but is "query compatible": besides `__type` it sends `x-amzn-query-error:
@@ -103,22 +105,39 @@ RULE_FIELDS = {
 # (aws-sdk-sqs protocol_serde::parse_http_error_metadata), so `.code()` is the query code, e.g.
 # "AWS.SimpleQueueService.NonExistentQueue" for QueueDoesNotExist, exactly as against real SQS.
 SQS_ERRORS = {
-    "AccessDenied": (400, "com.amazon.coral.service#AccessDeniedException", "AccessDenied",
-                     "Access to the resource is denied."),
-    "RequestThrottled": (400, "com.amazonaws.sqs#RequestThrottled", "RequestThrottled",
-                         "Rate exceeded"),
-    "ThrottlingException": (400, "com.amazon.coral.availability#ThrottlingException", "ThrottlingException",
-                            "Rate exceeded"),
-    "InternalFailure": (500, "com.amazon.coral.service#InternalFailure", "InternalFailure",
-                        "The request processing has failed because of an unknown error, exception or failure."),
-    "ServiceUnavailable": (503, "com.amazon.coral.availability#ServiceUnavailableException", "ServiceUnavailable",
-                           "The request has failed due to a temporary failure of the server."),
-    "QueueDoesNotExist": (400, "com.amazonaws.sqs#QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue",
-                          "The specified queue does not exist."),
-    "InvalidAddress": (404, "com.amazonaws.sqs#InvalidAddress", "InvalidAddress",
-                       "The specified ID is invalid."),
-    "OverLimit": (403, "com.amazonaws.sqs#OverLimit", "OverLimit",
-                  "The specified action violates a limit."),
+    "AccessDenied": (
+        400,
+        "com.amazon.coral.service#AccessDeniedException",
+        "AccessDenied",
+        "Access to the resource is denied.",
+    ),
+    "RequestThrottled": (400, "com.amazonaws.sqs#RequestThrottled", "RequestThrottled", "Rate exceeded"),
+    "ThrottlingException": (
+        400,
+        "com.amazon.coral.availability#ThrottlingException",
+        "ThrottlingException",
+        "Rate exceeded",
+    ),
+    "InternalFailure": (
+        500,
+        "com.amazon.coral.service#InternalFailure",
+        "InternalFailure",
+        "The request processing has failed because of an unknown error, exception or failure.",
+    ),
+    "ServiceUnavailable": (
+        503,
+        "com.amazon.coral.availability#ServiceUnavailableException",
+        "ServiceUnavailable",
+        "The request has failed due to a temporary failure of the server.",
+    ),
+    "QueueDoesNotExist": (
+        400,
+        "com.amazonaws.sqs#QueueDoesNotExist",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "The specified queue does not exist.",
+    ),
+    "InvalidAddress": (404, "com.amazonaws.sqs#InvalidAddress", "InvalidAddress", "The specified ID is invalid."),
+    "OverLimit": (403, "com.amazonaws.sqs#OverLimit", "OverLimit", "The specified action violates a limit."),
 }
 SQS_ERRORS["AWS.SimpleQueueService.NonExistentQueue"] = SQS_ERRORS["QueueDoesNotExist"]
 
@@ -126,31 +145,57 @@ SQS_ERRORS["AWS.SimpleQueueService.NonExistentQueue"] = SQS_ERRORS["QueueDoesNot
 # errors shared by every AWS JSON service and its own namespace for its own errors, plus x-amz-crc32 of the body.
 DDB_NS = "com.amazonaws.dynamodb.v20120810#"
 DDB_ERRORS = {
-    "AccessDeniedException": (400, "com.amazon.coral.service#AccessDeniedException",
-                              "User is not authorized to perform this action"),
-    "ResourceNotFoundException": (400, DDB_NS + "ResourceNotFoundException",
-                                  "Requested resource not found"),
-    "ThrottlingException": (400, "com.amazon.coral.availability#ThrottlingException",
-                            "Rate of requests exceeds the allowed throughput."),
+    "AccessDeniedException": (
+        400,
+        "com.amazon.coral.service#AccessDeniedException",
+        "User is not authorized to perform this action",
+    ),
+    "ResourceNotFoundException": (400, DDB_NS + "ResourceNotFoundException", "Requested resource not found"),
+    "ThrottlingException": (
+        400,
+        "com.amazon.coral.availability#ThrottlingException",
+        "Rate of requests exceeds the allowed throughput.",
+    ),
     "ProvisionedThroughputExceededException": (
-        400, DDB_NS + "ProvisionedThroughputExceededException",
-        ("The level of configured provisioned throughput for the table was exceeded. Consider increasing your "
-         "provisioning level with the UpdateTable API.")),
-    "RequestLimitExceeded": (400, DDB_NS + "RequestLimitExceeded",
-                             "Throughput exceeds the current throughput limit for your account."),
-    "UnrecognizedClientException": (400, "com.amazon.coral.service#UnrecognizedClientException",
-                                    "The security token included in the request is invalid."),
-    "ExpiredTokenException": (400, "com.amazon.coral.service#ExpiredTokenException",
-                              "The security token included in the request is expired"),
+        400,
+        DDB_NS + "ProvisionedThroughputExceededException",
+        (
+            "The level of configured provisioned throughput for the table was exceeded. Consider increasing your "
+            "provisioning level with the UpdateTable API."
+        ),
+    ),
+    "RequestLimitExceeded": (
+        400,
+        DDB_NS + "RequestLimitExceeded",
+        "Throughput exceeds the current throughput limit for your account.",
+    ),
+    "UnrecognizedClientException": (
+        400,
+        "com.amazon.coral.service#UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+    ),
+    "ExpiredTokenException": (
+        400,
+        "com.amazon.coral.service#ExpiredTokenException",
+        "The security token included in the request is expired",
+    ),
     "InternalServerError": (500, DDB_NS + "InternalServerError", "Internal server error"),
-    "ServiceUnavailable": (503, "com.amazon.coral.availability#ServiceUnavailableException",
-                           "Service unavailable"),
-    "ValidationException": (400, "com.amazon.coral.validate#ValidationException",
-                            "Item size has exceeded the maximum allowed size"),
-    "ConditionalCheckFailedException": (400, DDB_NS + "ConditionalCheckFailedException",
-                                        "The conditional request failed"),
-    "TransactionConflictException": (400, DDB_NS + "TransactionConflictException",
-                                     "Transaction is ongoing for the item"),
+    "ServiceUnavailable": (503, "com.amazon.coral.availability#ServiceUnavailableException", "Service unavailable"),
+    "ValidationException": (
+        400,
+        "com.amazon.coral.validate#ValidationException",
+        "Item size has exceeded the maximum allowed size",
+    ),
+    "ConditionalCheckFailedException": (
+        400,
+        DDB_NS + "ConditionalCheckFailedException",
+        "The conditional request failed",
+    ),
+    "TransactionConflictException": (
+        400,
+        DDB_NS + "TransactionConflictException",
+        "Transaction is ongoing for the item",
+    ),
 }
 
 # Auto Scaling: the Query protocol, an XML ErrorResponse; `Type` is Sender for client faults, Receiver for
@@ -426,7 +471,7 @@ def _number(req: dict, key: str, lo: float, hi: float, integer: bool = False) ->
 
 class Rule:
     def __init__(self, rid: int, req: dict):
-        unknown = set(req) - RULE_FIELDS
+        unknown = set(req) - set(RULE_FIELDS)
         if unknown:
             raise ValueError(f"unknown rule fields {sorted(unknown)} (known: {sorted(RULE_FIELDS)})")
         self.id = rid
@@ -461,9 +506,7 @@ class Rule:
         self.removed = False
         # Set when the rule stops holding requests: its seconds are up, or it was deleted.
         self.released = asyncio.Event()
-        self._timer = (
-            asyncio.get_running_loop().call_later(self.seconds, self.released.set) if self.seconds else None
-        )
+        self._timer = asyncio.get_running_loop().call_later(self.seconds, self.released.set) if self.seconds else None
 
     def in_force(self, now: float) -> bool:
         return (
@@ -494,11 +537,7 @@ class Rule:
 
     def view(self) -> dict:
         now = time.monotonic()
-        out = {
-            k: getattr(self, k)
-            for k in ("id", "service", "operation", "action", "code", "status", "message", "type",
-                      "delay_seconds", "count", "seconds", "probability", "hits", "matched", "remaining", "held")
-        }
+        out = {k: getattr(self, k) for k in ("id", *RULE_FIELDS, "hits", "matched", "remaining", "held")}
         out["active"] = self.in_force(now)
         out["seconds_left"] = round(max(0.0, self.until - now), 3) if self.until else None
         return out
@@ -515,6 +554,7 @@ class Conn:
         self.down_w = w
         self.up: Stream | None = None
         self.up_w: asyncio.StreamWriter | None = None
+        self.up_addr: tuple[str, int] | None = None  # where `up` goes: one client connection may carry two services
         self.dead = False
 
     def close_up(self) -> None:
@@ -524,8 +564,9 @@ class Conn:
 
 
 class Proxy:
-    def __init__(self, upstream: tuple[str, int]):
+    def __init__(self, upstream: tuple[str, int], per_service: dict[str, tuple[str, int]] | None = None):
         self.upstream = upstream
+        self.per_service = dict(per_service or {})
         self.mode = "pass"
         self.until = 0.0
         self.flowing = asyncio.Event()
@@ -700,7 +741,7 @@ class Proxy:
             if hangup.done() and not hangup.cancelled():
                 self.stats["abandoned"] += 1  # the client gave up: never forward what it no longer waits for
                 return False
-        resp = await self.forward(c, req)
+        resp = await self.forward(c, req, self.per_service.get(service, self.upstream))
         if resp is None:
             self._reset_conn(c)
             return False
@@ -717,19 +758,19 @@ class Proxy:
         await c.down_w.drain()
         return keep_alive and not resp.has_token("connection", "close")
 
-    async def forward(self, c: Conn, req: Message) -> Message | None:
-        """Send `req` upstream and read the whole answer; None if the upstream cannot be reached."""
+    async def forward(self, c: Conn, req: Message, upstream: tuple[str, int]) -> Message | None:
+        """Send `req` to `upstream` and read the whole answer; None if the upstream cannot be reached."""
         method = req.start.split(" ", 1)[0]
         for attempt in (1, 2):
             reused = c.up is not None
-            if c.up is None or c.up.r.at_eof() or (c.up_w and c.up_w.is_closing()):
+            if c.up is None or c.up.r.at_eof() or (c.up_w and c.up_w.is_closing()) or c.up_addr != upstream:
                 c.close_up()
                 try:
-                    r, w = await asyncio.open_connection(*self.upstream)
+                    r, w = await asyncio.open_connection(*upstream)
                 except OSError:
                     self.stats["upstream_errors"] += 1
                     return None
-                c.up, c.up_w = Stream(r), w
+                c.up, c.up_w, c.up_addr = Stream(r), w, upstream
                 reused = False
             assert c.up is not None and c.up_w is not None
             try:
@@ -811,8 +852,9 @@ class Proxy:
             w.close()
 
 
-async def serve(upstream: str, listen: str, control: str, ready_file: str | None) -> None:
-    proxy = Proxy(host_port(upstream))
+async def serve(upstream: str, listen: str, control: str, ready_file: str | None,
+                upstream_for: dict[str, str] | None = None) -> None:  # fmt: skip
+    proxy = Proxy(host_port(upstream), {k: host_port(v) for k, v in (upstream_for or {}).items()})
     lh, lp = host_port(listen)
     ch, cp = host_port(control)
     data_srv = await asyncio.start_server(proxy.handle, lh, lp, reuse_address=True, backlog=512)
@@ -842,6 +884,8 @@ async def serve(upstream: str, listen: str, control: str, ready_file: str | None
 def main(argv: list | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--upstream", required=True, help="the real endpoint, http://host:port")
+    p.add_argument("--upstream-for", action="append", default=[], metavar="SERVICE=URL",
+                   help="another endpoint for one service (repeat): dynamodb=http://127.0.0.1:8000")  # fmt: skip
     p.add_argument("--listen", default="127.0.0.1:0", help="address the workers use (default a free port)")
     p.add_argument("--control", default="127.0.0.1:0", help="control address (default a free port)")
     p.add_argument("--ready-file", help="write the addresses here (JSON) once listening")
@@ -849,7 +893,13 @@ def main(argv: list | None = None) -> int:
     a = p.parse_args(argv)
     if a.seed is not None:
         random.seed(a.seed)
-    asyncio.run(serve(a.upstream, a.listen, a.control, a.ready_file))
+    upstream_for = {}
+    for x in a.upstream_for:
+        service, sep, url = x.partition("=")
+        if not sep or not url:
+            p.error(f"--upstream-for {x!r}: SERVICE=URL")
+        upstream_for[service] = url
+    asyncio.run(serve(a.upstream, a.listen, a.control, a.ready_file, upstream_for))
     return 0
 
 

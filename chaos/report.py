@@ -25,34 +25,13 @@ import json
 import os
 import re
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
-from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import hms, parse_time, sim, worker_log
 
 # ---- inputs --------------------------------------------------------------------------------------------------
-
-
-def parse_time(s: Optional[str]) -> Optional[float]:
-    """RFC 3339 (any fraction, Z or offset) -> epoch seconds."""
-    if not s:
-        return None
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?", s)
-    if not m:
-        return None
-    base = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")
-    tz = m.group(3) or "Z"
-    if tz == "Z":
-        base = base.replace(tzinfo=timezone.utc)
-    else:
-        base = datetime.fromisoformat(m.group(1) + tz)
-    return base.timestamp() + (float(m.group(2)) if m.group(2) else 0.0)
-
-
-def hms(t: Optional[float], millis: bool = True) -> str:
-    if t is None:
-        return "-"
-    d = datetime.fromtimestamp(t, timezone.utc)
-    return d.strftime("%H:%M:%S") + (f".{int(d.microsecond / 1000):03d}" if millis else "")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -64,94 +43,71 @@ def read_jsonl(path: Path) -> list[dict]:
 def scan_table(table: str, groups: set[str]) -> list[dict]:
     import boto3  # the project's venv has it (requirements/chaos.txt)
 
+    from harness import ddb
+
     endpoint = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("AWS_ENDPOINT_URL")
-    ddb = boto3.client("dynamodb", endpoint_url=endpoint)
-    items, kwargs = [], {"TableName": table, "ConsistentRead": True}
-    while True:
-        out = ddb.scan(**kwargs)
-        for it in out.get("Items", []):
-            rec = {k: (int(v["N"]) if "N" in v and re.fullmatch(r"-?\d+", v["N"]) else next(iter(v.values()))) for k, v in it.items()}
-            if not groups or rec.get("MessageGroupId") in groups:
-                items.append(rec)
-        if "LastEvaluatedKey" not in out:
-            return items
-        kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+    client = boto3.client("dynamodb", endpoint_url=endpoint)
+    return ddb.scan(client, table, keep=lambda r: not groups or r.get("MessageGroupId") in groups)
 
 
-# What each spot-sim event means for the timeline (first match wins).
-EVENT_KINDS = [
-    ("launched", "launched"),
-    ("InService", "in_service"),
-    ("rebalance recommendation", "rebalance"),
-    ("spot interruption notice", "notice"),
-    ("Terminating:Wait", "terminating_wait"),
-    ("CompleteLifecycleAction", "hook_completed"),
-    ("lifecycle hook timed out", "hook_timed_out"),
-    ("Terminating:Proceed", "terminating_proceed"),
-    ("SIGTERM", "sigterm"),
-    ("SIGKILL", "sigkill"),
-    ("worker exited", "exited"),
-    ("Terminated", "terminated"),
-]
-
-LOG_TIME = re.compile(r"^(?:\x1b\[[0-9;]*m)*(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)")
+# The story's name for each kind of spot-sim event (its `kind`, snake_case EventKind) that the timeline shows.
+EVENT_KINDS = {
+    "launched": "launched",
+    "in_service": "in_service",
+    "rebalance": "rebalance",
+    "notice": "notice",
+    "terminating_wait": "terminating_wait",
+    "hook_completed": "hook_completed",
+    "terminating_proceed": "terminating_proceed",
+    "sigterm": "sigterm",
+    "sigkill": "sigkill",
+    "worker_exited": "exited",
+    "terminated": "terminated",
+}
 
 
 def instance_story(inst: dict) -> dict:
     """First time of each kind of event of one instance, plus the drain from its worker log."""
     st: dict = {"id": inst["id"], "replaces": inst.get("replaces"), "state": inst.get("lifecycle_state")}
     for ev in inst.get("events", []):
+        kind = EVENT_KINDS.get(ev.get("kind"))
+        if kind is None:
+            continue
         what = ev.get("event", "")
-        for needle, kind in EVENT_KINDS:
-            if what.startswith(needle):
-                st.setdefault(kind, parse_time(ev.get("at")))
-                if kind == "notice":
-                    st.setdefault("notice_text", what)
-                if kind == "hook_completed":
-                    st.setdefault("hook_result", what.split()[-1])
-                break
+        st.setdefault(kind, parse_time(ev.get("at")))
+        if kind == "notice":
+            st.setdefault("notice_text", what)
+        if kind == "hook_completed":
+            st.setdefault("hook_result", what.split()[-1])  # the result (CONTINUE): the event's last word
+    if timed_out := sim.hook_timed_out(inst):
+        st.setdefault("hook_timed_out", parse_time(timed_out.get("at")))
     st.setdefault("launched", parse_time(inst.get("launched_at")))
     if inst.get("terminated_at"):
         st.setdefault("terminated", parse_time(inst["terminated_at"]))
     log_path = inst.get("log_path")
     # Drains of instances the region is terminating (a drain at the end of the run, on shutdown, is not news).
     if log_path and Path(log_path).exists() and (st.get("notice") or st.get("terminating_wait")):
-        for line in Path(log_path).read_text(errors="replace").splitlines():
-            if line.startswith("{"):  # --log-format json: the same fields, put back in the text form
-                try:
-                    j = json.loads(line)
-                except ValueError:
-                    continue
-                if "_aws" in j:  # an EMF record: read by emf_figures
-                    continue
-                # The worker flattens its events (fields at the top level); older logs nest them in "fields".
-                f = j.get("fields") or {k: v for k, v in j.items() if k not in ("timestamp", "level", "target")}
-                line = f"{j.get('timestamp', '')} {f.get('message', '')} " + " ".join(
-                    f"{k}={v}" for k, v in f.items() if k != "message"
-                )
-            m = LOG_TIME.match(line)
-            if not m:
+        for e in worker_log.events(log_path):
+            t, message = e["t"], str(e.get("message", ""))
+            if t is None:
                 continue
-            t = parse_time(m.group(1))
-            if "rebalance recommendation: taking no new message groups" in line and "paused" not in st:
+            if message.startswith("rebalance recommendation: taking no new message groups") and "paused" not in st:
                 st["paused"] = t
-            elif " draining" in line and "drain_start" not in st:
+            elif message == "draining" and "drain_start" not in st:
                 st["drain_start"] = t
-                st["drain_trigger"] = (re.search(r"trigger=(\S+(?: \{[^}]*\})?)", line) or [None, ""])[1]
+                st["drain_trigger"] = str(e.get("trigger", ""))
                 for k in ("groups_held", "messages_held"):
-                    mm = re.search(rf"\b{k}=(\d+)", line)
-                    if mm:
-                        st[f"drain_{k}"] = int(mm.group(1))
-            elif "lifecycle hook completed" in line and "drain_start" in st and "hook_logged" not in st:
+                    if isinstance(e.get(k), int):
+                        st[f"drain_{k}"] = e[k]
+            elif message.startswith("lifecycle hook completed") and "drain_start" in st and "hook_logged" not in st:
                 st["hook_logged"] = t
-            elif "drain complete" in line and "drain_end" not in st:
+            elif message == "drain complete" and "drain_end" not in st:
                 # Logged once the worker's last long poll has returned (its took_ms counts that wait too): the
                 # honest drain time is from "draining" to the hook completion, both by timestamp.
                 st["drain_end"] = t
                 for k in ("finished", "released", "took_ms", "deadline_hit"):
-                    mm = re.search(rf"\b{k}=(\S+)", line)
-                    if mm:
-                        st[f"drain_{k}"] = mm.group(1)
+                    if k in e:
+                        st[f"drain_{k}"] = e[k]
     return st
 
 
@@ -161,7 +117,7 @@ EMF_SUMS = ("OrdersAccepted", "OrdersRejected", "OrdersDuplicate", "OrdersConfli
 EMF_DRAIN = ("DrainOrdersFinished", "DrainOrdersReleased", "DrainDeadlineHit", "HookCompleted", "DrainSeconds")
 
 
-def emf_figures(inst: dict) -> Optional[dict]:
+def emf_figures(inst: dict) -> dict | None:
     """Totals of one worker's EMF interval records and its last drain record, or None without any."""
     log_path = inst.get("log_path")
     if not log_path or not Path(log_path).exists():
@@ -169,13 +125,7 @@ def emf_figures(inst: dict) -> Optional[dict]:
     sums = dict.fromkeys(EMF_SUMS, 0.0)
     drain: dict = {}
     seen = False
-    for line in Path(log_path).read_text(errors="replace").splitlines():
-        if not line.startswith("{") or '"_aws"' not in line:
-            continue
-        try:
-            j = json.loads(line)
-        except ValueError:
-            continue
+    for j in worker_log.emf_records(log_path):
         seen = True
         if j.get("record") == "interval":
             for k in EMF_SUMS:
@@ -201,7 +151,9 @@ def render_figures(figures: dict) -> str:
             else "-"
         )
         cells = "".join(f"<td>{f[k]}</td>" for k in EMF_SUMS)
-        rows.append(f'<tr class="emf-row" data-instance="{html.escape(inst)}"><td>{html.escape(inst)}</td>{cells}<td>{html.escape(drain)}</td></tr>')
+        rows.append(
+            f'<tr class="emf-row" data-instance="{html.escape(inst)}"><td>{html.escape(inst)}</td>{cells}<td>{html.escape(drain)}</td></tr>'
+        )
     if not rows:
         return ""
     head = "".join(f"<th>{k}</th>" for k in ("instance", *EMF_SUMS, "drain record"))
@@ -242,7 +194,9 @@ def build(args) -> tuple[str, str, bool]:
             r["RecordedProcessedBy"] = r["ProcessedBy"]
             r["ProcessedBy"] = by_pid[r["ProcessedBy"]]
     # The interrupted instances: the FIS experiments' targets, else whatever got a notice.
-    targets = sorted({i for e in status.get("experiments", []) for ids in (e.get("targets") or {}).values() for i in ids})
+    targets = sorted(
+        {i for e in status.get("experiments", []) for ids in (e.get("targets") or {}).values() for i in ids}
+    )
     interrupted = [stories[i] for i in targets if i in stories] or [s for s in stories.values() if s.get("notice")]
     problems: list[str] = []
 
@@ -252,7 +206,12 @@ def build(args) -> tuple[str, str, bool]:
         problems.append(f"no verification ({verify_path} missing)")
         lost = dup = ooo = wrong = None
     else:
-        lost, dup, ooo, wrong = verify.get("lost"), verify.get("applied_twice"), verify.get("out_of_order"), verify.get("wrong_status")
+        lost, dup, ooo, wrong = (
+            verify.get("lost"),
+            verify.get("applied_twice"),
+            verify.get("out_of_order"),
+            verify.get("wrong_status"),
+        )
         for name, v in (("lost", lost), ("applied twice", dup), ("out of order", ooo), ("wrong verdict", wrong)):
             if v:
                 problems.append(f"{v} orders {name}")
@@ -349,7 +308,7 @@ def as_int(v) -> int:
         return 0
 
 
-def hook_time(s: dict) -> Optional[float]:
+def hook_time(s: dict) -> float | None:
     """When the worker's hook completion took effect: spot-sim's CompleteLifecycleAction, else the worker's log."""
     return s.get("hook_completed") or s.get("hook_logged")
 
@@ -386,15 +345,17 @@ def handover(s: dict, records: list[dict]) -> list[dict]:
             if r["ProcessedBy"] not in seen:
                 seen.add(r["ProcessedBy"])
                 continued.append({"instance": r["ProcessedBy"], "from": r["GroupPosition"]})
-        out.append({
-            "group": g,
-            "positions": mine,
-            "finished": finished,
-            "redelivered": [r["GroupPosition"] for r, _ in after if (r.get("ReceiveCount") or 1) > 1],
-            "continued": continued,
-            "last": rs[-1].get("GroupPosition") if rs else 0,
-            "in_order": [r.get("GroupPosition") for r in rs] == list(range(1, len(rs) + 1)),
-        })
+        out.append(
+            {
+                "group": g,
+                "positions": mine,
+                "finished": finished,
+                "redelivered": [r["GroupPosition"] for r, _ in after if (r.get("ReceiveCount") or 1) > 1],
+                "continued": continued,
+                "last": rs[-1].get("GroupPosition") if rs else 0,
+                "in_order": [r.get("GroupPosition") for r in rs] == list(range(1, len(rs) + 1)),
+            }
+        )
     return out
 
 
@@ -416,7 +377,7 @@ def short_group(g: str) -> str:
     return m.group(1) if m else g
 
 
-def secs(a: Optional[float], b: Optional[float]) -> str:
+def secs(a: float | None, b: float | None) -> str:
     return "?" if a is None or b is None else f"{b - a:.2f} s"
 
 
@@ -439,13 +400,16 @@ def interruption_lines(s: dict, stories: dict, hand: list[dict]) -> list[str]:
     for h in hand:
         fin = f" ({ranges(h['finished'])} finished in the drain)" if h["finished"] else ""
         mine = f"{ranges(h['positions'])} on {i}{fin}" if h["positions"] else f"none applied by {i}"
-        went = "; ".join(
-            f"from #{c['from']}"
-            + (" (received again)" if c["from"] in h["redelivered"] else "")
-            + f" on {c['instance']}"
-            + (" (its replacement)" if stories.get(c["instance"], {}).get("replaces") == i else "")
-            for c in h["continued"]
-        ) or "nothing left after it"
+        went = (
+            "; ".join(
+                f"from #{c['from']}"
+                + (" (received again)" if c["from"] in h["redelivered"] else "")
+                + f" on {c['instance']}"
+                + (" (its replacement)" if stories.get(c["instance"], {}).get("replaces") == i else "")
+                for c in h["continued"]
+            )
+            or "nothing left after it"
+        )
         order = f"positions 1-{h['last']} in order" if h["in_order"] else "POSITIONS NOT 1..n"
         lines.append(f"  {short_group(h['group'])}: {mine}; went on {went}; {order}")
     events: list[tuple[float, str]] = []
@@ -456,11 +420,17 @@ def interruption_lines(s: dict, stories: dict, hand: list[dict]) -> list[str]:
         add("notice", "interruption notice  " + s.get("notice_text", "").replace("spot interruption notice: ", ""))
     add("terminating_wait", "Terminating:Wait (hook started)")
     if s.get("drain_start"):
-        add("drain_start", f"drain started: {s.get('drain_groups_held', '?')} groups, {s.get('drain_messages_held', '?')} messages held")
+        add(
+            "drain_start",
+            f"drain started: {s.get('drain_groups_held', '?')} groups, {s.get('drain_messages_held', '?')} messages held",
+        )
     add("hook_completed", f"lifecycle hook completed by the worker  {s.get('hook_result', '')}".rstrip())
     add("hook_timed_out", "lifecycle hook timed out")
     if s.get("drain_end"):
-        add("drain_end", f"drain report logged: finished {s.get('drain_finished', '?')}, released {s.get('drain_released', '?')}")
+        add(
+            "drain_end",
+            f"drain report logged: finished {s.get('drain_finished', '?')}, released {s.get('drain_released', '?')}",
+        )
     add("exited", "worker exited")
     add("terminated", "terminated")
     for r in stories.values():
@@ -519,7 +489,9 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     top_h, lane_h, gap = 220, 46, 40
     H = top_h + gap + lane_h * len(shown) + 50
     x = lambda t: left + (t - t0) / (t1 - t0) * (W - left - right)  # noqa: E731
-    out = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">']
+    out = [
+        f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">'
+    ]
     out.append(f'<rect x="0" y="0" width="{W}" height="{H}" fill="#fff"/>')
     # Time axis ticks.
     span = t1 - t0
@@ -540,7 +512,9 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
     out.append(f'<text x="{left - 6}" y="{y_top(n_max) + 4:.1f}" text-anchor="end" fill="#555">{n_max}</text>')
     out.append(f'<text x="{left - 6}" y="{top_h + 4}" text-anchor="end" fill="#555">0</text>')
     for inst in shown:
-        ts = sorted(parse_time(r.get("ProcessedAt")) for r in records if r.get("ProcessedBy") == inst and r.get("ProcessedAt"))
+        ts = sorted(
+            parse_time(r.get("ProcessedAt")) for r in records if r.get("ProcessedBy") == inst and r.get("ProcessedAt")
+        )
         if not ts:
             continue
         pts = [f"{x(ts[0]):.1f},{y_top(0):.1f}"]
@@ -555,7 +529,9 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
         for key, label, c, _ in MARKS:
             if s.get(key) and key in ("notice", "terminated"):
                 xx = x(s[key])
-                out.append(f'<line x1="{xx:.1f}" y1="20" x2="{xx:.1f}" y2="{top_h}" stroke="{c}" stroke-dasharray="4,3"/>')
+                out.append(
+                    f'<line x1="{xx:.1f}" y1="20" x2="{xx:.1f}" y2="{top_h}" stroke="{c}" stroke-dasharray="4,3"/>'
+                )
                 ty = 30 if key == "notice" else 46
                 out.append(f'<text x="{xx + 3:.1f}" y="{ty}" fill="{c}">{label} {inst[-6:]}</text>')
     # Lanes: lifetime bar coloured by state, one tick per order, the marks.
@@ -568,29 +544,51 @@ def render_svg(records: list[dict], stories: dict, per_instance: dict) -> str:
         start = s.get("launched") or t0
         segs = [
             (start, s.get("in_service") or start, "#ddd", "Pending"),
-            (s.get("in_service") or start, s.get("terminating_wait") or s.get("terminating_proceed") or s.get("terminated") or t1, "#d8f0d8", "InService"),
+            (
+                s.get("in_service") or start,
+                s.get("terminating_wait") or s.get("terminating_proceed") or s.get("terminated") or t1,
+                "#d8f0d8",
+                "InService",
+            ),
         ]
         if s.get("terminating_wait"):
-            segs.append((s["terminating_wait"], s.get("terminating_proceed") or s.get("terminated") or t1, "#ffe0a0", "Terminating:Wait"))
+            segs.append(
+                (
+                    s["terminating_wait"],
+                    s.get("terminating_proceed") or s.get("terminated") or t1,
+                    "#ffe0a0",
+                    "Terminating:Wait",
+                )
+            )
         if s.get("terminating_proceed"):
             segs.append((s["terminating_proceed"], s.get("terminated") or t1, "#f4b0a0", "Terminating:Proceed"))
         for a, b, c, name in segs:
             a, b = max(a, t0), min(b, t1)
             if b > a:
-                out.append(f'<rect x="{x(a):.1f}" y="{yy + 8}" width="{max(1, x(b) - x(a)):.1f}" height="26" fill="{c}"><title>{name}</title></rect>')
+                out.append(
+                    f'<rect x="{x(a):.1f}" y="{yy + 8}" width="{max(1, x(b) - x(a)):.1f}" height="26" fill="{c}"><title>{name}</title></rect>'
+                )
         for r in records:
             if r.get("ProcessedBy") == inst and r.get("ProcessedAt"):
                 xx = x(parse_time(r["ProcessedAt"]))
-                out.append(f'<line x1="{xx:.1f}" y1="{yy + 12}" x2="{xx:.1f}" y2="{yy + 30}" stroke="{color[inst]}" stroke-width="1.2"><title>{html.escape(str(r.get("OrderID")))} {html.escape(str(r.get("MessageGroupId")))} #{r.get("GroupPosition")}</title></line>')
+                out.append(
+                    f'<line x1="{xx:.1f}" y1="{yy + 12}" x2="{xx:.1f}" y2="{yy + 30}" stroke="{color[inst]}" stroke-width="1.2"><title>{html.escape(str(r.get("OrderID")))} {html.escape(str(r.get("MessageGroupId")))} #{r.get("GroupPosition")}</title></line>'
+                )
         for key, label, c, title in MARKS:
             if s.get(key):
                 xx = x(s[key])
-                out.append(f'<line x1="{xx:.1f}" y1="{yy + 4}" x2="{xx:.1f}" y2="{yy + 38}" stroke="{c}" stroke-width="2"/>')
-                out.append(f'<text x="{xx + 2:.1f}" y="{yy + 6}" fill="{c}" font-size="10" font-weight="bold">{label}<title>{title} {hms(s[key])}</title></text>')
+                out.append(
+                    f'<line x1="{xx:.1f}" y1="{yy + 4}" x2="{xx:.1f}" y2="{yy + 38}" stroke="{c}" stroke-width="2"/>'
+                )
+                out.append(
+                    f'<text x="{xx + 2:.1f}" y="{yy + 6}" fill="{c}" font-size="10" font-weight="bold">{label}<title>{title} {hms(s[key])}</title></text>'
+                )
     # Legend, one line under the top panel.
     lx = 10
     for _, label, c, title in MARKS:
-        out.append(f'<text x="{lx:.0f}" y="{top_h + 26}" fill="{c}" font-size="10"><tspan font-weight="bold">{label}</tspan> {title}</text>')
+        out.append(
+            f'<text x="{lx:.0f}" y="{top_h + 26}" fill="{c}" font-size="10"><tspan font-weight="bold">{label}</tspan> {title}</text>'
+        )
         lx += 14 + 5.6 * (len(title) + len(label) + 1)
     out.append("</svg>")
     return "\n".join(out)
@@ -603,27 +601,38 @@ def group_data(records: list[dict], stories: dict, per_instance: dict, interrupt
     role = {}
     for i in shown:
         st = stories.get(i, {})
-        role[i] = "interrupted" if any(x["id"] == i for x in interrupted) else ("replacement" if st.get("replaces") else "")
+        role[i] = (
+            "interrupted" if any(x["id"] == i for x in interrupted) else ("replacement" if st.get("replaces") else "")
+        )
     groups = []
     for g, rs in sorted(by_group(records).items()):
-        groups.append({
-            "group": g,
-            "label": short_group(g),
-            "orders": [
-                {
-                    "pos": r.get("GroupPosition"),
-                    "id": r.get("OrderID"),
-                    "by": r.get("ProcessedBy"),
-                    "at": parse_time(r.get("ProcessedAt")),
-                    "rc": r.get("ReceiveCount") or 1,
-                }
-                for r in rs
-            ],
-        })
+        groups.append(
+            {
+                "group": g,
+                "label": short_group(g),
+                "orders": [
+                    {
+                        "pos": r.get("GroupPosition"),
+                        "id": r.get("OrderID"),
+                        "by": r.get("ProcessedBy"),
+                        "at": parse_time(r.get("ProcessedAt")),
+                        "rc": r.get("ReceiveCount") or 1,
+                    }
+                    for r in rs
+                ],
+            }
+        )
     return {
-        "instances": [{"id": i, "color": color[i], "role": role[i], "replaces": stories.get(i, {}).get("replaces")} for i in shown],
+        "instances": [
+            {"id": i, "color": color[i], "role": role[i], "replaces": stories.get(i, {}).get("replaces")} for i in shown
+        ],
         "interruptions": [
-            {"id": x["id"], "notice": x.get("notice") or x.get("drain_start"), "drain_start": x.get("drain_start"), "hook": hook_time(x)}
+            {
+                "id": x["id"],
+                "notice": x.get("notice") or x.get("drain_start"),
+                "drain_start": x.get("drain_start"),
+                "hook": hook_time(x),
+            }
             for x in interrupted
         ],
         "groups": groups,
@@ -692,7 +701,9 @@ GROUP_VIEW_JS = r"""
 """
 
 
-def render_html(title, summary, records, stories, per_instance, verify, ok, interrupted, handovers, figures=None) -> str:
+def render_html(
+    title, summary, records, stories, per_instance, verify, ok, interrupted, handovers, figures=None
+) -> str:
     svg = render_svg(records, stories, per_instance)
     data = group_data(records, stories, per_instance, interrupted)
     examples = "".join(f"<li>{html.escape(e)}</li>" for e in (verify or {}).get("examples", []))
@@ -703,11 +714,11 @@ def render_html(title, summary, records, stories, per_instance, verify, ok, inte
         went = sorted({c["instance"] for g in h for c in g["continued"]})
         story.append(
             f'<li class="interruption-story" data-instance="{html.escape(s["id"])}"><b>{html.escape(s["id"])}</b> was interrupted '
-            f'while holding {s.get("drain_groups_held", "?")} groups and {s.get("drain_messages_held", "?")} messages: its drain '
-            f'<b>finished {html.escape(str(s.get("drain_finished", "?")))}</b> orders in flight and '
-            f'<b>released {html.escape(str(s.get("drain_released", "?")))}</b>, and completed the lifecycle hook '
-            f'{secs(s.get("drain_start"), hook_time(s))} after the drain started ({secs(s.get("notice"), hook_time(s))} after the notice). '
-            f'Its {len(h)} groups went on on {html.escape(", ".join(went) or "no other instance")}, in order.</li>'
+            f"while holding {s.get('drain_groups_held', '?')} groups and {s.get('drain_messages_held', '?')} messages: its drain "
+            f"<b>finished {html.escape(str(s.get('drain_finished', '?')))}</b> orders in flight and "
+            f"<b>released {html.escape(str(s.get('drain_released', '?')))}</b>, and completed the lifecycle hook "
+            f"{secs(s.get('drain_start'), hook_time(s))} after the drain started ({secs(s.get('notice'), hook_time(s))} after the notice). "
+            f"Its {len(h)} groups went on on {html.escape(', '.join(went) or 'no other instance')}, in order.</li>"
         )
     # The JSON sits in a script element: only "</" could end it early.
     blob = json.dumps(data).replace("</", "<\\/")
@@ -729,7 +740,7 @@ def render_html(title, summary, records, stories, per_instance, verify, ok, inte
 .legend-instance .swatch{{display:inline-block;width:14px;height:14px;margin-right:4px;vertical-align:-2px;border-radius:3px}}
 .key span{{margin-right:14px}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>Verdict: {verdict}. Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M:%S')} UTC.</p>
+<p>Verdict: {verdict}. Generated {time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())} UTC.</p>
 <ul>{"".join(story)}</ul>
 <h2>Each group in order</h2>
 <p>One row per message group: its orders by position (1, 2, 3…), each coloured by the instance that applied it.
@@ -766,8 +777,11 @@ def main(argv=None) -> int:
     p.add_argument("--records", help="records JSON instead of scanning the table")
     p.add_argument("--table", default=os.environ.get("ORDERS_TABLE", "orders"))
     p.add_argument("--require-interruption", action="store_true")
-    p.add_argument("--require-busy", action="store_true",
-                   help="the interrupted instance must have finished or released orders, and its groups gone on elsewhere")
+    p.add_argument(
+        "--require-busy",
+        action="store_true",
+        help="the interrupted instance must have finished or released orders, and its groups gone on elsewhere",
+    )
     p.add_argument("--title", default="order-worker: orders through a Spot interruption")
     a = p.parse_args(argv)
     summary, page, ok = build(a)

@@ -4,7 +4,8 @@ order-worker processes while faults are injected at random, then an audit of the
 
     chaos/soak.py --orders 2000 --groups 20 --fault-every 3 --duration 60 --out target/soak/short
 
-What runs (chaos/localregion.py starts and stops it): the SQS/DynamoDB emulator, spot-sim (instance metadata,
+What runs (harness.LocalRegion starts and stops it): the SQS/DynamoDB emulator (`--dynamodb dynamodb-local`:
+DynamoDB on DynamoDB Local, AWS's own engine, SQS still on the emulator), spot-sim (instance metadata,
 Auto Scaling, FIS) with `--workers` order-worker processes, and chaos/proxy.py between the workers and the
 emulator. The producer talks to the emulator directly; the workers only through the proxy.
 
@@ -33,11 +34,12 @@ Faults, one every `--fault-every` seconds on average (uniform in [0.5, 1.5] x), 
                       worker holding messages gets an interruption notice: its releases stall, its hook must
                       still be completed
     visibility_fail   ChangeMessageVisibilityBatch answers 503 ServiceUnavailable (the next 1-3, or for 1-3 s)
-    ddb_throttle      TransactWriteItems throttled (ThrottlingException or ProvisionedThroughputExceededException)
-                      for 2-6 s, every call or each with probability 0.5
+    ddb_throttle      the claims (UpdateItem) or the inserts (BatchExecuteStatement) throttled (ThrottlingException
+                      or ProvisionedThroughputExceededException) for 2-6 s, every call or each with probability 0.5
     denied            DynamoDB AccessDeniedException on every operation for --denied-seconds (at most
                       --denied-max per run)
-    lost_response     the next TransactWriteItems is applied but its answer is lost (pass-then-reset)
+    lost_response     the next claim (UpdateItem) or batch of inserts (BatchExecuteStatement) is applied but its
+                      answer is lost (pass-then-reset)
 
 Every kind in use is injected once first (in random order), then kinds are drawn by weight.
 
@@ -55,25 +57,19 @@ stall did not complete its hook); 0 otherwise.
 from __future__ import annotations
 
 import argparse
-import calendar
 import contextlib
 import json
-import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import localregion  # noqa: E402
-from localregion import LocalRegion, log, wait_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness import DYNAMODB_BACKENDS, LocalRegion, Proc, http_json, log, parse_time, sim, target_dir, utc_now, wait_for  # noqa: I001 - after the path is set
+from harness import metrics, orders, worker_log
 
 HERE = Path(__file__).resolve().parent
 FAULT_KINDS = ("fis", "rebalance", "rebalance_notice", "kill", "freeze", "imds", "network",
@@ -87,22 +83,25 @@ HOLD_BREAKING = {"fis", "rebalance", "rebalance_notice", "kill", "freeze", "netw
 # Of those, the faults on one instance after which that instance never receives again (a kill; a drain, which
 # takes nothing new): they explain another worker's receive of a message only.
 NEVER_RECEIVES_AGAIN = {"fis", "rebalance", "rebalance_notice", "kill"}
+# The worker's DynamoDB writes: a group's claim, and the batches of record inserts.
+DDB_WRITE_OPS = ("UpdateItem", "BatchExecuteStatement")
 
 
 # ---- the region, plus the proxy ----------------------------------------------------------------------------------
 
 
 class SoakRegion(LocalRegion):
-    """LocalRegion with chaos/proxy.py between the workers and the emulator. The producer, verify and the soak's
-    own reads use the emulator directly (they are not under test)."""
+    """LocalRegion with chaos/proxy.py between the workers and the emulators (one proxy: its faults cover SQS and
+    DynamoDB together, wherever each is served). The producer, verify and the soak's own reads use the emulators
+    directly (they are not under test)."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.proxy_proc: Optional[localregion.Proc] = None
-        self.proxy_url: Optional[str] = None
-        self.proxy_control: Optional[str] = None
+        self.proxy_proc: Proc | None = None
+        self.proxy_url: str | None = None
+        self.proxy_control: str | None = None
 
-    def start(self) -> "SoakRegion":
+    def start(self) -> SoakRegion:
         self.start_emulator()
         self.create_resources()
         self.start_proxy()
@@ -120,9 +119,10 @@ class SoakRegion(LocalRegion):
         ready = self.out_dir / "proxy.ready"
         with contextlib.suppress(FileNotFoundError):
             ready.unlink()
-        self.proxy_proc = self._spawn(
-            "proxy", [sys.executable, HERE / "proxy.py", "--upstream", self.endpoint, "--ready-file", ready]
-        )
+        cmd = [sys.executable, HERE / "proxy.py", "--upstream", self.endpoint, "--ready-file", ready]
+        if self.ddb_endpoint != self.endpoint:
+            cmd += ["--upstream-for", f"dynamodb={self.ddb_endpoint}"]
+        self.proxy_proc = self._spawn("proxy", cmd)
 
         def up():
             if not self.proxy_proc.alive():
@@ -133,46 +133,38 @@ class SoakRegion(LocalRegion):
 
         info = wait_for("the proxy's ready file", 20, up)
         self.proxy_url, self.proxy_control = info["listen"], info["control"]
-        self.say(f"proxy {self.proxy_url} -> {self.endpoint} (control {self.proxy_control})")
-
-    def worker_defaults(self) -> list[str]:
-        """LocalRegion's defaults less any flag the caller sets itself (clap refuses a flag given twice)."""
-        mine = {a for a in self.worker_args if a.startswith("--")}
-        out, d = [], super().worker_defaults()
-        for i in range(0, len(d), 2):
-            if d[i] not in mine:
-                out += d[i : i + 2]
-        return out
+        self.say(
+            f"proxy {self.proxy_url} -> {self.endpoint}, DynamoDB {self.ddb_endpoint} (control {self.proxy_control})"
+        )
 
     def proxy_fault(self, mode: str, seconds: float) -> dict:
-        return localregion.http_json("POST", f"{self.proxy_control}/fault", {"mode": mode, "seconds": seconds})
+        return http_json("POST", f"{self.proxy_control}/fault", {"mode": mode, "seconds": seconds})
 
     def proxy_status(self) -> dict:
-        return localregion.http_json("GET", f"{self.proxy_control}/status")
+        return http_json("GET", f"{self.proxy_control}/status")
 
     def proxy_rule(self, rule: dict) -> dict:
         """A per-service / per-operation fault rule (chaos/proxy.py POST /rules); returns it with its id."""
-        return localregion.http_json("POST", f"{self.proxy_control}/rules", rule)
+        return http_json("POST", f"{self.proxy_control}/rules", rule)
 
     def proxy_rules(self) -> list[dict]:
-        return localregion.http_json("GET", f"{self.proxy_control}/rules")["rules"]
+        return http_json("GET", f"{self.proxy_control}/rules")["rules"]
 
 
 # ---- orders ------------------------------------------------------------------------------------------------------
 
 
+def valid_order(oid: str, group: str, rng: random.Random) -> dict:
+    items = [orders.item(f"SKU-{rng.randrange(1, 500)}", rng.randrange(1, 5), rng.randrange(0, 100000))
+             for _ in range(rng.randrange(1, 4))]  # fmt: skip
+    return orders.order(oid, group, items, "2026-11-26T01:00:00Z")
+
+
 def valid_body(oid: str, group: str, rng: random.Random) -> str:
-    items = [
-        {"sku": f"SKU-{rng.randrange(1, 500)}", "qty": rng.randrange(1, 5), "unit_price_cents": rng.randrange(0, 100000)}
-        for _ in range(rng.randrange(1, 4))
-    ]
-    return json.dumps(
-        {"order_id": oid, "customer_id": group, "items": items, "currency": "EUR", "placed_at": "2026-11-26T01:00:00Z"},
-        separators=(",", ":"),
-    )
+    return orders.body(valid_order(oid, group, rng))
 
 
-def malformed(oid: str, group: str, rng: random.Random) -> tuple[str, Optional[str]]:
+def malformed(oid: str, group: str, rng: random.Random) -> tuple[str, str | None]:
     """A body the worker must reject, and the order id it will be recorded under (None: by MessageId)."""
     kind = rng.randrange(6)
     if kind == 0:
@@ -181,14 +173,14 @@ def malformed(oid: str, group: str, rng: random.Random) -> tuple[str, Optional[s
         return "   ", None  # whitespace only (SQS refuses an empty body)
     if kind == 2:
         return json.dumps({"order_id": f"{oid} with spaces", "customer_id": group}), None
-    body = json.loads(valid_body(oid, group, rng))
+    body = valid_order(oid, group, rng)
     if kind == 3:
         body["currency"] = "eur"
     elif kind == 4:
         body["customer_id"] = group + "-elsewhere"
     else:
         body["items"][0]["qty"] = 0
-    return json.dumps(body, separators=(",", ":")), oid
+    return orders.body(body), oid
 
 
 def plan_messages(n: int, groups: int, prefix: str, dup_rate: float, bad_rate: float, rng: random.Random) -> list[dict]:
@@ -202,9 +194,25 @@ def plan_messages(n: int, groups: int, prefix: str, dup_rate: float, bad_rate: f
         oid = f"{prefix}-{i:06d}"
         if rng.random() < bad_rate:
             body, key = malformed(oid, g, rng)
-            out.append({"body": body, "group": g, "dedup": f"{oid}-bad", "order_id": key, "expect": "rejected", "kind": "malformed"})
+            out.append(
+                {
+                    "body": body,
+                    "group": g,
+                    "dedup": f"{oid}-bad",
+                    "order_id": key,
+                    "expect": "rejected",
+                    "kind": "malformed",
+                }
+            )
         else:
-            m = {"body": valid_body(oid, g, rng), "group": g, "dedup": oid, "order_id": oid, "expect": "accepted", "kind": "order"}
+            m = {
+                "body": valid_body(oid, g, rng),
+                "group": g,
+                "dedup": oid,
+                "order_id": oid,
+                "expect": "accepted",
+                "kind": "order",
+            }
             out.append(m)
             if rng.random() < dup_rate:
                 pending_dups.append((i + rng.randrange(1, 200), m))
@@ -222,7 +230,7 @@ class Producer(threading.Thread):
         super().__init__(name="producer", daemon=True)
         self.region, self.messages, self.duration, self.manifest = region, messages, duration, manifest
         self.sent = 0
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.started_at = self.finished_at = 0.0
         self.retries = 0
 
@@ -237,10 +245,7 @@ class Producer(threading.Thread):
                     due = self.started_at + b * gap
                     if (d := due - time.monotonic()) > 0:
                         time.sleep(d)
-                    entries = [
-                        {"Id": str(k), "MessageBody": m["body"], "MessageGroupId": m["group"], "MessageDeduplicationId": m["dedup"]}
-                        for k, m in enumerate(chunk)
-                    ]
+                    entries = orders.batch_entries(chunk)
                     for attempt in range(6):
                         try:
                             out = sqs.send_message_batch(QueueUrl=self.region.queue_url, Entries=entries)
@@ -339,7 +344,11 @@ class Chaos(threading.Thread):
         cover = list(kinds)
         self.rng.shuffle(cover)
         while not self.stop_event.wait(self.every * self.rng.uniform(0.5, 1.5)):
-            left = [k for k in kinds if k != "denied" or (self.counts["denied"] < self.denied_max and time.time() > self.denied_until)]
+            left = [
+                k
+                for k in kinds
+                if k != "denied" or (self.counts["denied"] < self.denied_max and time.time() > self.denied_until)
+            ]
             if not left:
                 continue
             cover = [k for k in cover if k in left]
@@ -377,27 +386,47 @@ class Chaos(threading.Thread):
                 rule["seconds"] = secs = round(self.rng.uniform(1, 3), 1)
                 what = f"every one for {secs}s"
             rid = self.rule(kind, rule)["id"]
-            self.note(kind, "all workers", f"ChangeMessageVisibilityBatch: {what} fail 503 ServiceUnavailable (rule {rid})", secs)
+            self.note(
+                kind,
+                "all workers",
+                f"ChangeMessageVisibilityBatch: {what} fail 503 ServiceUnavailable (rule {rid})",
+                secs,
+            )
             return
         if kind == "ddb_throttle":
             code = self.rng.choice(["ThrottlingException", "ProvisionedThroughputExceededException"])
             secs = round(self.rng.uniform(2, 6), 1)
-            rule = {"service": "dynamodb", "operation": "TransactWriteItems", "action": "error", "code": code, "seconds": secs}
+            op = self.rng.choice(DDB_WRITE_OPS)
+            rule = {
+                "service": "dynamodb",
+                "operation": op,
+                "action": "error",
+                "code": code,
+                "seconds": secs,
+            }
             if self.rng.random() < 0.5:
                 rule["probability"] = 0.5
             rid = self.rule(kind, rule)["id"]
             prob = f", probability {rule['probability']}" if "probability" in rule else ""
-            self.note(kind, "all workers", f"TransactWriteItems {code} for {secs}s{prob} (rule {rid})", secs)
+            self.note(kind, "all workers", f"{op} {code} for {secs}s{prob} (rule {rid})", secs)
             return
         if kind == "denied":
             secs = self.denied_seconds
-            rid = self.rule(kind, {"service": "dynamodb", "action": "error", "code": "AccessDeniedException", "seconds": secs})["id"]
+            rid = self.rule(
+                kind, {"service": "dynamodb", "action": "error", "code": "AccessDeniedException", "seconds": secs}
+            )["id"]
             self.denied_until = time.time() + secs
-            self.note(kind, "all workers", f"DynamoDB AccessDeniedException on every operation for {secs}s (rule {rid})", secs)
+            self.note(
+                kind, "all workers", f"DynamoDB AccessDeniedException on every operation for {secs}s (rule {rid})", secs
+            )
             return
         if kind == "lost_response":
-            rid = self.rule(kind, {"service": "dynamodb", "operation": "TransactWriteItems", "action": "pass-then-reset", "count": 1})["id"]
-            self.note(kind, "all workers", f"the next TransactWriteItems applied, its answer lost (reset) (rule {rid})")
+            op = self.rng.choice(DDB_WRITE_OPS)
+            rid = self.rule(
+                kind,
+                {"service": "dynamodb", "operation": op, "action": "pass-then-reset", "count": 1},
+            )["id"]
+            self.note(kind, "all workers", f"the next {op} applied, its answer lost (reset) (rule {rid})")
             return
         cands = self.healthy()
         # Keep one healthy worker, so the fleet as a whole can always make progress.
@@ -465,7 +494,9 @@ class Chaos(threading.Thread):
             secs = round(self.vis_timeout + self.rng.uniform(1, 4), 1)
             r.sim_post(f"{base}/signal", {"signal": "STOP"})
             self.later(secs, self.thaw, iid)
-            self.note(kind, iid, f"SIGSTOP for {secs}s (visibility timeout {self.vis_timeout:.0f}s){held}, then SIGCONT", secs)
+            self.note(
+                kind, iid, f"SIGSTOP for {secs}s (visibility timeout {self.vis_timeout:.0f}s){held}, then SIGCONT", secs
+            )
             return  # busy until thawed
         elif kind == "imds":
             mode = self.rng.choice(["error500", "hang", "expire_tokens"])
@@ -517,88 +548,42 @@ class Chaos(threading.Thread):
 def in_flight(inst: dict) -> int:
     """order_worker_messages_in_flight of a live worker (its /metrics), or -1 when it cannot be read."""
     addr = inst.get("metrics_addr")
-    if not addr:
+    m = metrics.scrape(addr, timeout=1) if addr else None
+    if not m or not any(n == "order_worker_messages_in_flight" for n, _ in m):
         return -1
-    try:
-        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=1) as r:
-            text = r.read().decode()
-    except OSError:
-        return -1
-    for line in text.splitlines():
-        if line.startswith("order_worker_messages_in_flight"):
-            with contextlib.suppress(ValueError):
-                return int(float(line.rsplit(" ", 1)[1]))
-    return -1
+    return int(metrics.metric_sum(m, "order_worker_messages_in_flight"))
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
 
 
 def queue_depth(region: SoakRegion) -> int:
-    a = region.client("sqs").get_queue_attributes(
-        QueueUrl=region.queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
-    )["Attributes"]
-    return sum(int(v) for v in a.values())
+    return region.depth(region.queue_url)
 
 
 def dlq_depth(region: SoakRegion) -> int:
-    """Messages in the DLQ (visible + in flight + delayed). The queue's RedrivePolicy (maxReceiveCount 10, as in
-    terraform/queue.tf) moves a message there after ten receives without a delete."""
-    a = region.client("sqs").get_queue_attributes(
-        QueueUrl=region.dlq_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
-    )["Attributes"]
-    return sum(int(v) for v in a.values())
+    """Messages in the DLQ. The queue's RedrivePolicy (maxReceiveCount 10, as in terraform/queue.tf) moves a
+    message there after ten receives without a delete."""
+    return region.depth(region.dlq_url)
 
 
 def redrive_policy(region: SoakRegion) -> dict | None:
-    a = region.client("sqs").get_queue_attributes(QueueUrl=region.queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+    a = region.client("sqs").get_queue_attributes(QueueUrl=region.queue_url, AttributeNames=["RedrivePolicy"])[
+        "Attributes"
+    ]
     return json.loads(a["RedrivePolicy"]) if a.get("RedrivePolicy") else None
 
 
-def count_records(region: SoakRegion) -> int:
-    ddb = region.client("dynamodb")
-    n, kw = 0, {"TableName": region.orders_table, "Select": "COUNT", "ConsistentRead": True}
-    while True:
-        out = ddb.scan(**kw)
-        n += out["Count"]
-        if "LastEvaluatedKey" not in out:
-            return n
-        kw["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+def drains(log_dir: Path, before: str | None = None) -> list[dict]:
+    """Every drain report (`drain complete`) of every worker log, optionally only those stamped before `before`
+    (an RFC 3339 UTC time: the soak's own shutdown drains are not counted)."""
+    return [
+        {**d, "instance": p.stem} for p in sorted(log_dir.glob("*.log")) for d in worker_log.drain_reports(p, before)
+    ]
 
 
-DRAIN_TEXT = re.compile(r"drain complete.*?trigger=(\w+).*?took_ms=(\d+)")
-
-
-def drains(log_dir: Path, before: Optional[str] = None) -> list[dict]:
-    """Every `drain complete` line of every worker log (JSON or text format), optionally only those stamped
-    before `before` (an RFC 3339 UTC time: the soak's own shutdown drains are not counted)."""
-    out = []
-    for p in sorted(log_dir.glob("*.log")):
-        for line in p.read_text(errors="replace").splitlines():
-            if "drain complete" not in line:
-                continue
-            d = None
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    o = json.loads(line)
-                    f = {**o, **o.get("fields", {})}
-                    if before and str(o.get("timestamp", "")) >= before:
-                        continue
-                    d = {"trigger": re.split(r"[({ ]", str(f.get("trigger", "?")))[0],
-                         "took_ms": int(f.get("took_ms", 0)), "finished": f.get("finished"),
-                         "released": f.get("released"), "deadline_hit": f.get("deadline_hit"),
-                         "hook": f.get("hook"), "at": o.get("timestamp")}  # fmt: skip
-            if d is None and (m := DRAIN_TEXT.search(line)):
-                d = {"trigger": m.group(1), "took_ms": int(m.group(2))}
-            if d:
-                d["instance"] = p.stem
-                out.append(d)
-    return out
-
-
-# What the worker logs when a hold is lost or given back (the messages of src/dispatch/*.rs), counted per run.
+# What the worker logs when a hold is lost or given back: how the messages of src/dispatch/*.rs, src/store.rs and
+# src/queue.rs begin, counted per run.
 LOG_SIGNS = {
     "hold_lost": "visibility extension refused: the hold is lost",
     "extension_failed": "visibility extension failed; retrying",
@@ -613,15 +598,6 @@ LOG_SIGNS = {
 }
 
 
-def parse_time(ts: str) -> float | None:
-    """An RFC 3339 UTC time (the workers' timestamps and ProcessedAt) as epoch seconds."""
-    m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z$", str(ts))
-    if not m:
-        return None
-    secs = calendar.timegm(tuple(int(x) for x in m.groups()[:6]) + (0, 0, 0))
-    return secs + (float(m.group(7)) if m.group(7) else 0.0)
-
-
 def scan_worker_logs(log_dir: Path, before: str | None = None) -> dict:
     """Counts of LOG_SIGNS over every worker log (lines stamped before `before` only), the message ids whose hold
     was lost, and the releases of a group after a failure (group, instance, time), which explain a later receive
@@ -630,21 +606,22 @@ def scan_worker_logs(log_dir: Path, before: str | None = None) -> dict:
     hold_lost: list[dict] = []
     releases: list[dict] = []
     for p in sorted(log_dir.glob("*.log")):
-        for line in p.read_text(errors="replace").splitlines():
-            sign = next((k for k, v in LOG_SIGNS.items() if v in line), None)
+        for o in worker_log.events(p, before):
+            message = str(o.get("message", ""))
+            sign = next((k for k, v in LOG_SIGNS.items() if message.startswith(v)), None)
             if sign is None:
                 continue
-            o: dict = {}
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    o = json.loads(line)
-                    o = {**o, **o.get("fields", {})}
-            if before and o.get("timestamp") and str(o["timestamp"]) >= before:
-                continue
             counts[sign] += 1
-            at = parse_time(o.get("timestamp", ""))
+            at = o["t"]
             if sign == "hold_lost":
-                hold_lost.append({"message_id": o.get("message_id"), "instance": p.stem, "at": o.get("timestamp"), "code": o.get("code")})
+                hold_lost.append(
+                    {
+                        "message_id": o.get("message_id"),
+                        "instance": p.stem,
+                        "at": o.get("timestamp"),
+                        "code": o.get("code"),
+                    }
+                )
             elif sign in ("run_released", "drain_deadline_release") and o.get("group") and at:
                 releases.append({"group": o["group"], "instance": p.stem, "at": at})
     return {"counts": counts, "hold_lost": hold_lost, "releases": releases}
@@ -686,7 +663,12 @@ def second_consumer(records: list[dict], manifest: Path, timeline: list[dict], r
         # Credited to the latest such fault that began before the application (the likeliest cause).
         by, began = None, 0.0
         for a, b, kind, target in windows:
-            if a <= hi and b >= lo and a >= began and not (kind in NEVER_RECEIVES_AGAIN and target == rec.get("ProcessedBy")):
+            if (
+                a <= hi
+                and b >= lo
+                and a >= began
+                and not (kind in NEVER_RECEIVES_AGAIN and target == rec.get("ProcessedBy"))
+            ):
                 by, began = kind, a
         if by is None:
             for rel in releases:
@@ -764,7 +746,9 @@ def plant_second_consumer(region: SoakRegion, manifest: Path, prefix: str, quiet
         time.sleep(3)  # the polls out when they stopped end (wait time 2 s) with nothing
         oid, group = f"{prefix}-planted", f"{prefix}-gplanted"
         body = valid_body(oid, group, random.Random(0))
-        mid = sqs.send_message(QueueUrl=region.queue_url, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=oid)["MessageId"]
+        mid = sqs.send_message(
+            QueueUrl=region.queue_url, MessageBody=body, MessageGroupId=group, MessageDeduplicationId=oid
+        )["MessageId"]
         with open(manifest, "a") as mf:
             mf.write(json.dumps({"order_id": oid, "group": group, "expect": "accepted", "message_id": mid,
                                  "kind": "order", "sent_at": round(time.time(), 3)}) + "\n")  # fmt: skip
@@ -782,10 +766,6 @@ def plant_second_consumer(region: SoakRegion, manifest: Path, prefix: str, quiet
     return f"order {oid} (message {mid}, group {group}) received by a second client before a worker applied it"
 
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() % 1 * 1e6):06d}Z"
-
-
 def summarize_drains(ds: list[dict]) -> dict:
     if not ds:
         return {"count": 0}
@@ -796,7 +776,12 @@ def summarize_drains(ds: list[dict]) -> dict:
     return {
         "count": len(ds),
         "by_trigger": by,
-        "took_ms": {"min": took[0], "median": int(statistics.median(took)), "p95": took[int(0.95 * (len(took) - 1))], "max": took[-1]},
+        "took_ms": {
+            "min": took[0],
+            "median": int(statistics.median(took)),
+            "p95": took[int(0.95 * (len(took) - 1))],
+            "max": took[-1],
+        },
         "deadline_hit": sum(1 for d in ds if d.get("deadline_hit")),
         "released": sum(int(d.get("released") or 0) for d in ds),
         "hooks_completed": sum(1 for d in ds if d.get("hook") == "Completed"),
@@ -813,7 +798,9 @@ def run(a: argparse.Namespace) -> int:
         weights = {k: (DEFAULT_WEIGHTS[k] if k in a.faults.split(",") else 0) for k in FAULT_KINDS}
     prefix = f"s{seed % 100000:05d}"
     messages = plan_messages(a.orders, a.groups, prefix, a.dup_rate, a.malformed_rate, rng)
-    expected_keys = len({m["order_id"] for m in messages if m["order_id"]}) + sum(1 for m in messages if m["order_id"] is None)
+    expected_keys = len({m["order_id"] for m in messages if m["order_id"]}) + sum(
+        1 for m in messages if m["order_id"] is None
+    )
     vis = a.visibility_timeout
     worker_args = [
         "--visibility-timeout", f"{vis}s",
@@ -830,8 +817,11 @@ def run(a: argparse.Namespace) -> int:
     t_start = time.monotonic()
     report: dict = {"config": cfg}
     failures: list[str] = []
+    # dead_letter_queue=True although terraform/ has none by default: here the DLQ is an instrument, and
+    # "DLQ empty" means no order was received max_receive_count times without being deleted.
     with SoakRegion(out_dir=out, workers=a.workers, time_scale=a.time_scale, worker_args=worker_args,
-                    sim_args=["--max-size", str(max(10, a.workers * 3))], kill_grace="2s") as region:  # fmt: skip
+                    sim_args=["--max-size", str(max(10, a.workers * 3))], kill_grace="2s",
+                     dynamodb=a.dynamodb, dead_letter_queue=True) as region:  # fmt: skip
         manifest = out / "manifest.jsonl"
         producer = Producer(region, messages, a.duration, manifest)
         chaos = Chaos(region, a.fault_every, weights, random.Random(seed + 1), vis, a.time_scale,
@@ -859,14 +849,14 @@ def run(a: argparse.Namespace) -> int:
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
                 if queue_depth(region) == 0:
-                    records = count_records(region)
+                    records = region.count_records()
                     if records >= expected_keys:
                         backlog_s = time.monotonic() - sent_done
                         break
             time.sleep(1)
         if backlog_s is None:
             with contextlib.suppress(Exception):
-                records = count_records(region)
+                records = region.count_records()
             failures.append(f"backlog not clear after {a.backlog_timeout}s: {records}/{expected_keys} records, "
                             f"queue depth {queue_depth(region)}")  # fmt: skip
         else:
@@ -901,7 +891,7 @@ def run(a: argparse.Namespace) -> int:
         report["hook_timeouts_not_killed"] = [
             {"instance": i["id"], "at": e["at"], "faults": [f["kind"] for f in chaos.timeline if f["target"] == i["id"]]}
             for i in status["instances"] if i["id"] not in killed
-            for e in i.get("events", []) if "hook timed out" in e.get("event", "")
+            for e in [sim.hook_timed_out(i)] if e
         ]  # fmt: skip
         report["chaos_errors"] = chaos.errors
         report["faults_skipped"] = chaos.skipped
@@ -1005,7 +995,8 @@ def render(r: dict) -> str:
     lines = [
         "== chaos soak report ==",
         f"seed {r['seed']}, {r['workers']} workers, {r['groups']} groups; instances launched {r['instances']['launched']}, "
-        f"terminated {r['instances']['terminated']}",
+        f"terminated {r['instances']['terminated']}"
+        + ("; DynamoDB on DynamoDB Local" if r["config"].get("dynamodb") == "dynamodb-local" else ""),
         f"orders sent      {r['orders_sent']} ({r['valid_orders_sent']} valid, {r['malformed_sent']} malformed) "
         f"+ {r['duplicate_sends']} duplicate sends = {r['messages_sent']} messages",
         f"records          {r['records']} of {r['expected_records']} expected: applied {r['applied']}, rejected {r['rejected']}",
@@ -1025,7 +1016,9 @@ def render(r: dict) -> str:
     ]
     if r.get("proxy"):
         p = r["proxy"]
-        lines.append(f"proxy            {p['connections']} connections, {p['reset']} reset, stalls {p['faults']['stall']}, drops {p['faults']['drop']}")
+        lines.append(
+            f"proxy            {p['connections']} connections, {p['reset']} reset, stalls {p['faults']['stall']}, drops {p['faults']['drop']}"
+        )
     if d["count"]:
         t = d["took_ms"]
         lines.append(
@@ -1037,16 +1030,28 @@ def render(r: dict) -> str:
         lines.append("drains           0")
     if r.get("sqs_stall_drains"):
         sd = r["sqs_stall_drains"]
-        lines.append(f"sqs_stall_drain  {len(sd)}: hooks completed {sum(1 for x in sd if x['hook'] == 'Completed')}; drains took ms "
-                     f"{[x['took_ms'] for x in sd]}, released {[x['released'] for x in sd]}, deadline hit {sum(1 for x in sd if x['deadline_hit'])}")
+        lines.append(
+            f"sqs_stall_drain  {len(sd)}: hooks completed {sum(1 for x in sd if x['hook'] == 'Completed')}; drains took ms "
+            f"{[x['took_ms'] for x in sd]}, released {[x['released'] for x in sd]}, deadline hit {sum(1 for x in sd if x['deadline_hit'])}"
+        )
     if r.get("hook_timeouts_not_killed"):
         ht = r["hook_timeouts_not_killed"]
-        lines.append(f"hook timed out  {len(ht)} instances not killed: " + ", ".join(f"{x['instance']} ({'/'.join(x['faults']) or '-'})" for x in ht))
+        lines.append(
+            f"hook timed out  {len(ht)} instances not killed: "
+            + ", ".join(f"{x['instance']} ({'/'.join(x['faults']) or '-'})" for x in ht)
+        )
     if r.get("rule_hits"):
-        lines.append("proxy rules      " + ", ".join(f"{k}: {h['rules']} rules, {h['hits']} requests hit" for k, h in r["rule_hits"].items()))
+        lines.append(
+            "proxy rules      "
+            + ", ".join(f"{k}: {h['rules']} rules, {h['hits']} requests hit" for k, h in r["rule_hits"].items())
+        )
     w = r.get("worker_log_signs") or {}
-    lines.append("worker logs      " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in w.items() if v) or "worker logs      -")
-    lines.append(f"timing           sending {r['send_seconds']}s, backlog clear {r['backlog_clear_seconds']}s after the last send, total {r['total_seconds']}s")
+    lines.append(
+        "worker logs      " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in w.items() if v) or "worker logs      -"
+    )
+    lines.append(
+        f"timing           sending {r['send_seconds']}s, backlog clear {r['backlog_clear_seconds']}s after the last send, total {r['total_seconds']}s"
+    )
     for e in r.get("verify_examples") or []:
         lines.append(f"  ! {e}")
     for e in rc.get("unexplained") or []:
@@ -1059,7 +1064,7 @@ def render(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Fault kinds: " + ", ".join(FAULT_KINDS))  # fmt: skip
     p.add_argument("--orders", type=int, default=2000, help="orders to send (before duplicate re-sends)")
@@ -1076,13 +1081,21 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--work-delay", default="5ms", help="worker --work-delay (keeps orders in flight)")
     p.add_argument("--backlog-timeout", type=float, default=180, help="seconds allowed for the backlog to clear")
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
-    p.add_argument("--denied-seconds", type=float, default=10, help="length of a `denied` window (DynamoDB AccessDeniedException)")
+    p.add_argument(
+        "--denied-seconds", type=float, default=10, help="length of a `denied` window (DynamoDB AccessDeniedException)"
+    )
     p.add_argument("--denied-max", type=int, default=1, help="at most this many `denied` windows per run")
     p.add_argument("--plant-bug", choices=["lost", "twice", "out_of_order", "dlq", "second_consumer"],
                    help="self-test: damage the table before verify (delete a record / advance a group's LastPosition / "
                         "swap two positions), put a message in the DLQ, or have a second client receive an order "
                         "before a worker applies it; the soak must then FAIL")  # fmt: skip
-    p.add_argument("--out", default=str(localregion.target_dir() / "soak" / time.strftime("%Y%m%dT%H%M%S")))
+    p.add_argument(
+        "--dynamodb",
+        choices=DYNAMODB_BACKENDS,
+        default="ministack",
+        help="where the tables live: ministack (with SQS) or dynamodb-local (AWS's own engine)",
+    )
+    p.add_argument("--out", default=str(target_dir() / "soak" / time.strftime("%Y%m%dT%H%M%S")))
     a = p.parse_args(argv)
     if a.faults and (bad := set(a.faults.split(",")) - set(FAULT_KINDS)):
         p.error(f"unknown fault kinds {sorted(bad)}; known: {', '.join(FAULT_KINDS)}")

@@ -67,7 +67,7 @@ pub struct RunArgs {
     #[arg(long, env = "ORDER_WORKER_MAX_GROUPS", default_value_t = 64)]
     pub max_groups: usize,
 
-    /// Most DynamoDB transactions in flight at once (each commits runs of several groups).
+    /// Most store commits in flight at once (each commits runs of several groups: their claims and inserts).
     #[arg(long, env = "ORDER_WORKER_MAX_COMMITS", default_value_t = 4)]
     pub max_commits: usize,
 

@@ -8,8 +8,8 @@
 //! | rebalance recommendation             | `ignore`; `soft`: pause receiving, finish what is held; `drain`: pause and release what is not started. Back to normal after `--rebalance-recovery` if no interruption follows |
 //!
 //! A drain: receiving stops; held-but-not-started messages are released at once (visibility 0, in group
-//! order); in-flight runs finish before the deadline or are abandoned and released (their transactions are
-//! all-or-nothing); then the lifecycle hook is completed, with heartbeats while the drain outlasts the
+//! order); in-flight runs finish before the deadline or are abandoned and released (what a run claimed but did
+//! not write is written by the next holder, at the same positions); then the lifecycle hook is completed, with heartbeats while the drain outlasts the
 //! heartbeat interval. One log line says what the drain did.
 
 use std::sync::Arc;

@@ -9,7 +9,10 @@
 //! - [`health`]: readiness (owned by the drain) and the services an account-wide error blocks.
 //! - [`order`]: parse, validate and total one order body (pure).
 //! - [`queue`]: SQS receive / delete / change visibility (knows SQS, nothing about orders).
-//! - [`store`]: the exactly-once, ordered apply to DynamoDB (knows DynamoDB, nothing about SQS).
+//! - [`schema`]: the items in the tables: attribute names, statuses, the record and marker builders.
+//! - [`store`]: the exactly-once, ordered apply to DynamoDB (knows DynamoDB and a message's SequenceNumber):
+//!   `claim` (the commit protocol as a pure state machine, its argument, and a randomized model test with
+//!   planted wrong variants), `dynamo` (the calls: claim, PartiQL inserts, consistent reads).
 //! - [`dispatch`]: the worker engine, cut by its steps: `held` (the pure held-message state), `receive`,
 //!   `group` (per-group ordered tasks), `commit` (group-commit batching, background deletes), `visibility`
 //!   (heartbeats, release).
@@ -40,6 +43,7 @@ pub mod lifecycle;
 pub mod order;
 pub mod queue;
 pub mod retry;
+pub mod schema;
 pub mod store;
 pub mod telemetry;
 pub mod verify;

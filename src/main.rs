@@ -16,7 +16,7 @@ use order_worker::health::Health;
 use order_worker::imds::{self, ImdsClient};
 use order_worker::instance::InstanceId;
 use order_worker::queue::Queue;
-use order_worker::store::Store;
+use order_worker::store::{Store, TableError};
 use order_worker::telemetry::{self, init_logging};
 use order_worker::{aws, emf, retry, verify};
 
@@ -231,9 +231,9 @@ async fn startup_checks(queue: &Queue, store: &Store) -> anyhow::Result<()> {
                 anyhow::bail!("queue check failed: --queue-url: {e}")
             }
             (Err(e), _) if !e.retryable() => anyhow::bail!("queue check failed: {e}"),
-            (_, Err((false, e))) => anyhow::bail!("table check failed: {e}"),
+            (_, Err(TableError::Wrong(e))) => anyhow::bail!("table check failed: {e}"),
             (Err(e), _) => e.to_string(),
-            (_, Err((true, e))) => e,
+            (_, Err(TableError::Unavailable(e))) => e,
         };
         if attempt == 0 || attempt.is_power_of_two() {
             tracing::warn!(cause = %problem, attempt = attempt + 1, "waiting for SQS/DynamoDB before starting");

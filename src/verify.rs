@@ -9,6 +9,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 
+use crate::schema::{self, Status};
+
 /// One line of the manifest: a message as it was sent, in send order.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Sent {
@@ -34,6 +36,18 @@ pub struct Stored {
     pub status: String,
     pub message_id: String,
     pub processed_by: String,
+    /// A marker's order: the OrderID whose record holds the order this message carried again.
+    pub marker_of: Option<String>,
+}
+
+impl Stored {
+    fn status(&self) -> Option<Status> {
+        Status::parse(&self.status)
+    }
+
+    fn is_marker(&self) -> bool {
+        self.status().is_some_and(Status::is_marker)
+    }
 }
 
 /// The audit's findings. The three invariants are `lost`, `applied_twice` and `out_of_order`.
@@ -52,6 +66,11 @@ pub struct Report {
     pub unexpected: usize,
     pub accepted: usize,
     pub rejected: usize,
+    /// Positions held by a marker: a message that carried an order already recorded (`duplicate:`) or
+    /// another payload under a recorded OrderID (`conflict:`).
+    pub markers: usize,
+    /// Markers whose OrderID has no record: the order they stand for is not in the table.
+    pub orphan_markers: usize,
     pub groups: usize,
     pub per_instance: BTreeMap<String, usize>,
     /// A few examples of each problem, for a person to look at.
@@ -65,6 +84,7 @@ impl Report {
             && self.out_of_order == 0
             && self.position_gaps == 0
             && self.wrong_status == 0
+            && self.orphan_markers == 0
     }
 
     fn example(&mut self, s: String) {
@@ -75,19 +95,21 @@ impl Report {
 
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "sent {} messages ({} distinct orders, {} groups); records {} (accepted {}, rejected {})\n\
-             lost {}  applied twice {}  out of order {}  position gaps {}  wrong verdict {}  unexpected {}\n",
+            "sent {} messages ({} distinct orders, {} groups); records {} (accepted {}, rejected {}, markers {})\n\
+             lost {}  applied twice {}  out of order {}  position gaps {}  wrong verdict {}  orphan markers {}  unexpected {}\n",
             self.sent,
             self.distinct_orders,
             self.groups,
             self.records,
             self.accepted,
             self.rejected,
+            self.markers,
             self.lost,
             self.applied_twice,
             self.out_of_order,
             self.position_gaps,
             self.wrong_status,
+            self.orphan_markers,
             self.unexpected
         );
         for (instance, n) in &self.per_instance {
@@ -159,12 +181,23 @@ pub fn audit(
         .filter(|s| groups.contains(s.group.as_str()))
         .count();
     for s in stored.iter().filter(|s| groups.contains(s.group.as_str())) {
-        match s.status.as_str() {
-            "ACCEPTED" => r.accepted += 1,
+        match s.status() {
+            Some(Status::Accepted) => r.accepted += 1,
+            Some(Status::Duplicate | Status::Conflict) => r.markers += 1,
             _ => r.rejected += 1,
         }
         *r.per_instance.entry(s.processed_by.clone()).or_default() += 1;
-        if !index_of.contains_key(&s.order_id) && !s.order_id.starts_with("rejected:") {
+        if s.is_marker() {
+            // A marker stands for a message whose order is recorded under its OrderID: that record must exist.
+            let of = s.marker_of.as_deref().unwrap_or_default();
+            if !by_id.get(of).is_some_and(|o| !o.is_marker()) {
+                r.orphan_markers += 1;
+                r.example(format!(
+                    "marker {} (group {}, position {}) names order {of:?}, which has no record",
+                    s.order_id, s.group, s.position
+                ));
+            }
+        } else if !index_of.contains_key(&s.order_id) && !s.order_id.starts_with("rejected:") {
             r.unexpected += 1;
             r.example(format!(
                 "record {} (group {}) was never sent",
@@ -174,7 +207,7 @@ pub fn audit(
     }
     let mut lost: Vec<(&String, &usize)> = index_of
         .iter()
-        .filter(|(k, _)| !by_id.contains_key(k.as_str()))
+        .filter(|(k, _)| !by_id.get(k.as_str()).is_some_and(|s| !s.is_marker()))
         .collect();
     lost.sort_by_key(|(_, i)| **i);
     r.lost = lost.len();
@@ -271,18 +304,19 @@ pub async fn read_table(
         .await?
         .iter()
         .map(|item| Stored {
-            order_id: s(item, "OrderID").unwrap_or_default(),
-            group: s(item, "MessageGroupId").unwrap_or_default(),
-            position: n(item, "GroupPosition").unwrap_or(0),
-            status: s(item, "Status").unwrap_or_default(),
-            message_id: s(item, "SqsMessageId").unwrap_or_default(),
-            processed_by: s(item, "ProcessedBy").unwrap_or_default(),
+            order_id: s(item, schema::ORDER_ID).unwrap_or_default(),
+            group: s(item, schema::GROUP_ID).unwrap_or_default(),
+            position: n(item, schema::POSITION).unwrap_or(0),
+            status: s(item, schema::STATUS).unwrap_or_default(),
+            message_id: s(item, schema::MESSAGE_ID).unwrap_or_default(),
+            processed_by: s(item, schema::PROCESSED_BY).unwrap_or_default(),
+            marker_of: s(item, schema::MARKER_OF),
         })
         .collect();
     let last = scan_all(client, groups_table)
         .await?
         .iter()
-        .filter_map(|item| Some((s(item, "MessageGroupId")?, n(item, "LastPosition")?)))
+        .filter_map(|item| Some((s(item, schema::GROUP_KEY)?, n(item, schema::LAST_POSITION)?)))
         .collect();
     Ok((stored, last))
 }
@@ -331,6 +365,7 @@ mod tests {
             status: "ACCEPTED".into(),
             message_id: "m".into(),
             processed_by: "i-1".into(),
+            marker_of: None,
         }
     }
 
@@ -432,5 +467,40 @@ mod tests {
         rec.status = "REJECTED".into();
         let r = audit(&s, &[rec], &HashMap::new(), true);
         assert!(r.ok(), "{}", r.summary());
+    }
+
+    fn marker(key: &str, of: &str, g: &str, pos: u64) -> Stored {
+        Stored {
+            status: "DUPLICATE".into(),
+            marker_of: Some(of.into()),
+            ..stored(key, g, pos)
+        }
+    }
+
+    #[test]
+    fn a_marker_fills_its_position_and_must_name_a_recorded_order() {
+        // "a" sent twice as two messages: its record at 1, a marker at 2, "b" at 3.
+        let s = vec![sent("a", "g"), sent("a", "g"), sent("b", "g")];
+        let t = vec![
+            stored("a", "g", 1),
+            marker("duplicate:m2", "a", "g", 2),
+            stored("b", "g", 3),
+        ];
+        let r = audit(&s, &t, &HashMap::from([("g".into(), 3)]), true);
+        assert!(r.ok(), "{}", r.summary());
+        assert_eq!((r.accepted, r.markers), (2, 1));
+        // Without the marker, position 2 is a gap.
+        let r = audit(
+            &s,
+            &[t[0].clone(), t[2].clone()],
+            &HashMap::from([("g".into(), 3)]),
+            true,
+        );
+        assert_eq!(r.position_gaps, 1, "{}", r.summary());
+        // A marker does not make its order recorded, and one naming nothing recorded is unexpected.
+        let t = vec![marker("duplicate:m1", "a", "g", 1), stored("b", "g", 2)];
+        let r = audit(&s[1..], &t, &HashMap::from([("g".into(), 2)]), true);
+        assert_eq!((r.lost, r.orphan_markers), (1, 1), "{}", r.summary());
+        assert!(!r.ok());
     }
 }

@@ -78,7 +78,7 @@ resource "aws_iam_role_policy" "fis" {
 }
 
 resource "aws_fis_experiment_template" "spot_interruption" {
-  description = "Interrupt ${var.fis_selection_mode} running Spot instance(s) of ${var.asg_name}; stop if orders reach the DLQ or the queue stalls"
+  description = "Interrupt ${var.fis_selection_mode} running Spot instance(s) of ${var.asg_name}; stop if the queue stalls (or orders reach the DLQ, when there is one)"
   role_arn    = aws_iam_role.fis.arn
 
   action {
@@ -113,9 +113,13 @@ resource "aws_fis_experiment_template" "spot_interruption" {
     }
   }
 
-  stop_condition {
-    source = "aws:cloudwatch:alarm"
-    value  = aws_cloudwatch_metric_alarm.dlq_depth.arn
+  # With a dead-letter queue: stop once an order was dead-lettered (the experiment broke something).
+  dynamic "stop_condition" {
+    for_each = aws_cloudwatch_metric_alarm.dlq_depth[*].arn
+    content {
+      source = "aws:cloudwatch:alarm"
+      value  = stop_condition.value
+    }
   }
 
   stop_condition {

@@ -40,7 +40,8 @@ data "aws_iam_policy_document" "kms" {
     }
   }
 
-  # CloudWatch alarms on the queue and SQS itself (for redrive) read and write encrypted messages.
+  # CloudWatch alarms on the queue and SQS itself (for a redrive, with dead_letter_queue) read and
+  # write encrypted messages.
   statement {
     sid       = "SqsServiceUse"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]

@@ -30,6 +30,13 @@ check "visibility_covers_the_drain" {
   }
 }
 
+check "retention_outlasts_the_failover" {
+  assert {
+    condition     = local.retention_alarm_seconds > var.primary_unhealthy_after_seconds
+    error_message = "message_retention_seconds is so short that the orders-near-expiry alarm (at half of it) fires before the stalled alarm (primary_unhealthy_after_seconds) has failed over: a stall deletes orders before anyone is told the region is down. Keep the retention above twice primary_unhealthy_after_seconds."
+  }
+}
+
 check "queue_names_are_fifo_and_distinct" {
   assert {
     condition     = endswith(var.queue_name, ".fifo") && endswith(var.dlq_name, ".fifo") && var.queue_name != var.dlq_name

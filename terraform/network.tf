@@ -18,6 +18,10 @@ locals {
   vpc_id             = local.create_network ? aws_vpc.this[0].id : var.existing_network.vpc_id
   private_subnet_ids = local.create_network ? aws_subnet.private[*].id : var.existing_network.subnet_ids
   route_table_ids    = local.create_network ? aws_route_table.private[*].id : var.existing_network.route_table_ids
+
+  # The interface endpoints' network interfaces: in every worker subnet (one per zone) by default, or in
+  # the first interface_endpoint_az_count of them, the cheaper choice (variables.tf says what it costs).
+  endpoint_subnet_ids = var.interface_endpoint_az_count == null ? local.private_subnet_ids : slice(local.private_subnet_ids, 0, min(var.interface_endpoint_az_count, length(local.private_subnet_ids)))
 }
 
 resource "aws_vpc" "this" {
@@ -165,11 +169,18 @@ resource "aws_vpc_endpoint" "interface" {
   vpc_id              = local.vpc_id
   service_name        = "com.amazonaws.${var.region}.${each.key}"
   vpc_endpoint_type   = "Interface"
-  subnet_ids          = local.private_subnet_ids
+  subnet_ids          = local.endpoint_subnet_ids
   security_group_ids  = [aws_security_group.endpoints.id]
   private_dns_enabled = true
 
   tags = { Name = "order-worker-${var.environment}-${each.key}" }
+
+  lifecycle {
+    precondition {
+      condition     = var.interface_endpoint_az_count == null || try(var.interface_endpoint_az_count <= length(local.private_subnet_ids), false)
+      error_message = "interface_endpoint_az_count is larger than the number of worker subnets (az_count, or existing_network.subnet_ids)."
+    }
+  }
 }
 
 # --- the workers' security group: no inbound at all, HTTPS out to the endpoints only -------------

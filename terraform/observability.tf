@@ -137,12 +137,12 @@ locals {
     {
       type = "metric", x = 0, y = 0, width = 8, height = 6
       properties = {
-        title = "Queue: visible messages and DLQ depth", region = var.region, view = "timeSeries", stat = "Maximum", period = 60
-        metrics = [
+        title = local.dlq_enabled ? "Queue: visible messages and DLQ depth" : "Queue: visible and in-flight messages", region = var.region, view = "timeSeries", stat = "Maximum", period = 60
+        metrics = concat([
           ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", aws_sqs_queue.orders.name, { label = "orders visible" }],
           ["AWS/SQS", "ApproximateNumberOfMessagesNotVisible", "QueueName", aws_sqs_queue.orders.name, { label = "orders in flight" }],
-          ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", aws_sqs_queue.dlq.name, { label = "DLQ depth" }],
-        ]
+          ], [for q in aws_sqs_queue.dlq : ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", q.name, { label = "DLQ depth" }]
+        ])
       }
     },
     {
@@ -152,7 +152,10 @@ locals {
         metrics = [
           ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", aws_sqs_queue.orders.name, { label = "oldest order" }],
         ]
-        annotations = { horizontal = [{ label = "stalled alarm", value = var.primary_unhealthy_after_seconds }] }
+        annotations = { horizontal = [
+          { label = "stalled alarm", value = var.primary_unhealthy_after_seconds },
+          { label = "near-expiry alarm (half the retention)", value = local.retention_alarm_seconds },
+        ] }
       }
     },
     {
@@ -208,15 +211,15 @@ locals {
       type = "alarm", x = 12, y = 12, width = 12, height = 6
       properties = {
         title = "Alarms"
-        alarms = [
-          aws_cloudwatch_metric_alarm.dlq_depth.arn,
+        alarms = concat(aws_cloudwatch_metric_alarm.dlq_depth[*].arn, [
           aws_cloudwatch_metric_alarm.queue_stalled.arn,
+          aws_cloudwatch_metric_alarm.queue_retention.arn,
           aws_cloudwatch_metric_alarm.order_conflict.arn,
           aws_cloudwatch_metric_alarm.hook_not_completed.arn,
           aws_cloudwatch_metric_alarm.drain_deadline_hit.arn,
           aws_cloudwatch_metric_alarm.rejected_rate.arn,
           aws_cloudwatch_metric_alarm.fleet_not_ready.arn,
-        ]
+        ])
       }
     },
   ]

@@ -16,13 +16,13 @@ output "queue_arn" {
 }
 
 output "dlq_url" {
-  description = "URL of the FIFO dead-letter queue (inspect and redrive from here)."
-  value       = aws_sqs_queue.dlq.url
+  description = "URL of the FIFO dead-letter queue (inspect it here; a redrive applies its orders after their groups' tails). Null unless dead_letter_queue = true."
+  value       = one(aws_sqs_queue.dlq[*].url)
 }
 
 output "dlq_arn" {
-  description = "ARN of the FIFO dead-letter queue."
-  value       = aws_sqs_queue.dlq.arn
+  description = "ARN of the FIFO dead-letter queue. Null unless dead_letter_queue = true."
+  value       = one(aws_sqs_queue.dlq[*].arn)
 }
 
 output "orders_table_name" {
@@ -66,8 +66,13 @@ output "fis_log_group_name" {
 }
 
 output "dlq_alarm_arn" {
-  description = "Alarm on the dead-letter queue depth (also an FIS stop condition)."
-  value       = aws_cloudwatch_metric_alarm.dlq_depth.arn
+  description = "Alarm on the dead-letter queue depth (also an FIS stop condition). Null unless dead_letter_queue = true."
+  value       = one(aws_cloudwatch_metric_alarm.dlq_depth[*].arn)
+}
+
+output "retention_alarm_arn" {
+  description = "Alarm on an order that has waited half the queue's retention (SQS deletes it unprocessed at the full retention)."
+  value       = aws_cloudwatch_metric_alarm.queue_retention.arn
 }
 
 output "vpc_id" {
@@ -116,6 +121,6 @@ output "worker_log_group_name" {
 }
 
 output "dashboard_name" {
-  description = "CloudWatch dashboard of the fleet: queue, DLQ, orders by status, drains, hooks, instances, alarms."
+  description = "CloudWatch dashboard of the fleet: queue (and DLQ, when there is one), orders by status, drains, hooks, instances, alarms."
   value       = aws_cloudwatch_dashboard.workers.dashboard_name
 }

@@ -1,6 +1,27 @@
-# The orders queue (FIFO: exactly-once intake, order per message group) and its FIFO dead-letter queue.
+# The orders queue (FIFO: exactly-once intake, order per message group). No dead-letter queue by
+# default (var.dead_letter_queue): the worker records every order at a dense position per group
+# (GroupPosition 1, 2, 3, ... with no gaps), and a message moved to a DLQ leaves its position empty
+# for good, while a redrive sends it after its group's tail. AWS's own guide says not to use a DLQ
+# with a FIFO queue when order matters ("Using dead-letter queues in Amazon SQS": "Don't use a
+# dead-letter queue with a FIFO queue if you don't want to break the exact order of messages or
+# operations"). The worker does not need one to get rid of poison messages: a body it cannot parse
+# or validate is recorded as REJECTED (with its reason) and deleted, and account-wide errors
+# (throttling, KMS, IAM) pause receiving instead of burning receive counts (src/health.rs). What is
+# left for SQS to catch is an order that nobody processes at all, and the retention alarm below
+# catches that before SQS deletes it.
+
+locals {
+  dlq_enabled = var.dead_letter_queue
+
+  # Alarm when the oldest order has waited half the retention period: it leaves as much time to act
+  # as has already passed (two days with the 4-day default) before SQS deletes the order unprocessed.
+  # Half, not "retention minus a fixed hour count", so it stays meaningful from 1 h to 14 days.
+  retention_alarm_seconds = floor(var.message_retention_seconds / 2)
+}
 
 resource "aws_sqs_queue" "dlq" {
+  count = local.dlq_enabled ? 1 : 0
+
   name       = var.dlq_name
   fifo_queue = true
 
@@ -38,29 +59,38 @@ resource "aws_sqs_queue" "orders" {
   }
 }
 
-# Redrive and redrive-allow as their own resources: inline, each queue would name the other (a cycle).
+# Only with dead_letter_queue = true. Redrive and redrive-allow as their own resources: inline, each
+# queue would name the other (a cycle).
 resource "aws_sqs_queue_redrive_policy" "orders" {
+  count = local.dlq_enabled ? 1 : 0
+
   queue_url = aws_sqs_queue.orders.id
   redrive_policy = jsonencode({
-    deadLetterTargetArn = aws_sqs_queue.dlq.arn
+    deadLetterTargetArn = aws_sqs_queue.dlq[0].arn
     maxReceiveCount     = var.max_receive_count
   })
 }
 
 resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
-  queue_url = aws_sqs_queue.dlq.id
+  count = local.dlq_enabled ? 1 : 0
+
+  queue_url = aws_sqs_queue.dlq[0].id
   redrive_allow_policy = jsonencode({
     redrivePermission = "byQueue"
     sourceQueueArns   = [aws_sqs_queue.orders.arn]
   })
 }
 
-# TLS only, on both queues.
+# TLS only, on every queue.
+locals {
+  queue_arns = merge(
+    { orders = aws_sqs_queue.orders.arn },
+    local.dlq_enabled ? { dlq = aws_sqs_queue.dlq[0].arn } : {},
+  )
+}
+
 data "aws_iam_policy_document" "queue_tls_only" {
-  for_each = {
-    orders = aws_sqs_queue.orders.arn
-    dlq    = aws_sqs_queue.dlq.arn
-  }
+  for_each = local.queue_arns
 
   statement {
     sid       = "DenyInsecureTransport"
@@ -87,17 +117,21 @@ resource "aws_sqs_queue_policy" "orders" {
 }
 
 resource "aws_sqs_queue_policy" "dlq" {
-  queue_url = aws_sqs_queue.dlq.id
+  count = local.dlq_enabled ? 1 : 0
+
+  queue_url = aws_sqs_queue.dlq[0].id
   policy    = data.aws_iam_policy_document.queue_tls_only["dlq"].json
 }
 
-# Anything in the dead-letter queue is an order that was not processed: page someone.
+# With a DLQ, anything in it is an order that was not processed and left a hole in its group: page someone.
 resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
+  count = local.dlq_enabled ? 1 : 0
+
   alarm_name          = "${var.dlq_name}-not-empty"
-  alarm_description   = "Orders reached the dead-letter queue ${var.dlq_name}: they were received ${var.max_receive_count} times without being processed. Also stops the FIS experiment."
+  alarm_description   = "Orders reached the dead-letter queue ${var.dlq_name}: they were received ${var.max_receive_count} times without being processed, and each left an empty position in its group (later orders of the group were applied without it). Also stops the FIS experiment."
   namespace           = "AWS/SQS"
   metric_name         = "ApproximateNumberOfMessagesVisible"
-  dimensions          = { QueueName = aws_sqs_queue.dlq.name }
+  dimensions          = { QueueName = aws_sqs_queue.dlq[0].name }
   statistic           = "Maximum"
   period              = 60
   evaluation_periods  = 1
@@ -122,6 +156,29 @@ resource "aws_cloudwatch_metric_alarm" "queue_stalled" {
   datapoints_to_alarm = 3
   threshold           = var.primary_unhealthy_after_seconds
   comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
+}
+
+# An order is half-way to being deleted by SQS unprocessed (message_retention_seconds). Without a
+# DLQ this is the alarm that stands between a stuck order and its silent loss; with one it still
+# catches a group that is stuck for any other reason. Five-minute periods: the threshold is hours or
+# days, and the age only grows while an order is stuck. AWS notes that a message received again and
+# again without being deleted can distort this metric ("Capturing problematic messages in Amazon
+# SQS"); the worker deletes what it rejects, so the messages left are ones no worker got to, and the
+# stalled alarm above, on the same metric, has fired long before this one.
+resource "aws_cloudwatch_metric_alarm" "queue_retention" {
+  alarm_name          = "${var.queue_name}-orders-near-expiry"
+  alarm_description   = "An order in ${var.queue_name} has waited ${local.retention_alarm_seconds} s, half the queue's retention (message_retention_seconds = ${var.message_retention_seconds} s): SQS deletes it unprocessed when it reaches the retention${local.dlq_enabled ? "" : ", and there is no dead-letter queue to keep it"}. Find the group that does not move (worker log group: \"group waits for its row\", DynamoDB or SQS errors; the orders table's order-groups row) and fix it before then; if it cannot be fixed in time, receive and save the message by hand."
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateAgeOfOldestMessage"
+  dimensions          = { QueueName = aws_sqs_queue.orders.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = local.retention_alarm_seconds
+  comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = var.alarm_actions
   ok_actions          = var.alarm_actions

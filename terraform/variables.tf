@@ -60,8 +60,14 @@ variable "queue_name" {
   }
 }
 
+variable "dead_letter_queue" {
+  description = "Opt in to a FIFO dead-letter queue (dlq_name) that SQS moves an order to after max_receive_count receives without a delete. Off by default, because it breaks the worker's per-group order: the moved order leaves its GroupPosition empty for good (`order-worker verify` reports a position gap), the group's later orders are applied without it, and a redrive appends it after the group's tail, out of order; AWS advises against a DLQ on a FIFO queue where order matters. The worker needs none for poison bodies (recorded REJECTED and deleted) or account-wide errors (receiving pauses; no receive count is burnt). Without it, an order nobody processes stays in its group, holding the group's later orders back, until message_retention_seconds deletes it; the <queue>-orders-near-expiry alarm fires at half that. Turn it on only if losing an order's place is better than holding its group back."
+  type        = bool
+  default     = false
+}
+
 variable "dlq_name" {
-  description = "Name of the FIFO dead-letter queue. A FIFO queue's dead-letter queue must be FIFO too."
+  description = "Name of the FIFO dead-letter queue, created only with dead_letter_queue = true. A FIFO queue's dead-letter queue must be FIFO too."
   type        = string
   default     = "orders-dlq.fifo"
 
@@ -100,7 +106,7 @@ variable "receive_wait_time_seconds" {
 }
 
 variable "message_retention_seconds" {
-  description = "How long the main queue keeps an order."
+  description = "How long the main queue keeps an order. SQS deletes an order older than this, processed or not; the <queue>-orders-near-expiry alarm fires at half of it."
   type        = number
   default     = 345600 # 4 days
 
@@ -111,7 +117,7 @@ variable "message_retention_seconds" {
 }
 
 variable "max_receive_count" {
-  description = "Receives before SQS moves a message to the dead-letter queue."
+  description = "Receives before SQS moves a message to the dead-letter queue (only with dead_letter_queue = true)."
   type        = number
   default     = 10
 
@@ -122,7 +128,7 @@ variable "max_receive_count" {
 }
 
 variable "dlq_alarm_threshold" {
-  description = "Alarm when the dead-letter queue holds at least this many messages."
+  description = "Alarm when the dead-letter queue holds at least this many messages (only with dead_letter_queue = true)."
   type        = number
   default     = 1
 
@@ -215,6 +221,17 @@ variable "interface_endpoints" {
   validation {
     condition     = length(setsubtract(["sqs", "autoscaling", "ssm", "logs", "sts"], var.interface_endpoints)) == 0
     error_message = "interface_endpoints must include sqs, autoscaling, ssm, logs and sts: the worker and its bootstrap use them."
+  }
+}
+
+variable "interface_endpoint_az_count" {
+  description = "How many zones get an interface endpoint network interface (the first N worker subnets). Null: every worker subnet (3 by default). Each endpoint costs about $0.01 an hour per zone, so the 7 default endpoints cost ~$153 a month in 3 zones, ~$102 in 2, ~$51 in 1 (terraform/README.md, \"Cost\"); the workers stay in every zone either way (Spot capacity), and reach an endpoint in another zone over the VPC (cross-zone traffic, cents at this volume). The price of fewer: with 1, an outage of that zone stops every worker's SQS, Auto Scaling and Logs calls until it is back (orders wait in the queue, the stalled alarm fails over the DNS record); with 2, one zone can fail. Still no internet path either way, unlike a NAT gateway (~$33 a month per zone plus $0.045/GB, and an egress route to the internet)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.interface_endpoint_az_count == null || try(var.interface_endpoint_az_count >= 1 && var.interface_endpoint_az_count <= 6 && floor(var.interface_endpoint_az_count) == var.interface_endpoint_az_count, false)
+    error_message = "interface_endpoint_az_count must be null (every worker subnet) or a whole number from 1 to 6."
   }
 }
 
@@ -542,7 +559,7 @@ variable "log_retention_days" {
 }
 
 variable "alarm_actions" {
-  description = "ARNs (SNS topics) notified when an alarm fires: the dead-letter queue, the stalled queue."
+  description = "ARNs (SNS topics) notified when an alarm fires: the stalled queue, an order near expiry, the dead-letter queue (when there is one), the worker's EMF alarms."
   type        = list(string)
   default     = []
 }

@@ -54,10 +54,6 @@ fn line_field(log: &str, marker: &str, key: &str) -> String {
         .to_owned()
 }
 
-fn ids(prefix: &str, n: usize) -> Vec<String> {
-    (1..=n).map(|i| format!("{prefix}-{i:03}")).collect()
-}
-
 async fn send_groups(
     fx: &Fixture,
     prefix: &str,
@@ -320,11 +316,11 @@ async fn access_denied_by_sqs_makes_the_worker_unready_until_it_clears() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_dynamodb_refuses_on_its_own_fails_alone() {
     let r = rig("ddb-refused").await;
-    // The run's transaction is refused, then the first record's own transaction: that record (and only it)
-    // cannot be written as it is.
+    // The run's batch of inserts is refused as a whole, then the first record's own insert: that record (and
+    // only it) cannot be written as it is.
     r.proxy
         .rule(
-            json!({"service": "dynamodb", "operation": "TransactWriteItems", "action": "error",
+            json!({"service": "dynamodb", "operation": "BatchExecuteStatement", "action": "error",
                      "code": "ValidationException", "status": 400, "count": 2,
                      "message": "Item size has exceeded the maximum allowed size"}),
         )
@@ -395,9 +391,10 @@ async fn a_group_row_at_position_zero_is_a_row_not_a_hot_loop() {
     let manifest: Vec<_> = order_ids.iter().map(|id| sent(id, g, "accepted")).collect();
     let report = r.fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
-    // It took 1,001 transactions in 3 s before.
-    let tx = r.proxy.count("dynamodb", "TransactWriteItems").await;
-    assert!(tx <= 10, "{tx} transactions for 5 orders");
+    // It took 1,001 transactions in 3 s before claims.
+    let writes = r.proxy.count("dynamodb", "UpdateItem").await
+        + r.proxy.count("dynamodb", "BatchExecuteStatement").await;
+    assert!(writes <= 10, "{writes} write calls for 5 orders");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,7 +412,7 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
     .await;
     let order_ids = ids("bad", 3);
     r.fx.send_orders(g, &order_ids).await;
-    // Another group, committed in the same transactions: it must not wait for the bad one.
+    // Another group, committed in the same calls: it must not wait for the bad one.
     let good = "cust-good";
     let good_ids = ids("good", 3);
     r.fx.send_orders(good, &good_ids).await;
@@ -435,7 +432,8 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
     );
     let count = || async {
         r.proxy.count("dynamodb", "BatchGetItem").await
-            + r.proxy.count("dynamodb", "TransactWriteItems").await
+            + r.proxy.count("dynamodb", "UpdateItem").await
+            + r.proxy.count("dynamodb", "BatchExecuteStatement").await
     };
     let before = count().await;
     // A rate needs a window: 4 s of waiting out bad data must cost a handful of reads, not thousands.
@@ -464,17 +462,18 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
 async fn a_record_written_by_something_else_is_a_logged_conflict_and_the_group_goes_on() {
     let r = rig("foreign").await;
     let g = "cust-foreign";
-    // An item with the order's id but no PayloadSha256 (not written by this worker).
+    // An item with the first order's id but no PayloadSha256 (not written by this worker).
+    let order_ids = ids("foreign", 3);
     put_item(
         &r.fx,
         &r.fx.orders_table,
         &[
-            ("OrderID", AttributeValue::S("foreign-001".into())),
+            ("OrderID", AttributeValue::S(order_ids[0].clone())),
             ("MessageGroupId", AttributeValue::S("elsewhere".into())),
         ],
     )
     .await;
-    r.fx.send_orders(g, &ids("foreign", 3)).await;
+    r.fx.send_orders(g, &order_ids).await;
     let w = r.via.worker("w-foreign", &[]);
     r.fx.wait_records(3, Duration::from_secs(30)).await;
     let log = w.log_text();
@@ -563,4 +562,47 @@ async fn a_worker_still_waiting_to_start_completes_its_hook_on_an_interruption()
             .any(|e| e.starts_with("CompleteLifecycleAction")),
         "{events:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_to_a_claim_and_to_inserts_apply_nothing_twice_and_leave_no_gap() {
+    let r = rig("lost-answers").await;
+    // The first claim and the first batch of inserts are applied, and their answers lost (the connection is
+    // reset instead): the claim is sent again unchanged and finds its own claim in the row; the inserts are
+    // sent again and find their own records.
+    for op in ["UpdateItem", "BatchExecuteStatement"] {
+        r.proxy
+            .rule(json!({"service": "dynamodb", "operation": op, "action": "pass-then-reset", "count": 1}))
+            .await;
+    }
+    let g = "cust-lost";
+    let order_ids = ids("lost", 8);
+    r.fx.send_orders(g, &order_ids).await;
+    let w = r.via.worker("w-lost", &[]);
+    r.fx.wait_records(8, Duration::from_secs(60)).await;
+    let manifest: Vec<_> = order_ids.iter().map(|id| sent(id, g, "accepted")).collect();
+    let report = r.fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    // Our own earlier writes are recognised as ours: no markers, no "duplicates".
+    assert_eq!(
+        (report.records, report.markers),
+        (8, 0),
+        "{}",
+        report.summary()
+    );
+    wait_for("every order counted", Duration::from_secs(10), || async {
+        (metric(&w, "order_worker_orders_total{status=\"accepted\"}").await == 8.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&w, "order_worker_orders_total{status=\"duplicate\"}").await,
+        0.0
+    );
+    // Both faults happened.
+    for op in ["UpdateItem", "BatchExecuteStatement"] {
+        assert!(
+            r.proxy.count("dynamodb", op).await >= 2,
+            "{op} was not sent again"
+        );
+    }
 }

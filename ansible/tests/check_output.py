@@ -95,7 +95,7 @@ def parse_env_file(path: Path) -> dict[str, str]:
             continue
         m = re.fullmatch(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', line)
         if not m:
-            raise SystemExit(f"{path}: not a KEY=\"value\" line: {line!r}")
+            raise SystemExit(f'{path}: not a KEY="value" line: {line!r}')
         env[m.group(1)] = re.sub(r"\\(.)", r"\1", m.group(2))
     return env
 
@@ -145,11 +145,12 @@ def cmd_unit(root: Path) -> int:
             "After=/Wants=amazon-cloudwatch-agent.service (at shutdown the agent outlives the worker)",
         )
         post = (last(svc, "ExecStopPost") or "").split()
-        rep.check(len(post) == 2 and post[0].endswith("/sleep") and post[1].isdigit(),
-                  f"ExecStopPost waits for the agent's last flush ({' '.join(post)})")
+        rep.check(
+            len(post) == 2 and post[0].endswith("/sleep") and post[1].isdigit(),
+            f"ExecStopPost waits for the agent's last flush ({' '.join(post)})",
+        )
     else:
-        rep.check(out == "journal" and last(svc, "StandardError") == "journal",
-                  "stdout and stderr go to journald")
+        rep.check(out == "journal" and last(svc, "StandardError") == "journal", "stdout and stderr go to journald")
     user = last(svc, "User")
     rep.check(bool(user) and user not in ("root", "0"), f"runs as a non-root user ({user})")
     for key, want in [
@@ -212,33 +213,49 @@ def cmd_agent(root: Path) -> int:
     if not files:
         return 1
     entry = files[0]
-    unknown = set(entry) - {"file_path", "log_group_name", "log_stream_name", "timezone",
-                            "timestamp_format", "multi_line_start_pattern", "encoding", "retention_in_days"}
+    unknown = set(entry) - {
+        "file_path",
+        "log_group_name",
+        "log_stream_name",
+        "timezone",
+        "timestamp_format",
+        "multi_line_start_pattern",
+        "encoding",
+        "retention_in_days",
+    }
     rep.check(not unknown, f"collect_list entry uses documented keys only (unknown: {sorted(unknown)})")
     unit = parse_unit(root / UNIT)
     out = (unit.get("Service", {}).get("StandardOutput") or [""])[-1]
-    rep.check(out == "append:" + entry.get("file_path", ""),
-              f"the agent tails the unit's output file ({entry.get('file_path')} vs StandardOutput={out})")
+    rep.check(
+        out == "append:" + entry.get("file_path", ""),
+        f"the agent tails the unit's output file ({entry.get('file_path')} vs StandardOutput={out})",
+    )
     rep.check((root / entry["file_path"].lstrip("/")).is_file(), f"{entry['file_path']} exists before the unit starts")
     rep.check(entry.get("log_stream_name") == "{instance_id}", "one log stream per instance id")
     want = terraform_log_group()
     if want is None:
         rep.warn("no terraform/ in this checkout: log group not compared")
     else:
-        rep.check(entry.get("log_group_name") == want,
-                  f"log group {entry.get('log_group_name')} is terraform/'s aws_cloudwatch_log_group.worker ({want})")
+        rep.check(
+            entry.get("log_group_name") == want,
+            f"log group {entry.get('log_group_name')} is terraform/'s aws_cloudwatch_log_group.worker ({want})",
+        )
     flush = logs.get("force_flush_interval")
     post = ((unit.get("Service", {}).get("ExecStopPost") or [""])[-1]).split()
     wait = int(post[-1]) if post and post[-1].isdigit() else 0
-    rep.check(isinstance(flush, int) and 0 < flush < wait,
-              f"force_flush_interval {flush}s < the unit's wait after exit {wait}s")
+    rep.check(
+        isinstance(flush, int) and 0 < flush < wait,
+        f"force_flush_interval {flush}s < the unit's wait after exit {wait}s",
+    )
     rep.check(cfg.get("agent", {}).get("run_as_user") == "cwagent", "the agent runs as cwagent, not root")
     log_file = root / entry["file_path"].lstrip("/")
     if log_file.is_file():
         rep.check(stat.S_IMODE(log_file.stat().st_mode) & 0o004 != 0, "the log file is readable by the agent's user")
     rotate = root / LOGROTATE
-    rep.check(rotate.is_file() and "copytruncate" in rotate.read_text() and entry["file_path"] in rotate.read_text(),
-              f"/{LOGROTATE} rotates {entry['file_path']} with copytruncate")
+    rep.check(
+        rotate.is_file() and "copytruncate" in rotate.read_text() and entry["file_path"] in rotate.read_text(),
+        f"/{LOGROTATE} rotates {entry['file_path']} with copytruncate",
+    )
     return 1 if rep.errors else 0
 
 
@@ -247,9 +264,7 @@ def help_env_names(binary: Path) -> set[str]:
     names: set[str] = set()
     for args in (["--help"], ["run", "--help"]):
         try:
-            out = subprocess.run(
-                [str(binary), *args], capture_output=True, text=True, timeout=30, check=False
-            )
+            out = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=30, check=False)
         except OSError as err:
             raise SystemExit(f"cannot run {binary}: {err}") from err
         if out.returncode == 0:
@@ -273,9 +288,7 @@ def accepts_env(rep: Report, binary: Path, env: dict[str, str]) -> None:
         "AWS_ACCESS_KEY_ID": "offline-test",
         "AWS_SECRET_ACCESS_KEY": "offline-test",
     }
-    proc = subprocess.Popen(
-        [str(binary)], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = subprocess.Popen([str(binary)], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=3)
     except subprocess.TimeoutExpired:
@@ -304,8 +317,10 @@ def cmd_env(root: Path) -> int:
     known: set[str] = set()
     if not binary.is_file():
         if in_ci:
-            rep.fail(f"order-worker binary not found at {binary}: build it first "
-                     "(cargo build -p order-worker) or set ORDER_WORKER_BIN")
+            rep.fail(
+                f"order-worker binary not found at {binary}: build it first "
+                "(cargo build -p order-worker) or set ORDER_WORKER_BIN"
+            )
             return 1
         rep.warn(f"{binary} is not built: comparing with tests/worker-env-names.txt instead")
     else:
@@ -329,8 +344,10 @@ def cmd_env(root: Path) -> int:
             rep.ok(f"{name} is read by the AWS SDK")
             continue
         rep.fail(f"{name} is in the environment file but not in {source}")
-    rep.check(not (written - known - {n for n in written if SDK_NAMES.match(n)}),
-              f"every name in the environment file is known to the worker ({len(written)} names)")
+    rep.check(
+        not (written - known - {n for n in written if SDK_NAMES.match(n)}),
+        f"every name in the environment file is known to the worker ({len(written)} names)",
+    )
     for name in REQUIRED:
         rep.check(name in written and env[name] != "", f"{name} is set")
     for name in sorted(known - written):
@@ -339,8 +356,10 @@ def cmd_env(root: Path) -> int:
         elif SDK_NAMES.match(name):
             rep.ok(f"{name} left out (standard AWS endpoint; set through worker_extra_env)")
         else:
-            rep.fail(f"{name} ({source}) is not in the environment file: add it to the role "
-                     "(templates/order-worker.env.j2) or to OMITTED in tests/check_output.py")
+            rep.fail(
+                f"{name} ({source}) is not in the environment file: add it to the role "
+                "(templates/order-worker.env.j2) or to OMITTED in tests/check_output.py"
+            )
     if real_binary:
         accepts_env(rep, binary, env)
     return 1 if rep.errors else 0

@@ -8,8 +8,11 @@ The only additions to the 30 lines are measurement, kept out of the loop's logic
 requests (and the consumed capacity DynamoDB reports), and SIGTERM writes those counts to a JSON file.
 """
 
-import json, os, signal, sys, time
-from datetime import datetime, timezone
+import json
+import os
+import signal
+import sys
+from datetime import UTC, datetime
 
 import boto3
 
@@ -46,22 +49,28 @@ print("baseline ready", flush=True)
 
 # ---- the seed's worker -----------------------------------------------------------------------------------
 while True:
-    resp = sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10, WaitTimeSeconds=20,
-                               MessageSystemAttributeNames=["MessageGroupId"])
+    resp = sqs.receive_message(
+        QueueUrl=QUEUE_URL, MaxNumberOfMessages=10, WaitTimeSeconds=20, MessageSystemAttributeNames=["MessageGroupId"]
+    )
     for msg in resp.get("Messages", []):
         order = json.loads(msg["Body"])
         total = sum(i["qty"] * i["unit_price_cents"] for i in order["items"])
         try:
             ddb.put_item(
                 TableName=TABLE,
-                Item={"OrderID": {"S": order["order_id"]},
-                      "MessageGroupId": {"S": msg["Attributes"]["MessageGroupId"]},
-                      "Status": {"S": "ACCEPTED"}, "TotalCents": {"N": str(total)},
-                      "Currency": {"S": order["currency"]}, "SqsMessageId": {"S": msg["MessageId"]},
-                      "ProcessedBy": {"S": "baseline"},
-                      "ProcessedAt": {"S": datetime.now(timezone.utc).isoformat(timespec="microseconds")}},
+                Item={
+                    "OrderID": {"S": order["order_id"]},
+                    "MessageGroupId": {"S": msg["Attributes"]["MessageGroupId"]},
+                    "Status": {"S": "ACCEPTED"},
+                    "TotalCents": {"N": str(total)},
+                    "Currency": {"S": order["currency"]},
+                    "SqsMessageId": {"S": msg["MessageId"]},
+                    "ProcessedBy": {"S": "baseline"},
+                    "ProcessedAt": {"S": datetime.now(UTC).isoformat(timespec="microseconds")},
+                },
                 ConditionExpression="attribute_not_exists(OrderID)",
-                ReturnConsumedCapacity="TOTAL")
+                ReturnConsumedCapacity="TOTAL",
+            )
             stats["orders"] += 1
         except ddb.exceptions.ConditionalCheckFailedException:
             stats["duplicates"] += 1  # already written by an earlier delivery: just delete it

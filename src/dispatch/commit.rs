@@ -1,4 +1,4 @@
-//! The committer: many groups' runs in one transaction, the groups answered as soon as DynamoDB has the
+//! The committer: many groups' runs in one store commit, the groups answered as soon as DynamoDB has the
 //! records, the deletes after that in the background.
 
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use super::Dispatcher;
 use crate::store::{Applied, CommitContext, Run, RunOutcome, MAX_ACTIONS};
 use crate::telemetry::{DELETE_FAILURES, ORDERS, ORDER_LATENCY};
 
-/// Longest the committer waits for more groups' runs to fill a transaction (and its delete batch).
+/// Longest the committer waits for more groups' runs to fill a commit (and its delete batch).
 const COMMIT_LINGER: Duration = Duration::from_millis(3);
 
 pub(super) struct CommitRequest {
@@ -39,9 +39,9 @@ impl Dispatcher {
                     _ = self.inner.shutdown.cancelled() => break,
                 },
             };
-            // Everything that queued up while the permits were busy goes into this transaction, and the runs
+            // Everything that queued up while the permits were busy goes into this commit, and the runs
             // of one receive (its groups' tasks submit microseconds apart) are gathered for up to
-            // COMMIT_LINGER until ten orders are in: one transaction and one full DeleteMessageBatch instead
+            // COMMIT_LINGER until ten orders are in: one batch of inserts and one full DeleteMessageBatch instead
             // of several small ones. Under load the batches grow by themselves.
             let mut actions = first.run.records.len() + 1;
             let mut orders = first.run.records.len();
@@ -68,7 +68,7 @@ impl Dispatcher {
             let me = self.clone();
             self.inner.flights.spawn(async move {
                 let done = me.commit_batch(batch).await;
-                // The permit bounds transactions in flight, not deletes.
+                // The permit bounds commits in flight, not deletes.
                 drop(permit);
                 me.delete(done).await;
             });
@@ -105,8 +105,7 @@ impl Dispatcher {
             for (rec, a) in req.run.records.iter().zip(&outcome.applied) {
                 match a {
                     Applied::New { .. } => {
-                        metrics::counter!(ORDERS, "status" => rec.status.to_ascii_lowercase())
-                            .increment(1);
+                        metrics::counter!(ORDERS, "status" => rec.status.label()).increment(1);
                     }
                     Applied::Conflict => {
                         tracing::warn!(order = %rec.order_key, group = %rec.group_id, message_id = %rec.sqs_message_id, payload_sha256 = %rec.payload_sha256, "conflict: an order with this OrderID and another payload is already recorded; not applied");

@@ -11,11 +11,14 @@ use super::{now_rfc3339_millis, Dispatcher};
 use crate::order::{evaluate, Verdict};
 use crate::queue::Received;
 use crate::retry::{backoff_for, Class};
+use crate::schema::Status;
 use crate::store::{Applied, Record, Run, StoreError};
 use crate::telemetry::ORDERS;
 
-/// Most orders one group commits in one run (leaves room for other groups in the same transaction).
-const RUN_MAX: usize = 25;
+/// Most orders one group commits in one run. A claim lists its run's SequenceNumbers (about 23 bytes each as
+/// DynamoDB sizes them) and may carry an unfinished run forward: 2 x 16 entries keep the group row under 1 KB,
+/// so a claim stays one write unit. (A receive returns at most 10 of a group anyway.)
+const RUN_MAX: usize = 16;
 /// Longest a run collects orders before it is committed.
 const RUN_LINGER: Duration = Duration::from_millis(50);
 
@@ -62,7 +65,6 @@ impl Dispatcher {
                 };
                 let Some(rest) = rest else { continue };
                 self.publish();
-                inner.store.forget_group(&group);
                 self.release(rest, 0, "drain").await;
                 return;
             }
@@ -158,7 +160,6 @@ impl Dispatcher {
             (held.take(run_ids), held.close(group))
         };
         self.publish();
-        self.inner.store.forget_group(group);
         self.release(run, visibility, reason).await;
         self.release(rest, 0, reason).await;
     }
@@ -169,8 +170,8 @@ impl Dispatcher {
             Verdict::Accepted {
                 total_cents,
                 currency,
-            } => ("ACCEPTED", None, Some(total_cents), Some(currency)),
-            Verdict::Rejected { reason } => ("REJECTED", Some(reason), None, None),
+            } => (Status::Accepted, None, Some(total_cents), Some(currency)),
+            Verdict::Rejected { reason } => (Status::Rejected, Some(reason), None, None),
         };
         Record {
             order_key: e.order_key,

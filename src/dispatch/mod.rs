@@ -5,9 +5,9 @@
 //!   blocks the worker. Messages go into their group's queue, never into an unbounded buffer.
 //! - [`group`]: one task per held group takes its messages strictly one after another; its processed messages
 //!   form a run.
-//! - [`commit`]: a committer gathers the runs of many groups into one DynamoDB transaction (at most
-//!   `max_commits` in flight), answers the groups as soon as the records are written, then deletes in the
-//!   background: an SQS brownout slows deletes, not the next run.
+//! - [`commit`]: a committer gathers the runs of many groups into one store commit (their claims and
+//!   inserts go out together; at most `max_commits` in flight), answers the groups as soon as the records are
+//!   written, then deletes in the background: an SQS brownout slows deletes, not the next run.
 //! - [`visibility`]: the heartbeat that extends held messages before half the timeout has passed, and release.
 //!
 //! If a run cannot be committed, it and everything held behind it in its group is released; nothing of a group
@@ -16,8 +16,9 @@
 //! Every SQS and DynamoDB call runs under a [`Budget`]: until it works in normal running, the drain's deadline
 //! (plus a short grace for the releases and deletes) once a drain has begun. Shutdown has three signals (see
 //! [`Control`]): stop receiving, drain (take nothing new, release what has not started) and abort (the deadline
-//! passed: abandon in-flight runs and release them; the transactions are all-or-nothing, so nothing is
-//! half-applied).
+//! passed: abandon in-flight runs and release them). An abandoned run may leave a claim whose records are not
+//! all written: its messages are not deleted, so whoever receives them next writes them at the positions the
+//! claim gave them (see [`crate::store::claim`]); nothing is applied twice and no position stays empty.
 
 mod commit;
 mod group;

@@ -36,8 +36,10 @@ pub const VISIBILITY_EXTENSIONS: &str = "order_worker_visibility_extensions_tota
 pub const VISIBILITY_LOST: &str = "order_worker_visibility_lost_total";
 /// DeleteMessageBatch entries that failed, by `code` (an expired receipt handle: a harmless duplicate later).
 pub const DELETE_FAILURES: &str = "order_worker_delete_failures_total";
-/// DynamoDB write capacity units our transactions consumed.
+/// DynamoDB write capacity units consumed (as DynamoDB reports them; a failed claim by the billing rule).
 pub const WRITE_UNITS: &str = "order_worker_dynamodb_write_units_total";
+/// DynamoDB read capacity units consumed (by the billing rule: neither engine reports all of them).
+pub const READ_UNITS: &str = "order_worker_dynamodb_read_units_total";
 /// Notices acted on, by `kind`.
 pub const NOTICES: &str = "order_worker_notices_total";
 /// Drains, by `trigger`.
@@ -130,7 +132,7 @@ pub fn snapshot() -> Snapshot {
 /// Help text and unit of every figure, and the series that exist from the start: the gauges (a scraper sees 0,
 /// not nothing, before the first message) and the latency histogram (its buckets at 0).
 fn describe() {
-    let counters: [(&'static str, &'static str); 15] = [
+    let counters: [(&'static str, &'static str); 16] = [
         (ORDERS, "Orders handled, by outcome."),
         (RELEASES, "Messages released (visibility 0), by reason."),
         (REQUESTS, "AWS requests, by service and operation."),
@@ -151,6 +153,7 @@ fn describe() {
             "DeleteMessageBatch entries that failed, by code.",
         ),
         (WRITE_UNITS, "DynamoDB write capacity units consumed."),
+        (READ_UNITS, "DynamoDB read capacity units consumed."),
         (NOTICES, "Notices acted on, by kind."),
         (DRAINS, "Drains, by trigger."),
         (DRAIN_ORDERS, "Orders during drains: finished or released."),

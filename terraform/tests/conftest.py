@@ -3,6 +3,7 @@
 TF_CHECK_DIR selects the configuration under test (default: this repository's terraform/); the
 planted-mistake tests point it at a mutated copy.
 """
+
 import os
 import pathlib
 import re

@@ -49,17 +49,19 @@ variables {
   }
 }
 
-run "queue_is_a_fifo_pair" {
+run "queue_is_fifo_with_no_dead_letter_queue_by_default" {
   command = plan
 
   assert {
-    condition     = aws_sqs_queue.orders.fifo_queue && aws_sqs_queue.dlq.fifo_queue
-    error_message = "Both the queue and its dead-letter queue must be FIFO."
+    condition     = aws_sqs_queue.orders.fifo_queue && aws_sqs_queue.orders.name == "orders.fifo"
+    error_message = "The orders queue is FIFO and named like the worker's default, orders.fifo."
   }
 
   assert {
-    condition     = aws_sqs_queue.orders.name == "orders.fifo" && aws_sqs_queue.dlq.name == "orders-dlq.fifo"
-    error_message = "Default queue names must be the worker's: orders.fifo and orders-dlq.fifo."
+    condition = (length(aws_sqs_queue.dlq) == 0 && length(aws_sqs_queue_redrive_policy.orders) == 0
+      && length(aws_sqs_queue_redrive_allow_policy.dlq) == 0 && length(aws_sqs_queue_policy.dlq) == 0
+    && length(aws_cloudwatch_metric_alarm.dlq_depth) == 0)
+    error_message = "No dead-letter queue, redrive policy or DLQ alarm by default: a dead-lettered order would leave its group's position empty."
   }
 
   assert {
@@ -73,13 +75,77 @@ run "queue_is_a_fifo_pair" {
   }
 
   assert {
-    condition     = aws_sqs_queue.dlq.message_retention_seconds == 1209600
+    condition = (aws_cloudwatch_metric_alarm.queue_retention.metric_name == "ApproximateAgeOfOldestMessage"
+      && aws_cloudwatch_metric_alarm.queue_retention.threshold == 172800
+      && aws_sqs_queue.orders.message_retention_seconds == 345600
+    && aws_cloudwatch_metric_alarm.queue_retention.dimensions["QueueName"] == "orders.fifo")
+    error_message = "The near-expiry alarm watches the orders queue's oldest message at half the 4-day retention (2 days)."
+  }
+
+  assert {
+    condition     = length(aws_fis_experiment_template.spot_interruption.stop_condition) == 1
+    error_message = "Without a DLQ, the FIS experiment stops on the stalled-queue alarm only."
+  }
+
+  assert {
+    condition     = output.dlq_url == null && output.dlq_arn == null && output.dlq_alarm_arn == null
+    error_message = "The DLQ outputs are null when there is no DLQ."
+  }
+}
+
+run "dead_letter_queue_is_opt_in" {
+  command = plan
+
+  variables {
+    dead_letter_queue = true
+  }
+
+  assert {
+    condition     = length(aws_sqs_queue.dlq) == 1 && aws_sqs_queue.dlq[0].fifo_queue && aws_sqs_queue.dlq[0].name == "orders-dlq.fifo"
+    error_message = "dead_letter_queue = true creates the FIFO dead-letter queue orders-dlq.fifo."
+  }
+
+  assert {
+    condition     = aws_sqs_queue.dlq[0].message_retention_seconds == 1209600
     error_message = "The dead-letter queue keeps messages 14 days."
   }
 
   assert {
-    condition     = aws_cloudwatch_metric_alarm.dlq_depth.metric_name == "ApproximateNumberOfMessagesVisible" && aws_cloudwatch_metric_alarm.dlq_depth.threshold == 1
+    condition     = length(aws_sqs_queue_redrive_policy.orders) == 1 && length(aws_sqs_queue_redrive_allow_policy.dlq) == 1 && length(aws_sqs_queue_policy.dlq) == 1
+    error_message = "With a DLQ: the redrive policy, the redrive-allow policy and the DLQ's TLS-only policy."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.dlq_depth[0].metric_name == "ApproximateNumberOfMessagesVisible" && aws_cloudwatch_metric_alarm.dlq_depth[0].threshold == 1
     error_message = "An alarm fires on the first message in the dead-letter queue."
+  }
+
+  assert {
+    condition     = length(aws_fis_experiment_template.spot_interruption.stop_condition) == 2
+    error_message = "With a DLQ, the FIS experiment also stops when an order reaches it."
+  }
+
+  assert {
+    condition     = length([for w in local.dashboard_widgets : w if w.type == "alarm"][0].properties.alarms) == 8 && strcontains(jsonencode([for w in local.dashboard_widgets : w if w.type == "metric"]), "\"orders-dlq.fifo\"")
+    error_message = "With a DLQ, the dashboard shows its depth and its alarm."
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.queue_retention.threshold == 172800
+    error_message = "The near-expiry alarm stays (a DLQ does not catch a group nobody processes)."
+  }
+}
+
+run "retention_alarm_follows_the_retention" {
+  command = plan
+
+  variables {
+    message_retention_seconds = 1209600
+  }
+
+  assert {
+    condition     = aws_cloudwatch_metric_alarm.queue_retention.threshold == 604800
+    error_message = "14 days of retention: the near-expiry alarm fires at 7 days."
   }
 }
 
@@ -201,6 +267,41 @@ run "network_is_private" {
   }
 }
 
+run "interface_endpoints_in_every_zone_by_default" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for e in aws_vpc_endpoint.interface : length(e.subnet_ids) == 3])
+    error_message = "By default every interface endpoint has a network interface in each of the three worker subnets."
+  }
+}
+
+run "interface_endpoints_in_fewer_zones" {
+  command = plan
+
+  variables {
+    interface_endpoint_az_count = 1
+  }
+
+  assert {
+    condition     = alltrue([for e in aws_vpc_endpoint.interface : length(e.subnet_ids) == 1]) && length(aws_subnet.private) == 3
+    error_message = "interface_endpoint_az_count = 1 puts the endpoints in one zone; the workers keep their three subnets."
+  }
+
+  assert {
+    condition     = toset(keys(aws_vpc_endpoint.gateway)) == toset(["s3", "dynamodb"]) && length(aws_vpc_endpoint.gateway["dynamodb"].route_table_ids) == 3
+    error_message = "The free gateway endpoints stay, on every route table."
+  }
+}
+
+run "rejects_more_endpoint_zones_than_subnets" {
+  command = plan
+  variables {
+    interface_endpoint_az_count = 4
+  }
+  expect_failures = [aws_vpc_endpoint.interface]
+}
+
 run "dns_failover_to_the_error_page" {
   command = plan
 
@@ -309,6 +410,14 @@ run "rejects_a_dlq_name_without_fifo" {
     dlq_name = "orders-dlq"
   }
   expect_failures = [var.dlq_name]
+}
+
+run "rejects_a_retention_shorter_than_twice_the_failover" {
+  command = plan
+  variables {
+    message_retention_seconds = 1200
+  }
+  expect_failures = [check.retention_outlasts_the_failover]
 }
 
 run "rejects_a_hook_longer_than_the_spot_notice" {
@@ -477,14 +586,14 @@ run "observability_log_group_dashboard_alarms" {
     condition = alltrue([for m in [
       "ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage", "GroupInServiceInstances",
       "OrdersAccepted", "OrdersRejected", "OrdersConflict", "Drains", "HookCompleted", "HookNotCompleted",
-      "orders-dlq.fifo", "interruption",
+      "interruption",
     ] : strcontains(jsonencode([for w in local.dashboard_widgets : w if w.type == "metric"]), "\"${m}\"")])
-    error_message = "The dashboard shows queue depth and age, DLQ depth, orders by status, drains, hooks, instances and interruptions."
+    error_message = "The dashboard shows queue depth and age, orders by status, drains, hooks, instances and interruptions."
   }
 
   assert {
     condition     = length(local.dashboard_widgets) == 7 && length([for w in local.dashboard_widgets : w if w.type == "alarm"][0].properties.alarms) == 7
-    error_message = "Seven widgets (queue, age, fleet, orders, drains and hooks, latency, alarms); the alarm widget shows all seven alarms."
+    error_message = "Seven widgets (queue, age, fleet, orders, drains and hooks, latency, alarms); the alarm widget shows all seven alarms (no DLQ alarm by default)."
   }
 }
 

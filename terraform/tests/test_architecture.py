@@ -4,11 +4,11 @@
 (FIFO pair, key OrderID, all-Spot fleet, private network, failover pair, FIS action, ...), so a
 config that is valid but wrong fails here.
 """
+
 import pathlib
 import re
 
 import pytest
-
 from conftest import block, blocks, refers_to
 
 # --- SQS ---------------------------------------------------------------------------------------
@@ -30,19 +30,57 @@ def test_redrive_and_redrive_allow_are_their_own_resources(tf):
         assert "redrive_policy" not in q and "redrive_allow_policy" not in q, "inline redrive makes a cycle"
     redrive = tf.resource("aws_sqs_queue_redrive_policy")
     assert refers_to(redrive["queue_url"], r"aws_sqs_queue\.orders\.")
-    assert refers_to(str(redrive["redrive_policy"]), r"aws_sqs_queue\.dlq\.arn")
+    assert refers_to(str(redrive["redrive_policy"]), r"aws_sqs_queue\.dlq\[0\]\.arn")
     assert refers_to(str(redrive["redrive_policy"]), r"maxReceiveCount")
     allow = tf.resource("aws_sqs_queue_redrive_allow_policy")
-    assert refers_to(allow["queue_url"], r"aws_sqs_queue\.dlq\.")
+    assert refers_to(allow["queue_url"], r"aws_sqs_queue\.dlq\[0\]\.")
     assert refers_to(str(allow["redrive_allow_policy"]), r"byQueue")
     assert tf.default("max_receive_count") == 10
+
+
+def test_no_dead_letter_queue_unless_asked(tf):
+    """A dead-lettered order leaves its GroupPosition empty and a redrive lands it after its group's tail, so
+    the DLQ and everything that exists only for it are opt-in (dead_letter_queue, default false)."""
+    assert tf.default("dead_letter_queue") is False
+    description = tf.variables["dead_letter_queue"]["description"]
+    for consequence in ("GroupPosition", "redrive", "REJECTED", "message_retention_seconds"):
+        assert consequence in description, (
+            f"dead_letter_queue's description must state its consequences ({consequence})"
+        )
+    gated = [
+        ("aws_sqs_queue", "dlq"),
+        ("aws_sqs_queue_redrive_policy", "orders"),
+        ("aws_sqs_queue_redrive_allow_policy", "dlq"),
+        ("aws_sqs_queue_policy", "dlq"),
+        ("aws_cloudwatch_metric_alarm", "dlq_depth"),
+    ]
+    for rtype, name in gated:
+        count = str(tf.resource(rtype, name).get("count"))
+        assert "local.dlq_enabled" in count or "var.dead_letter_queue" in count, (
+            f"{rtype}.{name} must exist only with dead_letter_queue"
+        )
+    assert "var.dead_letter_queue" in str(tf.locals.get("dlq_enabled"))
+
+
+def test_alarm_before_the_retention_deletes_an_order(tf):
+    """With no DLQ, a stuck order is deleted by SQS at message_retention_seconds: an alarm on its age fires
+    at a threshold derived from the retention, well before it."""
+    alarm = tf.resource("aws_cloudwatch_metric_alarm", "queue_retention")
+    assert alarm["metric_name"] == "ApproximateAgeOfOldestMessage" and alarm["namespace"] == "AWS/SQS"
+    assert refers_to(str(alarm["dimensions"]), r"aws_sqs_queue\.orders\.name")
+    assert alarm["threshold"] == "${local.retention_alarm_seconds}"
+    assert refers_to(str(tf.locals["retention_alarm_seconds"]), r"var\.message_retention_seconds\s*/\s*2")
+    assert alarm["alarm_actions"] == "${var.alarm_actions}"
+    assert "retention_outlasts_the_failover" in tf.checks
 
 
 def test_high_throughput_fifo_is_an_option(tf):
     q = tf.resource("aws_sqs_queue", "orders")
     assert "messageGroup" in q["deduplication_scope"] and "var.high_throughput_fifo" in q["deduplication_scope"]
     assert "perMessageGroupId" in q["fifo_throughput_limit"]
-    assert tf.variables["high_throughput_fifo"]["type"] == "${bool}" or "bool" in str(tf.variables["high_throughput_fifo"]["type"])
+    assert tf.variables["high_throughput_fifo"]["type"] == "${bool}" or "bool" in str(
+        tf.variables["high_throughput_fifo"]["type"]
+    )
 
 
 def test_queues_are_encrypted_long_polled_and_tls_only(tf):
@@ -58,12 +96,15 @@ def test_queues_are_encrypted_long_polled_and_tls_only(tf):
     cond = block(stmt, "condition")
     assert cond["variable"] == "aws:SecureTransport" and cond["values"] == ["false"]
     policies = tf.resources["aws_sqs_queue_policy"]
-    assert {p["queue_url"] for p in policies.values()} == {"${aws_sqs_queue.orders.id}", "${aws_sqs_queue.dlq.id}"}
+    assert {p["queue_url"] for p in policies.values()} == {"${aws_sqs_queue.orders.id}", "${aws_sqs_queue.dlq[0].id}"}
 
 
 def test_alarm_on_dlq_depth(tf):
-    alarms = [a for a in tf.resources["aws_cloudwatch_metric_alarm"].values()
-              if refers_to(str(a.get("dimensions")), r"aws_sqs_queue\.dlq\.")]
+    alarms = [
+        a
+        for a in tf.resources["aws_cloudwatch_metric_alarm"].values()
+        if refers_to(str(a.get("dimensions")), r"aws_sqs_queue\.dlq\[0\]\.")
+    ]
     assert alarms, "no alarm on the dead-letter queue"
     assert alarms[0]["metric_name"] == "ApproximateNumberOfMessagesVisible"
 
@@ -124,6 +165,10 @@ def test_gateway_and_interface_endpoints(tf):
     itf = tf.resource("aws_vpc_endpoint", "interface")
     assert itf["vpc_endpoint_type"] == "Interface" and itf["private_dns_enabled"] is True
     assert {"sqs", "autoscaling", "ssm", "logs", "sts"} <= set(tf.default("interface_endpoints"))
+    # The cheaper option puts the endpoints in fewer zones; by default they are in every worker subnet.
+    assert itf["subnet_ids"] == "${local.endpoint_subnet_ids}"
+    assert tf.default("interface_endpoint_az_count") is None
+    assert "local.private_subnet_ids" in str(tf.locals["endpoint_subnet_ids"])
 
 
 def test_workers_have_no_inbound_and_no_public_ip(tf):
@@ -153,8 +198,17 @@ def test_launch_template_imdsv2_encrypted_no_market_options(tf):
     assert "local.user_data" in lt["user_data"]
 
 
-ROLE_VARS = ("worker_queue_url", "worker_orders_table", "worker_groups_table", "worker_region", "worker_asg_name",
-             "worker_lifecycle_hook", "worker_drain_timeout", "worker_binary_url", "worker_binary_sha256")
+ROLE_VARS = (
+    "worker_queue_url",
+    "worker_orders_table",
+    "worker_groups_table",
+    "worker_region",
+    "worker_asg_name",
+    "worker_lifecycle_hook",
+    "worker_drain_timeout",
+    "worker_binary_url",
+    "worker_binary_sha256",
+)
 
 
 def test_user_data_runs_the_play_from_s3(tf):
@@ -216,8 +270,12 @@ def test_termination_hook_fits_the_spot_notice(tf):
     assert hook["name"] == "${var.lifecycle_hook_name}"
     assert hook["heartbeat_timeout"] == "${var.lifecycle_hook_timeout_seconds}"
     assert tf.default("lifecycle_hook_timeout_seconds") <= 120
-    assert tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds") < tf.default("lifecycle_hook_timeout_seconds")
-    assert tf.default("visibility_timeout_seconds") >= tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds")
+    assert tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds") < tf.default(
+        "lifecycle_hook_timeout_seconds"
+    )
+    assert tf.default("visibility_timeout_seconds") >= tf.default("drain_timeout_seconds") + tf.default(
+        "drain_margin_seconds"
+    )
     asg = tf.resource("aws_autoscaling_group", "workers")
     assert "initial_lifecycle_hook" not in asg, "the hook is its own resource"
 
@@ -229,14 +287,28 @@ def test_worker_policy_is_exact(tf):
     doc = tf.data["aws_iam_policy_document"]["worker"]
     by_sid = {s["sid"]: s for s in blocks(doc, "statement")}
     assert set(by_sid["ConsumeOrders"]["actions"]) == {
-        "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"}
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+    }
     assert by_sid["ConsumeOrders"]["resources"] == ["${aws_sqs_queue.orders.arn}"]
     assert set(by_sid["ApplyOrders"]["actions"]) == {
-        "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
-        "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"}
-    assert set(by_sid["ApplyOrders"]["resources"]) == {"${aws_dynamodb_table.orders.arn}", "${aws_dynamodb_table.groups.arn}"}
+        "dynamodb:DescribeTable",
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:ConditionCheckItem",
+    }
+    assert set(by_sid["ApplyOrders"]["resources"]) == {
+        "${aws_dynamodb_table.orders.arn}",
+        "${aws_dynamodb_table.groups.arn}",
+    }
     assert set(by_sid["CompleteOwnLifecycleHook"]["actions"]) == {
-        "autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"}
+        "autoscaling:CompleteLifecycleAction",
+        "autoscaling:RecordLifecycleActionHeartbeat",
+    }
     assert by_sid["CompleteOwnLifecycleHook"]["resources"] == ["${local.asg_arn}"]
     assert "autoScalingGroupName/${var.asg_name}" in tf.locals["asg_arn"], "group ARN built by hand"
     for sid, stmt in by_sid.items():
@@ -251,10 +323,14 @@ def test_worker_policy_is_exact(tf):
 
 def test_failover_pair(tf):
     records = tf.resources["aws_route53_record"]
-    kinds = {name: block(r, "failover_routing_policy")["type"] for name, r in records.items() if r.get("failover_routing_policy")}
+    kinds = {
+        name: block(r, "failover_routing_policy")["type"]
+        for name, r in records.items()
+        if r.get("failover_routing_policy")
+    }
     assert sorted(kinds.values()) == ["PRIMARY", "SECONDARY"]
-    primary = records[[n for n, k in kinds.items() if k == "PRIMARY"][0]]
-    secondary = records[[n for n, k in kinds.items() if k == "SECONDARY"][0]]
+    primary = records[next(n for n, k in kinds.items() if k == "PRIMARY")]
+    secondary = records[next(n for n, k in kinds.items() if k == "SECONDARY")]
     assert primary["name"] == secondary["name"] == "${var.record_name}"
     assert primary["type"] == secondary["type"] == "A"
     assert primary["set_identifier"] != secondary["set_identifier"]
@@ -302,7 +378,9 @@ def test_fis_experiment_template(tf):
     assert target["resource_type"] == "aws:ec2:spot-instance"
     assert re.fullmatch(r"ALL|COUNT\(\d+\)|PERCENT\(\d+\)", tf.default("fis_selection_mode"))
     assert block(target, "resource_tag")["key"] == "aws:autoscaling:groupName"
-    assert all(s["source"] == "aws:cloudwatch:alarm" for s in blocks(t, "stop_condition")) and blocks(t, "stop_condition")
+    assert all(s["source"] == "aws:cloudwatch:alarm" for s in blocks(t, "stop_condition")) and blocks(
+        t, "stop_condition"
+    )
     assert block(t, "experiment_options")["empty_target_resolution_mode"] == "fail"
     assert block(t, "log_configuration")
     assert "fis_experiment_template_id" in tf.outputs
@@ -326,14 +404,30 @@ def test_variables_typed_and_documented(tf):
         assert v.get("type"), f"variable {name} has no type"
         assert v.get("description"), f"variable {name} has no description"
     validated = {n for n, v in tf.variables.items() if v.get("validation")}
-    assert {"queue_name", "dlq_name", "lifecycle_hook_timeout_seconds", "instance_types",
-            "fis_selection_mode", "fis_duration_before_interruption"} <= validated
-    assert {"drain_fits_the_lifecycle_hook", "visibility_covers_the_drain", "queue_names_are_fifo_and_distinct"} <= set(tf.checks)
+    assert {
+        "queue_name",
+        "dlq_name",
+        "lifecycle_hook_timeout_seconds",
+        "instance_types",
+        "fis_selection_mode",
+        "fis_duration_before_interruption",
+    } <= validated
+    assert {"drain_fits_the_lifecycle_hook", "visibility_covers_the_drain", "queue_names_are_fifo_and_distinct"} <= set(
+        tf.checks
+    )
 
 
 def test_outputs_documented(tf):
-    required = {"queue_url", "queue_arn", "orders_table_name", "groups_table_name", "asg_name",
-                "lifecycle_hook_name", "launch_template_id", "fis_experiment_template_id"}
+    required = {
+        "queue_url",
+        "queue_arn",
+        "orders_table_name",
+        "groups_table_name",
+        "asg_name",
+        "lifecycle_hook_name",
+        "launch_template_id",
+        "fis_experiment_template_id",
+    }
     assert required <= set(tf.outputs)
     for name, o in tf.outputs.items():
         assert o.get("description"), f"output {name} has no description"
@@ -358,8 +452,10 @@ def test_worker_log_group_encrypted_retained_and_shipped_only_there(tf):
     by_sid = {s["sid"]: s for s in blocks(doc, "statement")}
     ship = by_sid["ShipWorkerLog"]
     assert set(ship["actions"]) == {"logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"}
-    assert set(ship["resources"]) == {"${aws_cloudwatch_log_group.worker.arn}",
-                                      "${aws_cloudwatch_log_group.worker.arn}:log-stream:*"}
+    assert set(ship["resources"]) == {
+        "${aws_cloudwatch_log_group.worker.arn}",
+        "${aws_cloudwatch_log_group.worker.arn}:log-stream:*",
+    }
     actions = {a for s in by_sid.values() for a in s["actions"]}
     assert "cloudwatch:PutMetricData" not in actions, "EMF needs no PutMetricData"
     assert "logs" in tf.default("interface_endpoints"), "the agent reaches CloudWatch Logs through its endpoint"

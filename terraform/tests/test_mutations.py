@@ -5,6 +5,7 @@ On-Demand capacity, a public subnet for workers) and a few more. Run by
 `scripts/check-terraform` (or `--mutations`), which provides the offline provider
 (TF_REATTACH_PROVIDERS, TF_CLI_CONFIG_FILE) and checkov (CHECKOV_BIN).
 """
+
 import os
 import pathlib
 import shutil
@@ -12,7 +13,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TF_DIR, Config
 
 pytestmark = pytest.mark.mutations
@@ -21,90 +21,178 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 # (id, file, text to replace (must occur exactly once), replacement, checks that must fail)
 MUTATIONS = [
-    ("typo-argument", "queue.tf",
-     "  fifo_throughput_limit = var.high_throughput_fifo", "  fifo_throughput_limt = var.high_throughput_fifo",
-     ["validate"]),
-    ("typo-block", "compute.tf",
-     "  metadata_options {", "  metadata_option {",
-     ["validate"]),
-    ("typo-resource-type", "queue.tf",
-     'resource "aws_sqs_queue_redrive_policy" "orders"', 'resource "aws_sqs_queue_redrive" "orders"',
-     ["validate"]),
-    ("missing-required-argument", "fis.tf",
-     "  role_arn    = aws_iam_role.fis.arn\n", "",
-     ["validate"]),
-    ("missing-fifo-flag", "queue.tf",
-     "  name       = var.queue_name\n  fifo_queue = true\n", "  name       = var.queue_name\n",
-     ["hcl", "tftest"]),
-    ("non-fifo-queue-name", "variables.tf",
-     'default     = "orders.fifo"', 'default     = "orders"',
-     ["hcl", "settings"]),
-    ("on-demand-percentage", "compute.tf",
-     "on_demand_percentage_above_base_capacity = 0", "on_demand_percentage_above_base_capacity = 100",
-     ["hcl", "tftest"]),
-    ("on-demand-base", "compute.tf",
-     "on_demand_base_capacity                  = 0", "on_demand_base_capacity                  = 2",
-     ["hcl"]),
-    ("spot-in-launch-template", "compute.tf",
-     "  iam_instance_profile {", "  instance_market_options {\n    market_type = \"spot\"\n  }\n\n  iam_instance_profile {",
-     ["hcl"]),
-    ("no-capacity-rebalance", "compute.tf",
-     "capacity_rebalance = true", "capacity_rebalance = false",
-     ["hcl"]),
-    ("public-subnet", "network.tf",
-     "map_public_ip_on_launch = false", "map_public_ip_on_launch = true",
-     ["hcl", "checkov"]),
-    ("internet-route", "network.tf",
-     "# --- flow logs", 'resource "aws_internet_gateway" "this" {\n  vpc_id = aws_vpc.this[0].id\n}\n\n'
-     'resource "aws_route" "internet" {\n  count                  = var.az_count\n'
-     '  route_table_id         = aws_route_table.private[count.index].id\n'
-     '  destination_cidr_block = "0.0.0.0/0"\n  gateway_id             = aws_internet_gateway.this.id\n}\n\n# --- flow logs',
-     ["hcl"]),
-    ("public-ip-on-workers", "compute.tf",
-     "associate_public_ip_address = false", "associate_public_ip_address = true",
-     ["hcl"]),
-    ("imdsv1-allowed", "compute.tf",
-     'http_tokens                 = "required"', 'http_tokens                 = "optional"',
-     ["hcl", "checkov"]),
-    ("unencrypted-root-volume", "compute.tf",
-     "      encrypted             = true", "      encrypted             = false",
-     ["hcl"]),
-    ("hook-shorter-than-drain", "variables.tf",
-     "  default     = 90\n", "  default     = 115\n",
-     ["settings", "tftest"]),
-    ("wildcard-queue-permission", "iam.tf",
-     "resources = [aws_sqs_queue.orders.arn]", 'resources = ["*"]',
-     ["hcl"]),
-    ("alias-to-website-endpoint", "dns.tf",
-     "aws_s3_bucket_website_configuration.error_page.website_domain", "aws_s3_bucket_website_configuration.error_page.website_endpoint",
-     ["hcl"]),
-    ("bucket-not-named-like-record", "dns.tf",
-     "  bucket = var.record_name", '  bucket = "orders-error-page"',
-     ["hcl", "tftest"]),
-    ("wrong-fis-action", "fis.tf",
-     '"aws:ec2:send-spot-instance-interruptions"', '"aws:ec2:terminate-instances"',
-     ["hcl", "tftest"]),
-    ("orders-key-renamed", "tables.tf",
-     '  hash_key     = "OrderID"', '  hash_key     = "OrderId"',
-     ["hcl"]),
-    ("worker-log-group-unencrypted", "observability.tf",
-     "  retention_in_days = var.worker_log_retention_days\n  kms_key_id        = aws_kms_key.data.arn\n",
-     "  retention_in_days = var.worker_log_retention_days\n",
-     ["hcl", "tftest", "checkov"]),
-    ("alarm-on-a-metric-never-written", "observability.tf",
-     'metric_name         = "OrdersConflict"', 'metric_name         = "OrderConflicts"',
-     ["hcl", "tftest"]),
-    ("worker-logs-anywhere", "iam.tf",
-     '"${aws_cloudwatch_log_group.worker.arn}:log-stream:*",', '"*",',
-     ["hcl"]),
+    (
+        "typo-argument",
+        "queue.tf",
+        "  fifo_throughput_limit = var.high_throughput_fifo",
+        "  fifo_throughput_limt = var.high_throughput_fifo",
+        ["validate"],
+    ),
+    ("typo-block", "compute.tf", "  metadata_options {", "  metadata_option {", ["validate"]),
+    (
+        "typo-resource-type",
+        "queue.tf",
+        'resource "aws_sqs_queue_redrive_policy" "orders"',
+        'resource "aws_sqs_queue_redrive" "orders"',
+        ["validate"],
+    ),
+    ("missing-required-argument", "fis.tf", "  role_arn    = aws_iam_role.fis.arn\n", "", ["validate"]),
+    (
+        "missing-fifo-flag",
+        "queue.tf",
+        "  name       = var.queue_name\n  fifo_queue = true\n",
+        "  name       = var.queue_name\n",
+        ["hcl", "tftest"],
+    ),
+    (
+        "non-fifo-queue-name",
+        "variables.tf",
+        'default     = "orders.fifo"',
+        'default     = "orders"',
+        ["hcl", "settings"],
+    ),
+    (
+        "on-demand-percentage",
+        "compute.tf",
+        "on_demand_percentage_above_base_capacity = 0",
+        "on_demand_percentage_above_base_capacity = 100",
+        ["hcl", "tftest"],
+    ),
+    (
+        "on-demand-base",
+        "compute.tf",
+        "on_demand_base_capacity                  = 0",
+        "on_demand_base_capacity                  = 2",
+        ["hcl"],
+    ),
+    (
+        "spot-in-launch-template",
+        "compute.tf",
+        "  iam_instance_profile {",
+        '  instance_market_options {\n    market_type = "spot"\n  }\n\n  iam_instance_profile {',
+        ["hcl"],
+    ),
+    ("no-capacity-rebalance", "compute.tf", "capacity_rebalance = true", "capacity_rebalance = false", ["hcl"]),
+    (
+        "public-subnet",
+        "network.tf",
+        "map_public_ip_on_launch = false",
+        "map_public_ip_on_launch = true",
+        ["hcl", "checkov"],
+    ),
+    (
+        "internet-route",
+        "network.tf",
+        "# --- flow logs",
+        'resource "aws_internet_gateway" "this" {\n  vpc_id = aws_vpc.this[0].id\n}\n\n'
+        'resource "aws_route" "internet" {\n  count                  = var.az_count\n'
+        "  route_table_id         = aws_route_table.private[count.index].id\n"
+        '  destination_cidr_block = "0.0.0.0/0"\n  gateway_id             = aws_internet_gateway.this.id\n}\n\n# --- flow logs',
+        ["hcl"],
+    ),
+    (
+        "public-ip-on-workers",
+        "compute.tf",
+        "associate_public_ip_address = false",
+        "associate_public_ip_address = true",
+        ["hcl"],
+    ),
+    (
+        "imdsv1-allowed",
+        "compute.tf",
+        'http_tokens                 = "required"',
+        'http_tokens                 = "optional"',
+        ["hcl", "checkov"],
+    ),
+    (
+        "unencrypted-root-volume",
+        "compute.tf",
+        "      encrypted             = true",
+        "      encrypted             = false",
+        ["hcl"],
+    ),
+    (
+        "hook-shorter-than-drain",
+        "variables.tf",
+        "  default     = 90\n",
+        "  default     = 115\n",
+        ["settings", "tftest"],
+    ),
+    ("wildcard-queue-permission", "iam.tf", "resources = [aws_sqs_queue.orders.arn]", 'resources = ["*"]', ["hcl"]),
+    (
+        "alias-to-website-endpoint",
+        "dns.tf",
+        "aws_s3_bucket_website_configuration.error_page.website_domain",
+        "aws_s3_bucket_website_configuration.error_page.website_endpoint",
+        ["hcl"],
+    ),
+    (
+        "bucket-not-named-like-record",
+        "dns.tf",
+        "  bucket = var.record_name",
+        '  bucket = "orders-error-page"',
+        ["hcl", "tftest"],
+    ),
+    (
+        "wrong-fis-action",
+        "fis.tf",
+        '"aws:ec2:send-spot-instance-interruptions"',
+        '"aws:ec2:terminate-instances"',
+        ["hcl", "tftest"],
+    ),
+    ("orders-key-renamed", "tables.tf", '  hash_key     = "OrderID"', '  hash_key     = "OrderId"', ["hcl"]),
+    (
+        "worker-log-group-unencrypted",
+        "observability.tf",
+        "  retention_in_days = var.worker_log_retention_days\n  kms_key_id        = aws_kms_key.data.arn\n",
+        "  retention_in_days = var.worker_log_retention_days\n",
+        ["hcl", "tftest", "checkov"],
+    ),
+    (
+        "alarm-on-a-metric-never-written",
+        "observability.tf",
+        'metric_name         = "OrdersConflict"',
+        'metric_name         = "OrderConflicts"',
+        ["hcl", "tftest"],
+    ),
+    (
+        "dlq-on-by-default",
+        "variables.tf",
+        '  type        = bool\n  default     = false\n}\n\nvariable "dlq_name"',
+        '  type        = bool\n  default     = true\n}\n\nvariable "dlq_name"',
+        ["hcl", "tftest"],
+    ),
+    (
+        "redrive-without-the-opt-in",
+        "queue.tf",
+        'resource "aws_sqs_queue_redrive_policy" "orders" {\n  count = local.dlq_enabled ? 1 : 0\n',
+        'resource "aws_sqs_queue_redrive_policy" "orders" {\n',
+        ["hcl", "tftest"],
+    ),
+    (
+        "retention-alarm-not-derived",
+        "queue.tf",
+        "  threshold           = local.retention_alarm_seconds",
+        "  threshold           = 86400",
+        ["hcl", "tftest"],
+    ),
+    ("worker-logs-anywhere", "iam.tf", '"${aws_cloudwatch_log_group.worker.arn}:log-stream:*",', '"*",', ["hcl"]),
 ]
 
 
 def plant(tmp_path, file, old, new):
     dest = tmp_path / "terraform"
-    shutil.copytree(TF_DIR, dest, ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfvars", "__pycache__"))
+    shutil.copytree(
+        TF_DIR,
+        dest,
+        ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "terraform.tfvars", "__pycache__"),
+    )
     # compute.tf renders ../ansible/user-data.sh.tftpl; the settings test reads the role's defaults.
-    shutil.copytree(TF_DIR.parent / "ansible", tmp_path / "ansible", ignore=shutil.ignore_patterns(".ansible", "__pycache__", "tests"))
+    shutil.copytree(
+        TF_DIR.parent / "ansible",
+        tmp_path / "ansible",
+        ignore=shutil.ignore_patterns(".ansible", "__pycache__", "tests"),
+    )
     target = dest / file
     text = target.read_text()
     assert text.count(old) == 1, f"mutation anchor occurs {text.count(old)} times in {file}: {old!r}"
@@ -113,7 +201,9 @@ def plant(tmp_path, file, old, new):
 
 
 def run(cmd, cwd, env=None):
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+    )
 
 
 def fails(check, copy):
@@ -141,9 +231,14 @@ def fails(check, copy):
         return False
     if check in ("settings", "checkov"):
         test = {"settings": "test_settings_agree.py", "checkov": "test_checkov.py"}[check]
-        result = run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(HERE / test)],
-                     HERE, env={"TF_CHECK_DIR": str(copy)})
-        assert result.returncode in (0, 1), f"pytest could not run {test}: {result.stdout[-1500:]}{result.stderr[-1500:]}"
+        result = run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(HERE / test)],
+            HERE,
+            env={"TF_CHECK_DIR": str(copy)},
+        )
+        assert result.returncode in (0, 1), (
+            f"pytest could not run {test}: {result.stdout[-1500:]}{result.stderr[-1500:]}"
+        )
         return result.returncode == 1
     raise AssertionError(f"unknown check {check}")
 

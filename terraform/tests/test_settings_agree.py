@@ -8,6 +8,7 @@ shared defaults (the lead's context note); the binary, when given, is the author
 Values with no worker flag (the DLQ, the receive count, the hook timeout) are compared with the
 shared defaults only, and the timing rules between them are checked as well.
 """
+
 import os
 import re
 import subprocess
@@ -79,8 +80,14 @@ def worker_defaults():
     binary = os.environ.get("ORDER_WORKER_BIN")
     if not binary:
         return WORKER_DEFAULTS, "the constant list in this test"
-    out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30, check=True,
-                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    out = subprocess.run(
+        [binary, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
     parsed = parse_help(out.stdout)
     missing = set(WORKER_DEFAULTS) - set(parsed)
     assert not missing, f"{binary} --help shows no default for {sorted(missing)}"
@@ -109,7 +116,9 @@ def test_terraform_default_matches_worker(tf, variable):
     ours = tf.default(variable)
     theirs = defaults[flag]
     if variable.endswith("_seconds"):
-        assert ours == seconds(theirs), f"{variable} = {ours}, but the worker's --{flag} defaults to {theirs} ({source})"
+        assert ours == seconds(theirs), (
+            f"{variable} = {ours}, but the worker's --{flag} defaults to {theirs} ({source})"
+        )
     else:
         assert ours == theirs, f"{variable} = {ours!r}, but the worker's --{flag} defaults to {theirs!r} ({source})"
 
@@ -131,22 +140,24 @@ def test_timings_fit_together(tf):
 def test_boot_passes_the_worker_settings(tf):
     """The launch template hands the Ansible role (and so the worker) these very settings."""
     worker_vars = tf.locals["worker_vars"]
-    for role_var, source in (("worker_orders_table", "aws_dynamodb_table.orders.name"),
-                             ("worker_groups_table", "aws_dynamodb_table.groups.name"),
-                             ("worker_queue_url", "aws_sqs_queue.orders.url"),
-                             ("worker_asg_name", "var.asg_name"),
-                             ("worker_lifecycle_hook", "var.lifecycle_hook_name"),
-                             ("worker_visibility_timeout", "var.visibility_timeout_seconds"),
-                             ("worker_wait_time", "var.receive_wait_time_seconds"),
-                             ("worker_drain_timeout", "var.drain_timeout_seconds"),
-                             ("worker_drain_margin", "var.drain_margin_seconds"),
-                             ("worker_hook_timeout", "var.lifecycle_hook_timeout_seconds"),
-                             ("worker_log_group", "aws_cloudwatch_log_group.worker.name"),
-                             ("worker_emf_namespace", "var.emf_namespace"),
-                             ("worker_emf_interval", "var.emf_interval_seconds")):
+    for role_var, source in (
+        ("worker_orders_table", "aws_dynamodb_table.orders.name"),
+        ("worker_groups_table", "aws_dynamodb_table.groups.name"),
+        ("worker_queue_url", "aws_sqs_queue.orders.url"),
+        ("worker_asg_name", "var.asg_name"),
+        ("worker_lifecycle_hook", "var.lifecycle_hook_name"),
+        ("worker_visibility_timeout", "var.visibility_timeout_seconds"),
+        ("worker_wait_time", "var.receive_wait_time_seconds"),
+        ("worker_drain_timeout", "var.drain_timeout_seconds"),
+        ("worker_drain_margin", "var.drain_margin_seconds"),
+        ("worker_hook_timeout", "var.lifecycle_hook_timeout_seconds"),
+        ("worker_log_group", "aws_cloudwatch_log_group.worker.name"),
+        ("worker_emf_namespace", "var.emf_namespace"),
+        ("worker_emf_interval", "var.emf_interval_seconds"),
+    ):
         assert source in str(worker_vars.get(role_var)), f"{role_var} must come from {source}"
     for duration in ("worker_visibility_timeout", "worker_wait_time", "worker_drain_timeout", "worker_drain_margin"):
-        assert str(worker_vars[duration]).endswith("}s"), f"{duration} is passed as whole seconds (\"90s\")"
+        assert str(worker_vars[duration]).endswith("}s"), f'{duration} is passed as whole seconds ("90s")'
 
 
 def test_ansible_role_defaults_agree(tf):
@@ -175,4 +186,8 @@ def test_ansible_role_defaults_agree(tf):
     group = tf.resource("aws_cloudwatch_log_group", "worker")["name"]
     assert role("worker_log_group") == group.replace("${var.environment}", tf.default("environment"))
     stop = int(role("worker_stop_timeout"))
-    assert tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds") < stop < tf.default("lifecycle_hook_timeout_seconds")
+    assert (
+        tf.default("drain_timeout_seconds") + tf.default("drain_margin_seconds")
+        < stop
+        < tf.default("lifecycle_hook_timeout_seconds")
+    )

@@ -2,7 +2,11 @@
 //! port, its own queue and tables, and its own worker processes; everything is stopped on drop.
 #![allow(dead_code)]
 
+pub mod dynamodb_local;
 pub mod proxy;
+
+#[allow(unused_imports)]
+pub use dynamodb_local::{DynamoLocal, Engine, Region};
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -193,6 +197,8 @@ pub struct Fixture {
     pub orders_table: String,
     pub groups_table: String,
     pub endpoint: String,
+    /// DynamoDB's own endpoint when the tables are not on the emulator (DynamoDB Local).
+    pub ddb_endpoint: Option<String>,
     pub test: String,
     pub suffix: String,
 }
@@ -221,9 +227,23 @@ impl Fixture {
         s: &str,
         attrs: &[(QueueAttributeName, &str)],
     ) -> Fixture {
+        Self::named_on(emu, None, test, s, attrs).await
+    }
+
+    /// The queue on the emulator, the tables on `dynamo` when given (else on the emulator too).
+    pub async fn named_on(
+        emu: &Emulator,
+        dynamo: Option<&DynamoLocal>,
+        test: &str,
+        s: &str,
+        attrs: &[(QueueAttributeName, &str)],
+    ) -> Fixture {
         let sdk = emu.sdk().await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let ddb = match dynamo {
+            Some(d) => aws_sdk_dynamodb::Client::new(&d.sdk().await),
+            None => aws_sdk_dynamodb::Client::new(&sdk),
+        };
         let mut q = sqs
             .create_queue()
             .queue_name(format!("orders-{s}.fifo"))
@@ -250,6 +270,7 @@ impl Fixture {
             orders_table,
             groups_table,
             endpoint: emu.endpoint.clone(),
+            ddb_endpoint: dynamo.map(|d| d.endpoint.clone()),
             test: test.to_owned(),
             suffix: s.to_owned(),
         }
@@ -265,6 +286,7 @@ impl Fixture {
             orders_table: self.orders_table.clone(),
             groups_table: self.groups_table.clone(),
             endpoint: endpoint.to_owned(),
+            ddb_endpoint: self.ddb_endpoint.clone(),
             test: self.test.clone(),
             suffix: self.suffix.clone(),
         }
@@ -272,7 +294,7 @@ impl Fixture {
 
     /// The environment a worker (or spot-sim's workers) needs to reach this fixture.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
+        let mut env: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
             ("AWS_REGION", REGION),
             ("AWS_ACCESS_KEY_ID", "test"),
@@ -284,7 +306,11 @@ impl Fixture {
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        .collect();
+        if let Some(d) = &self.ddb_endpoint {
+            env.push(("AWS_ENDPOINT_URL_DYNAMODB".into(), d.clone()));
+        }
+        env
     }
 
     /// Start an order-worker against this fixture. `args` come after the defaults and win.
@@ -404,7 +430,7 @@ impl Fixture {
     }
 }
 
-async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
+pub(crate) async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
     ddb.create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
@@ -425,6 +451,31 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
         .send()
         .await
         .expect("create table");
+}
+
+pub fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-{i:06}")).collect()
+}
+
+/// Send `per_group` orders to each of `groups` groups, interleaved, and return the manifest in send order.
+pub async fn send_interleaved(
+    fx: &Fixture,
+    groups: usize,
+    per_group: usize,
+) -> Vec<order_worker::verify::Sent> {
+    let mut manifest = Vec::new();
+    // Ten at a time per group, round robin: the queue sees the groups interleaved.
+    for round in 0..per_group.div_ceil(10) {
+        for g in 0..groups {
+            let group = format!("cust-{g}");
+            let batch: Vec<String> = (round * 10..((round + 1) * 10).min(per_group))
+                .map(|i| format!("ord-{g}-{i:05}"))
+                .collect();
+            fx.send_orders(&group, &batch).await;
+            manifest.extend(batch.iter().map(|id| sent(id, &group, "accepted")));
+        }
+    }
+    manifest
 }
 
 /// Wait (with a deadline) until a process's log contains `needle`.

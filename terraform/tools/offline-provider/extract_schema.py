@@ -14,6 +14,7 @@ computed attributes that references may use.
 
 Usage: extract_schema.py PATH/TO/.jsii OUT.json
 """
+
 import json
 import re
 import sys
@@ -129,29 +130,53 @@ class Extractor:
             required = not p.get("optional", False)
             vt = self.value_type(p["type"])
             if vt is not None:
-                attrs.append({"name": name, "type": vt, "required": required, "optional": not required,
-                              "computed": not required and not self.provider_config})
+                attrs.append(
+                    {
+                        "name": name,
+                        "type": vt,
+                        "required": required,
+                        "optional": not required,
+                        "computed": not required and not self.provider_config,
+                    }
+                )
                 continue
             t = p["type"]
             if "union" in t:
-                t = [x for x in t["union"]["types"] if x.get("fqn") != "cdktn.IResolvable"][0]
+                t = next(x for x in t["union"]["types"] if x.get("fqn") != "cdktn.IResolvable")
             if "collection" in t:
                 inner = t["collection"]["elementtype"]["fqn"]
                 max_items = 0
             else:
                 inner = t["fqn"]
                 max_items = 1
-            blocks.append({"name": name, "nesting": 2, "min_items": 1 if required else 0, "max_items": max_items,
-                           "block": self.block(inner, inner + "OutputReference", depth=depth + 1)})
+            blocks.append(
+                {
+                    "name": name,
+                    "nesting": 2,
+                    "min_items": 1 if required else 0,
+                    "max_items": max_items,
+                    "block": self.block(inner, inner + "OutputReference", depth=depth + 1),
+                }
+            )
         if class_fqn and class_fqn in self.types:
             for p in self.types[class_fqn].get("properties", []):
                 n = p["name"]
                 if n.endswith("Input") or n in SKIP_GETTERS or n in seen or p.get("static"):
                     continue
-                if self.types[class_fqn].get("base") == "cdktn.ComplexObject" and n in ("complexObjectIndex", "complexObjectIsFromSet"):
+                if self.types[class_fqn].get("base") == "cdktn.ComplexObject" and n in (
+                    "complexObjectIndex",
+                    "complexObjectIsFromSet",
+                ):
                     continue
-                attrs.append({"name": snake(n), "type": self.getter_type(p["type"]),
-                              "required": False, "optional": False, "computed": True})
+                attrs.append(
+                    {
+                        "name": snake(n),
+                        "type": self.getter_type(p["type"]),
+                        "required": False,
+                        "optional": False,
+                        "computed": True,
+                    }
+                )
         attrs.sort(key=lambda a: a["name"])
         blocks.sort(key=lambda b: b["name"])
         return {"attributes": attrs, "block_types": blocks}
@@ -194,7 +219,9 @@ def main():
     schema["version"] = version.group(1) if version else "unknown"
     with open(dst, "w") as f:
         json.dump(schema, f, separators=(",", ":"), sort_keys=True)
-    print(f"{len(schema['resources'])} resources, {len(schema['data_sources'])} data sources, provider {schema['version']}")
+    print(
+        f"{len(schema['resources'])} resources, {len(schema['data_sources'])} data sources, provider {schema['version']}"
+    )
 
 
 if __name__ == "__main__":

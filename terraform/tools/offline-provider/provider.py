@@ -22,6 +22,7 @@ Usage:
   provider.py reattach OUT.bin SOCKET         serve on a unix socket until killed; prints the value
                                               for TF_REATTACH_PROVIDERS
 """
+
 import base64
 import datetime
 import json
@@ -71,15 +72,25 @@ def f_varint(num, value):
 
 
 def enc_attribute(a):
-    return (f_bytes(1, a["name"]) + f_bytes(2, json.dumps(a["type"], separators=(",", ":")))
-            + f_varint(4, a["required"]) + f_varint(5, a["optional"]) + f_varint(6, a["computed"]))
+    return (
+        f_bytes(1, a["name"])
+        + f_bytes(2, json.dumps(a["type"], separators=(",", ":")))
+        + f_varint(4, a["required"])
+        + f_varint(5, a["optional"])
+        + f_varint(6, a["computed"])
+    )
 
 
 def enc_block(b):
     out = b"".join(f_bytes(2, enc_attribute(a)) for a in b["attributes"])
     for nb in b["block_types"]:
-        inner = (f_bytes(1, nb["name"]) + f_bytes(2, enc_block(nb["block"])) + f_varint(3, nb["nesting"])
-                 + f_varint(4, nb["min_items"]) + f_varint(5, nb["max_items"]))
+        inner = (
+            f_bytes(1, nb["name"])
+            + f_bytes(2, enc_block(nb["block"]))
+            + f_varint(3, nb["nesting"])
+            + f_varint(4, nb["min_items"])
+            + f_varint(5, nb["max_items"])
+        )
         out += f_bytes(3, inner)
     return out
 
@@ -135,24 +146,46 @@ def make_tls():
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "order-worker offline provider")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(seconds=30))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                                         data_encipherment=False, key_agreement=True, key_cert_sign=True,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "order-worker offline provider"),
+        ]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(seconds=30))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     der = cert.public_bytes(serialization.Encoding.DER)
     return key_pem, cert_pem, base64.b64encode(der).decode().rstrip("=")
 
@@ -223,9 +256,20 @@ def serve(schema_bin, reattach_socket=None):
         server.add_insecure_port("unix:" + reattach_socket)
         server.start()
         os.chmod(reattach_socket, 0o600)
-        sys.stdout.write(json.dumps({"registry.terraform.io/hashicorp/aws": {
-            "Protocol": "grpc", "ProtocolVersion": 6, "Pid": os.getpid(), "Test": True,
-            "Addr": {"Network": "unix", "String": reattach_socket}}}) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "registry.terraform.io/hashicorp/aws": {
+                        "Protocol": "grpc",
+                        "ProtocolVersion": 6,
+                        "Pid": os.getpid(),
+                        "Test": True,
+                        "Addr": {"Network": "unix", "String": reattach_socket},
+                    }
+                }
+            )
+            + "\n"
+        )
         sys.stdout.flush()
         done.wait()
         server.stop(grace=0.2)

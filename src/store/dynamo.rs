@@ -1,0 +1,569 @@
+//! The DynamoDB calls of the store, each one attempt, cut at its deadline, its answer classified: the
+//! claim (`UpdateItem`), the inserts (`BatchExecuteStatement`), the consistent reads (`BatchGetItem`) and
+//! the start-up table check. Retrying is the caller's ([`super::Store::commit`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes,
+    ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
+};
+use aws_sdk_dynamodb::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use tokio::time::Instant;
+
+use super::claim::{parse_seq, Claim, ClaimAnswer, Existing, GroupRow};
+use super::{CommitContext, Record};
+use crate::aws::{describe, error_code};
+use crate::retry::{backoff, Class};
+use crate::schema::{self, Item};
+use crate::telemetry::{request, READ_UNITS, WRITE_UNITS};
+
+/// Longest one DynamoDB attempt may take: writes answer in milliseconds; a service that accepts the
+/// connection and never answers must not hold a run (or a drain) for the SDK's long-poll-sized timeout.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the tables are not usable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TableError {
+    /// A setting to fix: the table is missing or has another key.
+    #[error("{0}")]
+    Wrong(String),
+    /// Worth waiting for: an outage, throttling, or an access denial that a policy fix clears.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A failed DynamoDB call, classified.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub class: Class,
+    pub code: Option<String>,
+    pub detail: String,
+}
+
+impl Failure {
+    fn of<E>(e: &SdkError<E, HttpResponse>, operation: &str) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Failure {
+            class: crate::retry::classify(e),
+            code: error_code(e),
+            detail: format!("{operation}: {}", describe(e)),
+        }
+    }
+
+    fn timeout(operation: &str) -> Self {
+        Failure {
+            class: Class::Transient,
+            code: None,
+            detail: format!("{operation}: no answer within {ATTEMPT_TIMEOUT:?}"),
+        }
+    }
+
+    fn statement(code: &str, message: &str) -> Self {
+        Failure {
+            class: crate::retry::classify_code(Some(code), None),
+            code: Some(code.to_owned()),
+            detail: format!("BatchExecuteStatement statement: {code}: {message}"),
+        }
+    }
+}
+
+/// Await an SDK call cut at the attempt timeout, the budget and the abort. None: no answer (outcome unknown).
+async fn bounded<T>(
+    call: impl std::future::Future<Output = T>,
+    ctx: &CommitContext<'_>,
+) -> Option<T> {
+    let limit = ctx.budget.attempt_limit(ATTEMPT_TIMEOUT, Instant::now());
+    tokio::select! {
+        r = tokio::time::timeout(limit, call) => r.ok(),
+        _ = ctx.abort.cancelled() => None,
+    }
+}
+
+fn add_write_units(units: f64) {
+    // Write units are whole numbers (1 per KB, rounded up), and the exporter's counters are integers.
+    metrics::counter!(WRITE_UNITS).increment(units.round() as u64);
+}
+
+/// What became of a claim.
+pub(super) enum ClaimResult {
+    Answer(ClaimAnswer),
+    /// The row DynamoDB returned is not a row this protocol writes: named.
+    BadRow(String),
+    /// No answer, or an error (the claim may or may not have been applied).
+    Failed(Failure),
+}
+
+/// Send one claim: `LastPosition` from `expect` to the claim's, `Claimed` replaced, conditional on the
+/// `LastPosition` it is based on; a failed condition returns the row as it is.
+pub(super) async fn claim(
+    client: &Client,
+    table: &str,
+    group: &str,
+    c: &Claim,
+    at: &str,
+    ctx: &CommitContext<'_>,
+) -> ClaimResult {
+    let claimed = c
+        .row
+        .claimed
+        .iter()
+        .map(|s| AttributeValue::S(s.to_string()))
+        .collect();
+    let req = client
+        .update_item()
+        .table_name(table)
+        .key(schema::GROUP_KEY, AttributeValue::S(group.to_owned()))
+        .update_expression("SET #last = :last, #claimed = :claimed, #at = :at")
+        .expression_attribute_names("#last", schema::LAST_POSITION)
+        .expression_attribute_names("#claimed", schema::CLAIMED)
+        .expression_attribute_names("#at", schema::UPDATED_AT)
+        .expression_attribute_values(":last", AttributeValue::N(c.row.last.to_string()))
+        .expression_attribute_values(":claimed", AttributeValue::L(claimed))
+        .expression_attribute_values(":at", AttributeValue::S(at.to_owned()))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        .return_consumed_capacity(ReturnConsumedCapacity::Total);
+    // No row and a row at 0 are different conditions: a row written with LastPosition 0 (by a tool, or a reset)
+    // never satisfies attribute_not_exists.
+    let req = match c.expect {
+        None => req.condition_expression("attribute_not_exists(#last)"),
+        Some(base) => req
+            .condition_expression("#last = :base")
+            .expression_attribute_values(":base", AttributeValue::N(base.to_string())),
+    };
+    let Some(sent) = bounded(req.send(), ctx).await else {
+        request("dynamodb", "UpdateItem", false);
+        return ClaimResult::Failed(Failure::timeout("UpdateItem"));
+    };
+    match sent {
+        Ok(out) => {
+            request("dynamodb", "UpdateItem", true);
+            add_write_units(
+                out.consumed_capacity()
+                    .and_then(|c| c.capacity_units())
+                    .unwrap_or(1.0),
+            );
+            ClaimResult::Answer(ClaimAnswer::Applied)
+        }
+        Err(e) => {
+            request("dynamodb", "UpdateItem", false);
+            if let Some(UpdateItemError::ConditionalCheckFailedException(cf)) = e.as_service_error()
+            {
+                // Billed like a write of the item (AWS bills failed conditions); neither engine reports it.
+                add_write_units(1.0);
+                return match cf.item().map(|i| row_of(table, group, i)) {
+                    None => ClaimResult::Answer(ClaimAnswer::Stale(None)),
+                    Some(Ok(row)) => ClaimResult::Answer(ClaimAnswer::Stale(row)),
+                    Some(Err(bad)) => ClaimResult::BadRow(bad),
+                };
+            }
+            ClaimResult::Failed(Failure::of(&e, "UpdateItem"))
+        }
+    }
+}
+
+/// A group row as read (None: the item has no LastPosition, so for the claim's condition there is no row),
+/// or what is wrong with it, naming the item.
+pub(super) fn row_of(table: &str, group: &str, item: &Item) -> Result<Option<GroupRow>, String> {
+    let name = format!("{table} item MessageGroupId={group:?}");
+    let last = match item.get(schema::LAST_POSITION) {
+        None => return Ok(None),
+        Some(AttributeValue::N(n)) => n.parse::<u64>().map_err(|_| {
+            format!("{name}: LastPosition {n} is not a whole number; fix or delete the item")
+        })?,
+        Some(other) => {
+            return Err(format!(
+                "{name}: LastPosition is {other:?}, not a number; fix or delete the item"
+            ))
+        }
+    };
+    let claimed = match item.get(schema::CLAIMED) {
+        None => Vec::new(),
+        Some(AttributeValue::L(l)) => l
+            .iter()
+            .map(|v| v.as_s().ok().and_then(|s| parse_seq(s)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| format!("{name}: Claimed holds something that is not a SequenceNumber; fix or delete the item"))?,
+        Some(other) => {
+            return Err(format!("{name}: Claimed is {other:?}, not a list; fix or delete the item"))
+        }
+    };
+    GroupRow::new(last, claimed)
+        .map(Some)
+        .map_err(|e| format!("{name}: {e}; fix or delete the item"))
+}
+
+/// What became of one insert.
+#[derive(Debug)]
+pub(super) enum InsertResult {
+    Written,
+    /// The key exists.
+    Exists,
+    /// Not written (throttled, failed, or no answer): send it again; with the failure to wait out, if any.
+    Retry(Option<Failure>),
+    /// DynamoDB refuses this item itself.
+    Refused(String),
+}
+
+/// Insert up to 25 items, each only if its key does not exist, in one `BatchExecuteStatement`: each statement
+/// answers on its own. Err: the call as a whole failed (nothing known of any statement).
+pub(super) async fn insert(
+    client: &Client,
+    table: &str,
+    items: &[(String, Item)],
+    ctx: &CommitContext<'_>,
+) -> Result<Vec<InsertResult>, Failure> {
+    let statements: Vec<BatchStatementRequest> = items
+        .iter()
+        .map(|(_, item)| insert_statement(table, item))
+        .collect();
+    let call = client
+        .batch_execute_statement()
+        .set_statements(Some(statements))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send();
+    let out = match bounded(call, ctx).await {
+        None => {
+            request("dynamodb", "BatchExecuteStatement", false);
+            return Err(Failure::timeout("BatchExecuteStatement"));
+        }
+        Some(Err(e)) => {
+            request("dynamodb", "BatchExecuteStatement", false);
+            return Err(Failure::of(&e, "BatchExecuteStatement"));
+        }
+        Some(Ok(out)) => out,
+    };
+    request("dynamodb", "BatchExecuteStatement", true);
+    let responses = out.responses();
+    if responses.len() != items.len() {
+        return Err(Failure {
+            class: Class::Transient,
+            code: None,
+            detail: format!(
+                "BatchExecuteStatement: {} answers to {} statements",
+                responses.len(),
+                items.len()
+            ),
+        });
+    }
+    let results: Vec<InsertResult> = responses
+        .iter()
+        .map(|r| {
+            let Some(err) = r.error() else {
+                return InsertResult::Written;
+            };
+            let message = err.message().unwrap_or_default();
+            match err.code() {
+                Some(BatchStatementErrorCodeEnum::DuplicateItem)
+                | Some(BatchStatementErrorCodeEnum::ConditionalCheckFailed) => InsertResult::Exists,
+                Some(BatchStatementErrorCodeEnum::ValidationError) => {
+                    InsertResult::Refused(format!("ValidationError: {message}"))
+                }
+                Some(code) => InsertResult::Retry(Some(Failure::statement(code.as_str(), message))),
+                None => InsertResult::Retry(Some(Failure::statement("None", message))),
+            }
+        })
+        .collect();
+    let reported: Option<f64> = out
+        .consumed_capacity()
+        .iter()
+        .filter_map(|c| c.capacity_units())
+        .reduce(|a, b| a + b);
+    // DynamoDB Local reports no capacity for PartiQL: count by the billing rule (an item under 1 KB written or
+    // refused by its condition is one unit).
+    let counted = results
+        .iter()
+        .filter(|r| matches!(r, InsertResult::Written | InsertResult::Exists))
+        .count() as f64;
+    add_write_units(reported.unwrap_or(counted));
+    Ok(results)
+}
+
+/// `INSERT INTO "table" VALUE {'A': ?, ...}`: fails with `DuplicateItem` when the key exists.
+fn insert_statement(table: &str, item: &Item) -> BatchStatementRequest {
+    let mut names: Vec<&String> = item.keys().collect();
+    names.sort();
+    let fields: Vec<String> = names.iter().map(|n| format!("'{n}': ?")).collect();
+    BatchStatementRequest::builder()
+        .statement(format!(
+            "INSERT INTO \"{table}\" VALUE {{{}}}",
+            fields.join(", ")
+        ))
+        .set_parameters(Some(names.iter().map(|n| item[*n].clone()).collect()))
+        .build()
+        .expect("statement is set")
+}
+
+/// An existing item's attributes that decide what an insert that found it means.
+#[derive(Debug, Clone)]
+pub(super) struct Found {
+    seq: Option<String>,
+    position: Option<u64>,
+    sha: Option<String>,
+    processed_by: Option<String>,
+    receive_count: Option<u32>,
+}
+
+impl Found {
+    /// As the protocol sees it, for the record that wanted the key.
+    pub fn existing(&self, mine: &Record) -> Existing {
+        Existing {
+            seq: self.seq.as_deref().and_then(parse_seq),
+            position: self.position,
+            sha: self.sha.clone(),
+            ours: self.processed_by.as_deref() == Some(mine.processed_by.as_str())
+                && self.receive_count == Some(mine.receive_count),
+        }
+    }
+}
+
+/// The items under these keys of the orders table (consistent reads); absent keys are not in the answer.
+pub(super) async fn read_existing(
+    client: &Client,
+    table: &str,
+    keys: &[String],
+    ctx: &CommitContext<'_>,
+) -> Result<HashMap<String, Found>, Failure> {
+    let attrs = [
+        schema::ORDER_ID,
+        schema::SEQUENCE_NUMBER,
+        schema::POSITION,
+        schema::PAYLOAD_SHA256,
+        schema::PROCESSED_BY,
+        schema::RECEIVE_COUNT,
+    ];
+    let items = batch_get(client, table, schema::ORDER_ID, keys, &attrs, ctx).await?;
+    let s = |i: &Item, k: &str| i.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let n = |i: &Item, k: &str| {
+        i.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+    };
+    Ok(items
+        .into_iter()
+        .map(|(k, i)| {
+            (
+                k,
+                Found {
+                    seq: s(&i, schema::SEQUENCE_NUMBER),
+                    position: n(&i, schema::POSITION),
+                    sha: s(&i, schema::PAYLOAD_SHA256),
+                    processed_by: s(&i, schema::PROCESSED_BY),
+                    receive_count: n(&i, schema::RECEIVE_COUNT).map(|v: u64| v as u32),
+                },
+            )
+        })
+        .collect())
+}
+
+/// The rows of these groups (consistent reads): group -> its row (None: no row), or what is wrong with it.
+pub(super) async fn read_rows(
+    client: &Client,
+    table: &str,
+    groups: &[String],
+    ctx: &CommitContext<'_>,
+) -> Result<HashMap<String, Result<Option<GroupRow>, String>>, Failure> {
+    let attrs = [schema::GROUP_KEY, schema::LAST_POSITION, schema::CLAIMED];
+    let items = batch_get(client, table, schema::GROUP_KEY, groups, &attrs, ctx).await?;
+    Ok(groups
+        .iter()
+        .map(|g| {
+            let row = match items.get(g) {
+                None => Ok(None),
+                Some(item) => row_of(table, g, item),
+            };
+            (g.clone(), row)
+        })
+        .collect())
+}
+
+/// Consistent BatchGetItem of some attributes by key: key -> item; keys whose item does not exist are absent.
+async fn batch_get(
+    client: &Client,
+    table: &str,
+    key: &str,
+    ids: &[String],
+    attrs: &[&str],
+    ctx: &CommitContext<'_>,
+) -> Result<HashMap<String, Item>, Failure> {
+    let mut found = HashMap::new();
+    let projection: Vec<String> = (0..attrs.len()).map(|i| format!("#a{i}")).collect();
+    for chunk in ids.chunks(100) {
+        let keys = chunk
+            .iter()
+            .map(|id| HashMap::from([(key.to_owned(), AttributeValue::S(id.clone()))]))
+            .collect();
+        let mut wanted = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .projection_expression(projection.join(", "));
+        for (i, a) in attrs.iter().enumerate() {
+            wanted = wanted.expression_attribute_names(format!("#a{i}"), *a);
+        }
+        let mut request_items =
+            HashMap::from([(table.to_owned(), wanted.build().expect("keys are set"))]);
+        let mut attempts = 0;
+        while !request_items.is_empty() {
+            attempts += 1;
+            let call = client
+                .batch_get_item()
+                .set_request_items(Some(request_items.clone()))
+                .send();
+            let out = match bounded(call, ctx).await {
+                Some(Ok(out)) => out,
+                Some(Err(e)) => {
+                    request("dynamodb", "BatchGetItem", false);
+                    return Err(Failure::of(&e, "BatchGetItem"));
+                }
+                None => {
+                    request("dynamodb", "BatchGetItem", false);
+                    return Err(Failure::timeout("BatchGetItem"));
+                }
+            };
+            request("dynamodb", "BatchGetItem", true);
+            let items = out
+                .responses()
+                .and_then(|r| r.get(table))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            // A consistent read of an item under 4 KB is one unit, found or not (ministack reports none).
+            let asked = request_items.get(table).map_or(0, |k| k.keys().len());
+            metrics::counter!(READ_UNITS).increment(asked as u64);
+            for item in items {
+                if let Some(id) = item.get(key).and_then(|v| v.as_s().ok()) {
+                    found.insert(id.clone(), item.clone());
+                }
+            }
+            request_items = out.unprocessed_keys().cloned().unwrap_or_default();
+            if !request_items.is_empty() {
+                if attempts > 8 {
+                    return Err(Failure {
+                        class: Class::Throttled,
+                        code: None,
+                        detail: "BatchGetItem kept returning unprocessed keys".into(),
+                    });
+                }
+                let pause = backoff(attempts, Duration::from_millis(50), Duration::from_secs(2));
+                if !ctx.budget.sleep(pause).await {
+                    return Err(Failure::timeout("BatchGetItem"));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Fail unless both tables exist with the key schema we write.
+pub(super) async fn check_tables(
+    client: &Client,
+    orders_table: &str,
+    groups_table: &str,
+) -> Result<(), TableError> {
+    for (table, key) in [
+        (orders_table, schema::ORDER_ID),
+        (groups_table, schema::GROUP_KEY),
+    ] {
+        let out = match client.describe_table().table_name(table).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                request("dynamodb", "DescribeTable", false);
+                if error_code(&e).as_deref() == Some("ResourceNotFoundException") {
+                    return Err(TableError::Wrong(format!(
+                        "DynamoDB table {table:?} does not exist"
+                    )));
+                }
+                let detail = format!("DescribeTable {table:?}: {}", describe(&e));
+                return Err(if crate::retry::classify(&e).retryable() {
+                    TableError::Unavailable(detail)
+                } else {
+                    TableError::Wrong(detail)
+                });
+            }
+        };
+        request("dynamodb", "DescribeTable", true);
+        let hash = out
+            .table()
+            .map(|t| t.key_schema())
+            .unwrap_or_default()
+            .iter()
+            .find(|k| k.key_type().as_str() == "HASH")
+            .map(|k| k.attribute_name().to_owned());
+        if hash.as_deref() != Some(key) {
+            return Err(TableError::Wrong(format!(
+                "table {table:?} must have partition key {key:?}, has {hash:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(pairs: &[(&str, AttributeValue)]) -> Item {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_row_is_read_or_named_as_bad() {
+        let n = |v: &str| AttributeValue::N(v.into());
+        let s = |v: &str| AttributeValue::S(v.into());
+        let ok = item(&[
+            ("LastPosition", n("3")),
+            ("Claimed", AttributeValue::L(vec![s("7"), s("9")])),
+        ]);
+        assert_eq!(
+            row_of("t", "g", &ok).unwrap(),
+            Some(GroupRow::new(3, vec![7, 9]).unwrap())
+        );
+        // A row from before claims: LastPosition only.
+        assert_eq!(
+            row_of("t", "g", &item(&[("LastPosition", n("0"))])).unwrap(),
+            Some(GroupRow::new(0, vec![]).unwrap())
+        );
+        assert_eq!(row_of("t", "g", &item(&[])).unwrap(), None);
+        for bad in [
+            item(&[("LastPosition", s("abc"))]),
+            item(&[("LastPosition", n("1.5"))]),
+            item(&[
+                ("LastPosition", n("1")),
+                ("Claimed", AttributeValue::L(vec![s("x")])),
+            ]),
+            item(&[
+                ("LastPosition", n("1")),
+                ("Claimed", AttributeValue::L(vec![s("1"), s("2")])),
+            ]),
+        ] {
+            let e = row_of("groups", "g", &bad).unwrap_err();
+            assert!(e.contains("groups item MessageGroupId=\"g\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_insert_names_every_attribute_once_with_its_parameter() {
+        let it = item(&[
+            ("OrderID", AttributeValue::S("a".into())),
+            ("GroupPosition", AttributeValue::N("2".into())),
+        ]);
+        let st = insert_statement("orders", &it);
+        assert_eq!(
+            st.statement(),
+            "INSERT INTO \"orders\" VALUE {'GroupPosition': ?, 'OrderID': ?}"
+        );
+        assert_eq!(
+            st.parameters(),
+            &[AttributeValue::N("2".into()), AttributeValue::S("a".into())]
+        );
+    }
+}

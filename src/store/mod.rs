@@ -1,0 +1,544 @@
+//! The record: apply orders to DynamoDB exactly once and in group order. Knows DynamoDB, nothing about SQS
+//! beyond a message's SequenceNumber.
+//!
+//! A run of a group's messages is committed by a **claim** on the group's row, then plain inserts of the
+//! records: the protocol and the argument that it keeps every guarantee are in [`claim`] (pure, with unit
+//! tests and a randomized model in `model.rs`); this module carries its steps out on DynamoDB:
+//! - claims are conditional `UpdateItem`s with `ReturnValuesOnConditionCheckFailure: ALL_OLD`, one per run,
+//!   the runs of several groups at once; a failed condition brings the row back, so a stale cache costs
+//!   one failed write and no read;
+//! - records go out as PartiQL `INSERT`s in `BatchExecuteStatement`s of up to 25, the runs of several groups
+//!   together, each statement with its own answer; an insert that finds its key taken reads the item
+//!   (neither engine returns it with the error) and the protocol decides: done, or a marker;
+//! - each group's row is cached across holds (positions read from an old row stay right; see [`claim`]).
+//!
+//! Costs (on-demand): one write unit per record, one per run's claim (a row under 1 KB), one per failed claim
+//! (AWS bills a failed condition), one read unit per existing item read back.
+
+pub mod claim;
+mod dynamo;
+#[cfg(test)]
+mod model;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use futures_util::future::join_all;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::retry::{backoff, backoff_for, Budget, Class};
+pub use crate::schema::Record;
+use crate::schema::{Item, Status};
+use claim::{parse_seq, GroupRow, MarkerKind, Msg, RunCommit, Settled, Step, Write, WriteAnswer};
+use dynamo::{ClaimResult, Failure, InsertResult};
+pub use dynamo::{TableError, ATTEMPT_TIMEOUT};
+
+/// Most records (plus one per run) one commit takes: four `BatchExecuteStatement`s.
+pub const MAX_ACTIONS: usize = 100;
+/// Most statements DynamoDB takes in one `BatchExecuteStatement`.
+const MAX_STATEMENTS: usize = 25;
+/// Cached group rows kept before the cache starts over (a row is ~200 bytes: a few MiB at most).
+const MAX_CACHED_ROWS: usize = 50_000;
+
+/// Consecutive records of one group, in the order they must be applied.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub group_id: String,
+    pub records: Vec<Record>,
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Written now, at this position in its group.
+    New { position: u64 },
+    /// Already recorded: a redelivery of the same message, or the same order sent again as another message
+    /// (a `duplicate:` marker holds its position).
+    Duplicate,
+    /// Another payload under an OrderID already recorded: not applied, a `conflict:` marker holds its position.
+    Conflict,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// DynamoDB refused for a reason retrying will not fix (validation, a refused stand-in).
+    #[error("DynamoDB refused the write: {0}")]
+    Permanent(String),
+    /// The group's row in the groups table is not usable (written by something else), or the messages are not
+    /// what SQS FIFO delivers: retry later; the messages stay held. Names the item.
+    #[error("waiting for bad data to be fixed: {0}")]
+    Deferred(String),
+    /// The caller's deadline fired while we were waiting for DynamoDB.
+    #[error("abandoned: the drain deadline passed while waiting for DynamoDB")]
+    Aborted,
+}
+
+/// What a commit call runs under: its budget, the drain's abort, and where account-wide errors are reported.
+pub struct CommitContext<'a> {
+    pub budget: Budget,
+    pub abort: &'a CancellationToken,
+    pub health: &'a Health,
+}
+
+/// What became of one run: its settled prefix, and why the rest is not settled (if it is not).
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub applied: Vec<Applied>,
+    pub error: Option<StoreError>,
+}
+
+/// The two tables and each group's row as last seen applied (a hint: the claim's condition is the truth).
+pub struct Store {
+    client: Client,
+    orders_table: String,
+    groups_table: String,
+    /// None: the group has no row (as last seen).
+    rows: Mutex<HashMap<String, Option<GroupRow>>>,
+}
+
+/// One run being committed.
+struct Active {
+    commit: RunCommit,
+    /// Why it stopped short, if it did.
+    error: Option<StoreError>,
+    /// Claims in a row that found the row moved: another worker on the same group.
+    stale_claims: u32,
+}
+
+impl Store {
+    pub fn new(client: Client, orders_table: String, groups_table: String) -> Self {
+        Store {
+            client,
+            orders_table,
+            groups_table,
+            rows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Fail unless both tables exist with the key schema we write.
+    pub async fn check_tables(&self) -> Result<(), TableError> {
+        dynamo::check_tables(&self.client, &self.orders_table, &self.groups_table).await
+    }
+
+    /// Apply the runs. Each run's outcome says how many of its records are settled (a prefix, each New,
+    /// Duplicate or Conflict) and, if not all, why the rest is not. A record DynamoDB refuses on its own (an
+    /// item too large) is recorded as REJECTED with DynamoDB's reason at its position, so its group goes on.
+    pub async fn commit(&self, runs: &[Run], ctx: &CommitContext<'_>) -> Vec<RunOutcome> {
+        let mut active = match self.start(runs, ctx).await {
+            Ok(a) => a,
+            Err(e) => {
+                return runs
+                    .iter()
+                    .map(|_| RunOutcome {
+                        applied: Vec::new(),
+                        error: Some(e.clone()),
+                    })
+                    .collect()
+            }
+        };
+        if let Err(e) = self.rounds(runs, &mut active, ctx).await {
+            for a in active.iter_mut() {
+                if !a.commit.is_done() && a.error.is_none() {
+                    a.error = Some(e.clone());
+                }
+            }
+        }
+        let mut cache = self.rows.lock().expect("cache lock");
+        if cache.len() > MAX_CACHED_ROWS {
+            cache.clear();
+        }
+        runs.iter()
+            .zip(active)
+            .map(|(run, a)| {
+                if let (Some(row), None) = (a.commit.row(), &a.error) {
+                    cache.insert(run.group_id.clone(), Some(row.clone()));
+                }
+                let applied = a.commit.settled().into_iter().map(applied).collect();
+                let error = if a.commit.is_done() { None } else { a.error };
+                RunOutcome { applied, error }
+            })
+            .collect()
+    }
+
+    /// Each run's commit, from its group's cached row or (on a miss) one consistent read of all missing rows.
+    async fn start(
+        &self,
+        runs: &[Run],
+        ctx: &CommitContext<'_>,
+    ) -> Result<Vec<Active>, StoreError> {
+        let mut missing: Vec<String> = {
+            let cache = self.rows.lock().expect("cache lock");
+            runs.iter()
+                .map(|r| r.group_id.clone())
+                .filter(|g| !cache.contains_key(g))
+                .collect()
+        };
+        missing.sort();
+        missing.dedup();
+        let mut read: HashMap<String, Result<Option<GroupRow>, String>> = HashMap::new();
+        let mut waits = Waits::default();
+        while !missing.is_empty() {
+            match dynamo::read_rows(&self.client, &self.groups_table, &missing, ctx).await {
+                Ok(found) => {
+                    self.answered(ctx);
+                    read = found;
+                    break;
+                }
+                Err(f) => self.wait(&mut waits, f, ctx).await?,
+            }
+        }
+        let cache = self.rows.lock().expect("cache lock");
+        Ok(runs
+            .iter()
+            .map(|run| {
+                let row = match cache.get(&run.group_id) {
+                    Some(r) => Ok(r.clone()),
+                    None => read.get(&run.group_id).cloned().unwrap_or(Ok(None)),
+                };
+                let (row, mut error) = match row {
+                    Ok(r) => (r, None),
+                    Err(detail) => {
+                        tracing::error!(group = %run.group_id, cause = %detail, "group row is not usable; its orders wait until the item is fixed or deleted");
+                        (None, Some(StoreError::Deferred(detail)))
+                    }
+                };
+                let msgs: Option<Vec<Msg>> = run
+                    .records
+                    .iter()
+                    .map(|r| {
+                        Some(Msg {
+                            seq: parse_seq(r.sqs_sequence_number.as_deref()?)?,
+                            key: r.order_key.clone(),
+                            sha: r.payload_sha256.clone(),
+                            message_id: r.sqs_message_id.clone(),
+                        })
+                    })
+                    .collect();
+                let msgs = msgs.unwrap_or_else(|| {
+                    error = Some(StoreError::Permanent(format!(
+                        "a message of group {} has no SequenceNumber (is the queue FIFO?)",
+                        run.group_id
+                    )));
+                    Vec::new()
+                });
+                let active = msgs.len() == run.records.len();
+                Active {
+                    commit: RunCommit::new(if active { msgs } else { Vec::new() }, row),
+                    error,
+                    stale_claims: 0,
+                }
+            })
+            .collect())
+    }
+
+    /// Carry the runs' steps out until each is done or stopped. Failures are waited out (with backoff, within
+    /// the budget); a stopped run keeps its settled prefix.
+    async fn rounds(
+        &self,
+        runs: &[Run],
+        active: &mut [Active],
+        ctx: &CommitContext<'_>,
+    ) -> Result<(), StoreError> {
+        let mut waits = Waits::default();
+        // A whole batch refused (one statement in it that DynamoDB cannot take): send one statement a call
+        // until the refused one is found and replaced by its stand-in.
+        let mut one_by_one = false;
+        loop {
+            if ctx.abort.is_cancelled() || ctx.budget.expired(Instant::now()) {
+                return Err(StoreError::Aborted);
+            }
+            let mut claims = Vec::new();
+            let mut writes: Vec<(usize, Write)> = Vec::new();
+            let mut keys: HashSet<String> = HashSet::new();
+            for (i, a) in active.iter_mut().enumerate() {
+                if a.error.is_some() {
+                    continue;
+                }
+                match a.commit.step() {
+                    Step::Claim(c) => claims.push((i, c)),
+                    // One by one means one statement in flight at a time: the refused one is then the one
+                    // that was sent.
+                    Step::Write(_) if one_by_one && !writes.is_empty() => {}
+                    Step::Write(ws) => {
+                        for w in ws {
+                            if one_by_one && !writes.is_empty() {
+                                break;
+                            }
+                            // DynamoDB refuses a batch that names one key twice (DynamoDB Local refuses the
+                            // whole call): a second group's write of the same OrderID waits a round.
+                            if keys.insert(w.key(a.commit.msgs())) {
+                                writes.push((i, w));
+                            }
+                        }
+                    }
+                    Step::Done => {}
+                    Step::Stuck(why) => {
+                        tracing::error!(group = %runs[i].group_id, cause = %why, "run cannot be committed; its orders wait");
+                        a.error = Some(StoreError::Deferred(why));
+                    }
+                }
+            }
+            if claims.is_empty() && writes.is_empty() {
+                return Ok(());
+            }
+            let mut failure: Option<Failure> = None;
+            let mut contention = 0u32;
+            let claim_calls = claims.iter().map(|(i, c)| {
+                dynamo::claim(
+                    &self.client,
+                    &self.groups_table,
+                    &runs[*i].group_id,
+                    c,
+                    &runs[*i].records[0].processed_at,
+                    ctx,
+                )
+            });
+            let chunk = if one_by_one { 1 } else { MAX_STATEMENTS };
+            let items: Vec<(String, Item)> = writes
+                .iter()
+                .map(|(i, w)| (w.key(active[*i].commit.msgs()), self.item(&runs[*i], w)))
+                .collect();
+            let insert_calls = items
+                .chunks(chunk)
+                .map(|c| dynamo::insert(&self.client, &self.orders_table, c, ctx));
+            let (claim_results, insert_results) =
+                tokio::join!(join_all(claim_calls), join_all(insert_calls));
+            for ((i, c), r) in claims.iter().zip(claim_results) {
+                let a = &mut active[*i];
+                match r {
+                    ClaimResult::Answer(answer) => {
+                        self.answered(ctx);
+                        if matches!(answer, claim::ClaimAnswer::Stale(_)) {
+                            a.stale_claims += 1;
+                            contention = contention.max(a.stale_claims);
+                        } else {
+                            a.stale_claims = 0;
+                        }
+                        a.commit.claimed(c, answer);
+                    }
+                    ClaimResult::BadRow(detail) => {
+                        tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not usable; its orders wait until the item is fixed or deleted");
+                        self.rows
+                            .lock()
+                            .expect("cache lock")
+                            .remove(&runs[*i].group_id);
+                        a.error = Some(StoreError::Deferred(detail));
+                    }
+                    ClaimResult::Failed(f) => {
+                        if f.class == Class::Request {
+                            a.error = Some(StoreError::Permanent(f.detail.clone()));
+                        } else {
+                            a.commit.claimed(c, claim::ClaimAnswer::Unknown);
+                            failure.get_or_insert(f);
+                        }
+                    }
+                }
+            }
+            let mut answers: Vec<InsertResult> = Vec::new();
+            let mut whole_refused = false;
+            for (r, n) in insert_results
+                .into_iter()
+                .zip(items.chunks(chunk).map(<[_]>::len))
+            {
+                match r {
+                    Ok(per) => {
+                        self.answered(ctx);
+                        answers.extend(per);
+                    }
+                    Err(f) if f.class == Class::Request && n > 1 => {
+                        whole_refused = true;
+                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                    }
+                    Err(f) if f.class == Class::Request => {
+                        answers.push(InsertResult::Refused(f.detail));
+                    }
+                    Err(f) => {
+                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                        failure.get_or_insert(f);
+                    }
+                }
+            }
+            if whole_refused && !one_by_one {
+                tracing::warn!(
+                    statements = items.len(),
+                    "DynamoDB refused a whole batch of inserts; sending them one by one to find the refused one"
+                );
+                one_by_one = true;
+            }
+            // Keys that exist: read them all in one consistent BatchGetItem, then let each run decide.
+            let taken: Vec<String> = answers
+                .iter()
+                .zip(&items)
+                .filter(|(r, _)| matches!(r, InsertResult::Exists))
+                .map(|(_, (k, _))| k.clone())
+                .collect();
+            let existing = if taken.is_empty() {
+                Some(HashMap::new())
+            } else {
+                match dynamo::read_existing(&self.client, &self.orders_table, &taken, ctx).await {
+                    Ok(e) => Some(e),
+                    Err(f) => {
+                        failure.get_or_insert(f);
+                        None
+                    }
+                }
+            };
+            for (((i, w), r), (key, _)) in writes.iter().zip(answers).zip(&items) {
+                let a = &mut active[*i];
+                let record = &runs[*i].records[w.idx()];
+                let answer = match r {
+                    InsertResult::Written => WriteAnswer::Written,
+                    InsertResult::Exists => match &existing {
+                        Some(found) => {
+                            let e = found.get(key).map(|e| e.existing(record));
+                            if e.as_ref().is_some_and(|e| e.sha.is_none()) {
+                                tracing::warn!(order = %record.order_key, group = %record.group_id, "an existing record with this OrderID has no PayloadSha256 (written by something else); counted as a conflict");
+                            }
+                            WriteAnswer::Exists(e)
+                        }
+                        None => WriteAnswer::Retry,
+                    },
+                    InsertResult::Retry(f) => {
+                        if let Some(f) = f {
+                            failure.get_or_insert(f);
+                        }
+                        WriteAnswer::Retry
+                    }
+                    InsertResult::Refused(why) => {
+                        if matches!(w, Write::Record { .. }) {
+                            tracing::error!(order = %record.order_key, group = %record.group_id, message_id = %record.sqs_message_id, cause = %why, "DynamoDB refused this record; recording it as REJECTED instead");
+                        } else {
+                            a.error = Some(StoreError::Permanent(why.clone()));
+                        }
+                        WriteAnswer::Refused(why)
+                    }
+                };
+                a.commit.answered(w, answer);
+            }
+            if let Some(f) = failure {
+                self.wait(&mut waits, f, ctx).await?;
+            } else {
+                waits = Waits::default();
+                if contention > 1 {
+                    // The row moved again right after we read it: another worker is claiming the same group.
+                    // Back off a little, growing, instead of spinning.
+                    let pause = backoff(
+                        contention - 2,
+                        Duration::from_millis(20),
+                        Duration::from_secs(5),
+                    );
+                    if contention.is_power_of_two() {
+                        tracing::warn!(claims = contention, "claims keep finding the group row moved (another worker on the same groups?)");
+                    }
+                    if !ctx.budget.sleep(pause).await || ctx.abort.is_cancelled() {
+                        return Err(StoreError::Aborted);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The item one write inserts.
+    fn item(&self, run: &Run, w: &Write) -> Item {
+        let r = &run.records[w.idx()];
+        match w {
+            Write::Record { position, .. } => crate::schema::record_item(r, *position),
+            Write::StandIn {
+                position, reason, ..
+            } => crate::schema::record_item(&refused_record(r, reason), *position),
+            Write::Marker { position, kind, .. } => {
+                let status = match kind {
+                    MarkerKind::Duplicate => Status::Duplicate,
+                    MarkerKind::Conflict => Status::Conflict,
+                };
+                crate::schema::marker_item(
+                    r,
+                    &claim::marker_key(*kind, &r.sqs_message_id),
+                    status,
+                    *position,
+                )
+            }
+        }
+    }
+
+    /// A DynamoDB call answered: lift an account-wide block.
+    fn answered(&self, ctx: &CommitContext<'_>) {
+        if let Some(b) = ctx.health.clear("dynamodb") {
+            tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), "DynamoDB answers again; taking new work");
+        }
+    }
+
+    /// Wait before retrying a failure, within the budget; say what we are waiting for, without flooding the
+    /// log. Account-wide failures block new work (see [`crate::health`]).
+    async fn wait(
+        &self,
+        waits: &mut Waits,
+        f: Failure,
+        ctx: &CommitContext<'_>,
+    ) -> Result<(), StoreError> {
+        let started = *waits.since.get_or_insert_with(Instant::now);
+        let n = waits.failures;
+        if f.class == Class::AccountWide {
+            if ctx
+                .health
+                .block("dynamodb", f.code.as_deref().unwrap_or("-"), &f.detail)
+            {
+                tracing::error!(waiting_for = "DynamoDB", code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refuses every write (permissions, table, credentials or KMS): taking no new work, keeping what is held, retrying until it clears");
+            }
+        } else if n == 0 || n.is_power_of_two() {
+            tracing::warn!(
+                waiting_for = "DynamoDB",
+                failures = n + 1,
+                waited_s = started.elapsed().as_secs(),
+                class = f.class.as_str(),
+                cause = %f.detail,
+                "DynamoDB write not done; messages stay held (visibility extended) and the write is retried"
+            );
+        }
+        let pause = backoff_for(f.class, n);
+        waits.failures += 1;
+        tokio::select! {
+            _ = ctx.abort.cancelled() => Err(StoreError::Aborted),
+            more = ctx.budget.sleep(pause) => if more { Ok(()) } else { Err(StoreError::Aborted) },
+        }
+    }
+}
+
+#[derive(Default)]
+struct Waits {
+    failures: u32,
+    since: Option<Instant>,
+}
+
+fn applied(s: Settled) -> Applied {
+    match s {
+        Settled::New { position, .. } => Applied::New { position },
+        Settled::Redelivered
+        | Settled::Marker {
+            kind: MarkerKind::Duplicate,
+            ..
+        } => Applied::Duplicate,
+        Settled::Marker {
+            kind: MarkerKind::Conflict,
+            ..
+        } => Applied::Conflict,
+    }
+}
+
+/// The record written in place of one DynamoDB refuses on its own: REJECTED, with the reason, no total.
+fn refused_record(r: &Record, why: &str) -> Record {
+    Record {
+        status: Status::Rejected,
+        reason: Some(crate::order::truncate(
+            &format!("DynamoDB refused the record: {why}"),
+            crate::order::MAX_REASON_LEN,
+        )),
+        total_cents: None,
+        currency: None,
+        ..r.clone()
+    }
+}
