@@ -157,8 +157,14 @@ impl Store {
                 if let (Some(row), None) = (a.commit.row(), &a.error) {
                     cache.insert(run.group_id.clone(), Some(row.clone()));
                 }
-                let applied = a.commit.settled().into_iter().map(applied).collect();
-                let error = if a.commit.is_done() { None } else { a.error };
+                let applied: Vec<Applied> = a.commit.settled().into_iter().map(applied).collect();
+                // A run is complete only when every one of its records is settled (a run refused before it
+                // started has no messages in its commit, and its error stands).
+                let error = if applied.len() == run.records.len() {
+                    None
+                } else {
+                    a.error.or(Some(StoreError::Aborted))
+                };
                 RunOutcome { applied, error }
             })
             .collect()
