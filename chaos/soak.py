@@ -47,7 +47,7 @@ Faults stop when the last order is sent; the soak then waits for the queue to em
 expected record ("backlog clear"), waits one more visibility timeout for any late double apply to land, and
 runs `order-worker verify`. The report (printed; `report.json` and `report.txt` in `--out`) gives orders sent,
 applied, rejected, lost, applied twice, out of order, position gaps, messages in the DLQ, second-consumer
-receives (a ReceiveCount > 1 that no hold-breaking fault explains; see second_consumer()), the histogram of
+receives (a ReceiveCount > 1 that no hold-breaking fault explains; see soakrun/checks.py), the histogram of
 ReceiveCount, faults by kind, proxy rule hits, drains and their durations, and the time for the backlog to
 clear. Exit status 1 when any of lost, applied twice, out of order, position gaps, DLQ depth or second-consumer
 receives is not 0 (or the backlog does not clear, verify cannot run, or an instance interrupted under an SQS

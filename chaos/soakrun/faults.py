@@ -20,7 +20,7 @@ FAULT_KINDS = ("fis", "rebalance", "rebalance_notice", "kill", "freeze", "imds",
 DEFAULT_WEIGHTS = {"fis": 2, "rebalance": 1, "rebalance_notice": 1, "kill": 2, "freeze": 2, "imds": 1, "network": 2,
                    "sqs_stall_drain": 2, "visibility_fail": 1, "ddb_throttle": 2, "denied": 1, "lost_response": 1}  # fmt: skip
 # Faults that can take a hold away from the worker holding a message (or hide a handed-out message until its
-# visibility times out), so that a later receive of the message is expected; see second_consumer() and SOAK.md.
+# visibility times out), so that a later receive of the message is expected; see checks.second_consumer() and SOAK.md.
 HOLD_BREAKING = {"fis", "rebalance", "rebalance_notice", "kill", "freeze", "network", "sqs_stall_drain",
                  "visibility_fail"}  # fmt: skip
 # Of those, the faults on one instance after which that instance never receives again (a kill; a drain, which
