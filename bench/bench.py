@@ -12,6 +12,7 @@ result fails. Exit status: 0 when everything worked (performance targets missed 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -497,6 +498,17 @@ class Bench:
             self.results["interruption_note"] = f"not measured: spot-sim binary not found at {self.spot_sim}"
         for groups, n in c["scale"]:
             self.attempt("scale", self.drain_run, f"scale-{groups}-groups", "worker", n, groups)
+
+
+def identity(path: Path) -> dict:
+    """What a results file needs to name the build it measured: a prebuilt binary carries no commit, so its
+    hash and time are kept (compare with a build of the commit in question)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    st = path.stat()
+    return {"sha256": h.hexdigest(), "mtime": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(timespec="seconds")}
 
 
 def hot_group_before() -> dict | None:
@@ -1016,6 +1028,7 @@ def main() -> int:
         started=stamp,
         machine=machine(),
         binary=str(binary),
+        binary_identity=identity(binary),
         profile=profile,
         config=bench.cfg,
         targets=TARGETS,
