@@ -138,14 +138,19 @@ class Fixture:
 
     # -- load --
 
-    def plan(self, n: int, groups: int) -> list[tuple[str, str]]:
-        """n orders spread round-robin over `groups` groups: [(order_id, group)] in send order."""
-        return [(f"o-{self.suffix}-{i:06d}", f"cust-{i % groups:04d}") for i in range(n)]
+    def plan(self, n: int, groups: int, run: int = 1) -> list[tuple[str, str]]:
+        """n orders over `groups` groups, [(order_id, group)] in send order: `run` orders of one group back to
+        back, then the next group's `run`, round-robin. run=1 interleaves the groups one order at a time (each
+        receive then finds at most one order of a group: the worst case for batching by group); run=10 is a
+        backlog whose groups' orders came in bursts (a receive of 10 returns one group's run)."""
+        per_round = groups * run
+        return [(f"o-{self.suffix}-{i:06d}", f"cust-{i % per_round // run:04d}") for i in range(n)]
 
-    def preload(self, n: int, groups: int, threads: int = 4) -> float:
-        """Send n orders in batches of 10, groups interleaved as customers' orders arrive (round-robin), each
-        group's orders in order; `threads` senders each own a share of the groups. Returns seconds taken."""
-        plan = self.plan(n, groups)
+    def preload(self, n: int, groups: int, threads: int = 4, run: int = 1) -> float:
+        """Send n orders in batches of 10 in the order of plan(n, groups, run), each group's orders in order;
+        `threads` senders each own a share of the groups (a batch of 10 then holds one group's run of 10, or 10
+        groups' single orders while a sender owns at least 10 groups). Returns seconds taken."""
+        plan = self.plan(n, groups, run)
         per_group: dict[str, list[str]] = {}
         for oid, g in plan:
             per_group.setdefault(g, []).append(oid)
