@@ -33,14 +33,18 @@ GB = 1_000_000_000
 
 # --- per order, from the benchmark (bench/): the lead replaces these with the measured figures -------------
 PER_ORDER = {
-    # DynamoDB write request units per order: (with runs of 10, with runs of 1)
-    "dynamodb_write_units": (1.1, 2.0),
-    "dynamodb_read_units": 0.05,
-    # SQS requests the worker makes per order (receive, delete, visibility changes), with runs of 10; with runs
-    # of 1 a receive returns one message and is followed by one delete: 2 requests per order.
-    "sqs_worker_requests": (0.21, 2.0),
+    # DynamoDB write request units per order: (with runs of 10, with runs of 1): a claim per run plus one unit per
+    # record.
+    "dynamodb_write_units": (1.10, 1.99),
+    # Consistent reads of a group's row on a cache miss, and of an existing item when an insert finds it taken.
+    "dynamodb_read_units": 0.01,
+    # SQS requests the worker makes per order (receive, delete, visibility changes). A receive returns up to 10
+    # messages whatever the shape (one group's ten, or ten groups' one each), and deletes go in batches of 10.
+    "sqs_worker_requests": (0.20, 0.20),
 }
-PER_ORDER_SOURCE = "placeholders: target figures of issue 15, to be replaced by bench/ results"
+PER_ORDER_SOURCE = (
+    "measured: bench/results/20261201T142932Z.json (scripts/bench full run, one worker, 5,000 orders over 50 groups)"
+)
 
 # --- assumptions (each one a figure we could not read off a price list) --------------------------------------
 # The producer's SendMessageBatch of 10: 0.1 request per order. The producer is not part of this stack, but
