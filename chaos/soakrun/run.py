@@ -141,6 +141,8 @@ def run(a: argparse.Namespace) -> int:
             "records": v.get("records"),
             "applied": v.get("accepted"),
             "rejected": v.get("rejected"),
+            # Positions held by duplicate:/conflict: markers (a re-sent order or a reused id): items, not orders.
+            "markers": v.get("markers") or 0,
             "lost": v.get("lost"),
             "applied_twice": v.get("applied_twice"),
             "out_of_order": v.get("out_of_order"),

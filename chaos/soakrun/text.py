@@ -16,7 +16,8 @@ def render(r: dict) -> str:
         + ("; DynamoDB on DynamoDB Local" if r["config"].get("dynamodb") == "dynamodb-local" else ""),
         f"orders sent      {r['orders_sent']} ({r['valid_orders_sent']} valid, {r['malformed_sent']} malformed) "
         f"+ {r['duplicate_sends']} duplicate sends = {r['messages_sent']} messages",
-        f"records          {r['records']} of {r['expected_records']} expected: applied {r['applied']}, rejected {r['rejected']}",
+        f"records          {(r['records'] or 0) - r.get('markers', 0)} of {r['expected_records']} expected: applied {r['applied']}, "
+        f"rejected {r['rejected']}; markers {r.get('markers', 0)} (orders sent again, ids reused)",
         f"lost             {r['lost']}",
         f"applied twice    {r['applied_twice']}",
         f"out of order     {r['out_of_order']}",
