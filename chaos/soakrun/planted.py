@@ -37,13 +37,20 @@ def plant_bug(region: SoakRegion, kind: str) -> str:
         ddb.delete_item(TableName=region.orders_table, Key={"OrderID": {"S": victim["OrderID"]}})
         return f"deleted record {victim['OrderID']} of group {group}"
     if kind == "twice":
-        ddb.update_item(
-            TableName=region.groups_table,
-            Key={"MessageGroupId": {"S": group}},
-            UpdateExpression="SET LastPosition = LastPosition + :one",
-            ExpressionAttributeValues={":one": {"N": "1"}},
+        # A second item at a position already held: what a worker that took positions from a claim that never
+        # applied would leave (the model test's planted TrustUnknown variant, in the table).
+        victim = rs[-1]
+        ddb.put_item(
+            TableName=region.orders_table,
+            Item={
+                "OrderID": {"S": "duplicate:planted"},
+                "MessageGroupId": {"S": group},
+                "GroupPosition": {"N": str(victim["GroupPosition"])},
+                "Status": {"S": "DUPLICATE"},
+                "MarkerOf": {"S": victim["OrderID"]},
+            },
         )
-        return f"advanced LastPosition of group {group} by one (an order applied a second time)"
+        return f"wrote a second item at position {victim['GroupPosition']} of group {group} (an order applied twice)"
     x, y = rs[0], rs[1]
     for rec, pos in ((x, y["GroupPosition"]), (y, x["GroupPosition"])):
         ddb.update_item(

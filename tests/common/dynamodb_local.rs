@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{free_port, log_dir, repo, spawn_logged, wait_for, Emulator, Fixture, Proc, REGION};
+use super::{free_port, log_dir, repo, spawn_logged, wait_for, Emulator, Fixture, Proc};
 
 /// Where the tables live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,14 +71,7 @@ impl DynamoLocal {
     }
 
     pub async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .load()
-            .await
+        super::sdk_for(&self.endpoint).await
     }
 }
 

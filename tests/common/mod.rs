@@ -132,6 +132,18 @@ pub struct Emulator {
     proc: Proc,
 }
 
+/// The test clients' configuration for a local endpoint (dummy credentials: nothing checks signatures).
+pub async fn sdk_for(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await
+}
+
 pub fn ministack_bin() -> PathBuf {
     std::env::var_os("MINISTACK_BIN")
         .map(PathBuf::from)
@@ -173,14 +185,7 @@ impl Emulator {
     }
 
     pub async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .endpoint_url(&self.endpoint)
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .load()
-            .await
+        sdk_for(&self.endpoint).await
     }
 
     pub fn stop(&mut self) {
