@@ -132,7 +132,8 @@ async fn put(
         .map(|_| ())
 }
 
-/// The worker's own kind of write: a conditional Put in a transaction with a ClientRequestToken.
+/// A conditional Put in a transaction with a ClientRequestToken: an idempotent write whose replay shows whether a
+/// lost answer's request was applied (the worker's own writes are claims and PartiQL inserts; see tests/faults.rs).
 async fn transact(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -437,7 +438,7 @@ async fn pass_then_reset_applies_the_write_but_loses_the_answer() {
     assert_transport(&err);
     assert!(t.item_exists("lost-1").await, "the write was applied");
     // The caller retries the same transaction with the same token: DynamoDB answers it as done, where a new
-    // token would fail the attribute_not_exists condition. This is what the worker's tokens are for.
+    // token would fail the attribute_not_exists condition: the proxy applied the request and only lost its answer.
     transact(&ddb, &table, "lost-1", "token-lost-1")
         .await
         .expect("the replay with the same token succeeds");
