@@ -580,12 +580,12 @@ mod tests {
     async fn serve(script: &[Reply]) -> (Arc<Fake>, LifecycleHook) {
         let fake = Arc::new(Fake::default());
         *fake.script.lock().unwrap() = script.to_vec();
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(fake.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::imds::fake::serve_router(
+            axum::Router::new()
+                .fallback(handle)
+                .with_state(fake.clone()),
+        )
+        .await;
         let config = aws_sdk_autoscaling::Config::builder()
             .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
             .region(aws_sdk_autoscaling::config::Region::new("us-east-1"))

@@ -62,6 +62,8 @@ const ACCOUNT_WIDE: &[&str] = &[
     "MissingAuthenticationToken",
     "IncompleteSignature",
     "ResourceNotFoundException",
+    // A PartiQL statement's own error code in a BatchExecuteStatement answer (no status of its own).
+    "ResourceNotFound",
     "QueueDoesNotExist",
     "AWS.SimpleQueueService.NonExistentQueue",
     "KMSAccessDeniedException",
@@ -86,6 +88,9 @@ const THROTTLED: &[&str] = &[
     "RequestThrottled",
     "ThrottledException",
     "ProvisionedThroughputExceededException",
+    // The same two as a PartiQL statement's error code in a BatchExecuteStatement answer.
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
     "RequestLimitExceeded",
     "RequestLimitExceededException",
     "TooManyRequestsException",
@@ -106,6 +111,8 @@ const TRANSIENT: &[&str] = &[
     "RequestTimeout",
     "RequestTimeoutException",
     "ResourceContention",
+    // A statement that met another writer's transaction on the same item: try again.
+    "TransactionConflict",
 ];
 
 /// Classify by error code and HTTP status (pure: the tests pin every code we rely on).
@@ -275,6 +282,18 @@ mod tests {
             );
         }
         assert_eq!(classify_code(None, Some(429)), Class::Throttled);
+        // A statement's own code in a BatchExecuteStatement answer comes without a status.
+        for (code, class) in [
+            ("ThrottlingError", Class::Throttled),
+            ("ProvisionedThroughputExceeded", Class::Throttled),
+            ("RequestLimitExceeded", Class::Throttled),
+            ("InternalServerError", Class::Transient),
+            ("TransactionConflict", Class::Transient),
+            ("AccessDenied", Class::AccountWide),
+            ("ResourceNotFound", Class::AccountWide),
+        ] {
+            assert_eq!(classify_code(Some(code), None), class, "{code}");
+        }
         assert_eq!(
             classify_code(Some("InternalServerError"), Some(500)),
             Class::Transient

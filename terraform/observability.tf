@@ -51,7 +51,7 @@ resource "aws_cloudwatch_metric_alarm" "hook_not_completed" {
 
 resource "aws_cloudwatch_metric_alarm" "drain_deadline_hit" {
   alarm_name          = "${var.asg_name}-drain-deadline-hit"
-  alarm_description   = "A drain hit its deadline (${var.drain_timeout_seconds} s, or the Spot notice minus ${var.drain_margin_seconds} s): in-flight orders were abandoned and released, to be applied by another worker (nothing is half-applied). Often means slow DynamoDB or too much work per group; held_up_by in the drain record names the groups."
+  alarm_description   = "A drain hit its deadline (${var.drain_timeout_seconds} s, or the Spot notice minus ${var.drain_margin_seconds} s): in-flight orders were abandoned and released, to be applied by another worker (what a run claimed is written by the next holder, at the same positions: nothing twice, no gap). Often means slow DynamoDB or too much work per group; held_up_by in the drain record names the groups."
   namespace           = var.emf_namespace
   metric_name         = "DrainDeadlineHit"
   dimensions          = local.emf_dimensions

@@ -137,7 +137,7 @@ impl Dispatcher {
                 _ => (60, "commit-failed"),
             };
             if matches!(e, StoreError::Aborted) {
-                tracing::info!(group = %group, settled, released = ids.len() - settled, "drain deadline: releasing the rest of the run and of its group (nothing of it was half-applied)");
+                tracing::info!(group = %group, settled, released = ids.len() - settled, "drain deadline: releasing the rest of the run and of its group (what it claimed is written by the next holder, at the same positions)");
             } else {
                 tracing::error!(group = %group, cause = %e, settled, unsettled = ids.len() - settled, "run not committed; releasing it and the rest of its group");
             }

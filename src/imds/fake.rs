@@ -115,13 +115,22 @@ async fn handle(
 /// Starts the fake on an ephemeral port; the server task dies with the test runtime.
 pub async fn serve() -> (Arc<Fake>, String) {
     let fake = Arc::new(Fake::default());
-    let app = axum::Router::new()
-        .fallback(handle)
-        .with_state(fake.clone());
+    let addr = serve_router(
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(fake.clone()),
+    )
+    .await;
+    (fake, format!("http://{addr}/"))
+}
+
+/// Serve a test's fake on an ephemeral port of 127.0.0.1 (the metadata fake here, the Auto Scaling fake of the
+/// lifecycle tests); the task dies with the test runtime.
+pub async fn serve_router(app: axum::Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (fake, format!("http://{addr}/"))
+    addr
 }
 
 /// A client with short timeouts and backoff so failure tests finish fast.

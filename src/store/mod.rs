@@ -266,11 +266,10 @@ impl Store {
                 }
                 match a.commit.step() {
                     Step::Claim(c) => claims.push((i, c)),
-                    // One by one means one statement in flight at a time: the refused one is then the one
-                    // that was sent.
-                    Step::Write(_) if one_by_one && !writes.is_empty() => {}
                     Step::Write(ws) => {
                         for w in ws {
+                            // One by one means one statement in flight at a time: the refused one is then the
+                            // one that was sent.
                             if one_by_one && !writes.is_empty() {
                                 break;
                             }
@@ -303,13 +302,12 @@ impl Store {
                     ctx,
                 )
             });
-            let chunk = if one_by_one { 1 } else { MAX_STATEMENTS };
             let items: Vec<(String, Item)> = writes
                 .iter()
                 .map(|(i, w)| (w.key(active[*i].commit.msgs()), self.item(&runs[*i], w)))
                 .collect();
             let insert_calls = items
-                .chunks(chunk)
+                .chunks(MAX_STATEMENTS)
                 .map(|c| dynamo::insert(&self.client, &self.orders_table, c, ctx));
             let (claim_results, insert_results) =
                 tokio::join!(join_all(claim_calls), join_all(insert_calls));
@@ -348,7 +346,7 @@ impl Store {
             let mut whole_refused = false;
             for (r, n) in insert_results
                 .into_iter()
-                .zip(items.chunks(chunk).map(<[_]>::len))
+                .zip(items.chunks(MAX_STATEMENTS).map(<[_]>::len))
             {
                 match r {
                     Ok(per) => {
