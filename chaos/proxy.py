@@ -65,7 +65,22 @@ Per service / operation rules:
                    service and operation ({"sqs": {"ReceiveMessage": 12, ...}, ...}), "injected" per action,
                    "abandoned" (held requests whose client hung up) and "rules" (as GET /rules)
 
-`--ready-file` receives {"listen": "http://...", "control": "http://...", "pid": N} once both ports listen.
+The IAM gate (chaos/iamgate): with `--iam strict` (or `soft`: allow, but log what would be denied) every request
+is authorised against the policies Terraform deploys before it is forwarded; a denial is answered in the
+service's own error shape and logged ("iam: DENIED principal=... action=... resource=..."). Stacks (the names
+the policies are rendered with, and the access key of each principal) come from `--iam-stack FILE` (repeat) or
+`POST /iam/stacks`; `--iam-use-dir DIR` records every (principal, action, resource) allowed, for
+chaos/check-iam.py.
+
+    GET  /iam              mode, decisions, allowed count, "denials" (and "would_deny" in soft mode)
+    POST /iam/stacks       {"queue_name", "orders_table", "groups_table", "dlq_name", "asg_name", "environment",
+                            "region", "keys": {ACCESS_KEY_ID: worker|producer|operator|deployer}}
+    POST /iam/authorize    {"principal": ROLE_ARN, "action", "resource", "context"}: a role's own action (spot-sim
+                           asks it for the FIS role's ec2:SendSpotInstanceInterruptions)
+    POST /upstream         {"service": "dynamodb", "url": "http://..."}: where one service's requests go from now
+
+`--ready-file` receives {"listen": "http://...", "control": "http://...", "pid": N, "iam": MODE} once both ports
+listen.
 The proxy exits on SIGTERM / SIGINT, closing every connection.
 """
 
@@ -88,6 +103,10 @@ def main(argv: list | None = None) -> int:
     p.add_argument("--control", default="127.0.0.1:0", help="control address (default a free port)")
     p.add_argument("--ready-file", help="write the addresses here (JSON) once listening")
     p.add_argument("--seed", type=int, help="seed for rules with a probability (default: random)")
+    p.add_argument("--iam", choices=("strict", "soft", "off"), default="off",
+                   help="authorise every request against the deployed policies (default off: a bare fault proxy)")  # fmt: skip
+    p.add_argument("--iam-stack", action="append", default=[], metavar="FILE", help="a stack's JSON (repeat)")
+    p.add_argument("--iam-use-dir", help="record every allowed (principal, action, resource) into this folder")
     a = p.parse_args(argv)
     if a.seed is not None:
         random.seed(a.seed)
@@ -97,7 +116,7 @@ def main(argv: list | None = None) -> int:
         if not sep or not url:
             p.error(f"--upstream-for {x!r}: SERVICE=URL")
         upstream_for[service] = url
-    asyncio.run(serve(a.upstream, a.listen, a.control, a.ready_file, upstream_for))
+    asyncio.run(serve(a.upstream, a.listen, a.control, a.ready_file, upstream_for, a.iam, a.iam_stack, a.iam_use_dir))
     return 0
 
 

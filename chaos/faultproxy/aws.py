@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
+from iamgate.operations import fis_operation
+
 if TYPE_CHECKING:  # for the annotations only: this module needs neither at run time
     from .http1 import Message
     from .rules import Rule
@@ -31,6 +33,8 @@ def identify(req: Message) -> tuple[str, str]:
     if scope:
         service = scope.group(1)
     target = req.get("x-amz-target")
+    if service == "fis":  # REST-JSON: the operation is the method and the path
+        return service, fis_operation(req.start.split(" ")[0], req.start.split(" ")[1])[0]
     if target:
         prefix, _, operation = target.rpartition(".")
         service = service or TARGET_PREFIX.get(prefix, prefix.lower() or None)
@@ -85,6 +89,25 @@ SQS_ERRORS = {
     ),
     "InvalidAddress": (404, "com.amazonaws.sqs#InvalidAddress", "InvalidAddress", "The specified ID is invalid."),
     "OverLimit": (403, "com.amazonaws.sqs#OverLimit", "OverLimit", "The specified action violates a limit."),
+    # The caller may not use the queue's KMS key (ReceiveMessage / SendMessage on an SSE-KMS queue).
+    "KmsAccessDenied": (
+        400,
+        "com.amazonaws.sqs#KmsAccessDenied",
+        "KMS.AccessDeniedException",
+        "The caller doesn't have the required KMS access.",
+    ),
+    "InvalidClientTokenId": (
+        403,
+        "com.amazon.coral.service#InvalidClientTokenIdException",
+        "InvalidClientTokenId",
+        "The security token included in the request is invalid.",
+    ),
+    "MissingAuthenticationToken": (
+        403,
+        "com.amazon.coral.service#MissingAuthenticationTokenException",
+        "MissingAuthenticationToken",
+        "Request is missing Authentication Token",
+    ),
 }
 SQS_ERRORS["AWS.SimpleQueueService.NonExistentQueue"] = SQS_ERRORS["QueueDoesNotExist"]
 
@@ -126,6 +149,11 @@ DDB_ERRORS = {
         "com.amazon.coral.service#ExpiredTokenException",
         "The security token included in the request is expired",
     ),
+    "MissingAuthenticationTokenException": (
+        400,
+        "com.amazon.coral.service#MissingAuthenticationTokenException",
+        "Request is missing Authentication Token",
+    ),
     "InternalServerError": (500, DDB_NS + "InternalServerError", "Internal server error"),
     "ServiceUnavailable": (503, "com.amazon.coral.availability#ServiceUnavailableException", "Service unavailable"),
     "ValidationException": (
@@ -153,39 +181,64 @@ ASG_ERRORS = {
     "ResourceContention": (500, "You already have a pending update to an Auto Scaling resource."),
     "InternalFailure": (500, "An internal error occurred."),
     "ServiceUnavailable": (503, "Service is unavailable."),
+    "AccessDenied": (403, "User is not authorized to perform this action"),
+    "InvalidClientTokenId": (403, "The security token included in the request is invalid."),
+    "MissingAuthenticationToken": (403, "Request is missing Authentication Token"),
+}
+
+# FIS: REST-JSON; the code travels in `x-amzn-ErrorType`, the message in the body.
+FIS_ERRORS = {
+    "AccessDeniedException": (403, "User is not authorized to perform this action"),
+    "UnrecognizedClientException": (403, "The security token included in the request is invalid."),
+    "MissingAuthenticationTokenException": (403, "Missing Authentication Token"),
+    "ValidationException": (400, "Invalid request"),
+    "ResourceNotFoundException": (404, "Resource not found"),
+    "ThrottlingException": (429, "Rate exceeded"),
 }
 
 
 def error_response(rule: Rule, keep_alive: bool) -> bytes:
     """The answer AWS gives for `rule.code` on `rule.service`, in that service's protocol."""
+    return error_for(rule.service, rule.code or "", keep_alive, rule.status, rule.message, rule.type)
+
+
+def error_for(service: str, code: str, keep_alive: bool, status: int | None = None, message: str | None = None,
+              typ: str | None = None) -> bytes:  # fmt: skip
+    """The answer `service` gives for error `code` (with this message, status, or `__type`), in its protocol."""
     rid = str(uuid.uuid4())
-    code = rule.code or ""
     headers = [("x-amzn-RequestId", rid)]
-    if rule.service == "autoscaling":
-        status, message = ASG_ERRORS.get(code, (400, code))
-        status = rule.status or status
+    if service == "fis":
+        default_status, default_message = FIS_ERRORS.get(code, (400, code))
+        status = status or default_status
+        body = json.dumps({"message": message or default_message}).encode()
+        headers += [("Content-Type", "application/json"), ("x-amzn-ErrorType", code)]
+    elif service == "autoscaling":
+        default_status, default_message = ASG_ERRORS.get(code, (400, code))
+        status = status or default_status
         fault = "Receiver" if status >= 500 else "Sender"
         body = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             '<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">'
             f"<Error><Type>{fault}</Type><Code>{xml_escape(code)}</Code>"
-            f"<Message>{xml_escape(rule.message or message)}</Message></Error>"
+            f"<Message>{xml_escape(message or default_message)}</Message></Error>"
             f"<RequestId>{rid}</RequestId></ErrorResponse>"
         ).encode()
         headers.append(("Content-Type", "text/xml"))
-    elif rule.service == "sqs":
-        status, typ, query_code, message = SQS_ERRORS.get(code, (400, "com.amazonaws.sqs#" + code, code, code))
-        status = rule.status or status
+    elif service == "sqs":
+        default_status, default_type, query_code, default_message = SQS_ERRORS.get(
+            code, (400, "com.amazonaws.sqs#" + code, code, code)
+        )
+        status = status or default_status
         fault = "Receiver" if status >= 500 else "Sender"
-        body = json.dumps({"__type": rule.type or typ, "message": rule.message or message}).encode()
+        body = json.dumps({"__type": typ or default_type, "message": message or default_message}).encode()
         headers += [
             ("Content-Type", "application/x-amz-json-1.0"),
             ("x-amzn-query-error", f"{query_code};{fault}"),
         ]
     else:  # dynamodb
-        status, typ, message = DDB_ERRORS.get(code, (400, DDB_NS + code, code))
-        status = rule.status or status
-        body = json.dumps({"__type": rule.type or typ, "message": rule.message or message}).encode()
+        default_status, default_type, default_message = DDB_ERRORS.get(code, (400, DDB_NS + code, code))
+        status = status or default_status
+        body = json.dumps({"__type": typ or default_type, "message": message or default_message}).encode()
         headers += [
             ("Content-Type", "application/x-amz-json-1.0"),
             ("x-amz-crc32", str(zlib.crc32(body))),

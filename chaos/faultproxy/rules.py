@@ -8,7 +8,7 @@ import asyncio
 import random
 import time
 
-SERVICES = ("sqs", "dynamodb", "autoscaling")
+SERVICES = ("sqs", "dynamodb", "autoscaling", "fis")
 ACTIONS = ("error", "stall", "reset", "delay", "pass-then-reset")
 # What a rule may say, in the order /rules shows it.
 RULE_FIELDS = ("service", "operation", "action", "code", "status", "message", "type", "delay_seconds", "count",

@@ -13,7 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from .aws import error_response, identify
+from iamgate.evaluator import Evaluator
+from iamgate.gate import Gate
+from iamgate.stack import Stack
+
+from .aws import error_for, error_response, identify
 from .http1 import Message, ProtocolError, Stream, host_port, read_request, read_response
 from .rules import ACTIONS, Rule, decide
 
@@ -36,9 +40,12 @@ class Conn:
 
 
 class Proxy:
-    def __init__(self, upstream: tuple[str, int], per_service: dict[str, tuple[str, int]] | None = None):
+    def __init__(self, upstream: tuple[str, int], per_service: dict[str, tuple[str, int]] | None = None,
+                 gate: Gate | None = None):  # fmt: skip
         self.upstream = upstream
         self.per_service = dict(per_service or {})
+        # The IAM gate (chaos/iamgate): every request authorised as AWS would, before it is forwarded.
+        self.gate = gate
         self.mode = "pass"
         self.until = 0.0
         self.flowing = asyncio.Event()
@@ -209,6 +216,13 @@ class Proxy:
             if hangup.done() and not hangup.cancelled():
                 self.stats["abandoned"] += 1  # the client gave up: never forward what it no longer waits for
                 return False
+        if self.gate:
+            method, path = req.start.split(" ")[:2]
+            denial = await self.gate.authorize(service, operation, method, path, req.get, req.body)
+            if denial:
+                c.down_w.write(error_for(denial.service, denial.code, keep_alive, message=denial.message))
+                await c.down_w.drain()
+                return keep_alive
         resp = await self.forward(c, req, self.per_service.get(service, self.upstream))
         if resp is None:
             self._reset_conn(c)
@@ -263,9 +277,15 @@ class Proxy:
 
     # ---- control ---------------------------------------------------------------------------------------------
 
-    def route(self, method: str, path: str, raw: bytes) -> dict:
+    async def route(self, method: str, path: str, raw: bytes) -> dict:
         if method == "GET" and path == "/status":
             return self.status()
+        if path.startswith("/iam"):
+            return await self.route_iam(method, path, raw)
+        if method == "POST" and path == "/upstream":
+            req = json.loads(raw or b"{}")
+            self.per_service[str(req["service"])] = host_port(str(req["url"]))
+            return {"upstreams": {k: f"{h}:{p}" for k, (h, p) in self.per_service.items()}}
         if method == "POST" and path == "/fault":
             req = json.loads(raw or b"{}")
             return self.set_fault(str(req.get("mode", "pass")), float(req.get("seconds", 0)))
@@ -282,6 +302,17 @@ class Proxy:
             return self.delete_rules(int(path.rsplit("/", 1)[1]))
         raise LookupError(f"no route {method} {path}")
 
+    async def route_iam(self, method: str, path: str, raw: bytes) -> dict:
+        if self.gate is None:
+            raise LookupError("the IAM gate is off (--iam off)")
+        if method == "GET" and path == "/iam":
+            return self.gate.status()
+        if method == "POST" and path == "/iam/stacks":
+            return await self.gate.add_stack(Stack.from_json(json.loads(raw or b"{}")))
+        if method == "POST" and path == "/iam/authorize":
+            return await self.gate.authorize_role(json.loads(raw or b"{}"))
+        raise LookupError(f"no route {method} {path}")
+
     async def control(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         code, body = 200, {}
         try:
@@ -295,7 +326,7 @@ class Proxy:
                     length = int(v.strip())
             raw = await r.readexactly(length) if length else b""
             try:
-                body = self.route(method, path, raw)
+                body = await self.route(method, path, raw)
             except KeyError as e:
                 code, body = 404, {"error": str(e.args[0])}
             except LookupError as e:
@@ -321,15 +352,22 @@ class Proxy:
 
 
 async def serve(upstream: str, listen: str, control: str, ready_file: str | None,
-                upstream_for: dict[str, str] | None = None) -> None:  # fmt: skip
-    proxy = Proxy(host_port(upstream), {k: host_port(v) for k, v in (upstream_for or {}).items()})
+                upstream_for: dict[str, str] | None = None, iam: str = "off", iam_stacks: list[str] | None = None,
+                iam_use_dir: str | None = None) -> None:  # fmt: skip
+    gate = None
+    if iam != "off":
+        # A policy the gate cannot enforce, or an evaluator that does not start, stops the proxy here.
+        gate = Gate(await Evaluator().start(), iam, use_dir=iam_use_dir)
+        for path in iam_stacks or []:
+            await gate.add_stack(Stack.from_json(json.loads(Path(path).read_text())))
+    proxy = Proxy(host_port(upstream), {k: host_port(v) for k, v in (upstream_for or {}).items()}, gate)
     lh, lp = host_port(listen)
     ch, cp = host_port(control)
     data_srv = await asyncio.start_server(proxy.handle, lh, lp, reuse_address=True, backlog=512)
     ctl_srv = await asyncio.start_server(proxy.control, ch, cp, reuse_address=True)
     la = data_srv.sockets[0].getsockname()
     ca = ctl_srv.sockets[0].getsockname()
-    info = {"listen": f"http://{la[0]}:{la[1]}", "control": f"http://{ca[0]}:{ca[1]}", "pid": os.getpid()}
+    info = {"listen": f"http://{la[0]}:{la[1]}", "control": f"http://{ca[0]}:{ca[1]}", "pid": os.getpid(), "iam": iam}
     print(f"proxy {info['listen']} -> {upstream}; control {info['control']}", file=sys.stderr, flush=True)
     if ready_file:
         tmp = Path(ready_file).with_suffix(".tmp")
@@ -347,3 +385,6 @@ async def serve(upstream: str, listen: str, control: str, ready_file: str | None
         if c.up_w:
             c.up_w.transport.abort()
     print(f"proxy stopped: {json.dumps(proxy.status())}", file=sys.stderr, flush=True)
+    if gate:
+        print(f"iam gate stopped: {json.dumps(gate.status())}", file=sys.stderr, flush=True)
+        await gate.evaluator.close()
