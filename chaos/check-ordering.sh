@@ -68,6 +68,12 @@ while :; do
   verify >"$out/verify.txt" 2>&1 || true
   lost=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("lost", -1))' "$out/verify.json" 2>/dev/null || echo -1)
   if [ "$lost" = 0 ]; then break; fi
+  # In the local region a denied permission means the orders never come: stop now, naming it (AWS: unset).
+  if [ -n "${IAM_GATE_CONTROL:-}" ] && ! "${PYTHON:-python3}" "$repo/chaos/localregion.py" iam >/dev/null 2>"$out/iam.txt"; then
+    echo "[$(ts)] check-ordering: FAILED: the local region refused a request, as AWS would:" >&2
+    cat "$out/iam.txt" >&2
+    exit 1
+  fi
   if [ "$lost" != "$last" ]; then
     echo "[$(ts)] check-ordering: $((sent - lost)) of $sent orders in the table"
     last=$lost

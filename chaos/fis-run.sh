@@ -124,7 +124,7 @@ if [ -z "$template_id" ]; then
   [ -n "$role_arn" ] || { echo "fis-run: a one-off template needs --role-arn (the FIS role of terraform/fis.tf)" >&2; exit 2; }
   account=${AWS_ACCOUNT_ID:-}
   if [ -n "$instances" ] && [ -z "$account" ]; then
-    if [ "$local_region" = 1 ]; then account=123456789012; else
+    if [ "$local_region" = 1 ]; then account=000000000000; else  # the local region's account (harness)
       account=$("$AWS" sts get-caller-identity --query Account --output text)
     fi
   fi

@@ -3,6 +3,7 @@
 
     chaos/localregion.py up --out out/x --env-file out/x/region.env [--dynamodb dynamodb-local]   # until SIGTERM
     chaos/localregion.py status --api http://127.0.0.1:PORT [--json]
+    chaos/localregion.py iam [--control $IAM_GATE_CONTROL]     # exit 1 naming each denial, if there was any
 
 `up` writes a shell file of `export` lines (the standard AWS endpoint variables, SPOT_SIM_API, QUEUE_URL,
 DLQ_URL when there is one, ORDERS_TABLE, GROUPS_TABLE, ORDER_WORKER_BIN) once the fleet is InService; the scripts in chaos/ then run
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from harness import DYNAMODB_BACKENDS, LocalRegion, log, sim_status
+from harness import DYNAMODB_BACKENDS, LocalRegion, http_json, log, sim_status
+from harness.gate import denial_text
 
 
 def cmd_up(a) -> int:
@@ -68,6 +70,16 @@ def cmd_status(a) -> int:
     return 0
 
 
+def cmd_iam(a) -> int:
+    """The IAM gate's denials so far: none, exit 0; else their principal, action and resource, exit 1."""
+    st = http_json("GET", f"{a.control.rstrip('/')}/iam")
+    if st.get("denials"):
+        print(denial_text(st["denials"]), file=sys.stderr)
+        return 1
+    print(f"iam gate ({st['mode']}): {st['decisions']} decisions, {st['allowed']} distinct grants used, no denial")
+    return 0
+
+
 def main(argv: list | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,6 +102,10 @@ def main(argv: list | None = None) -> int:
     st.add_argument("--api", default=os.environ.get("SPOT_SIM_API"), required=not os.environ.get("SPOT_SIM_API"))
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
+    ia = sub.add_parser("iam", help="the IAM gate's denials (exit 1 if any)")
+    ia.add_argument("--control", default=os.environ.get("IAM_GATE_CONTROL"),
+                    required=not os.environ.get("IAM_GATE_CONTROL"))  # fmt: skip
+    ia.set_defaults(fn=cmd_iam)
     a = p.parse_args(argv)
     try:
         return a.fn(a)

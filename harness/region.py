@@ -30,6 +30,7 @@ from typing import Any
 
 from . import audit
 from . import ddb as ddb_scan
+from . import gate as iam
 from .orders import batch_entries, make_orders
 from .paths import REPO, binary
 from .procs import Proc, Registry, wait_for
@@ -37,8 +38,11 @@ from .servers import Server, start_dynamodb_local, start_ministack
 from .sim import http_json
 
 REGION = "us-east-1"
-# Dummy credentials: the emulators and spot-sim do not check signatures.
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+# The credentials of the operator (whoever runs the checks and the chaos scripts): the IAM gate knows each
+# principal by its access key (harness/gate.py), as AWS does; the emulators behind it check nothing.
+CREDENTIALS = iam.credentials("operator")
+# The account the local region is (chaos/iamgate/stack.py; spot-sim's ARNs carry it too).
+ACCOUNT_ID = "000000000000"
 # Where the tables live: "ministack" (with SQS, the default) or "dynamodb-local" (AWS's own engine).
 DYNAMODB_BACKENDS = ("ministack", "dynamodb-local")
 
@@ -145,9 +149,13 @@ class LocalRegion:
         self.groups_table = tf["groups_table_name"] + suffix
         self.group_name = tf["asg_name"]
         self.hook_name = tf["lifecycle_hook_name"]
-        # SQS's endpoint (ministack; the general AWS_ENDPOINT_URL too) and DynamoDB's (the same, or DynamoDB Local).
+        # SQS's endpoint and DynamoDB's: the IAM gate in front of the emulators (harness/gate.py), or with
+        # LOCAL_IAM=off the emulators themselves. emulator_* are the servers behind it.
         self.endpoint: str | None = None
         self.ddb_endpoint: str | None = None
+        self.emulator_endpoint: str | None = None
+        self.emulator_ddb_endpoint: str | None = None
+        self.gate: iam.Gate | None = None
         self.sim_api: str | None = None
         self.queue_url: str | None = None
         self.dlq_url: str | None = None
@@ -192,6 +200,7 @@ class LocalRegion:
 
     def start(self) -> LocalRegion:
         self.start_emulator()
+        self.start_gate()
         self.create_resources()
         self.start_sim()
         return self
@@ -201,40 +210,67 @@ class LocalRegion:
         services = "sqs,dynamodb" if self.dynamodb == "ministack" else "sqs"
         emu = start_ministack(self.procs, self.out_dir, services, "ministack.log", cwd=self.out_dir, timeout=timeout)
         self._servers.append(emu)
-        self.endpoint = self.ddb_endpoint = emu.endpoint
+        self.endpoint = self.ddb_endpoint = self.emulator_endpoint = self.emulator_ddb_endpoint = emu.endpoint
         self.say(f"emulator (ministack: {services}) on {self.endpoint}, pid {emu.proc.pid}")
         if self.dynamodb == "dynamodb-local":
             local = start_dynamodb_local(self.procs, self.out_dir, cwd=self.out_dir)
             self._servers.append(local)
-            self.ddb_endpoint = local.endpoint
+            self.ddb_endpoint = self.emulator_ddb_endpoint = local.endpoint
             self.say(f"DynamoDB Local on {self.ddb_endpoint}, pid {local.proc.pid}")
         return self.endpoint
 
-    def client(self, service: str):
-        """A boto3 client for sqs / dynamodb (the emulator) or autoscaling / fis (spot-sim)."""
+    def iam_stack(self) -> dict:
+        """The stack the IAM gate renders terraform/policies/ for: this region's names, each principal's key."""
+        return {
+            "queue_name": self.queue_name,
+            "dlq_name": self.dlq_name if self.dead_letter_queue else None,
+            "orders_table": self.orders_table,
+            "groups_table": self.groups_table,
+            "asg_name": self.group_name,
+            "region": self.region,
+            "keys": {key: principal for principal, key in iam.KEYS.items()},
+        }
+
+    def start_gate(self) -> None:
+        """The IAM gate in front of the emulators: from here on every client (workers, tools, this harness) goes
+        through it, as each principal, and is refused what its policy does not grant."""
+        upstream_for = {"dynamodb": self.emulator_ddb_endpoint} if self.dynamodb == "dynamodb-local" else {}
+        self.gate = iam.Gate.start(self.procs, self.out_dir, "iam-gate", self.emulator_endpoint, self.iam_stack(),
+                                   upstream_for)  # fmt: skip
+        self.endpoint = self.ddb_endpoint = self.gate.url
+        self.say(f"IAM gate ({self.gate.iam}) {self.gate.url} in front of the emulators (control {self.gate.control})")
+
+    def check_iam(self) -> None:
+        """Raise naming principal, action and resource if the gate denied anything so far."""
+        if self.gate:
+            self.gate.check()
+
+    def client(self, service: str, principal: str = "operator"):
+        """A boto3 client for sqs / dynamodb (the emulator) or autoscaling / fis (spot-sim), as `principal`
+        (operator, producer, deployer: harness/gate.py), through the IAM gate."""
+        creds = iam.credentials(principal)
         with self._lock:
-            if service not in self._clients:
+            if (service, principal) not in self._clients:
                 import boto3  # late: `status` and `--help` work without it
                 from botocore.config import Config
 
-                url = {"autoscaling": self.sim_api, "fis": self.sim_api, "dynamodb": self.ddb_endpoint}.get(
-                    service, self.endpoint
-                )
-                self._clients[service] = boto3.client(
+                sim = self.gate.url if self.gate else self.sim_api
+                url = {"autoscaling": sim, "fis": sim, "dynamodb": self.ddb_endpoint}.get(service, self.endpoint)
+                self._clients[(service, principal)] = boto3.client(
                     service,
                     region_name=self.region,
                     endpoint_url=url,
-                    aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                    aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                    aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                    aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
                     config=Config(retries={"max_attempts": 5, "mode": "standard"}),
                 )
-            return self._clients[service]
+            return self._clients[(service, principal)]
 
     def create_resources(self) -> None:
         """The queue (a DLQ and its redrive only with dead_letter_queue) and both tables, as terraform/queue.tf and
         tables.tf make them (less KMS and point-in-time recovery, which a local emulator has no use for)."""
         tf = self.tf
-        sqs = self.client("sqs")
+        sqs = self.client("sqs", "deployer")  # what `terraform apply` does, as whoever applies it
         redrive = {}
         if self.dead_letter_queue:
             self.dlq_url = sqs.create_queue(
@@ -278,7 +314,7 @@ class LocalRegion:
                         )
                     },
                 )
-        ddb = self.client("dynamodb")
+        ddb = self.client("dynamodb", "deployer")
         for name, key in ((self.orders_table, "OrderID"), (self.groups_table, "MessageGroupId")):
             ddb.create_table(
                 TableName=name,
@@ -310,7 +346,7 @@ class LocalRegion:
     def sim_env(self) -> dict:
         """spot-sim's environment, inherited by its workers: the emulator endpoints, the queue and the tables."""
         env = dict(os.environ)
-        env.update(CREDENTIALS)
+        env.update(iam.credentials("worker"))  # the instance role's, as the instance profile gives them
         env.update(
             {
                 "AWS_REGION": self.region,
@@ -354,6 +390,7 @@ class LocalRegion:
             "--kill-grace", self.kill_grace,
             "--launch-delay", self.launch_delay,
             "--region", self.region,
+            "--account", ACCOUNT_ID,
             "--log-dir", self.worker_log_dir,
             "--worker-cmd", worker,
         ]  # fmt: skip
@@ -365,6 +402,9 @@ class LocalRegion:
             cmd += ["--worker-arg", a]
         if self.status_every:
             cmd += ["--status-every", self.status_every]
+        if self.gate and self.gate.iam != "off":
+            # The workers reach Auto Scaling through the gate; FIS roles are authorised by it.
+            cmd += ["--worker-auto-scaling-endpoint", self.gate.url, "--authorizer", self.gate.authorizer]
         cmd += self.sim_args
         self._sim = self._spawn("spot-sim", cmd, env=self.sim_env())
 
@@ -376,6 +416,9 @@ class LocalRegion:
             return None
 
         self.sim_api = wait_for("spot-sim's ready file", 30, api)
+        if self.gate:
+            for service in ("autoscaling", "fis"):
+                self.gate.route(service, self.sim_api)
         self.say(
             f"spot-sim on {self.sim_api}, pid {self._sim.pid}, {self.workers} workers, time scale {self.time_scale}"
         )
@@ -405,6 +448,12 @@ class LocalRegion:
             if self._sim and self._sim.alive() and self.sim_api:
                 with contextlib.suppress(Exception):
                     self.save_status(self.out_dir / "spot-sim-status.json")
+            if self.gate and self.gate.proc.alive() and self.gate.iam != "off":
+                with contextlib.suppress(Exception):
+                    st = self.gate.status()
+                    (self.out_dir / "iam.json").write_text(json.dumps(st, indent=2))
+                    if st.get("denials"):
+                        self.say(iam.denial_text(st["denials"]))
             # spot-sim gets its kill grace and more: it SIGTERMs its workers, waits for them, then exits.
             grace = float(self.kill_grace.rstrip("s") or 5) + 10
             self.procs.stop_all(grace=5, grace_of={self._sim: grace} if self._sim else None)
@@ -421,6 +470,7 @@ class LocalRegion:
     def env(self) -> dict:
         """The variables a tool needs to use this region as it would use AWS: the standard endpoint settings
         (aws CLI v1 reads none of them: pass --endpoint-url, as chaos/*.sh do), SPOT_SIM_API, and the names."""
+        sim = self.gate.url if self.gate else self.sim_api
         return {
             **CREDENTIALS,
             "AWS_REGION": self.region,
@@ -428,9 +478,12 @@ class LocalRegion:
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ENDPOINT_URL_SQS": self.endpoint,
             "AWS_ENDPOINT_URL_DYNAMODB": self.ddb_endpoint,
-            "AWS_ENDPOINT_URL_AUTO_SCALING": self.sim_api,
-            "AWS_ENDPOINT_URL_FIS": self.sim_api,
+            "AWS_ENDPOINT_URL_AUTO_SCALING": sim,
+            "AWS_ENDPOINT_URL_FIS": sim,
             "SPOT_SIM_API": self.sim_api,
+            # The stack's FIS role (what chaos/fis-run.sh hands a template) and the gate's control port (the
+            # scripts ask it for denials, to fail at once naming the missing permission).
+            **(self.iam_env() if self.gate and self.gate.iam != "off" else {}),
             "QUEUE_URL": self.queue_url,
             **({"DLQ_URL": self.dlq_url} if self.dlq_url else {}),
             "ORDERS_TABLE": self.orders_table,
@@ -439,6 +492,12 @@ class LocalRegion:
             "ORDER_WORKER_BIN": str(binary("order-worker", self.profile)),
             "SPOT_SIM_BIN": str(binary("spot-sim", self.profile)),
             "LOCAL_REGION_OUT": str(self.out_dir),
+        }
+
+    def iam_env(self) -> dict:
+        return {
+            "FIS_ROLE_ARN": self.gate.status()["principals"]["fis"],
+            "IAM_GATE_CONTROL": self.gate.control,
         }
 
     def write_env_file(self, path: os.PathLike | str) -> Path:
@@ -512,7 +571,7 @@ class LocalRegion:
         prefix = prefix or f"o{int(time.time()) % 100000:05d}"
         orders = orders if orders is not None else make_orders(n, groups, prefix)
         manifest = Path(manifest) if manifest else self.out_dir / "manifest.jsonl"
-        sqs = self.client("sqs")
+        sqs = self.client("sqs", "producer")  # the shop's front end: the producer's policy
         sent = []
         with open(manifest, "a") as mf:
             for start in range(0, len(orders), 10):
@@ -557,6 +616,7 @@ class LocalRegion:
         """Wait until the orders table holds at least `n` records."""
 
         def enough():
+            self.check_iam()  # a denied permission never lets the records come: say so now
             r = self.records()
             return r if len(r) >= n else None
 
@@ -564,6 +624,7 @@ class LocalRegion:
 
     def verify(self, manifest: os.PathLike | str | None = None, json_out: os.PathLike | str | None = None) -> dict:
         """Run `order-worker verify` on the manifest; returns its JSON report plus `exit_code` and `text`."""
+        self.check_iam()
         manifest = Path(manifest) if manifest else self.out_dir / "manifest.jsonl"
         json_out = Path(json_out) if json_out else self.out_dir / "verify.json"
         env = dict(os.environ, **{k: v for k, v in self.env().items() if v is not None})

@@ -70,6 +70,7 @@ class Gate:
         self.resource_policies: dict[str, dict] = {}
         self.encrypted: dict[str, str] = {}
         self.stacks: list[Stack] = []
+        self.principal_arns: dict[str, str] = {}  # the last stack's: name -> ARN (harness: FIS_ROLE_ARN)
         self.denials: list[dict] = []
         self.would_deny: list[dict] = []  # soft mode
         self.allowed: set[tuple] = set()
@@ -77,7 +78,7 @@ class Gate:
         self._use = None
         if use_dir:
             Path(use_dir).mkdir(parents=True, exist_ok=True)
-            self._use = open(Path(use_dir) / f"iam-use-{os.getpid()}-{int(time.time() * 1000)}.jsonl", "a")
+            self._use = Path(use_dir) / f"iam-use-{os.getpid()}-{int(time.time() * 1000)}.jsonl"
 
     # ---- stacks ------------------------------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class Gate:
         self.by_arn[by_name["fis"].arn] = (by_name["fis"], index)
         self.resource_policies.update(resource_policies)
         self.encrypted.update(stack.encrypted())
+        self.principal_arns = {p.name: p.arn for p in principals}
         if self._use:
             docs = {p.name: p.policies for p in principals}
             self._write({"stack": index, "names": stack.values(), "policies": docs})
@@ -169,7 +171,9 @@ class Gate:
         else:
             why = f"because no identity-based policy allows the {need.action} action"
         code = (KMS_DENIED if kms else DENIED).get(service, "AccessDenied")
-        message = f"User: {principal.arn} is not authorized to perform: {need.action} on resource: {need.resource} {why}"
+        message = (
+            f"User: {principal.arn} is not authorized to perform: {need.action} on resource: {need.resource} {why}"
+        )
         return self._deny(Denial(service, code, message, principal.arn, need.action, need.resource))
 
     def _deny(self, d: Denial) -> Denial | None:
@@ -188,12 +192,14 @@ class Gate:
             return
         self.allowed.add(key)
         if self._use:
-            self._write({"principal": principal.name, "stack": key[1], "action": need.action, "resource": need.resource})
+            self._write(
+                {"principal": principal.name, "stack": key[1], "action": need.action, "resource": need.resource}
+            )
 
     def _write(self, obj: dict) -> None:
         assert self._use
-        self._use.write(json.dumps(obj) + "\n")
-        self._use.flush()
+        with open(self._use, "a") as f:  # a line per new (principal, action, resource): few, so open each time
+            f.write(json.dumps(obj) + "\n")
 
     # ---- by ARN (spot-sim asks for the FIS role's actions on its instances) -------------------------------------
 
@@ -215,6 +221,7 @@ class Gate:
         return {
             "mode": self.mode,
             "stacks": len(self.stacks),
+            "principals": self.principal_arns,
             "decisions": self.decisions,
             "allowed": len(self.allowed),
             "denials": self.denials,

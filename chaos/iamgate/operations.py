@@ -163,8 +163,18 @@ DDB_BY_TABLE = {
     "DeleteTable", "UpdateTable", "DescribeTimeToLive", "UpdateTimeToLive", "DescribeContinuousBackups",
     "UpdateContinuousBackups",
 }  # fmt: skip
-DDB_TRANSACT = {"Put": "PutItem", "Update": "UpdateItem", "Delete": "DeleteItem", "ConditionCheck": "ConditionCheckItem"}
-PARTIQL_VERB = {"SELECT": "PartiQLSelect", "INSERT": "PartiQLInsert", "UPDATE": "PartiQLUpdate", "DELETE": "PartiQLDelete"}
+DDB_TRANSACT = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+PARTIQL_VERB = {
+    "SELECT": "PartiQLSelect",
+    "INSERT": "PartiQLInsert",
+    "UPDATE": "PartiQLUpdate",
+    "DELETE": "PartiQLDelete",
+}
 # The table of a statement: INSERT INTO "t", UPDATE "t", DELETE FROM "t", SELECT ... FROM "t"[."index"]
 _PARTIQL_TABLE = {
     "INSERT": re.compile(r'^\s*INSERT\s+INTO\s+("(?:[^"]|"")+"|[\w.-]+)', re.I),

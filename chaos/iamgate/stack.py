@@ -115,7 +115,9 @@ class Stack:
         return self.arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/{self.asg_name}")
 
     def group_arn(self, name: str) -> str:
-        return self.arn("autoscaling", f"autoScalingGroup:00000000-0000-4000-8000-000000000000:autoScalingGroupName/{name}")
+        return self.arn(
+            "autoscaling", f"autoScalingGroup:00000000-0000-4000-8000-000000000000:autoScalingGroupName/{name}"
+        )
 
     @property
     def worker_role(self) -> str:
@@ -145,7 +147,10 @@ class Stack:
             "kms_key_arn": self.kms_key_arn,
             "log_group_arn": self.arn("logs", f"log-group:/order-worker/{self.environment}/worker"),
             "artifact_object_arns": json.dumps(
-                [f"arn:{PARTITION}:s3:::{bucket}/releases/order-worker", f"arn:{PARTITION}:s3:::{bucket}/releases/ansible.tar.gz"]
+                [
+                    f"arn:{PARTITION}:s3:::{bucket}/releases/order-worker",
+                    f"arn:{PARTITION}:s3:::{bucket}/releases/ansible.tar.gz",
+                ]
             ),
             "fis_role_arn": self.fis_role_arn,
         }

@@ -3,29 +3,30 @@ reads of the queues the soak's checks need."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 
-from harness import LocalRegion, Proc, http_json, wait_for
+from harness import LocalRegion, Proc, http_json
+from harness.gate import Gate
 
 CHAOS = Path(__file__).resolve().parent.parent  # chaos/, where proxy.py is
 
 
 class SoakRegion(LocalRegion):
     """LocalRegion with chaos/proxy.py between the workers and the emulators (one proxy: its faults cover SQS and
-    DynamoDB together, wherever each is served). The producer, verify and the soak's own reads use the emulators
-    directly (they are not under test)."""
+    DynamoDB together, wherever each is served). The producer, verify and the soak's own reads go through the
+    region's IAM gate, not through the faults (they are not under test)."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.proxy_proc: Proc | None = None
         self.proxy_url: str | None = None
         self.proxy_control: str | None = None
+        self.fault_gate: Gate | None = None
 
     def start(self) -> SoakRegion:
         self.start_emulator()
+        self.start_gate()
         self.create_resources()
         self.start_proxy()
         self.worker_env.update(
@@ -39,26 +40,27 @@ class SoakRegion(LocalRegion):
         return self
 
     def start_proxy(self) -> None:
-        ready = self.out_dir / "proxy.ready"
-        with contextlib.suppress(FileNotFoundError):
-            ready.unlink()
-        cmd = [sys.executable, CHAOS / "proxy.py", "--upstream", self.endpoint, "--ready-file", ready]
-        if self.ddb_endpoint != self.endpoint:
-            cmd += ["--upstream-for", f"dynamodb={self.ddb_endpoint}"]
-        self.proxy_proc = self._spawn("proxy", cmd)
-
-        def up():
-            if not self.proxy_proc.alive():
-                raise RuntimeError(f"proxy exited; see {self.proxy_proc.log_path}")
-            with contextlib.suppress(OSError, ValueError):
-                return json.loads(ready.read_text())
-            return None
-
-        info = wait_for("the proxy's ready file", 20, up)
-        self.proxy_url, self.proxy_control = info["listen"], info["control"]
-        self.say(
-            f"proxy {self.proxy_url} -> {self.endpoint}, DynamoDB {self.ddb_endpoint} (control {self.proxy_control})"
+        """The workers' fault proxy, straight in front of the emulators, with the IAM gate on as well (the same
+        stack as the region's gate): a request a fault lets through is still authorised as AWS would."""
+        upstream_for = (
+            {"dynamodb": self.emulator_ddb_endpoint} if self.emulator_ddb_endpoint != self.emulator_endpoint else {}
         )
+        self.fault_gate = Gate.start(self.procs, self.out_dir, "proxy", self.emulator_endpoint, self.iam_stack(),
+                                     upstream_for)  # fmt: skip
+        self.proxy_proc, self.proxy_url, self.proxy_control = (
+            self.fault_gate.proc,
+            self.fault_gate.url,
+            self.fault_gate.control,
+        )
+        self.say(
+            f"proxy {self.proxy_url} -> {self.emulator_endpoint}, DynamoDB {self.emulator_ddb_endpoint} "
+            f"(control {self.proxy_control}, IAM {self.fault_gate.iam})"
+        )
+
+    def check_iam(self) -> None:
+        super().check_iam()
+        if self.fault_gate:
+            self.fault_gate.check()
 
     def proxy_fault(self, mode: str, seconds: float) -> dict:
         return http_json("POST", f"{self.proxy_control}/fault", {"mode": mode, "seconds": seconds})

@@ -109,6 +109,17 @@ pub struct RunArgs {
     #[arg(long, env = "SPOT_SIM_ACCOUNT", default_value = "123456789012")]
     pub account: String,
 
+    /// The Auto Scaling endpoint the workers are given (AWS_ENDPOINT_URL_AUTO_SCALING). Default: this
+    /// simulator's own API; the local region gives its IAM gate, which authorises and forwards here.
+    #[arg(long, env = "SPOT_SIM_WORKER_AUTO_SCALING_ENDPOINT")]
+    pub worker_auto_scaling_endpoint: Option<String>,
+
+    /// Where a FIS experiment's role is authorised for its actions on the instances (the IAM gate's
+    /// `POST /iam/authorize`, chaos/iamgate): an experiment whose role may not interrupt a target fails, as FIS
+    /// does. Default: no authorisation (every role may do everything).
+    #[arg(long, env = "SPOT_SIM_AUTHORIZER")]
+    pub authorizer: Option<String>,
+
     /// Instance type shown in metadata and Describe calls.
     #[arg(long, env = "SPOT_SIM_INSTANCE_TYPE", default_value = "c7g.large")]
     pub instance_type: String,

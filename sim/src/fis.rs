@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::clock::{epoch_seconds, parse_iso8601_duration, Now};
 use crate::model::fis::{
-    instance_id_of, rand_id, Action, Experiment, Filter, Selection, Target, Template,
+    instance_id_of, rand_id, resolve, Action, Experiment, Filter, Selection, Target, Template,
     MAX_SPOT_TARGETS, SPOT_RESOURCE,
 };
 use crate::model::Refusal;
@@ -349,14 +349,68 @@ async fn start_experiment(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Re
         .ok_or_else(|| validation("experimentTemplateId is required"))?;
     let client_token = str_field(&m, "clientToken").map(str::to_string);
     let tags = m.get("tags").cloned().unwrap_or(json!({}));
+    let refused = authorize_role(&sim, tid).await;
     let doc =
         sim.step(
-            |st, now| match st.fis.start(&mut st.fleet, now, tid, client_token, tags) {
+            |st, now| match st.fis.start(&mut st.fleet, now, tid, client_token, tags, refused) {
                 Ok((id, effects)) => (Ok(experiment_json(&sim, &st.fis.experiments[&id])), effects),
                 Err(e) => (Err(e), Vec::new()),
             },
         )?;
     Ok(ok_json(json!({"experiment": doc})))
+}
+
+/// With an IAM gate (`--authorizer`): may the template's role do what the action does? FIS resolves targets with
+/// `ec2:DescribeInstances` and interrupts each with `ec2:SendSpotInstanceInterruptions` on the instance, whose
+/// `aws:autoscaling:groupName` tag the role's policy may require (terraform/policies/fis.json.tftpl). Every
+/// instance the targets could pick is asked for (the pick itself is random, later). Some(reason): the experiment
+/// fails with it, as FIS fails an experiment whose role is refused; an unreachable gate refuses too.
+async fn authorize_role(sim: &Arc<Sim>, template_id: &str) -> Option<String> {
+    let url = sim.authorizer.get()?;
+    let (role, candidates) = {
+        let st = sim.lock();
+        let tpl = st.fis.templates.get(template_id)?;
+        let role = tpl.doc.get("roleArn").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut ids: Vec<String> = Vec::new();
+        for t in tpl.targets.values() {
+            let mut all = t.clone();
+            all.selection = Selection::All;
+            ids.extend(resolve(&st.fleet, &all));
+        }
+        ids.sort();
+        ids.dedup();
+        (role, ids)
+    };
+    let s = &sim.settings;
+    let mut asks = vec![json!({"principal": role, "action": "ec2:DescribeInstances", "resource": "*"})];
+    for id in candidates {
+        asks.push(json!({
+            "principal": role,
+            "action": "ec2:SendSpotInstanceInterruptions",
+            "resource": format!("arn:aws:ec2:{}:{}:instance/{id}", s.region, s.account),
+            "context": {"aws:ResourceTag/aws:autoscaling:groupName": s.group},
+        }));
+    }
+    let http = reqwest::Client::new();
+    for ask in asks {
+        let answer: Result<Value, reqwest::Error> = async {
+            http.post(url)
+                .json(&ask)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await;
+        match answer {
+            Ok(v) if v["allowed"].as_bool() == Some(true) => {}
+            Ok(v) => return Some(v["message"].as_str().unwrap_or("access denied").to_string()),
+            Err(e) => return Some(format!("the IAM gate did not answer ({e})")),
+        }
+    }
+    None
 }
 
 fn experiment_json(sim: &Sim, e: &Experiment) -> Value {

@@ -87,6 +87,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cmd: args.worker_cmd.clone(),
         args: args.worker_args.clone(),
         log_dir: log_dir.clone(),
+        auto_scaling_endpoint: args.worker_auto_scaling_endpoint.clone(),
     };
     let sim = Sim::new(
         runtime::settings_from_args(&args),
@@ -100,6 +101,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let api = format!("http://{}", listener.local_addr()?);
     sim.api_url.set(api.clone()).expect("set once");
+    if let Some(url) = &args.authorizer {
+        sim.authorizer.set(url.clone()).expect("set once");
+    }
 
     let app = Router::new()
         .route("/", post(autoscaling::handle).get(autoscaling::handle))

@@ -30,6 +30,8 @@ pub struct Workers {
     pub args: Vec<String>,
     /// Where `<instance-id>.log` files go.
     pub log_dir: PathBuf,
+    /// The Auto Scaling endpoint workers are given; None: the API server's own URL.
+    pub auto_scaling_endpoint: Option<String>,
 }
 
 /// The simulator, shared by every server and task.
@@ -44,6 +46,8 @@ pub struct Sim {
     pub api_url: OnceLock<String>,
     /// Fired by POST /_sim/shutdown.
     pub shutdown: tokio::sync::Notify,
+    /// The IAM gate's authorisation endpoint, when the region enforces policies (FIS roles are checked there).
+    pub authorizer: OnceLock<String>,
 }
 
 /// Model settings from the command line.
@@ -81,6 +85,7 @@ impl Sim {
             imds_app,
             api_url: OnceLock::new(),
             shutdown: tokio::sync::Notify::new(),
+            authorizer: OnceLock::new(),
         })
     }
 
@@ -162,7 +167,10 @@ impl Sim {
                 return;
             }
         };
-        let api_url = self.api_url.get().cloned().unwrap_or_default();
+        let api_url = match &self.workers.auto_scaling_endpoint {
+            Some(url) => url.clone(),
+            None => self.api_url.get().cloned().unwrap_or_default(),
+        };
         let spawned = process::spawn(&process::Spawn {
             cmd: &cmd,
             args: &self.workers.args,

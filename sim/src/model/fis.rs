@@ -290,7 +290,8 @@ impl Fis {
     }
 
     /// StartExperiment: returns the experiment's id (an earlier one for a repeated `client_token`) and the
-    /// effects of the rebalance recommendations (capacity rebalancing may launch replacements).
+    /// effects of the rebalance recommendations (capacity rebalancing may launch replacements). `refused`: the
+    /// experiment's role may not act on its targets (the IAM gate said why): it fails before touching any.
     pub fn start(
         &mut self,
         fleet: &mut Fleet,
@@ -298,6 +299,7 @@ impl Fis {
         template_id: &str,
         client_token: Option<String>,
         tags: Value,
+        refused: Option<String>,
     ) -> Result<(String, Vec<Effect>), Refusal> {
         if let Some(existing) = client_token
             .as_ref()
@@ -328,7 +330,7 @@ impl Fis {
         let mut effects = Vec::new();
         // Resolve every target first: a target that resolves to nothing or to too much fails the experiment before
         // any instance is touched, as FIS does.
-        let mut failure = None;
+        let mut failure = refused;
         for (name, t) in &tpl.targets {
             let chosen = resolve(fleet, t);
             if chosen.is_empty() && !tpl.skip_empty {
@@ -577,7 +579,7 @@ mod tests {
         let mut f = fleet(settings(), 0.01, 6, now);
         let mut fis = Fis::default();
         fis.add_template(&mut f, now, "EXT1".into(), template(by_tag(Selection::All)));
-        let (id, effects) = fis.start(&mut f, now, "EXT1", None, json!({})).unwrap();
+        let (id, effects) = fis.start(&mut f, now, "EXT1", None, json!({}), None).unwrap();
         assert!(effects.is_empty());
         let e = &fis.experiments[&id];
         assert_eq!(e.status, ExperimentStatus::Failed);
@@ -596,7 +598,7 @@ mod tests {
             "EXT2".into(),
             template(by_tag(Selection::Count(5))),
         );
-        let (id, _) = fis.start(&mut f, now, "EXT2", None, json!({})).unwrap();
+        let (id, _) = fis.start(&mut f, now, "EXT2", None, json!({}), None).unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Running);
         assert_eq!(
             f.instances
@@ -613,15 +615,15 @@ mod tests {
         let mut f = fleet(settings(), 0.01, 0, now);
         let mut fis = Fis::default();
         fis.add_template(&mut f, now, "EXT1".into(), template(by_tag(Selection::All)));
-        let (id, _) = fis.start(&mut f, now, "EXT1", None, json!({})).unwrap();
+        let (id, _) = fis.start(&mut f, now, "EXT1", None, json!({}), None).unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Failed);
         let mut skip = template(by_tag(Selection::All));
         skip.skip_empty = true;
         fis.add_template(&mut f, now, "EXT2".into(), skip);
-        let (id, _) = fis.start(&mut f, now, "EXT2", None, json!({})).unwrap();
+        let (id, _) = fis.start(&mut f, now, "EXT2", None, json!({}), None).unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Running);
         assert!(matches!(
-            fis.start(&mut f, now, "EXTnope", None, json!({})),
+            fis.start(&mut f, now, "EXTnope", None, json!({}), None),
             Err(Refusal::NotFound(_))
         ));
     }
@@ -639,14 +641,14 @@ mod tests {
         fis.add_template(&mut f, now, "EXT1".into(), template(by_tag(Selection::All)));
         let token = Some("tok".to_string());
         let (id, effects) = fis
-            .start(&mut f, now, "EXT1", token.clone(), json!({}))
+            .start(&mut f, now, "EXT1", token.clone(), json!({}), None)
             .unwrap();
         // Capacity rebalancing: a replacement for the InService target.
         assert!(matches!(&effects[..], [Effect::StartImds { .. }]));
         carry_out(&mut f, now, effects);
         assert!(f.instances[0].rebalance.is_some());
         assert_eq!(
-            fis.start(&mut f, now, "EXT1", token, json!({})).unwrap().0,
+            fis.start(&mut f, now, "EXT1", token, json!({}), None).unwrap().0,
             id
         );
         // PT2M at scale 0.01 is 1.2 s (plus the round-up to a whole second).
@@ -666,7 +668,7 @@ mod tests {
         let mut f = fleet(settings(), 0.01, 2, now);
         let mut fis = Fis::default();
         fis.add_template(&mut f, now, "EXT1".into(), template(by_tag(Selection::All)));
-        let (id, _) = fis.start(&mut f, now, "EXT1", None, json!({})).unwrap();
+        let (id, _) = fis.start(&mut f, now, "EXT1", None, json!({}), None).unwrap();
         fis.stop(&mut f, now, &id).unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Stopped);
         assert!(f.instances.iter().all(|i| i.interruption.is_none()));
