@@ -292,3 +292,44 @@ async fn sigterm_ends_the_wait_for_an_unreachable_region() {
     let status = worker.wait_exit(Duration::from_secs(5)).await;
     assert!(status.success(), "{status:?}\n{}", worker.log_text());
 }
+
+/// The local region refuses what an AWS account refuses (issue 19): a worker whose role lacks
+/// dynamodb:PartiQLInsert (the grant terraform/iam.tf once missed: every record is a PartiQL INSERT) records
+/// nothing, holds its messages, and the gate names the action, the principal and the table.
+#[tokio::test]
+async fn a_worker_role_without_partiql_insert_is_refused_naming_the_action() {
+    if iam_mode() != "strict" {
+        eprintln!(
+            "LOCAL_IAM={}: nothing is refused, nothing to check",
+            iam_mode()
+        );
+        return;
+    }
+    let test = "iam-plant";
+    let emu = Emulator::start(test).await;
+    emu.expect_denials.set(true);
+    let dir = planted_policies(test, "worker", |t| {
+        t.replace("\"dynamodb:PartiQLInsert\"", "\"dynamodb:PartiQLSelect\"")
+    });
+    let fx = Fixture::with_policies(&emu, test, &dir).await;
+    let w = fx.worker("w1", &[]);
+    fx.send_orders("g1", &ids("plant", 3)).await;
+    let line = wait_for(
+        "the gate to deny dynamodb:PartiQLInsert",
+        Duration::from_secs(30),
+        || async {
+            emu.denials()
+                .into_iter()
+                .find(|l| l.contains("action=dynamodb:PartiQLInsert"))
+        },
+    )
+    .await;
+    assert!(
+        line.contains(&format!("table/{}", fx.orders_table))
+            && line.contains("assumed-role/order-worker"),
+        "the denial names the worker role and the orders table: {line}"
+    );
+    // The worker saw AWS's answer (a per-statement AccessDenied: account-wide) and wrote nothing.
+    wait_log(&w, "AccessDenied", Duration::from_secs(20)).await;
+    assert!(fx.records().await.is_empty(), "nothing may be recorded");
+}

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from iamgate.evaluator import Evaluator
-from iamgate.gate import Gate
+from iamgate.gate import Gate, StatementDenials
 from iamgate.stack import Stack
 
+from . import partiql
 from .aws import error_for, error_response, identify
 from .http1 import Message, ProtocolError, Stream, host_port, read_request, read_response
 from .rules import ACTIONS, Rule, decide
@@ -216,14 +217,24 @@ class Proxy:
             if hangup.done() and not hangup.cancelled():
                 self.stats["abandoned"] += 1  # the client gave up: never forward what it no longer waits for
                 return False
+        statements: StatementDenials | None = None
         if self.gate:
             method, path = req.start.split(" ")[:2]
             denial = await self.gate.authorize(service, operation, method, path, req.get, req.body)
-            if denial:
+            if isinstance(denial, StatementDenials):
+                statements = denial
+                req = partiql.without_denied(req, statements)
+                if req is None:  # every statement denied: DynamoDB answers them all, nothing is executed
+                    c.down_w.write(partiql.answer(statements, None, keep_alive))
+                    await c.down_w.drain()
+                    return keep_alive
+            elif denial:
                 c.down_w.write(error_for(denial.service, denial.code, keep_alive, message=denial.message))
                 await c.down_w.drain()
                 return keep_alive
         resp = await self.forward(c, req, self.per_service.get(service, self.upstream))
+        if resp is not None and statements is not None:
+            resp = partiql.with_denied(resp, statements)
         if resp is None:
             self._reset_conn(c)
             return False

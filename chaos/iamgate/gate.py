@@ -43,6 +43,13 @@ class Denial:
         return {k: getattr(self, k) for k in ("service", "code", "message", "principal", "action", "resource")}
 
 
+@dataclass
+class StatementDenials:
+    """A BatchExecuteStatement some of whose statements are denied: one entry per statement, None if allowed."""
+
+    verdicts: list[Denial | None]
+
+
 # The service's code for "not allowed", for "not allowed by KMS", and for an unknown or missing key.
 DENIED = {"sqs": "AccessDenied", "dynamodb": "AccessDeniedException", "autoscaling": "AccessDenied",
           "fis": "AccessDeniedException"}  # fmt: skip
@@ -113,8 +120,9 @@ class Gate:
         return self.stacks[-1].asg_name if self.stacks else None
 
     async def authorize(self, service: str, operation: str, method: str, path: str, headers_get, body: bytes
-                        ) -> Denial | None:  # fmt: skip
-        """None when AWS would serve the request; else the denial to answer with."""
+                        ) -> Denial | StatementDenials | None:  # fmt: skip
+        """None when AWS would serve the request; else the denial to answer with (per statement for a PartiQL
+        batch)."""
         if self.mode == "off":
             return None
         m = ACCESS_KEY.search(headers_get("authorization"))
@@ -134,6 +142,13 @@ class Gate:
             return self._deny(Denial(service, DENIED.get(service, "AccessDenied"),
                                      f"the local region's IAM gate does not know what AWS authorises for {e}: "
                                      f"add it to chaos/iamgate/operations.py", principal.arn, str(e), "-"))  # fmt: skip
+        if service == "dynamodb" and operation == "BatchExecuteStatement" and needs:
+            # DynamoDB authorises each statement of a batch by its verb and answers each on its own: a denied
+            # statement gets its own error (code AccessDenied) beside the others' results.
+            verdicts = [await self.check(principal, stack, service, [n]) for n in needs]
+            if any(verdicts):
+                return StatementDenials(verdicts)
+            return None
         return await self.check(principal, stack, service, needs)
 
     async def check(self, principal: Principal, stack: int, service: str, needs: list[Need]) -> Denial | None:

@@ -350,13 +350,15 @@ async fn start_experiment(State(sim): State<Arc<Sim>>, body: Bytes) -> Result<Re
     let client_token = str_field(&m, "clientToken").map(str::to_string);
     let tags = m.get("tags").cloned().unwrap_or(json!({}));
     let refused = authorize_role(&sim, tid).await;
-    let doc =
-        sim.step(
-            |st, now| match st.fis.start(&mut st.fleet, now, tid, client_token, tags, refused) {
-                Ok((id, effects)) => (Ok(experiment_json(&sim, &st.fis.experiments[&id])), effects),
-                Err(e) => (Err(e), Vec::new()),
-            },
-        )?;
+    let doc = sim.step(|st, now| {
+        match st
+            .fis
+            .start(&mut st.fleet, now, tid, client_token, tags, refused)
+        {
+            Ok((id, effects)) => (Ok(experiment_json(&sim, &st.fis.experiments[&id])), effects),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    })?;
     Ok(ok_json(json!({"experiment": doc})))
 }
 
@@ -370,7 +372,12 @@ async fn authorize_role(sim: &Arc<Sim>, template_id: &str) -> Option<String> {
     let (role, candidates) = {
         let st = sim.lock();
         let tpl = st.fis.templates.get(template_id)?;
-        let role = tpl.doc.get("roleArn").and_then(Value::as_str).unwrap_or("").to_string();
+        let role = tpl
+            .doc
+            .get("roleArn")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let mut ids: Vec<String> = Vec::new();
         for t in tpl.targets.values() {
             let mut all = t.clone();
@@ -382,7 +389,8 @@ async fn authorize_role(sim: &Arc<Sim>, template_id: &str) -> Option<String> {
         (role, ids)
     };
     let s = &sim.settings;
-    let mut asks = vec![json!({"principal": role, "action": "ec2:DescribeInstances", "resource": "*"})];
+    let mut asks =
+        vec![json!({"principal": role, "action": "ec2:DescribeInstances", "resource": "*"})];
     for id in candidates {
         asks.push(json!({
             "principal": role,

@@ -96,6 +96,9 @@ impl Region {
                 Some(DynamoLocal::start(test).await)
             }),
         };
+        if let Some(d) = &dynamo {
+            emu.route("dynamodb", &d.endpoint).await;
+        }
         Region {
             emu,
             dynamo,

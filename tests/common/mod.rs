@@ -19,6 +19,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use serde_json::json;
 
 pub const REGION: &str = "us-east-1";
 
@@ -125,14 +126,31 @@ pub fn spawn_logged(mut cmd: Command, log: &Path) -> Proc {
     }
 }
 
-/// The SQS + DynamoDB emulator (ministack, from the project's virtual environment).
+/// The SQS + DynamoDB emulator (ministack, from the project's virtual environment) behind the local region's
+/// IAM gate (chaos/proxy.py --iam strict, chaos/iamgate): every request is authorised against the policies
+/// Terraform deploys (terraform/policies/), as its principal, before ministack sees it. `endpoint` is the gate's.
 pub struct Emulator {
     pub endpoint: String,
     pub port: u16,
+    /// ministack itself, behind the gate.
+    pub raw_endpoint: String,
     proc: Proc,
+    pub gate: proxy::FaultProxy,
+    test: String,
+    /// Set by a test that plants a missing permission: the gate's denials are then what it checks.
+    pub expect_denials: std::cell::Cell<bool>,
 }
 
-/// The test clients' configuration for a local endpoint (dummy credentials: nothing checks signatures).
+/// The access key of the test's own clients: the deployer (what `terraform apply` runs as), registered with every
+/// gate. Workers get their fixture's worker key (`Fixture::env`).
+pub const TEST_KEY: &str = "test";
+
+/// LOCAL_IAM=strict|soft|off (default strict), as in harness/gate.py.
+pub fn iam_mode() -> String {
+    std::env::var("LOCAL_IAM").unwrap_or_else(|_| "strict".into())
+}
+
+/// The test clients' configuration for a local endpoint: the deployer's key (see `TEST_KEY`).
 pub async fn sdk_for(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
@@ -155,7 +173,9 @@ impl Emulator {
         Self::start_on(test, free_port()).await
     }
 
+    /// The gate listens on `port` (what the workers use), ministack on a port of its own.
     pub async fn start_on(test: &str, port: u16) -> Emulator {
+        let raw_port = free_port();
         let bin = ministack_bin();
         assert!(
             bin.exists(),
@@ -164,33 +184,120 @@ impl Emulator {
         );
         let mut cmd = Command::new(bin);
         cmd.env("BIND_HOST", "127.0.0.1")
-            .env("GATEWAY_PORT", port.to_string());
-        let proc = spawn_logged(cmd, &log_dir(test).join(format!("ministack-{port}.log")));
-        let endpoint = format!("http://127.0.0.1:{port}");
+            .env("GATEWAY_PORT", raw_port.to_string());
+        let proc = spawn_logged(
+            cmd,
+            &log_dir(test).join(format!("ministack-{raw_port}.log")),
+        );
+        let raw_endpoint = format!("http://127.0.0.1:{raw_port}");
+        let use_dir = std::env::var_os("LOCAL_IAM_USE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| log_dir(test).join("iam-use"));
+        let gate = proxy::FaultProxy::start_with(
+            test,
+            "iam-gate",
+            &raw_endpoint,
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--iam".into(),
+                iam_mode(),
+                "--iam-use-dir".into(),
+                use_dir.display().to_string(),
+            ],
+        )
+        .await;
         wait_for(
             "the emulator to listen",
             Duration::from_secs(30),
             || async {
-                std::net::TcpStream::connect(("127.0.0.1", port))
+                std::net::TcpStream::connect(("127.0.0.1", raw_port))
                     .ok()
                     .map(|_| ())
             },
         )
         .await;
-        Emulator {
-            endpoint,
+        let emu = Emulator {
+            endpoint: gate.url().to_owned(),
             port,
+            raw_endpoint,
             proc,
+            gate,
+            test: test.to_owned(),
+            expect_denials: std::cell::Cell::new(false),
+        };
+        // The test's own clients (TEST_KEY) act as the deployer; fixtures add their own principals.
+        emu.add_stack(json!({
+            "queue_name": "tests.fifo", "orders_table": "tests", "groups_table": "tests-groups",
+            "keys": {TEST_KEY: "deployer"},
+        }))
+        .await;
+        emu
+    }
+
+    /// Register a stack with the gate (chaos/iamgate: names to render the policies with, keys of principals).
+    pub async fn add_stack(&self, stack: serde_json::Value) {
+        if iam_mode() == "off" {
+            return;
         }
+        let (status, v) = self
+            .gate
+            .call(reqwest::Method::POST, "/iam/stacks", Some(stack))
+            .await;
+        assert_eq!(status, 200, "the IAM gate refused the stack: {v}");
+    }
+
+    /// Send one service's requests to another server (DynamoDB Local).
+    pub async fn route(&self, service: &str, url: &str) {
+        let (status, v) = self
+            .gate
+            .call(
+                reqwest::Method::POST,
+                "/upstream",
+                Some(json!({"service": service, "url": url})),
+            )
+            .await;
+        assert_eq!(status, 200, "gate route: {v}");
+    }
+
+    /// The gate's denials so far ("iam: DENIED ..." lines of its log: principal, action, resource).
+    pub fn denials(&self) -> Vec<String> {
+        self.gate
+            .log_text()
+            .lines()
+            .filter(|l| l.starts_with("iam: DENIED"))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub async fn sdk(&self) -> aws_config::SdkConfig {
         sdk_for(&self.endpoint).await
     }
 
+    /// Stop the emulator and its gate (an outage: nothing answers on `port`).
     pub fn stop(&mut self) {
         self.proc.signal("KILL");
         let _ = self.proc.child.wait();
+        self.gate.stop();
+    }
+}
+
+impl Drop for Emulator {
+    /// Every test that ran against the local region fails if the gate refused anything it did not plant: AWS
+    /// would have refused it too (the gate's log names principal, action and resource).
+    fn drop(&mut self) {
+        if std::thread::panicking() || self.expect_denials.get() {
+            return;
+        }
+        let denials = self.denials();
+        if !denials.is_empty() {
+            panic!(
+                "{}: the local region's IAM gate denied {} request(s), as AWS would:\n{}",
+                self.test,
+                denials.len(),
+                denials.join("\n")
+            );
+        }
     }
 }
 
@@ -206,6 +313,34 @@ pub struct Fixture {
     pub ddb_endpoint: Option<String>,
     pub test: String,
     pub suffix: String,
+    /// The IAM gate's control URL: workers on a simulated instance reach Auto Scaling through the gate.
+    pub gate_control: String,
+}
+
+/// A copy of terraform/policies/ in the test's log folder with `plant` applied to one template (`name`, e.g.
+/// "worker"): the defect a test expects the local region to refuse.
+pub fn planted_policies(test: &str, name: &str, plant: impl Fn(&str) -> String) -> PathBuf {
+    let dir = log_dir(test).join(format!("policies-{}", suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(repo().join("terraform/policies")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file = path.file_name().unwrap().to_owned();
+        let text = if file.to_string_lossy() == format!("{name}.json.tftpl") {
+            let planted = plant(&text);
+            assert_ne!(planted, text, "the plant changed nothing in {name}");
+            planted
+        } else {
+            text
+        };
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+/// The worker principal's access key of the fixture named with `s`.
+pub fn worker_key(s: &str) -> String {
+    format!("WORKER-{s}")
 }
 
 pub fn suffix() -> String {
@@ -243,12 +378,35 @@ impl Fixture {
         s: &str,
         attrs: &[(QueueAttributeName, &str)],
     ) -> Fixture {
+        // The tables on DynamoDB Local are reached through the gate too (Region::start routes DynamoDB there).
+        let _ = dynamo;
+        Self::create(emu, test, s, attrs, None).await
+    }
+
+    /// A fixture whose principals' policies are rendered from `policy_dir` (a planted copy of
+    /// terraform/policies/) instead of the deployed templates.
+    pub async fn with_policies(emu: &Emulator, test: &str, policy_dir: &Path) -> Fixture {
+        Self::create(emu, test, &suffix(), &[], Some(policy_dir)).await
+    }
+
+    async fn create(
+        emu: &Emulator,
+        test: &str,
+        s: &str,
+        attrs: &[(QueueAttributeName, &str)],
+        policy_dir: Option<&Path>,
+    ) -> Fixture {
+        emu.add_stack(json!({
+            "queue_name": format!("orders-{s}.fifo"),
+            "orders_table": format!("orders-{s}"),
+            "groups_table": format!("order-groups-{s}"),
+            "keys": {worker_key(s): "worker", format!("OPERATOR-{s}"): "operator"},
+            "policy_dir": policy_dir.map(|d| d.display().to_string()),
+        }))
+        .await;
         let sdk = emu.sdk().await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let ddb = match dynamo {
-            Some(d) => aws_sdk_dynamodb::Client::new(&d.sdk().await),
-            None => aws_sdk_dynamodb::Client::new(&sdk),
-        };
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let mut q = sqs
             .create_queue()
             .queue_name(format!("orders-{s}.fifo"))
@@ -275,9 +433,10 @@ impl Fixture {
             orders_table,
             groups_table,
             endpoint: emu.endpoint.clone(),
-            ddb_endpoint: dynamo.map(|d| d.endpoint.clone()),
+            ddb_endpoint: None,
             test: test.to_owned(),
             suffix: s.to_owned(),
+            gate_control: emu.gate.control().to_owned(),
         }
     }
 
@@ -294,6 +453,7 @@ impl Fixture {
             ddb_endpoint: self.ddb_endpoint.clone(),
             test: self.test.clone(),
             suffix: self.suffix.clone(),
+            gate_control: self.gate_control.clone(),
         }
     }
 
@@ -302,7 +462,8 @@ impl Fixture {
         let mut env: Vec<(String, String)> = [
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
             ("AWS_REGION", REGION),
-            ("AWS_ACCESS_KEY_ID", "test"),
+            // The instance role's key: the gate holds the worker to terraform/policies/worker.json.tftpl.
+            ("AWS_ACCESS_KEY_ID", worker_key(&self.suffix).as_str()),
             ("AWS_SECRET_ACCESS_KEY", "test"),
             ("ORDER_WORKER_QUEUE_URL", self.queue_url.as_str()),
             ("ORDER_WORKER_ORDERS_TABLE", self.orders_table.as_str()),
@@ -676,9 +837,15 @@ impl Fixture {
     /// A worker running "on" a simulated instance: metadata and Auto Scaling from spot-sim, group name from the
     /// instance tags, instance id from metadata.
     pub fn worker_on(&self, sim: &Sim, instance: &Instance, args: &[&str]) -> Proc {
+        // Auto Scaling through the IAM gate, as SQS and DynamoDB: CompleteLifecycleAction is authorised too.
+        post_blocking(
+            &self.gate_control,
+            "/upstream",
+            &json!({"service": "autoscaling", "url": sim.api}).to_string(),
+        );
         self.worker_with_imds(
             &format!("worker-{}", instance.id),
-            &sim.api,
+            &self.endpoint,
             &instance.imds_url,
             args,
         )
@@ -709,6 +876,25 @@ impl Fixture {
             &log_dir(&self.test).join(format!("{name}-{}.log", suffix())),
         )
     }
+}
+
+/// One JSON POST to a control port, from sync code (a worker's start); panics unless it answers 200.
+pub fn post_blocking(base: &str, path: &str, body: &str) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{base}: {e}"));
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "POST {base}{path}: {answer}"
+    );
 }
 
 /// GET a worker's /readyz status code.

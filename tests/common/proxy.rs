@@ -36,14 +36,20 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Start the proxy in front of `upstream` and wait (with a deadline) for its ready file.
     pub async fn start(test: &str, upstream: &str) -> FaultProxy {
+        Self::start_with(test, "proxy", upstream, &[]).await
+    }
+
+    /// The same, named `name` in the logs, with more of chaos/proxy.py's flags (`--iam strict`, `--listen`).
+    pub async fn start_with(test: &str, name: &str, upstream: &str, args: &[String]) -> FaultProxy {
         let dir = log_dir(test);
         let id = suffix();
-        let ready = dir.join(format!("proxy-{id}.ready"));
+        let ready = dir.join(format!("{name}-{id}.ready"));
         let mut cmd = Command::new(python_bin());
         cmd.arg(repo().join("chaos/proxy.py"))
             .args(["--upstream", upstream, "--ready-file"])
-            .arg(&ready);
-        let mut proc = spawn_logged(cmd, &dir.join(format!("proxy-{id}.log")));
+            .arg(&ready)
+            .args(args);
+        let mut proc = spawn_logged(cmd, &dir.join(format!("{name}-{id}.log")));
         let (url, control) = wait_for("the proxy's ready file", Duration::from_secs(20), || {
             // A proxy that died will never write the file: fail now, with its log, not at the deadline.
             if let Some(status) = proc.child.try_wait().ok().flatten() {
@@ -74,6 +80,11 @@ impl FaultProxy {
 
     pub fn control(&self) -> &str {
         &self.control
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.signal("KILL");
+        let _ = self.proc.child.wait();
     }
 
     pub fn log_text(&self) -> String {

@@ -579,7 +579,9 @@ mod tests {
         let mut f = fleet(settings(), 0.01, 6, now);
         let mut fis = Fis::default();
         fis.add_template(&mut f, now, "EXT1".into(), template(by_tag(Selection::All)));
-        let (id, effects) = fis.start(&mut f, now, "EXT1", None, json!({}), None).unwrap();
+        let (id, effects) = fis
+            .start(&mut f, now, "EXT1", None, json!({}), None)
+            .unwrap();
         assert!(effects.is_empty());
         let e = &fis.experiments[&id];
         assert_eq!(e.status, ExperimentStatus::Failed);
@@ -598,7 +600,9 @@ mod tests {
             "EXT2".into(),
             template(by_tag(Selection::Count(5))),
         );
-        let (id, _) = fis.start(&mut f, now, "EXT2", None, json!({}), None).unwrap();
+        let (id, _) = fis
+            .start(&mut f, now, "EXT2", None, json!({}), None)
+            .unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Running);
         assert_eq!(
             f.instances
@@ -615,12 +619,16 @@ mod tests {
         let mut f = fleet(settings(), 0.01, 0, now);
         let mut fis = Fis::default();
         fis.add_template(&mut f, now, "EXT1".into(), template(by_tag(Selection::All)));
-        let (id, _) = fis.start(&mut f, now, "EXT1", None, json!({}), None).unwrap();
+        let (id, _) = fis
+            .start(&mut f, now, "EXT1", None, json!({}), None)
+            .unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Failed);
         let mut skip = template(by_tag(Selection::All));
         skip.skip_empty = true;
         fis.add_template(&mut f, now, "EXT2".into(), skip);
-        let (id, _) = fis.start(&mut f, now, "EXT2", None, json!({}), None).unwrap();
+        let (id, _) = fis
+            .start(&mut f, now, "EXT2", None, json!({}), None)
+            .unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Running);
         assert!(matches!(
             fis.start(&mut f, now, "EXTnope", None, json!({}), None),
@@ -648,7 +656,9 @@ mod tests {
         carry_out(&mut f, now, effects);
         assert!(f.instances[0].rebalance.is_some());
         assert_eq!(
-            fis.start(&mut f, now, "EXT1", token, json!({}), None).unwrap().0,
+            fis.start(&mut f, now, "EXT1", token, json!({}), None)
+                .unwrap()
+                .0,
             id
         );
         // PT2M at scale 0.01 is 1.2 s (plus the round-up to a whole second).
@@ -668,7 +678,9 @@ mod tests {
         let mut f = fleet(settings(), 0.01, 2, now);
         let mut fis = Fis::default();
         fis.add_template(&mut f, now, "EXT1".into(), template(by_tag(Selection::All)));
-        let (id, _) = fis.start(&mut f, now, "EXT1", None, json!({}), None).unwrap();
+        let (id, _) = fis
+            .start(&mut f, now, "EXT1", None, json!({}), None)
+            .unwrap();
         fis.stop(&mut f, now, &id).unwrap();
         assert_eq!(fis.experiments[&id].status, ExperimentStatus::Stopped);
         assert!(f.instances.iter().all(|i| i.interruption.is_none()));
