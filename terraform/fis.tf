@@ -37,44 +37,14 @@ resource "aws_iam_role" "fis" {
   assume_role_policy = data.aws_iam_policy_document.fis_trust.json
 }
 
-data "aws_iam_policy_document" "fis" {
-  # Only instances carrying the group's tag.
-  statement {
-    sid       = "InterruptOnlyTheWorkerGroup"
-    actions   = ["ec2:SendSpotInstanceInterruptions"]
-    resources = ["arn:${local.partition}:ec2:${var.region}:${local.account_id}:instance/*"]
-
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/aws:autoscaling:groupName"
-      values   = [var.asg_name]
-    }
-  }
-
-  # Target resolution (DescribeInstances has no resource-level permissions).
-  statement {
-    sid       = "ResolveTargets"
-    actions   = ["ec2:DescribeInstances"]
-    resources = ["*"]
-  }
-
-  # Experiment logs to CloudWatch Logs (log delivery APIs have no resource-level permissions).
-  statement {
-    sid = "DeliverExperimentLogs"
-    actions = [
-      "logs:CreateLogDelivery",
-      "logs:PutResourcePolicy",
-      "logs:DescribeResourcePolicies",
-      "logs:DescribeLogGroups",
-    ]
-    resources = ["*"]
-  }
-}
+# The role's policy: terraform/policies/fis.json.tftpl (interrupt only instances tagged with this group; resolve
+# targets; deliver experiment logs). spot-sim asks the local region's IAM gate for the same policy before an
+# experiment interrupts anything.
 
 resource "aws_iam_role_policy" "fis" {
   name   = "spot-interruptions"
   role   = aws_iam_role.fis.id
-  policy = data.aws_iam_policy_document.fis.json
+  policy = templatefile("${path.module}/policies/fis.json.tftpl", local.policy_values)
 }
 
 resource "aws_fis_experiment_template" "spot_interruption" {

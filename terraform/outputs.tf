@@ -124,3 +124,13 @@ output "dashboard_name" {
   description = "CloudWatch dashboard of the fleet: queue (and DLQ, when there is one), orders by status, drains, hooks, instances, alarms."
   value       = aws_cloudwatch_dashboard.workers.dashboard_name
 }
+
+output "producer_policy_arn" {
+  description = "Managed policy for the order producer (send to the queue): attach it to the shop's front-end role."
+  value       = aws_iam_policy.producer.arn
+}
+
+output "operator_policy_arn" {
+  description = "Managed policy for whoever runs chaos/ (the aws-cli check, verify, FIS experiments): attach it to their role."
+  value       = aws_iam_policy.operator.arn
+}

@@ -81,46 +81,19 @@ resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
   })
 }
 
-# TLS only, on every queue.
-locals {
-  queue_arns = merge(
-    { orders = aws_sqs_queue.orders.arn },
-    local.dlq_enabled ? { dlq = aws_sqs_queue.dlq[0].arn } : {},
-  )
-}
-
-data "aws_iam_policy_document" "queue_tls_only" {
-  for_each = local.queue_arns
-
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["sqs:*"]
-    resources = [each.value]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-}
+# TLS only, on every queue: each queue's policy denies any request that is not TLS: terraform/policies/queue.json.tftpl, which the local
+# region enforces as the queue's resource policy.
 
 resource "aws_sqs_queue_policy" "orders" {
   queue_url = aws_sqs_queue.orders.id
-  policy    = data.aws_iam_policy_document.queue_tls_only["orders"].json
+  policy    = templatefile("${path.module}/policies/queue.json.tftpl", { queue_arn = aws_sqs_queue.orders.arn })
 }
 
 resource "aws_sqs_queue_policy" "dlq" {
   count = local.dlq_enabled ? 1 : 0
 
   queue_url = aws_sqs_queue.dlq[0].id
-  policy    = data.aws_iam_policy_document.queue_tls_only["dlq"].json
+  policy    = templatefile("${path.module}/policies/queue.json.tftpl", { queue_arn = aws_sqs_queue.dlq[0].arn })
 }
 
 # With a DLQ, anything in it is an order that was not processed and left a hole in its group: page someone.

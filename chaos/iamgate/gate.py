@@ -111,7 +111,7 @@ class Gate:
         self.principal_arns = {p.name: p.arn for p in principals}
         if self._use:
             docs = {p.name: p.policies for p in principals}
-            self._write({"stack": index, "names": stack.values(), "policies": docs})
+            self._write({"stack": index, "names": stack.values(), "policies": docs, "planted": stack.planted()})
         return {"stack": index, "principals": {p.name: p.arn for p in principals}}
 
     # ---- requests ----------------------------------------------------------------------------------------------

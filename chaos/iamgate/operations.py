@@ -271,6 +271,7 @@ _FIS_ROUTES = [
     ("POST", re.compile(r"^/experiments/?$"), "StartExperiment"),
     ("GET", re.compile(r"^/experiments/?$"), "ListExperiments"),
     ("GET", re.compile(r"^/experiments/([^/]+)$"), "GetExperiment"),
+    ("GET", re.compile(r"^/experiments/([^/]+)/resolvedTargets$"), "ListExperimentResolvedTargets"),
     ("DELETE", re.compile(r"^/experiments/([^/]+)$"), "StopExperiment"),
 ]
 
@@ -313,7 +314,7 @@ def fis(op: str, req: Request, arns: Arns) -> list[Need]:
             Need("fis:StartExperiment", arns("fis", "experiment/*")),
             *([Need("fis:TagResource", arns("fis", "experiment/*"))] if body.get("tags") else []),
         ]
-    if op in ("GetExperiment", "StopExperiment"):
+    if op in ("GetExperiment", "StopExperiment", "ListExperimentResolvedTargets"):
         return [Need(f"fis:{op}", arns("fis", f"experiment/{ident}"))]
     raise UnknownOperation(f"fis:{op}")
 

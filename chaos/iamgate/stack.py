@@ -16,7 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # LOCAL_IAM_POLICY_DIR: render from another copy of the templates (the planted-defect tests use it).
-POLICY_DIR = Path(os.environ.get("LOCAL_IAM_POLICY_DIR") or REPO / "terraform" / "policies")
+DEPLOYED_POLICY_DIR = REPO / "terraform" / "policies"
+POLICY_DIR = Path(os.environ.get("LOCAL_IAM_POLICY_DIR") or DEPLOYED_POLICY_DIR)
 
 # The account the local region pretends to be: the emulators' own (ministack's queue ARNs carry it).
 ACCOUNT_ID = "000000000000"
@@ -88,6 +89,11 @@ class Stack:
         if d.get("policy_dir"):
             d["policy_dir"] = Path(d["policy_dir"])
         return cls(**d)
+
+    def planted(self) -> bool:
+        """Rendered from a copy other than terraform/policies/ (a test's planted defect): its use proves nothing
+        about the deployed policies."""
+        return (self.policy_dir or POLICY_DIR).resolve() != DEPLOYED_POLICY_DIR.resolve()
 
     # ---- ARNs, as terraform/ builds them ---------------------------------------------------------------------
 

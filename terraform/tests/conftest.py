@@ -100,3 +100,23 @@ def refers_to(value, pattern):
 @pytest.fixture(scope="session")
 def tf():
     return Config(TF_DIR)
+
+
+def policy(name, directory=None):
+    """A template of terraform/policies/ rendered with each value as its own placeholder ("${queue_arn}" stays
+    "${queue_arn}"; a JSON-encoded list becomes ["${artifact_object_arns}"]): its structure, names intact."""
+    import json
+
+    path = pathlib.Path(directory or TF_DIR) / "policies" / f"{name}.json.tftpl"
+    text = path.read_text()
+    text = re.sub(r'("\s*:\s*)\$\{(\w+)\}', r'\1["${\2}"]', text)  # an unquoted value is a JSON-encoded list
+    return json.loads(text)
+
+
+def statements(doc):
+    s = doc["Statement"]
+    return {st.get("Sid", str(i)): st for i, st in enumerate(s if isinstance(s, list) else [s])}
+
+
+def as_list(v):
+    return v if isinstance(v, list) else [v]

@@ -508,7 +508,7 @@ run "baked_ami_needs_no_bundle" {
   }
 
   assert {
-    condition     = length(data.aws_iam_policy_document.worker.statement) > 0
+    condition     = length(jsondecode(aws_iam_role_policy.worker.policy).Statement) > 0
     error_message = "A baked AMI plans without a bundle."
   }
 }

@@ -118,7 +118,8 @@ MUTATIONS = [
         "  default     = 115\n",
         ["settings", "tftest"],
     ),
-    ("wildcard-queue-permission", "iam.tf", "resources = [aws_sqs_queue.orders.arn]", 'resources = ["*"]', ["hcl"]),
+    ("wildcard-queue-permission", "policies/worker.json.tftpl", '"Resource": "${queue_arn}"', '"Resource": "*"',
+     ["hcl"]),  # fmt: skip
     (
         "alias-to-website-endpoint",
         "dns.tf",
@@ -176,7 +177,9 @@ MUTATIONS = [
         "  threshold           = 86400",
         ["hcl", "tftest"],
     ),
-    ("worker-logs-anywhere", "iam.tf", '"${aws_cloudwatch_log_group.worker.arn}:log-stream:*",', '"*",', ["hcl"]),
+    ("worker-logs-anywhere", "policies/worker.json.tftpl", '"${log_group_arn}:log-stream:*"', '"*"', ["hcl"]),
+    # The grant issue 19 found missing: the worker records with PartiQL INSERTs.
+    ("worker-cannot-insert", "policies/worker.json.tftpl", '"dynamodb:PartiQLInsert"', '"dynamodb:PutItem"', ["hcl"]),
 ]
 
 
