@@ -13,6 +13,8 @@ is nothing to install, so every clone and worktree uses its own copy).
 - `sim`: spot-sim's control API and its events by `kind`.
 - `worker_log`: the workers' JSON logs (`--log-format json`): events, EMF records, drain reports.
 - `servers`: ministack and DynamoDB Local on free ports of 127.0.0.1.
+- `gate`: the local region's IAM gate (chaos/proxy.py --iam strict) in front of them, one access key per
+  principal, and the check that a run met no denial.
 - `region`: `LocalRegion`, the whole region (servers, queue, tables, spot-sim and its fleet) as a context manager.
 
 Only the standard library and boto3 (requirements/chaos.txt); `ddb`, `servers` and `region` import boto3, the

@@ -217,7 +217,20 @@ async fn bad_settings_fail_at_start_naming_the_setting() {
         "{}",
         w.log_text()
     );
-    let mut w = fx.worker("table", &["--orders-table", "no-such-table"]);
+    // On AWS a role scoped to the stack's tables is refused any other table before anyone looks whether it
+    // exists: the worker waits (a new role's grants can take a while to propagate) and the log names the
+    // action and the table. The local region's IAM gate answers the same.
+    emu.expect_denials.set(true);
+    let w = fx.worker("table-denied", &["--orders-table", "no-such-table"]);
+    wait_log(
+        &w,
+        "dynamodb:DescribeTable on resource: arn:aws:dynamodb:us-east-1:000000000000:table/no-such-table",
+        Duration::from_secs(20),
+    )
+    .await;
+    drop(w);
+    // A role that may see every table (the deployer's): the missing table itself fails the start, naming it.
+    let mut w = fx.worker_as("table", TEST_KEY, &["--orders-table", "no-such-table"]);
     assert!(!w.wait_exit(Duration::from_secs(20)).await.success());
     assert!(w.log_text().contains("no-such-table"), "{}", w.log_text());
 }

@@ -340,7 +340,8 @@ pub fn planted_policies(test: &str, name: &str, plant: impl Fn(&str) -> String) 
 
 /// The worker principal's access key of the fixture named with `s`.
 pub fn worker_key(s: &str) -> String {
-    format!("WORKER-{s}")
+    // Letters and digits only: DynamoDB Local refuses any other access key id.
+    format!("WORKER{s}")
 }
 
 pub fn suffix() -> String {
@@ -400,7 +401,7 @@ impl Fixture {
             "queue_name": format!("orders-{s}.fifo"),
             "orders_table": format!("orders-{s}"),
             "groups_table": format!("order-groups-{s}"),
-            "keys": {worker_key(s): "worker", format!("OPERATOR-{s}"): "operator"},
+            "keys": {worker_key(s): "worker", format!("OPERATOR{s}"): "operator"},
             "policy_dir": policy_dir.map(|d| d.display().to_string()),
         }))
         .await;
@@ -481,10 +482,16 @@ impl Fixture {
 
     /// Start an order-worker against this fixture. `args` come after the defaults and win.
     pub fn worker(&self, name: &str, args: &[&str]) -> Proc {
+        self.worker_as(name, &worker_key(&self.suffix), args)
+    }
+
+    /// The same, as the principal of access key `key` (TEST_KEY: the deployer, who may do anything).
+    pub fn worker_as(&self, name: &str, key: &str, args: &[&str]) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_order-worker"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
         cmd.envs(self.env());
+        cmd.env("AWS_ACCESS_KEY_ID", key);
         // Harness defaults through the environment, so a test's own flags win.
         cmd.envs([
             ("ORDER_WORKER_METRICS_ADDR", "127.0.0.1:0"),
