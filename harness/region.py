@@ -494,9 +494,15 @@ class LocalRegion:
             "LOCAL_REGION_OUT": str(self.out_dir),
         }
 
+    def fis_role_arn(self) -> str:
+        """The stack's FIS role (terraform/fis.tf's name, in the local account): what a template hands FIS."""
+        if self.gate and self.gate.iam != "off":
+            return self.gate.status()["principals"]["fis"]
+        return f"arn:aws:iam::{ACCOUNT_ID}:role/order-worker-prod-fis-{self.region}"
+
     def iam_env(self) -> dict:
         return {
-            "FIS_ROLE_ARN": self.gate.status()["principals"]["fis"],
+            "FIS_ROLE_ARN": self.fis_role_arn(),
             "IAM_GATE_CONTROL": self.gate.control,
         }
 

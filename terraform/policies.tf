@@ -16,6 +16,8 @@ locals {
     kms_key_arn      = aws_kms_key.data.arn
     log_group_arn    = aws_cloudwatch_log_group.worker.arn
     fis_role_arn     = aws_iam_role.fis.arn
+    # The queue, and the dead-letter queue when there is one (the operator watches both).
+    watched_queue_arns = jsonencode(concat([aws_sqs_queue.orders.arn], aws_sqs_queue.dlq[*].arn))
     # A list goes in JSON-encoded: the template writes it unquoted ("Resource": ${artifact_object_arns}).
     artifact_object_arns = jsonencode(compact([
       "${aws_s3_bucket.artifacts.arn}/${var.worker_binary_key}",

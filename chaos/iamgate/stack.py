@@ -159,6 +159,7 @@ class Stack:
                 ]
             ),
             "fis_role_arn": self.fis_role_arn,
+            "watched_queue_arns": json.dumps([self.queue_arn, *([self.dlq_arn] if self.dlq_arn else [])]),
         }
 
     def principals(self) -> list[Principal]:

@@ -210,7 +210,7 @@ class Chaos(threading.Thread):
             tpl = fis.create_experiment_template(
                 clientToken=str(uuid.uuid4()),
                 description="soak: interrupt one worker",
-                roleArn="arn:aws:iam::123456789012:role/fis-soak",
+                roleArn=r.fis_role_arn(),  # the stack's FIS role: the gate authorises its interruptions
                 stopConditions=[{"source": "none"}],
                 targets={"spot": {"resourceType": "aws:ec2:spot-instance", "resourceArns": [inst["arn"]], "selectionMode": "ALL"}},
                 actions={"interrupt": {"actionId": "aws:ec2:send-spot-instance-interruptions",

@@ -22,10 +22,11 @@ if TYPE_CHECKING:  # annotations only: the region (and boto3) is not needed to i
 def plant_bug(region: SoakRegion, kind: str) -> str:
     """Damage the table the way a broken worker would, so a run proves the audit catches it."""
     if kind == "dlq":
-        mid = region.client("sqs").send_message(QueueUrl=region.dlq_url, MessageBody="planted: a message in the DLQ",
+        # Planted by the test's own hand: as the deployer, whom no policy of ours scopes.
+        mid = region.client("sqs", "deployer").send_message(QueueUrl=region.dlq_url, MessageBody="planted: a message in the DLQ",
                                                 MessageGroupId="planted", MessageDeduplicationId=str(uuid.uuid4()))["MessageId"]  # fmt: skip
         return f"sent message {mid} straight into the DLQ {region.dlq_name}"
-    ddb = region.client("dynamodb")
+    ddb = region.client("dynamodb", "deployer")
     recs = [r for r in region.records() if r.get("Status") == "ACCEPTED"]
     by_group: dict[str, list[dict]] = {}
     for r in recs:
@@ -71,7 +72,7 @@ def plant_second_consumer(region: SoakRegion, manifest: Path, prefix: str, quiet
     if (d := quiet_from - time.time()) > 0:
         log(f"plant second_consumer: waiting {d:.1f}s for the last fault window to close")
         time.sleep(d)
-    sqs = region.client("sqs")
+    sqs = region.client("sqs", "deployer")
     live = [i["id"] for i in region.instances("InService") if i.get("process_alive")]
     for iid in live:
         region.sim_post(f"/_sim/instances/{iid}/signal", {"signal": "STOP"})

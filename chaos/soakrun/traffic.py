@@ -97,7 +97,7 @@ class Producer(threading.Thread):
         self.retries = 0
 
     def run(self) -> None:
-        sqs = self.region.client("sqs")
+        sqs = self.region.client("sqs", "producer")  # the shop's front end
         self.started_at = time.monotonic()
         batches = [self.messages[i : i + 10] for i in range(0, len(self.messages), 10)]
         gap = self.duration / max(1, len(batches))
