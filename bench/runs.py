@@ -27,6 +27,7 @@ from harness import (
     audit,
     ddb,
     free_port,
+    http_json,
     orders,
     parse_time,
     procs,
@@ -35,6 +36,7 @@ from harness import (
     venv_bin,
     wait_for,
 )
+from harness.gate import Gate
 from harness.metrics import get, parse_prometheus
 
 REGION = "us-east-1"
@@ -58,13 +60,22 @@ def stop_all() -> None:
 
 
 class Emulator:
-    """One ministack (SQS + DynamoDB) on a free port, for one run."""
+    """One ministack (SQS + DynamoDB) on a free port for one run, behind the local region's IAM gate
+    (harness/gate.py): the worker runs as the worker role of terraform/policies/ (each fixture's own key), the
+    benchmark's own clients, verify and the seed's baseline as the deployer (the seed's design deploys no role)."""
 
     def __init__(self, logdir: Path):
         self.server = servers.start_ministack(PROCS, logdir)
         self.proc = self.server.proc
         self.port = self.server.port
-        self.endpoint = self.server.endpoint
+        base = {"queue_name": "bench.fifo", "orders_table": "bench", "groups_table": "bench-groups",
+                "keys": {"test": "deployer"}}  # fmt: skip
+        self.gate = Gate.start(PROCS, logdir, "iam-gate", self.server.endpoint, base)
+        self.endpoint = self.gate.url
+
+    def add_stack(self, stack: dict) -> None:
+        if self.gate.iam != "off":
+            http_json("POST", f"{self.gate.control}/iam/stacks", stack)
 
     def env(self) -> dict:
         return {
@@ -99,6 +110,10 @@ class Fixture:
     def __init__(self, emu: Emulator):
         self.emu = emu
         self.suffix = uuid.uuid4().hex[:8]
+        # The worker's key: letters and digits (DynamoDB Local refuses others), one per fixture.
+        self.worker_key = f"BENCHWORKER{self.suffix}"
+        emu.add_stack({"queue_name": f"orders-{self.suffix}.fifo", "orders_table": f"orders-{self.suffix}",
+                       "groups_table": f"order-groups-{self.suffix}", "keys": {self.worker_key: "worker"}})  # fmt: skip
         self.sqs = emu.client("sqs")
         self.ddb = emu.client("dynamodb")
         self.queue_url = self.sqs.create_queue(
@@ -242,7 +257,8 @@ class Worker:
     ):
         self.name = name
         self.metrics_port = free_port()
-        env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "info", **fx.emu.env(), **(env_extra or {})}
+        env = {"PATH": os.environ.get("PATH", ""), "RUST_LOG": "info", **fx.emu.env(),
+               "AWS_ACCESS_KEY_ID": fx.worker_key, **(env_extra or {})}  # fmt: skip
         argv = [
             str(binary),
             "--queue-url",
