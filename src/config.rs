@@ -24,6 +24,33 @@ pub struct Cli {
 pub enum Command {
     /// Audit the orders table against a manifest of what was sent: lost, applied twice, out of order.
     Verify(VerifyArgs),
+    /// Inspect groups and rebuild their rows in the groups table from their records (a dry run unless --apply):
+    /// the fix for a row the worker will not write on, and the one-time upgrade of a transactional row.
+    Repair(RepairArgs),
+}
+
+/// Flags of `order-worker repair`.
+#[derive(Debug, Clone, Args)]
+pub struct RepairArgs {
+    /// The orders table (read: one Scan).
+    #[arg(long, env = "ORDER_WORKER_ORDERS_TABLE", default_value = "orders")]
+    pub table: String,
+    /// The per-group state table (the rows rebuilt).
+    #[arg(
+        long,
+        env = "ORDER_WORKER_GROUPS_TABLE",
+        default_value = "order-groups"
+    )]
+    pub groups_table: String,
+    /// A group to inspect (repeatable).
+    #[arg(long = "group", required_unless_present = "all")]
+    pub groups: Vec<String>,
+    /// Every group whose row the worker will not write on (a transactional row, a malformed one).
+    #[arg(long, conflicts_with = "groups")]
+    pub all: bool,
+    /// Write the rebuilt rows (default: print the plan only).
+    #[arg(long)]
+    pub apply: bool,
 }
 
 /// What the worker does on a rebalance recommendation.

@@ -552,7 +552,12 @@ pub async fn read_table(
     let last = scan_all(client, groups_table)
         .await?
         .iter()
-        .filter_map(|item| Some((s(item, schema::GROUP_KEY)?, n(item, schema::LAST_POSITION)?)))
+        .filter_map(|item| {
+            // Protocol 2 keeps LastPosition as a string of digits; rows from before the fence, as a number.
+            let last = n(item, schema::LAST_POSITION)
+                .or_else(|| s(item, schema::LAST_POSITION)?.parse().ok())?;
+            Some((s(item, schema::GROUP_KEY)?, last))
+        })
         .collect();
     Ok((stored, last))
 }

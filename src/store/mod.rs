@@ -44,6 +44,12 @@ const MAX_STATEMENTS: usize = 25;
 /// Cached group rows kept before the cache starts over (a row is ~200 bytes: a few MiB at most).
 const MAX_CACHED_ROWS: usize = 50_000;
 
+/// Whether this build writes on a group row as stored (its LastPosition and Claimed), or why not: what
+/// `order-worker repair --all` looks for.
+pub fn check_row(table: &str, group: &str, item: &Item) -> Result<(), String> {
+    dynamo::row_of(table, group, item).map(|_| ())
+}
+
 /// Consecutive records of one group, in the order they must be applied.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -208,7 +214,7 @@ impl Store {
                 let (row, mut error) = match row {
                     Ok(r) => (r, None),
                     Err(detail) => {
-                        tracing::error!(group = %run.group_id, cause = %detail, "group row is not usable; its orders wait until the item is fixed or deleted");
+                        tracing::error!(group = %run.group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
                         (None, Some(StoreError::Deferred(detail)))
                     }
                 };
@@ -325,7 +331,7 @@ impl Store {
                         a.commit.claimed(c, answer);
                     }
                     ClaimResult::BadRow(detail) => {
-                        tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not usable; its orders wait until the item is fixed or deleted");
+                        tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
                         self.rows
                             .lock()
                             .expect("cache lock")
