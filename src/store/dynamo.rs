@@ -370,6 +370,7 @@ fn insert_statement(table: &str, item: &Item) -> BatchStatementRequest {
 /// An existing item's attributes that decide what an insert that found it means.
 #[derive(Debug, Clone)]
 pub(super) struct Found {
+    group: Option<String>,
     seq: Option<String>,
     position: Option<u64>,
     sha: Option<String>,
@@ -386,6 +387,7 @@ impl Found {
             sha: self.sha.clone(),
             ours: self.processed_by.as_deref() == Some(mine.processed_by.as_str())
                 && self.receive_count == Some(mine.receive_count),
+            same_group: self.group.as_deref() == Some(mine.group_id.as_str()),
         }
     }
 }
@@ -399,6 +401,7 @@ pub(super) async fn read_existing(
 ) -> Result<HashMap<String, Found>, Failure> {
     let attrs = [
         schema::ORDER_ID,
+        schema::GROUP_ID,
         schema::SEQUENCE_NUMBER,
         schema::POSITION,
         schema::PAYLOAD_SHA256,
@@ -418,6 +421,7 @@ pub(super) async fn read_existing(
             (
                 k,
                 Found {
+                    group: s(&i, schema::GROUP_ID),
                     seq: s(&i, schema::SEQUENCE_NUMBER),
                     position: n(&i, schema::POSITION),
                     sha: s(&i, schema::PAYLOAD_SHA256),

@@ -359,17 +359,17 @@ impl Store {
                         self.answered(ctx);
                         answers.extend(per);
                     }
-                    Err(f) if f.class == Class::Request && n > 1 => {
-                        whole_refused = true;
-                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
-                    }
-                    Err(f) if f.class == Class::Request => {
-                        answers.push(InsertResult::Refused(f.detail));
-                    }
-                    Err(f) => {
-                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
-                        failure.get_or_insert(f);
-                    }
+                    Err(f) => match whole_call(&f, n) {
+                        WholeCall::Isolate => {
+                            whole_refused = true;
+                            answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                        }
+                        WholeCall::Refused => answers.push(InsertResult::Refused(f.detail)),
+                        WholeCall::Wait => {
+                            answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                            failure.get_or_insert(f);
+                        }
+                    },
                 }
             }
             if whole_refused && !one_by_one {
@@ -518,6 +518,29 @@ impl Store {
     }
 }
 
+/// What a failed `BatchExecuteStatement` as a whole means for its statements.
+#[derive(Debug, PartialEq, Eq)]
+enum WholeCall {
+    /// DynamoDB refused the batch for one statement it cannot take: send one a call to find it.
+    Isolate,
+    /// The one statement sent is what DynamoDB refuses: its record gets a REJECTED stand-in.
+    Refused,
+    /// Not about any statement (a fault, throttling, an account-wide error, or a 4xx we do not know): wait
+    /// and send again. A service's error never becomes an order's verdict.
+    Wait,
+}
+
+/// Only a `ValidationException` is DynamoDB refusing what was sent; any other error of the whole call says
+/// nothing about the records in it.
+fn whole_call(f: &Failure, statements: usize) -> WholeCall {
+    let refused = f.class == Class::Request && f.code.as_deref() == Some("ValidationException");
+    match (refused, statements) {
+        (false, _) => WholeCall::Wait,
+        (true, 1) => WholeCall::Refused,
+        (true, _) => WholeCall::Isolate,
+    }
+}
+
 #[derive(Default)]
 struct Waits {
     failures: u32,
@@ -550,5 +573,41 @@ fn refused_record(r: &Record, why: &str) -> Record {
         total_cents: None,
         currency: None,
         ..r.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(class: Class, code: &str) -> Failure {
+        Failure {
+            class,
+            code: Some(code.into()),
+            detail: format!("BatchExecuteStatement: {code}"),
+        }
+    }
+
+    #[test]
+    fn only_a_validation_error_of_a_whole_batch_is_about_its_records() {
+        let v = failure(Class::Request, "ValidationException");
+        assert_eq!(whole_call(&v, 25), WholeCall::Isolate);
+        assert_eq!(whole_call(&v, 1), WholeCall::Refused);
+        // An unknown 4xx of the service (classed "this request") with one statement in the batch: not the
+        // order's verdict.
+        let unknown = failure(Class::Request, "SomeNewServiceException");
+        assert_eq!(whole_call(&unknown, 1), WholeCall::Wait);
+        assert_eq!(whole_call(&unknown, 25), WholeCall::Wait);
+        for (class, code) in [
+            (Class::Throttled, "ThrottlingException"),
+            (Class::Transient, "InternalServerError"),
+            (Class::AccountWide, "AccessDeniedException"),
+        ] {
+            assert_eq!(
+                whole_call(&failure(class, code), 1),
+                WholeCall::Wait,
+                "{code}"
+            );
+        }
     }
 }
