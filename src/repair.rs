@@ -49,6 +49,9 @@ pub struct Plan {
     pub repeated: Vec<u64>,
     /// Records without a usable GroupPosition.
     pub unplaced: Vec<String>,
+    /// The row's LastPosition when it is above the highest record: positions handed out and not (yet)
+    /// written, or records read before a write that moved the row.
+    pub row_ahead: Option<u64>,
     /// The row it would write: LastPosition and Claimed.
     pub last: u64,
     pub claimed: Vec<Seq>,
@@ -57,7 +60,10 @@ pub struct Plan {
 impl Plan {
     /// The records are dense 1..highest, each position once: a row can be rebuilt from them.
     pub fn can_apply(&self) -> bool {
-        self.missing.is_empty() && self.repeated.is_empty() && self.unplaced.is_empty()
+        self.missing.is_empty()
+            && self.repeated.is_empty()
+            && self.unplaced.is_empty()
+            && self.row_ahead.is_none()
     }
 
     pub fn describe(&self, row: &str) -> String {
@@ -85,7 +91,9 @@ impl Plan {
             self.last + 1 - self.claimed.len() as u64,
             self.last
         ));
-        if !self.can_apply() {
+        if let Some(last) = self.row_ahead {
+            out.push_str(&format!("  REFUSED: the row says LastPosition {last}, above the records: a run claimed and not yet written (its holder, or the next, writes it), or a write since the records were read; run it again once the group is quiet\n"));
+        } else if !self.can_apply() {
             out.push_str("  REFUSED: the records are not one per position 1..n; no row fixes that (`order-worker verify` names the items)\n");
         }
         out
@@ -101,8 +109,8 @@ fn list(v: &[u64]) -> String {
     )
 }
 
-/// The row a group's records call for. Pure.
-pub fn plan(group: &str, records: &[Found]) -> Plan {
+/// The row a group's records call for, given the LastPosition the row has now (when it can be read). Pure.
+pub fn plan(group: &str, records: &[Found], row_last: Option<u64>) -> Plan {
     let mut at: BTreeMap<u64, Vec<&Found>> = BTreeMap::new();
     let mut unplaced = Vec::new();
     for r in records {
@@ -142,6 +150,7 @@ pub fn plan(group: &str, records: &[Found]) -> Plan {
         missing,
         repeated,
         unplaced,
+        row_ahead: row_last.filter(|l| *l > highest),
         last: highest,
         claimed,
     }
@@ -152,7 +161,8 @@ pub fn plan(group: &str, records: &[Found]) -> Plan {
 pub async fn run(args: crate::config::RepairArgs) -> anyhow::Result<std::process::ExitCode> {
     let sdk = crate::aws::load(std::time::Duration::from_secs(20), 3).await?;
     let client = Client::new(&sdk);
-    let records = read_records(&client, &args.table).await?;
+    // The rows first, then the records: a write that lands in between (a claim, an old build's transaction)
+    // moves the row, and the repair's condition on the row as read fails; records read first could miss it.
     let groups: Vec<(String, Option<Item>)> = if args.all {
         read_rows(&client, &args.groups_table)
             .await?
@@ -167,12 +177,17 @@ pub async fn run(args: crate::config::RepairArgs) -> anyhow::Result<std::process
         }
         out
     };
+    let records = read_records(&client, &args.table).await?;
     if groups.is_empty() {
         println!("no group row the worker refuses");
     }
     let mut failed = false;
     for (g, row) in &groups {
-        let p = plan(g, records.get(g).map(Vec::as_slice).unwrap_or_default());
+        let p = plan(
+            g,
+            records.get(g).map(Vec::as_slice).unwrap_or_default(),
+            row.as_ref().and_then(last_position),
+        );
         print!("{}", p.describe(&show_row(row.as_ref())));
         if let Some(item) = row {
             match crate::store::check_row(&args.groups_table, g, item) {
@@ -286,6 +301,14 @@ pub async fn read_rows(client: &Client, table: &str) -> anyhow::Result<BTreeMap<
     }
 }
 
+/// A row's LastPosition, as either protocol keeps it (None: absent or unreadable).
+fn last_position(row: &Item) -> Option<u64> {
+    match row.get(schema::LAST_POSITION)? {
+        AttributeValue::N(n) | AttributeValue::S(n) => n.parse().ok(),
+        _ => None,
+    }
+}
+
 /// The row's attributes that a claim reads, as text for the plan.
 pub fn show_row(row: Option<&Item>) -> String {
     let Some(row) = row else {
@@ -379,7 +402,7 @@ mod tests {
             found("b", 2, Some("20")),
             found("duplicate:m3", 3, Some("30")),
         ];
-        let p = plan("g", &recs);
+        let p = plan("g", &recs, None);
         assert!(p.can_apply(), "{}", p.describe("-"));
         assert_eq!((p.last, p.claimed.clone()), (3, vec![10, 20, 30]));
         // A record without a SequenceNumber (written by something else) ends the claimed tail.
@@ -388,12 +411,12 @@ mod tests {
             found("b", 2, None),
             found("c", 3, Some("30")),
         ];
-        assert_eq!(plan("g", &recs).claimed, vec![30]);
+        assert_eq!(plan("g", &recs, None).claimed, vec![30]);
         // Numbers that do not increase end it too.
         let recs = vec![found("a", 1, Some("40")), found("c", 2, Some("30"))];
-        assert_eq!(plan("g", &recs).claimed, vec![30]);
+        assert_eq!(plan("g", &recs, None).claimed, vec![30]);
         // No records: a row at 0.
-        let p = plan("g", &[]);
+        let p = plan("g", &[], None);
         assert!(p.can_apply());
         assert_eq!((p.last, p.claimed.len()), (0, 0));
     }
@@ -403,7 +426,7 @@ mod tests {
         let recs: Vec<Found> = (1..=300)
             .map(|i| found(&format!("o{i}"), i, Some(&(i * 10).to_string())))
             .collect();
-        let p = plan("g", &recs);
+        let p = plan("g", &recs, None);
         assert_eq!(p.claimed.len(), MAX_CLAIMED);
         assert_eq!(p.claimed.last(), Some(&3000));
         assert!(p.describe("-").contains("positions 201..300"));
@@ -411,15 +434,36 @@ mod tests {
 
     #[test]
     fn records_that_break_the_guarantees_are_refused() {
-        let p = plan("g", &[found("a", 1, Some("1")), found("b", 3, Some("3"))]);
+        let p = plan(
+            "g",
+            &[found("a", 1, Some("1")), found("b", 3, Some("3"))],
+            None,
+        );
         assert_eq!(p.missing, vec![2]);
         assert!(!p.can_apply());
         assert!(p.describe("-").contains("REFUSED"));
-        let p = plan("g", &[found("a", 1, Some("1")), found("b", 1, Some("3"))]);
+        let p = plan(
+            "g",
+            &[found("a", 1, Some("1")), found("b", 1, Some("3"))],
+            None,
+        );
         assert_eq!(p.repeated, vec![1]);
         assert!(!p.can_apply());
         let mut bad = found("c", 0, None);
         bad.position = None;
-        assert!(!plan("g", &[bad]).can_apply());
+        assert!(!plan("g", &[bad], None).can_apply());
+        // The row is ahead of the records (read before a write that moved it, or a claimed run not written):
+        // rebuilding it lower would hand those positions out again.
+        let recs = [found("a", 1, Some("1")), found("b", 2, Some("2"))];
+        let p = plan("g", &recs, Some(3));
+        assert_eq!(p.row_ahead, Some(3));
+        assert!(!p.can_apply());
+        assert!(p
+            .describe("-")
+            .contains("REFUSED: the row says LastPosition 3"));
+        // Records ahead of the row (a row deleted or reset): rebuilt from the records.
+        let p = plan("g", &recs, Some(0));
+        assert!(p.can_apply());
+        assert_eq!(p.last, 2);
     }
 }
