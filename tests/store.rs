@@ -27,6 +27,7 @@ macro_rules! on_both_engines {
 }
 
 on_both_engines!(
+    a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another,
     runs_sent_back_to_back_are_claimed_once_per_run_at_dense_positions,
     duplicates_and_conflicts_are_not_applied_and_do_not_block_the_group,
     worker_killed_mid_batch_and_restarted_applies_nothing_twice_and_loses_nothing,
@@ -390,5 +391,81 @@ async fn worker_killed_mid_batch_and_restarted_applies_nothing_twice_and_loses_n
         report.per_instance.contains_key("w2"),
         "{}",
         report.summary()
+    );
+}
+
+async fn a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another(engine: Engine) {
+    // The store itself, on a real engine: two groups' runs in one commit. Group "slow"'s order is already
+    // recorded by another message (its insert finds the key, reads it, then writes a marker: three calls more);
+    // group "fast" is done after the first round of inserts and must be answered then, alone.
+    use order_worker::health::Health;
+    use order_worker::retry::Budget;
+    use order_worker::schema::{Record, Status};
+    use order_worker::store::{CommitContext, Run, Store};
+    let region = Region::start("perrun", engine).await;
+    let fx = region.fixture().await;
+    fx.ddb
+        .put_item()
+        .table_name(&fx.orders_table)
+        .item("OrderID", AttributeValue::S("taken".into()))
+        .item("MessageGroupId", AttributeValue::S("other".into()))
+        .item("GroupPosition", AttributeValue::N("1".into()))
+        .item("Status", AttributeValue::S("ACCEPTED".into()))
+        .item("PayloadSha256", AttributeValue::S("sha".into()))
+        .item("SqsMessageId", AttributeValue::S("m-earlier".into()))
+        .item("SqsSequenceNumber", AttributeValue::S("5".into()))
+        .send()
+        .await
+        .unwrap();
+    let record = |key: &str, group: &str, seq: &str| Record {
+        order_key: key.into(),
+        group_id: group.into(),
+        status: Status::Accepted,
+        reason: None,
+        total_cents: Some(1),
+        currency: Some("EUR".into()),
+        item_count: 1,
+        payload_sha256: "sha".into(),
+        sqs_message_id: format!("m-{key}-{group}"),
+        sqs_sequence_number: Some(seq.into()),
+        receive_count: 1,
+        processed_by: "i-test".into(),
+        processed_at: "2026-12-06T12:00:00.000Z".into(),
+    };
+    let runs = vec![
+        Run {
+            group_id: "slow".into(),
+            records: vec![record("taken", "slow", "10")],
+        },
+        Run {
+            group_id: "fast".into(),
+            records: vec![record("fresh", "fast", "11")],
+        },
+    ];
+    let store = Store::new(
+        fx.ddb.clone(),
+        fx.orders_table.clone(),
+        fx.groups_table.clone(),
+    );
+    let health = Health::default();
+    let abort = tokio_util::sync::CancellationToken::new();
+    let ctx = CommitContext {
+        budget: Budget::UntilItWorks,
+        abort: &abort,
+        health: &health,
+    };
+    let mut answers: Vec<Vec<(usize, usize)>> = Vec::new();
+    store
+        .commit_each(&runs, &ctx, &mut |done| {
+            answers.push(done.iter().map(|(i, o)| (*i, o.applied.len())).collect());
+            assert!(done.iter().all(|(_, o)| o.error.is_none()), "{done:?}");
+        })
+        .await;
+    // "fast" (index 1) first and alone, then "slow" (index 0) with its marker.
+    assert_eq!(answers, vec![vec![(1, 1)], vec![(0, 1)]]);
+    let keys: Vec<String> = fx.records().await.iter().map(|r| s(r, "OrderID")).collect();
+    assert!(
+        keys.contains(&"duplicate:m-taken-slow".to_string()),
+        "{keys:?}"
     );
 }

@@ -41,25 +41,29 @@ pub enum TableError {
 /// A failed DynamoDB call, classified.
 #[derive(Debug, Clone)]
 pub(super) struct Failure {
+    /// The DynamoDB operation that failed: an account-wide block it causes is lifted by that operation only.
+    pub operation: &'static str,
     pub class: Class,
     pub code: Option<String>,
     pub detail: String,
 }
 
 impl Failure {
-    fn of<E>(e: &SdkError<E, HttpResponse>, operation: &str) -> Self
+    fn of<E>(e: &SdkError<E, HttpResponse>, operation: &'static str) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         Failure {
+            operation,
             class: crate::retry::classify(e),
             code: error_code(e),
             detail: format!("{operation}: {}", describe(e)),
         }
     }
 
-    fn timeout(operation: &str) -> Self {
+    fn timeout(operation: &'static str) -> Self {
         Failure {
+            operation,
             class: Class::Transient,
             code: None,
             detail: format!("{operation}: no answer within {ATTEMPT_TIMEOUT:?}"),
@@ -68,6 +72,7 @@ impl Failure {
 
     fn statement(code: &str, message: &str) -> Self {
         Failure {
+            operation: "BatchExecuteStatement",
             class: crate::retry::classify_code(Some(code), None),
             code: Some(code.to_owned()),
             detail: format!("BatchExecuteStatement statement: {code}: {message}"),
@@ -310,6 +315,7 @@ pub(super) async fn insert(
     let responses = out.responses();
     if responses.len() != items.len() {
         return Err(Failure {
+            operation: "BatchExecuteStatement",
             class: Class::Transient,
             code: None,
             detail: format!(
@@ -520,6 +526,7 @@ async fn batch_get(
             if !request_items.is_empty() {
                 if attempts > 8 {
                     return Err(Failure {
+                        operation: "BatchGetItem",
                         class: Class::Throttled,
                         code: None,
                         detail: "BatchGetItem kept returning unprocessed keys".into(),

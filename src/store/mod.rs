@@ -104,6 +104,8 @@ pub struct Store {
     groups_table: String,
     /// None: the group has no row (as last seen).
     rows: Mutex<HashMap<String, Option<GroupRow>>>,
+    /// The operation whose account-wide error blocks DynamoDB work (see [`BlockedBy`]).
+    blocked_by: Mutex<BlockedBy>,
 }
 
 /// One run being committed.
@@ -113,6 +115,8 @@ struct Active {
     error: Option<StoreError>,
     /// Claims in a row that found the row moved: another worker on the same group.
     stale_claims: u32,
+    /// Its outcome went to the caller.
+    reported: bool,
 }
 
 impl Store {
@@ -122,6 +126,7 @@ impl Store {
             orders_table,
             groups_table,
             rows: Mutex::new(HashMap::new()),
+            blocked_by: Mutex::new(BlockedBy::default()),
         }
     }
 
@@ -134,32 +139,75 @@ impl Store {
     /// Duplicate or Conflict) and, if not all, why the rest is not. A record DynamoDB refuses on its own (an
     /// item too large) is recorded as REJECTED with DynamoDB's reason at its position, so its group goes on.
     pub async fn commit(&self, runs: &[Run], ctx: &CommitContext<'_>) -> Vec<RunOutcome> {
+        let mut out: Vec<Option<RunOutcome>> = runs.iter().map(|_| None).collect();
+        self.commit_each(runs, ctx, &mut |done| {
+            for (i, o) in done {
+                out[i] = Some(o);
+            }
+        })
+        .await;
+        out.into_iter()
+            .map(|o| o.expect("every run is answered"))
+            .collect()
+    }
+
+    /// [`Store::commit`], answering each run as soon as it is finished: `on_done` gets the runs (by index) that
+    /// finished together, once each. A run that keeps retrying (contention, throttling, a refused item) does
+    /// not hold up the answers of the others in the same commit.
+    pub async fn commit_each(
+        &self,
+        runs: &[Run],
+        ctx: &CommitContext<'_>,
+        on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
+    ) {
         let mut active = match self.start(runs, ctx).await {
             Ok(a) => a,
             Err(e) => {
-                return runs
-                    .iter()
-                    .map(|_| RunOutcome {
-                        applied: Vec::new(),
-                        error: Some(e.clone()),
-                    })
-                    .collect()
+                on_done(
+                    (0..runs.len())
+                        .map(|i| {
+                            (
+                                i,
+                                RunOutcome {
+                                    applied: Vec::new(),
+                                    error: Some(e.clone()),
+                                },
+                            )
+                        })
+                        .collect(),
+                );
+                return;
             }
         };
-        if let Err(e) = self.rounds(runs, &mut active, ctx).await {
+        if let Err(e) = self.rounds(runs, &mut active, ctx, on_done).await {
             for a in active.iter_mut() {
                 if !a.commit.is_done() && a.error.is_none() {
                     a.error = Some(e.clone());
                 }
             }
         }
-        let mut cache = self.rows.lock().expect("cache lock");
-        if cache.len() > MAX_CACHED_ROWS {
-            cache.clear();
-        }
-        runs.iter()
-            .zip(active)
-            .map(|(run, a)| {
+        self.report(runs, &mut active, on_done, true);
+    }
+
+    /// Answer the runs that are finished (all, when `all`) and not answered yet; cache their rows.
+    fn report(
+        &self,
+        runs: &[Run],
+        active: &mut [Active],
+        on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
+        all: bool,
+    ) {
+        let mut done = Vec::new();
+        {
+            let mut cache = self.rows.lock().expect("cache lock");
+            if cache.len() > MAX_CACHED_ROWS {
+                cache.clear();
+            }
+            for (i, (run, a)) in runs.iter().zip(active.iter_mut()).enumerate() {
+                if a.reported || !(all || a.commit.is_done() || a.error.is_some()) {
+                    continue;
+                }
+                a.reported = true;
                 if let (Some(row), None) = (a.commit.row(), &a.error) {
                     cache.insert(run.group_id.clone(), Some(row.clone()));
                 }
@@ -169,11 +217,14 @@ impl Store {
                 let error = if applied.len() == run.records.len() {
                     None
                 } else {
-                    a.error.or(Some(StoreError::Aborted))
+                    a.error.clone().or(Some(StoreError::Aborted))
                 };
-                RunOutcome { applied, error }
-            })
-            .collect()
+                done.push((i, RunOutcome { applied, error }));
+            }
+        }
+        if !done.is_empty() {
+            on_done(done);
+        }
     }
 
     /// Each run's commit, from its group's cached row or (on a miss) one consistent read of all missing rows.
@@ -196,7 +247,7 @@ impl Store {
         while !missing.is_empty() {
             match dynamo::read_rows(&self.client, &self.groups_table, &missing, ctx).await {
                 Ok(found) => {
-                    self.answered(ctx);
+                    self.answered(ctx, "BatchGetItem");
                     read = found;
                     break;
                 }
@@ -242,6 +293,7 @@ impl Store {
                     commit: RunCommit::new(if active { msgs } else { Vec::new() }, row),
                     error,
                     stale_claims: 0,
+                    reported: false,
                 }
             })
             .collect())
@@ -254,6 +306,7 @@ impl Store {
         runs: &[Run],
         active: &mut [Active],
         ctx: &CommitContext<'_>,
+        on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
     ) -> Result<(), StoreError> {
         let mut waits = Waits::default();
         // A whole batch refused (one statement in it that DynamoDB cannot take): send one statement a call
@@ -293,6 +346,7 @@ impl Store {
                     }
                 }
             }
+            self.report(runs, active, on_done, false);
             if claims.is_empty() && writes.is_empty() {
                 return Ok(());
             }
@@ -321,7 +375,7 @@ impl Store {
                 let a = &mut active[*i];
                 match r {
                     ClaimResult::Answer(answer) => {
-                        self.answered(ctx);
+                        self.answered(ctx, "UpdateItem");
                         if matches!(answer, claim::ClaimAnswer::Stale(_)) {
                             a.stale_claims += 1;
                             contention = contention.max(a.stale_claims);
@@ -356,7 +410,7 @@ impl Store {
             {
                 match r {
                     Ok(per) => {
-                        self.answered(ctx);
+                        self.answered(ctx, "BatchExecuteStatement");
                         answers.extend(per);
                     }
                     Err(f) => match whole_call(&f, n) {
@@ -429,6 +483,8 @@ impl Store {
                 };
                 a.commit.answered(w, answer);
             }
+            // What finished in this round is answered before any wait for what did not.
+            self.report(runs, active, on_done, false);
             if let Some(f) = failure {
                 self.wait(&mut waits, f, ctx).await?;
             } else {
@@ -475,10 +531,19 @@ impl Store {
         }
     }
 
-    /// A DynamoDB call answered: lift an account-wide block.
-    fn answered(&self, ctx: &CommitContext<'_>) {
+    /// A DynamoDB call of `operation` answered: lift an account-wide block that operation caused (a claim
+    /// that works says nothing of inserts that are denied).
+    fn answered(&self, ctx: &CommitContext<'_>, operation: &'static str) {
+        if !self
+            .blocked_by
+            .lock()
+            .expect("block lock")
+            .answered(operation)
+        {
+            return;
+        }
         if let Some(b) = ctx.health.clear("dynamodb") {
-            tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), "DynamoDB answers again; taking new work");
+            tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), operation, "DynamoDB answers again; taking new work");
         }
     }
 
@@ -493,6 +558,10 @@ impl Store {
         let started = *waits.since.get_or_insert_with(Instant::now);
         let n = waits.failures;
         if f.class == Class::AccountWide {
+            self.blocked_by
+                .lock()
+                .expect("block lock")
+                .blocked(f.operation);
             if ctx
                 .health
                 .block("dynamodb", f.code.as_deref().unwrap_or("-"), &f.detail)
@@ -541,6 +610,25 @@ fn whole_call(f: &Failure, statements: usize) -> WholeCall {
     }
 }
 
+/// Which operations an account-wide error blocks: each operation that met one, until that operation answers
+/// again. The health block is lifted only when none is left.
+#[derive(Debug, Default)]
+struct BlockedBy(Vec<&'static str>);
+
+impl BlockedBy {
+    fn blocked(&mut self, operation: &'static str) {
+        if !self.0.contains(&operation) {
+            self.0.push(operation);
+        }
+    }
+
+    /// `operation` answered: true when nothing blocks any more (the block may be lifted).
+    fn answered(&mut self, operation: &'static str) -> bool {
+        self.0.retain(|o| *o != operation);
+        self.0.is_empty()
+    }
+}
+
 #[derive(Default)]
 struct Waits {
     failures: u32,
@@ -582,10 +670,27 @@ mod tests {
 
     fn failure(class: Class, code: &str) -> Failure {
         Failure {
+            operation: "BatchExecuteStatement",
             class,
             code: Some(code.into()),
             detail: format!("BatchExecuteStatement: {code}"),
         }
+    }
+
+    #[test]
+    fn a_block_is_lifted_only_by_the_operation_that_caused_it() {
+        let mut b = BlockedBy::default();
+        // Nothing blocked: any answer may lift (a block set elsewhere, e.g. at start).
+        assert!(b.answered("UpdateItem"));
+        b.blocked("BatchExecuteStatement");
+        // Claims work while inserts are denied: the block stays.
+        assert!(!b.answered("UpdateItem"));
+        assert!(!b.answered("BatchGetItem"));
+        assert!(b.answered("BatchExecuteStatement"));
+        b.blocked("BatchExecuteStatement");
+        b.blocked("UpdateItem");
+        assert!(!b.answered("BatchExecuteStatement"));
+        assert!(b.answered("UpdateItem"));
     }
 
     #[test]
