@@ -312,9 +312,28 @@ impl Store {
         // A whole batch refused (one statement in it that DynamoDB cannot take): send one statement a call
         // until the refused one is found and replaced by its stand-in.
         let mut one_by_one = false;
+        // Inserts that found their key taken whose read failed: read before anything else.
+        let mut unread: Vec<(usize, Write, String)> = Vec::new();
         loop {
             if ctx.abort.is_cancelled() || ctx.budget.expired(Instant::now()) {
                 return Err(StoreError::Aborted);
+            }
+            if !unread.is_empty() {
+                let keys: Vec<String> = unread.iter().map(|(_, _, k)| k.clone()).collect();
+                match dynamo::read_existing(&self.client, &self.orders_table, &keys, ctx).await {
+                    Ok(found) => {
+                        self.answered(ctx, "BatchGetItem");
+                        for (i, w, key) in unread.drain(..) {
+                            let record = &runs[i].records[w.idx()];
+                            let e = found.get(&key).map(|e| e.existing(record));
+                            active[i].commit.answered(&w, WriteAnswer::Exists(e));
+                        }
+                    }
+                    Err(f) => {
+                        self.wait(&mut waits, f, ctx).await?;
+                        continue;
+                    }
+                }
             }
             let mut claims = Vec::new();
             let mut writes: Vec<(usize, Write)> = Vec::new();
@@ -434,17 +453,25 @@ impl Store {
                 one_by_one = true;
             }
             // Keys that exist: read them all in one consistent BatchGetItem, then let each run decide.
+            // A marker's key names its own message: taken means written (by us or another holder), nothing to
+            // read. A record's taken key is read to decide.
             let taken: Vec<String> = answers
                 .iter()
                 .zip(&items)
-                .filter(|(r, _)| matches!(r, InsertResult::Exists))
-                .map(|(_, (k, _))| k.clone())
+                .zip(&writes)
+                .filter(|((r, _), (_, w))| {
+                    matches!(r, InsertResult::Exists) && !matches!(w, Write::Marker { .. })
+                })
+                .map(|((_, (k, _)), _)| k.clone())
                 .collect();
             let existing = if taken.is_empty() {
                 Some(HashMap::new())
             } else {
                 match dynamo::read_existing(&self.client, &self.orders_table, &taken, ctx).await {
-                    Ok(e) => Some(e),
+                    Ok(e) => {
+                        self.answered(ctx, "BatchGetItem");
+                        Some(e)
+                    }
                     Err(f) => {
                         failure.get_or_insert(f);
                         None
@@ -456,6 +483,9 @@ impl Store {
                 let record = &runs[*i].records[w.idx()];
                 let answer = match r {
                     InsertResult::Written => WriteAnswer::Written,
+                    InsertResult::Exists if matches!(w, Write::Marker { .. }) => {
+                        WriteAnswer::Exists(None)
+                    }
                     InsertResult::Exists => match &existing {
                         Some(found) => {
                             let e = found.get(key).map(|e| e.existing(record));
@@ -464,7 +494,12 @@ impl Store {
                             }
                             WriteAnswer::Exists(e)
                         }
-                        None => WriteAnswer::Retry,
+                        None => {
+                            // The key is taken and the read failed: read it again next round, never
+                            // insert it again (a write unit each, to learn what we know).
+                            unread.push((*i, w.clone(), key.clone()));
+                            continue;
+                        }
                     },
                     InsertResult::Retry(f) => {
                         if let Some(f) = f {
