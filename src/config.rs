@@ -24,6 +24,33 @@ pub struct Cli {
 pub enum Command {
     /// Audit the orders table against a manifest of what was sent: lost, applied twice, out of order.
     Verify(VerifyArgs),
+    /// Inspect groups and rebuild their rows in the groups table from their records (a dry run unless --apply):
+    /// the fix for a row the worker will not write on, and the one-time upgrade of a transactional row.
+    Repair(RepairArgs),
+}
+
+/// Flags of `order-worker repair`.
+#[derive(Debug, Clone, Args)]
+pub struct RepairArgs {
+    /// The orders table (read: one Scan).
+    #[arg(long, env = "ORDER_WORKER_ORDERS_TABLE", default_value = "orders")]
+    pub table: String,
+    /// The per-group state table (the rows rebuilt).
+    #[arg(
+        long,
+        env = "ORDER_WORKER_GROUPS_TABLE",
+        default_value = "order-groups"
+    )]
+    pub groups_table: String,
+    /// A group to inspect (repeatable).
+    #[arg(long = "group", required_unless_present = "all")]
+    pub groups: Vec<String>,
+    /// Every group whose row the worker will not write on (a transactional row, a malformed one).
+    #[arg(long, conflicts_with = "groups")]
+    pub all: bool,
+    /// Write the rebuilt rows (default: print the plan only).
+    #[arg(long)]
+    pub apply: bool,
 }
 
 /// What the worker does on a rebalance recommendation.
@@ -305,8 +332,11 @@ impl RunArgs {
                 "must be whole seconds, 1-20s (a long poll; 0 would receive back to back on an empty queue)",
             ));
         }
-        if self.drain_timeout.is_zero() {
-            return Err(bad("--drain-timeout", "must be more than 0"));
+        if self.drain_timeout.is_zero() || self.drain_timeout > Duration::from_secs(12 * 3600) {
+            return Err(bad(
+                "--drain-timeout",
+                "must be more than 0 and at most 12h",
+            ));
         }
         // A message must not come back to another worker while we are still allowed to be finishing it.
         if self.visibility_timeout <= self.drain_timeout {
@@ -331,8 +361,16 @@ impl RunArgs {
                 "must be 100ms-60s (a notice gives two minutes)",
             ));
         }
-        if self.hook_heartbeat < Duration::from_secs(1) {
-            return Err(bad("--hook-heartbeat", "must be at least 1s"));
+        // Lifecycle hooks take a heartbeat timeout of at most 7200 s: a longer interval would never beat in time.
+        if self.hook_heartbeat < Duration::from_secs(1)
+            || self.hook_heartbeat > Duration::from_secs(7200)
+        {
+            return Err(bad("--hook-heartbeat", "must be 1s-2h"));
+        }
+        // Added to an Instant at the first rebalance recommendation: an unbounded value overflows there (a panic
+        // while holding work).
+        if self.rebalance_recovery > Duration::from_secs(7 * 24 * 3600) {
+            return Err(bad("--rebalance-recovery", "must be at most 7 days"));
         }
         if self.work_delay > Duration::from_secs(3600) {
             return Err(bad("--work-delay", "must be at most 1h"));
@@ -461,6 +499,28 @@ mod tests {
             let err = parse(args).unwrap_err();
             assert!(err.to_string().contains(setting), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn every_duration_flag_has_an_upper_bound_named_at_start() {
+        // The largest value humantime reads: each one must fail validation naming its flag, not panic later.
+        let huge = "18446744073709551615s";
+        for flag in [
+            "--visibility-timeout",
+            "--wait-time",
+            "--drain-timeout",
+            "--drain-margin",
+            "--imds-poll",
+            "--rebalance-recovery",
+            "--hook-heartbeat",
+            "--work-delay",
+        ] {
+            let err = parse(&[flag, huge]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+        let err = parse(&["--log-format", "json", "--emf-interval", huge]).unwrap_err();
+        assert!(err.to_string().contains("--emf-interval"), "{err}");
+        assert!(parse(&["--rebalance-recovery", "7d"]).is_ok());
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //!   `metrics-exporter-prometheus`); `snapshot` reads the figures back for EMF.
 //! - [`http`]: the one port: `/metrics` (the recorder, with readiness read from [`health`]), `/healthz`, `/readyz`.
 //! - [`emf`]: the same figures as CloudWatch Embedded Metric Format records in the JSON log.
+//! - [`repair`]: `order-worker repair`: rebuild a group's row from its records (a dry run by default).
 //! - [`verify`]: the auditor: reads the table and a manifest, reports lost / twice / out-of-order orders.
 //!
 //! Data flows one way: queue -> dispatch -> order -> store -> queue (delete); imds -> drain -> lifecycle.
@@ -42,6 +43,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod order;
 pub mod queue;
+pub mod repair;
 pub mod retry;
 pub mod schema;
 pub mod store;

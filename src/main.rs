@@ -31,6 +31,10 @@ fn main() -> ExitCode {
             init_logging(LogFormat::Text);
             runtime.block_on(run_verify(args))
         }
+        Some(Command::Repair(args)) => {
+            init_logging(LogFormat::Text);
+            runtime.block_on(order_worker::repair::run(args))
+        }
         None => match cli.run.validate() {
             Ok(cfg) => {
                 init_logging(cfg.log_format);

@@ -117,6 +117,67 @@ pub fn evaluate(body: &str, message_id: &str, group_id: &str) -> Evaluated {
     }
 }
 
+/// Any JSON value, read only to refuse an object that names one key twice (at any depth).
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<UniqueKeys, A::Error> {
+        while s.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = m.next_key::<String>()? {
+            if !seen.insert(k.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {k:?} appears twice in one object"
+                )));
+            }
+            m.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
 /// The strict parse and every rule of the order format. Returns the total and currency, or the reason.
 fn check(body: &str, group_id: &str) -> Result<(u64, String), String> {
     if body.trim().is_empty() {
@@ -127,6 +188,10 @@ fn check(body: &str, group_id: &str) -> Result<(u64, String), String> {
     // `rejected:<MessageId>` key. Only objects are orders.
     let value: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("not a valid order: {e}"))?;
+    // A JSON object that names a key twice means what its reader decides (serde keeps the last, other
+    // readers the first): the worker could apply one order while another reader of the same body sees
+    // another. Refused, at any depth.
+    serde_json::from_str::<UniqueKeys>(body).map_err(|e| format!("not a valid order: {e}"))?;
     if !value.is_object() {
         return Err("not a valid order: the body must be a JSON object".into());
     }
@@ -210,6 +275,37 @@ mod tests {
         match &e.verdict {
             Verdict::Rejected { reason } => reason,
             Verdict::Accepted { .. } => panic!("expected a rejection, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_at_any_depth_is_rejected() {
+        let ok = r#"{"order_id":"h-dupkey","customer_id":"c","items":[{"sku":"S","qty":1,"unit_price_cents":5}],"currency":"EUR","placed_at":"2026-11-25T12:00:00Z"}"#;
+        assert!(matches!(
+            evaluate(ok, "m", "c").verdict,
+            Verdict::Accepted { .. }
+        ));
+        for body in [
+            ok.replace(
+                r#""order_id":"h-dupkey","#,
+                r#""order_id":"h-dupkey","order_id":"h-dupkey","#,
+            ),
+            ok.replace(
+                r#""order_id":"h-dupkey","#,
+                r#""order_id":"h-dupkey","order_id":"other","#,
+            ),
+            ok.replace(r#""qty":1,"#, r#""qty":1,"qty":1000,"#),
+            ok.replace(
+                r#""currency":"EUR","#,
+                r#""currency":"EUR","currency":"EUR","#,
+            ),
+        ] {
+            match evaluate(&body, "m", "c").verdict {
+                Verdict::Rejected { reason } => {
+                    assert!(reason.contains("appears twice"), "{reason}")
+                }
+                v => panic!("{body}: {v:?}"),
+            }
         }
     }
 

@@ -111,8 +111,10 @@ const TRANSIENT: &[&str] = &[
     "RequestTimeout",
     "RequestTimeoutException",
     "ResourceContention",
-    // A statement that met another writer's transaction on the same item: try again.
+    // A statement, or a single-item write (UpdateItem: the claim), that met another writer's transaction on
+    // the same item: try again, the item is not at fault.
     "TransactionConflict",
+    "TransactionConflictException",
 ];
 
 /// Classify by error code and HTTP status (pure: the tests pin every code we rely on).
@@ -282,6 +284,11 @@ mod tests {
             );
         }
         assert_eq!(classify_code(None, Some(429)), Class::Throttled);
+        // A claim (UpdateItem) that met a transaction on the group row: 400 with this code, and retryable.
+        assert_eq!(
+            classify_code(Some("TransactionConflictException"), Some(400)),
+            Class::Transient
+        );
         // A statement's own code in a BatchExecuteStatement answer comes without a status.
         for (code, class) in [
             ("ThrottlingError", Class::Throttled),

@@ -31,6 +31,13 @@ pub const LAST_POSITION: &str = "LastPosition";
 /// The SequenceNumbers (strings) of the last positions handed out, see [`crate::store::claim`].
 pub const CLAIMED: &str = "Claimed";
 pub const UPDATED_AT: &str = "UpdatedAt";
+/// Which store protocol wrote the row (N). See [`crate::store::claim`], "The protocol fence".
+pub const PROTOCOL: &str = "Protocol";
+/// The store protocol this build speaks: claims by SequenceNumber (`LastPosition` and `Claimed`). Rows it
+/// writes carry `Protocol: 2` and `LastPosition` as a string of digits (S), which no earlier build's
+/// condition on a numeric `LastPosition` can match. Protocol 1, never written as such, is the transactional
+/// design's row (`LastPosition` a number, no `Claimed`).
+pub const STORE_PROTOCOL: u64 = 2;
 
 /// Every attribute an accepted order's record carries (a rejected one has `Reason` instead of the total).
 pub const ACCEPTED_ATTRIBUTES: &[&str] = &[

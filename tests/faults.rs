@@ -440,14 +440,38 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let calls = count().await - before;
     assert!(calls <= 12, "{calls} DynamoDB calls in 4 s");
-    // Someone fixes the row: the group goes on by itself.
-    r.fx.ddb
-        .delete_item()
-        .table_name(&r.fx.groups_table)
-        .key("MessageGroupId", AttributeValue::S(g.into()))
-        .send()
-        .await
-        .unwrap();
+    // The log points to the repair, not to deleting the item (which restarts a group's positions at 1).
+    let log = w.log_text();
+    assert!(
+        log.contains("order-worker repair --group cust-bad"),
+        "{log}"
+    );
+    assert!(!log.contains("delete the item"), "{log}");
+    // The operator runs it: the dry run writes nothing, --apply rebuilds the row from the group's records
+    // (none here) and the group goes on by itself.
+    let repair = |apply: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_order-worker"));
+        cmd.env_clear()
+            .envs(r.fx.env())
+            .args(["repair", "--group", g]);
+        if apply {
+            cmd.arg("--apply");
+        }
+        let out = cmd.output().expect("order-worker repair");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plan = repair(false);
+    assert!(
+        plan.contains("LastPosition \"abc\" (S)") && plan.contains("dry run"),
+        "{plan}"
+    );
+    assert_eq!(r.fx.records().await.len(), 3);
+    assert!(repair(true).contains("written"));
     r.fx.wait_records(6, Duration::from_secs(40)).await;
     let manifest: Vec<_> = order_ids
         .iter()

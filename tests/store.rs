@@ -27,10 +27,11 @@ macro_rules! on_both_engines {
 }
 
 on_both_engines!(
+    a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another,
     runs_sent_back_to_back_are_claimed_once_per_run_at_dense_positions,
     duplicates_and_conflicts_are_not_applied_and_do_not_block_the_group,
     worker_killed_mid_batch_and_restarted_applies_nothing_twice_and_loses_nothing,
-    a_group_row_from_before_claims_is_continued_without_a_gap,
+    a_transactional_row_is_refused_until_repair_rebuilds_it_and_nothing_is_recorded_twice,
 );
 
 async fn metric_of(w: &Proc, op: &str) -> f64 {
@@ -83,24 +84,68 @@ async fn runs_sent_back_to_back_are_claimed_once_per_run_at_dense_positions(engi
     assert_eq!(metric_of(&w, "TransactWriteItems").await, 0.0);
 }
 
-async fn a_group_row_from_before_claims_is_continued_without_a_gap(engine: Engine) {
+async fn a_transactional_row_is_refused_until_repair_rebuilds_it_and_nothing_is_recorded_twice(
+    engine: Engine,
+) {
     let region = Region::start("legacyrow", engine).await;
     let fx = region.fixture().await;
     let g = "cust-old";
-    // What the transactional design left: two records at 1 and 2, the row's LastPosition 2, no Claimed.
-    for (i, id) in ["old-1", "old-2"].iter().enumerate() {
+    // The transactional design at work: it received old-1 and old-2, recorded both (positions 1 and 2, its
+    // row at LastPosition 2, no Claimed), deleted old-1 and was killed before deleting old-2. Then new-1 and
+    // new-2 were sent.
+    let ids: Vec<String> = ["old-1", "old-2", "new-1", "new-2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    fx.send_orders(g, &ids[..2]).await;
+    let got = wait_for(
+        "old-1 and old-2 received",
+        Duration::from_secs(20),
+        || async {
+            let out = fx
+                .sqs
+                .receive_message()
+                .queue_url(&fx.queue_url)
+                .max_number_of_messages(10)
+                .message_system_attribute_names(
+                    aws_sdk_sqs::types::MessageSystemAttributeName::SequenceNumber,
+                )
+                .visibility_timeout(60)
+                .send()
+                .await
+                .unwrap();
+            (out.messages().len() == 2).then(|| out.messages().to_vec())
+        },
+    )
+    .await;
+    let mut manifest = Vec::new();
+    for (i, m) in got.iter().enumerate() {
+        let seq = m.attributes().unwrap()
+            [&aws_sdk_sqs::types::MessageSystemAttributeName::SequenceNumber]
+            .clone();
         fx.ddb
             .put_item()
             .table_name(&fx.orders_table)
-            .item("OrderID", AttributeValue::S(id.to_string()))
+            .item("OrderID", AttributeValue::S(ids[i].clone()))
             .item("MessageGroupId", AttributeValue::S(g.into()))
             .item("GroupPosition", AttributeValue::N((i + 1).to_string()))
             .item("Status", AttributeValue::S("ACCEPTED".into()))
-            .item("PayloadSha256", AttributeValue::S("earlier".into()))
-            .item("SqsSequenceNumber", AttributeValue::S("1".into()))
+            .item(
+                "PayloadSha256",
+                AttributeValue::S("from-the-old-build".into()),
+            )
+            .item(
+                "SqsMessageId",
+                AttributeValue::S(m.message_id().unwrap().into()),
+            )
+            .item("SqsSequenceNumber", AttributeValue::S(seq))
             .send()
             .await
             .unwrap();
+        manifest.push(order_worker::verify::Sent {
+            message_id: m.message_id().map(str::to_owned),
+            ..sent(&ids[i], g, "accepted")
+        });
     }
     fx.ddb
         .put_item()
@@ -110,39 +155,108 @@ async fn a_group_row_from_before_claims_is_continued_without_a_gap(engine: Engin
         .send()
         .await
         .unwrap();
-    // One of them comes again (another message), then two new orders.
-    let orders: Vec<String> = ["old-2", "new-1", "new-2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    fx.send(
-        g,
-        &orders
-            .iter()
-            .map(|id| (format!("{id}-again"), order_body(id, g)))
-            .collect::<Vec<_>>(),
+    fx.sqs
+        .delete_message()
+        .queue_url(&fx.queue_url)
+        .receipt_handle(got[0].receipt_handle().unwrap())
+        .send()
+        .await
+        .unwrap();
+    fx.sqs
+        .change_message_visibility()
+        .queue_url(&fx.queue_url)
+        .receipt_handle(got[1].receipt_handle().unwrap())
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    fx.send_orders(g, &ids[2..]).await;
+    manifest.extend(ids[2..].iter().map(|id| sent(id, g, "accepted")));
+
+    // The worker refuses the row (holding the group's messages) and says what to run.
+    let w = fx.worker("w1", &[]);
+    wait_log(
+        &w,
+        "order-worker repair --group cust-old --apply",
+        Duration::from_secs(30),
     )
     .await;
-    let _w = fx.worker("w1", &[]);
-    let records = fx.wait_records(5, Duration::from_secs(60)).await;
-    let mut by_pos: Vec<(u64, String)> = records
-        .iter()
-        .map(|r| (s(r, "GroupPosition").parse().unwrap(), s(r, "Status")))
-        .collect();
-    by_pos.sort();
-    let statuses: Vec<&str> = by_pos.iter().map(|(_, st)| st.as_str()).collect();
-    // old-2 sent again with another payload than the stored one: a conflict marker at 3.
     assert_eq!(
-        statuses,
-        ["ACCEPTED", "ACCEPTED", "CONFLICT", "ACCEPTED", "ACCEPTED"],
-        "{by_pos:?}"
+        fx.records().await.len(),
+        2,
+        "nothing written on a refused row"
     );
-    let manifest: Vec<_> = ["old-1", "old-2", "new-1", "new-2"]
-        .iter()
-        .map(|id| sent(id, g, "accepted"))
-        .collect();
+    // The dry run prints the plan and writes nothing.
+    let repair = |apply: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_order-worker"));
+        cmd.env_clear()
+            .envs(fx.env())
+            .args(["repair", "--group", g]);
+        if apply {
+            cmd.arg("--apply");
+        }
+        cmd.output().expect("run order-worker repair")
+    };
+    let dry = repair(false);
+    let text = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(dry.status.success(), "{text}");
+    assert!(
+        text.contains("LastPosition \"2\"")
+            && text.contains("dry run")
+            && text.contains("transactional"),
+        "{text}"
+    );
+    let before = fx
+        .ddb
+        .get_item()
+        .table_name(&fx.groups_table)
+        .key("MessageGroupId", AttributeValue::S(g.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        before.item().unwrap()["LastPosition"],
+        AttributeValue::N("2".into())
+    );
+    let applied = repair(true);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stdout)
+    );
+    // The worker goes on: old-2 (recorded, not deleted) is recognised by its SequenceNumber at position 2,
+    // not marked a duplicate of itself; new-1 and new-2 at 3 and 4.
+    fx.wait_records(4, Duration::from_secs(60)).await;
+    wait_for("the queue drained", Duration::from_secs(60), || async {
+        let a = fx
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&fx.queue_url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            )
+            .send()
+            .await
+            .unwrap();
+        let n: u64 = a
+            .attributes()
+            .unwrap()
+            .values()
+            .map(|v| v.parse::<u64>().unwrap())
+            .sum();
+        (n == 0).then_some(())
+    })
+    .await;
     let report = fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
+    assert_eq!(
+        (report.records, report.markers),
+        (4, 0),
+        "{}",
+        report.summary()
+    );
 }
 
 async fn duplicates_and_conflicts_are_not_applied_and_do_not_block_the_group(engine: Engine) {
@@ -277,5 +391,81 @@ async fn worker_killed_mid_batch_and_restarted_applies_nothing_twice_and_loses_n
         report.per_instance.contains_key("w2"),
         "{}",
         report.summary()
+    );
+}
+
+async fn a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another(engine: Engine) {
+    // The store itself, on a real engine: two groups' runs in one commit. Group "slow"'s order is already
+    // recorded by another message (its insert finds the key, reads it, then writes a marker: three calls more);
+    // group "fast" is done after the first round of inserts and must be answered then, alone.
+    use order_worker::health::Health;
+    use order_worker::retry::Budget;
+    use order_worker::schema::{Record, Status};
+    use order_worker::store::{CommitContext, Run, Store};
+    let region = Region::start("perrun", engine).await;
+    let fx = region.fixture().await;
+    fx.ddb
+        .put_item()
+        .table_name(&fx.orders_table)
+        .item("OrderID", AttributeValue::S("taken".into()))
+        .item("MessageGroupId", AttributeValue::S("other".into()))
+        .item("GroupPosition", AttributeValue::N("1".into()))
+        .item("Status", AttributeValue::S("ACCEPTED".into()))
+        .item("PayloadSha256", AttributeValue::S("sha".into()))
+        .item("SqsMessageId", AttributeValue::S("m-earlier".into()))
+        .item("SqsSequenceNumber", AttributeValue::S("5".into()))
+        .send()
+        .await
+        .unwrap();
+    let record = |key: &str, group: &str, seq: &str| Record {
+        order_key: key.into(),
+        group_id: group.into(),
+        status: Status::Accepted,
+        reason: None,
+        total_cents: Some(1),
+        currency: Some("EUR".into()),
+        item_count: 1,
+        payload_sha256: "sha".into(),
+        sqs_message_id: format!("m-{key}-{group}"),
+        sqs_sequence_number: Some(seq.into()),
+        receive_count: 1,
+        processed_by: "i-test".into(),
+        processed_at: "2026-12-06T12:00:00.000Z".into(),
+    };
+    let runs = vec![
+        Run {
+            group_id: "slow".into(),
+            records: vec![record("taken", "slow", "10")],
+        },
+        Run {
+            group_id: "fast".into(),
+            records: vec![record("fresh", "fast", "11")],
+        },
+    ];
+    let store = Store::new(
+        fx.ddb.clone(),
+        fx.orders_table.clone(),
+        fx.groups_table.clone(),
+    );
+    let health = Health::default();
+    let abort = tokio_util::sync::CancellationToken::new();
+    let ctx = CommitContext {
+        budget: Budget::UntilItWorks,
+        abort: &abort,
+        health: &health,
+    };
+    let mut answers: Vec<Vec<(usize, usize)>> = Vec::new();
+    store
+        .commit_each(&runs, &ctx, &mut |done| {
+            answers.push(done.iter().map(|(i, o)| (*i, o.applied.len())).collect());
+            assert!(done.iter().all(|(_, o)| o.error.is_none()), "{done:?}");
+        })
+        .await;
+    // "fast" (index 1) first and alone, then "slow" (index 0) with its marker.
+    assert_eq!(answers, vec![vec![(1, 1)], vec![(0, 1)]]);
+    let keys: Vec<String> = fx.records().await.iter().map(|r| s(r, "OrderID")).collect();
+    assert!(
+        keys.contains(&"duplicate:m-taken-slow".to_string()),
+        "{keys:?}"
     );
 }

@@ -20,9 +20,13 @@ def problems(verify: dict | None, verify_name: str, interrupted: list[dict], sto
         out.append(f"no verification ({verify_name} missing)")
     else:
         for name, key in (("lost", "lost"), ("applied twice", "applied_twice"), ("out of order", "out_of_order"),
-                          ("wrong verdict", "wrong_status")):  # fmt: skip
+                          ("wrong verdict", "wrong_status"), ("at a missing position", "position_gaps"),
+                          ("marking an order with no record", "orphan_markers"), ("nobody sent", "unexpected"),
+                          ("in another group than sent", "misplaced")):  # fmt: skip
             if v := verify.get(key):
                 out.append(f"{v} orders {name}")
+        if verify.get("verdict_ok") is False and not out:
+            out.append("verify's verdict is FAILED")
     if require_interruption:
         if not interrupted:
             out.append("no instance was interrupted")

@@ -211,9 +211,15 @@ def invariants_broken(v: dict, redrive: dict | None, dlq: int, sc: dict, stall: 
         out.append(f"verify produced no report (exit {v.get('exit_code')}): {v.get('text', '')[-500:]}")
     else:
         for name, val in (("lost", lost), ("applied twice", twice), ("out of order", ooo),
-                          ("position gaps", v.get("position_gaps") or 0)):  # fmt: skip
+                          ("position gaps", v.get("position_gaps") or 0),
+                          ("wrong verdicts", v.get("wrong_status") or 0),
+                          ("orphan markers", v.get("orphan_markers") or 0),
+                          ("unexpected items", v.get("unexpected") or 0),
+                          ("misplaced items", v.get("misplaced") or 0)):  # fmt: skip
             if val:
                 out.append(f"INVARIANT BROKEN: {name} = {val}")
+        if v.get("verdict_ok") is False and not out:
+            out.append("INVARIANT BROKEN: verify's verdict is FAILED")
     if redrive is None:
         out.append("the queue has no RedrivePolicy: the DLQ invariant would mean nothing")
     if dlq:

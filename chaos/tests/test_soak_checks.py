@@ -156,6 +156,15 @@ def test_every_broken_invariant_is_named():
     assert " ".join(broken).count("= ") == 5  # lost 1, out of order 2, gaps 3, DLQ 4, second consumer 5
 
 
+def test_every_failed_check_of_verify_breaks_the_run():
+    for k in ("wrong_status", "orphan_markers", "unexpected", "misplaced"):
+        broken = checks.invariants_broken({**CLEAN, k: 1}, {"maxReceiveCount": 10}, 0, NO_SECOND, [])
+        assert len(broken) == 1 and broken[0].startswith("INVARIANT BROKEN") and broken[0].endswith("= 1"), (k, broken)
+    # A verdict that fails on a check this judge does not know yet still fails the run.
+    broken = checks.invariants_broken({**CLEAN, "verdict_ok": False}, {"maxReceiveCount": 10}, 0, NO_SECOND, [])
+    assert broken == ["INVARIANT BROKEN: verify's verdict is FAILED"]
+
+
 def test_no_verify_report_is_a_failure_not_a_pass():
     broken = checks.invariants_broken({"exit_code": 2, "text": "boom"}, {}, 0, NO_SECOND, [])
     assert broken == ["verify produced no report (exit 2): boom"]

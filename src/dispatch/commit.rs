@@ -67,16 +67,16 @@ impl Dispatcher {
             }
             let me = self.clone();
             self.inner.flights.spawn(async move {
-                let done = me.commit_batch(batch).await;
+                me.commit_batch(batch).await;
                 // The permit bounds commits in flight, not deletes.
                 drop(permit);
-                me.delete(done).await;
             });
         }
     }
 
-    /// Commit one batch, answer its groups, and return the messages to delete.
-    async fn commit_batch(&self, batch: Vec<CommitRequest>) -> Vec<String> {
+    /// Commit one batch, answering each group as soon as its run is finished (one slow run does not hold up
+    /// the others), and delete what each round settled in the background.
+    async fn commit_batch(&self, batch: Vec<CommitRequest>) {
         let inner = &self.inner;
         let runs: Vec<Run> = batch.iter().map(|b| b.run.clone()).collect();
         let ctx = CommitContext {
@@ -84,12 +84,36 @@ impl Dispatcher {
             abort: &inner.control.abort,
             health: &inner.health,
         };
-        let outcomes = inner.store.commit(&runs, &ctx).await;
-        let mut done: Vec<String> = Vec::new();
+        let mut batch: Vec<Option<CommitRequest>> = batch.into_iter().map(Some).collect();
+        let me = self.clone();
+        inner
+            .store
+            .commit_each(&runs, &ctx, &mut |done| {
+                let ids = me.answer(&mut batch, done);
+                if !ids.is_empty() {
+                    let d = me.clone();
+                    me.inner.flights.spawn(async move { d.delete(ids).await });
+                }
+            })
+            .await;
+    }
+
+    /// Answer the groups of the runs that finished together; return their settled messages (to delete).
+    fn answer(
+        &self,
+        batch: &mut [Option<CommitRequest>],
+        done: Vec<(usize, RunOutcome)>,
+    ) -> Vec<String> {
+        let inner = &self.inner;
+        let done: Vec<(CommitRequest, RunOutcome)> = done
+            .into_iter()
+            .filter_map(|(i, o)| Some((batch.get_mut(i)?.take()?, o)))
+            .collect();
+        let mut ids: Vec<String> = Vec::new();
         let now = Instant::now();
         {
             let mut held = inner.held.lock().expect("held lock");
-            for (req, outcome) in batch.iter().zip(&outcomes) {
+            for (req, outcome) in &done {
                 let settled = &req.message_ids[..outcome.applied.len()];
                 held.committed(settled);
                 for id in settled {
@@ -98,10 +122,10 @@ impl Dispatcher {
                             .record(now.saturating_duration_since(l.received_at));
                     }
                 }
-                done.extend(settled.iter().cloned());
+                ids.extend(settled.iter().cloned());
             }
         }
-        for (req, outcome) in batch.into_iter().zip(outcomes) {
+        for (req, outcome) in done {
             for (rec, a) in req.run.records.iter().zip(&outcome.applied) {
                 match a {
                     Applied::New { .. } => {
@@ -120,7 +144,7 @@ impl Dispatcher {
                 .fetch_add(outcome.applied.len() as u64, Ordering::Relaxed);
             let _ = req.reply.send(outcome);
         }
-        done
+        ids
     }
 
     /// Delete committed messages and drop their leases; until deleted they stay held and extended. A refused

@@ -215,6 +215,9 @@ pub struct Existing {
     pub sha: Option<String>,
     /// Written by this worker for this delivery (ProcessedBy and ReceiveCount match): our own earlier try.
     pub ours: bool,
+    /// In the run's own message group. SequenceNumbers increase within a group; AWS does not promise them
+    /// unique across groups, so the same number at the same position in another group is another message.
+    pub same_group: bool,
 }
 
 /// What DynamoDB said to one insert.
@@ -446,7 +449,7 @@ impl RunCommit {
             }),
             (Write::Record { .. } | Write::StandIn { .. }, WriteAnswer::Exists(Some(e))) => {
                 let me = &self.msgs[i];
-                if e.seq == Some(me.seq) && e.position == Some(position) {
+                if e.same_group && e.seq == Some(me.seq) && e.position == Some(position) {
                     State::Done(if e.ours {
                         Settled::New {
                             position,
@@ -646,6 +649,7 @@ mod tests {
             position: Some(1),
             sha: Some("sha-a".into()),
             ours: true,
+            same_group: true,
         };
         c.answered(&w[0], WriteAnswer::Exists(Some(existing)));
         let Step::Write(w) = c.step() else { panic!() };
@@ -672,6 +676,7 @@ mod tests {
             position: Some(1),
             sha: Some("sha-a".into()),
             ours: false,
+            same_group: true,
         };
         c.answered(&w[0], WriteAnswer::Exists(Some(e.clone())));
         assert_eq!(c.settled(), vec![Settled::Redelivered]);
@@ -686,6 +691,26 @@ mod tests {
         c.answered(&w[0], WriteAnswer::Exists(Some(other)));
         assert!(
             matches!(c.step(), Step::Write(w) if matches!(w[0], Write::Marker { kind: MarkerKind::Conflict, .. }))
+        );
+    }
+
+    #[test]
+    fn the_same_number_at_the_same_position_in_another_group_is_another_message() {
+        // Order "a" reused in another group, whose message had the same SequenceNumber and position: not a
+        // redelivery of ours (that would be deleted with no item of its own), a marker.
+        let mut c = RunCommit::new(vec![msg(1, "a")], Some(row(1, &[1])));
+        let Step::Write(w) = c.step() else { panic!() };
+        let elsewhere = Existing {
+            seq: Some(1),
+            position: Some(1),
+            sha: Some("sha-a".into()),
+            ours: false,
+            same_group: false,
+        };
+        c.answered(&w[0], WriteAnswer::Exists(Some(elsewhere)));
+        assert!(c.settled().is_empty());
+        assert!(
+            matches!(c.step(), Step::Write(w) if matches!(w[0], Write::Marker { kind: MarkerKind::Duplicate, position: 1, .. }))
         );
     }
 

@@ -41,25 +41,29 @@ pub enum TableError {
 /// A failed DynamoDB call, classified.
 #[derive(Debug, Clone)]
 pub(super) struct Failure {
+    /// The DynamoDB operation that failed: an account-wide block it causes is lifted by that operation only.
+    pub operation: &'static str,
     pub class: Class,
     pub code: Option<String>,
     pub detail: String,
 }
 
 impl Failure {
-    fn of<E>(e: &SdkError<E, HttpResponse>, operation: &str) -> Self
+    fn of<E>(e: &SdkError<E, HttpResponse>, operation: &'static str) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         Failure {
+            operation,
             class: crate::retry::classify(e),
             code: error_code(e),
             detail: format!("{operation}: {}", describe(e)),
         }
     }
 
-    fn timeout(operation: &str) -> Self {
+    fn timeout(operation: &'static str) -> Self {
         Failure {
+            operation,
             class: Class::Transient,
             code: None,
             detail: format!("{operation}: no answer within {ATTEMPT_TIMEOUT:?}"),
@@ -68,6 +72,7 @@ impl Failure {
 
     fn statement(code: &str, message: &str) -> Self {
         Failure {
+            operation: "BatchExecuteStatement",
             class: crate::retry::classify_code(Some(code), None),
             code: Some(code.to_owned()),
             detail: format!("BatchExecuteStatement statement: {code}: {message}"),
@@ -121,22 +126,24 @@ pub(super) async fn claim(
         .update_item()
         .table_name(table)
         .key(schema::GROUP_KEY, AttributeValue::S(group.to_owned()))
-        .update_expression("SET #last = :last, #claimed = :claimed, #at = :at")
+        .update_expression("SET #last = :last, #claimed = :claimed, #at = :at, #proto = :proto")
         .expression_attribute_names("#last", schema::LAST_POSITION)
         .expression_attribute_names("#claimed", schema::CLAIMED)
         .expression_attribute_names("#at", schema::UPDATED_AT)
-        .expression_attribute_values(":last", AttributeValue::N(c.row.last.to_string()))
+        .expression_attribute_names("#proto", schema::PROTOCOL)
+        .expression_attribute_values(":last", AttributeValue::S(c.row.last.to_string()))
         .expression_attribute_values(":claimed", AttributeValue::L(claimed))
         .expression_attribute_values(":at", AttributeValue::S(at.to_owned()))
+        .expression_attribute_values(":proto", protocol_value())
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
         .return_consumed_capacity(ReturnConsumedCapacity::Total);
-    // No row and a row at 0 are different conditions: a row written with LastPosition 0 (by a tool, or a reset)
-    // never satisfies attribute_not_exists.
-    let req = match c.expect {
-        None => req.condition_expression("attribute_not_exists(#last)"),
-        Some(base) => req
-            .condition_expression("#last = :base")
-            .expression_attribute_values(":base", AttributeValue::N(base.to_string())),
+    let (condition, base) = claim_condition(c.expect);
+    let req = req.condition_expression(condition);
+    let req = match base {
+        None => req,
+        Some((s, n)) => req
+            .expression_attribute_values(":base_s", s)
+            .expression_attribute_values(":base_n", n),
     };
     let Some(sent) = bounded(req.send(), ctx).await else {
         request("dynamodb", "UpdateItem", false);
@@ -169,18 +176,73 @@ pub(super) async fn claim(
     }
 }
 
-/// A group row as read (None: the item has no LastPosition, so for the claim's condition there is no row),
-/// or what is wrong with it, naming the item.
+/// This build's protocol, as the row carries it.
+fn protocol_value() -> AttributeValue {
+    AttributeValue::N(schema::STORE_PROTOCOL.to_string())
+}
+
+/// The condition of a claim based on `expect` (None: no row), and its base as protocol 2 writes it (S) and as
+/// a claim row from before the fence has it (N). The fence: a row of this protocol matches only with
+/// `Protocol` = 2; a row from before the fence (no `Protocol`) only with a numeric `LastPosition`, so a
+/// row of any later protocol (another `Protocol`) fails it, and every write of an earlier build (conditional
+/// on a numeric `LastPosition`, or on its absence) fails on a row this build wrote. No row and a row at 0 are
+/// different conditions: a row written with LastPosition 0 (by a tool, or a reset) never satisfies
+/// attribute_not_exists.
+fn claim_condition(
+    expect: Option<u64>,
+) -> (&'static str, Option<(AttributeValue, AttributeValue)>) {
+    match expect {
+        None => ("attribute_not_exists(#last) AND attribute_not_exists(#proto)", None),
+        Some(base) => (
+            "(#last = :base_s AND #proto = :proto) OR (#last = :base_n AND attribute_not_exists(#proto))",
+            Some((
+                AttributeValue::S(base.to_string()),
+                AttributeValue::N(base.to_string()),
+            )),
+        ),
+    }
+}
+
+/// A group row as read (None: the item has no LastPosition and no Protocol, so for the claim's condition there
+/// is no row), or why this build does not write on it, naming the item and what to do. The fence:
+/// - `Protocol` 2 (this build's): `LastPosition` a string of digits, `Claimed` a list;
+/// - no `Protocol`, `LastPosition` a number, a non-empty `Claimed`: a claim row of a build from before the fence,
+///   the same protocol; continued, and fenced (rewritten as protocol 2) by the next claim;
+/// - no `Protocol`, `LastPosition` a number above 0, no `Claimed`: the transactional design's row (protocol 1).
+///   Refused: a message it recorded but did not delete cannot be recognised without its SequenceNumber in
+///   `Claimed` (it would be marked a duplicate of itself at a new position). The one-time upgrade step is
+///   `order-worker repair`, which rebuilds the row from the group's records;
+/// - any other `Protocol`: a protocol this build does not speak. Refused, its messages held.
 pub(super) fn row_of(table: &str, group: &str, item: &Item) -> Result<Option<GroupRow>, String> {
     let name = format!("{table} item MessageGroupId={group:?}");
-    let last = match item.get(schema::LAST_POSITION) {
-        None => return Ok(None),
-        Some(AttributeValue::N(n)) => n.parse::<u64>().map_err(|_| {
-            format!("{name}: LastPosition {n} is not a whole number; fix or delete the item")
-        })?,
+    let repair = format!("inspect it with `order-worker repair --group {group}` (a dry run; --apply rebuilds the row from the group's records)");
+    let protocol = match item.get(schema::PROTOCOL) {
+        None => None,
+        Some(AttributeValue::N(n)) if n.parse::<u64>() == Ok(schema::STORE_PROTOCOL) => {
+            Some(schema::STORE_PROTOCOL)
+        }
         Some(other) => {
             return Err(format!(
-                "{name}: LastPosition is {other:?}, not a number; fix or delete the item"
+                "{name}: written by store protocol {other:?}; this build speaks protocol {} only and does not write on it (its messages stay held, no receive count burnt): run a build that speaks it",
+                schema::STORE_PROTOCOL
+            ))
+        }
+    };
+    let last = match (item.get(schema::LAST_POSITION), protocol) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => return Err(format!("{name}: Protocol without LastPosition; {repair}")),
+        (Some(AttributeValue::S(s)), Some(_)) | (Some(AttributeValue::N(s)), None) => s
+            .parse::<u64>()
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| format!("{name}: LastPosition {s:?} is not a whole number; {repair}"))?,
+        (Some(other), _) => {
+            return Err(format!(
+                "{name}: LastPosition is {other:?}, not what protocol {} writes; {repair}",
+                protocol.map_or("1 (a number)".to_owned(), |_| format!(
+                    "{} (a string of digits)",
+                    schema::STORE_PROTOCOL
+                ))
             ))
         }
     };
@@ -190,14 +252,23 @@ pub(super) fn row_of(table: &str, group: &str, item: &Item) -> Result<Option<Gro
             .iter()
             .map(|v| v.as_s().ok().and_then(|s| parse_seq(s)))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| format!("{name}: Claimed holds something that is not a SequenceNumber; fix or delete the item"))?,
+            .ok_or_else(|| {
+                format!("{name}: Claimed holds something that is not a SequenceNumber; {repair}")
+            })?,
         Some(other) => {
-            return Err(format!("{name}: Claimed is {other:?}, not a list; fix or delete the item"))
+            return Err(format!(
+                "{name}: Claimed is {other:?}, not a list; {repair}"
+            ))
         }
     };
+    if protocol.is_none() && claimed.is_empty() && last > 0 {
+        return Err(format!(
+            "{name}: a row of the transactional design (LastPosition {last}, no Claimed); this build does not continue it (a message recorded but not deleted would be recorded again as a duplicate of itself). One-time upgrade: `order-worker repair --group {group} --apply` (or `repair --all --apply`), safe while transactional workers still run"
+        ));
+    }
     GroupRow::new(last, claimed)
         .map(Some)
-        .map_err(|e| format!("{name}: {e}; fix or delete the item"))
+        .map_err(|e| format!("{name}: {e}; {repair}"))
 }
 
 /// What became of one insert.
@@ -244,6 +315,7 @@ pub(super) async fn insert(
     let responses = out.responses();
     if responses.len() != items.len() {
         return Err(Failure {
+            operation: "BatchExecuteStatement",
             class: Class::Transient,
             code: None,
             detail: format!(
@@ -304,6 +376,7 @@ fn insert_statement(table: &str, item: &Item) -> BatchStatementRequest {
 /// An existing item's attributes that decide what an insert that found it means.
 #[derive(Debug, Clone)]
 pub(super) struct Found {
+    group: Option<String>,
     seq: Option<String>,
     position: Option<u64>,
     sha: Option<String>,
@@ -320,6 +393,7 @@ impl Found {
             sha: self.sha.clone(),
             ours: self.processed_by.as_deref() == Some(mine.processed_by.as_str())
                 && self.receive_count == Some(mine.receive_count),
+            same_group: self.group.as_deref() == Some(mine.group_id.as_str()),
         }
     }
 }
@@ -333,6 +407,7 @@ pub(super) async fn read_existing(
 ) -> Result<HashMap<String, Found>, Failure> {
     let attrs = [
         schema::ORDER_ID,
+        schema::GROUP_ID,
         schema::SEQUENCE_NUMBER,
         schema::POSITION,
         schema::PAYLOAD_SHA256,
@@ -352,6 +427,7 @@ pub(super) async fn read_existing(
             (
                 k,
                 Found {
+                    group: s(&i, schema::GROUP_ID),
                     seq: s(&i, schema::SEQUENCE_NUMBER),
                     position: n(&i, schema::POSITION),
                     sha: s(&i, schema::PAYLOAD_SHA256),
@@ -370,7 +446,12 @@ pub(super) async fn read_rows(
     groups: &[String],
     ctx: &CommitContext<'_>,
 ) -> Result<HashMap<String, Result<Option<GroupRow>, String>>, Failure> {
-    let attrs = [schema::GROUP_KEY, schema::LAST_POSITION, schema::CLAIMED];
+    let attrs = [
+        schema::GROUP_KEY,
+        schema::LAST_POSITION,
+        schema::CLAIMED,
+        schema::PROTOCOL,
+    ];
     let items = batch_get(client, table, schema::GROUP_KEY, groups, &attrs, ctx).await?;
     Ok(groups
         .iter()
@@ -445,6 +526,7 @@ async fn batch_get(
             if !request_items.is_empty() {
                 if attempts > 8 {
                     return Err(Failure {
+                        operation: "BatchGetItem",
                         class: Class::Throttled,
                         code: None,
                         detail: "BatchGetItem kept returning unprocessed keys".into(),
@@ -519,23 +601,50 @@ mod tests {
     fn a_row_is_read_or_named_as_bad() {
         let n = |v: &str| AttributeValue::N(v.into());
         let s = |v: &str| AttributeValue::S(v.into());
+        let claimed = || AttributeValue::L(vec![s("7"), s("9")]);
+        // This protocol's row: LastPosition a string of digits, Protocol 2.
         let ok = item(&[
-            ("LastPosition", n("3")),
-            ("Claimed", AttributeValue::L(vec![s("7"), s("9")])),
+            ("LastPosition", s("3")),
+            ("Claimed", claimed()),
+            ("Protocol", n("2")),
         ]);
         assert_eq!(
             row_of("t", "g", &ok).unwrap(),
             Some(GroupRow::new(3, vec![7, 9]).unwrap())
         );
-        // A row from before claims: LastPosition only.
+        // A claim row from before the fence: LastPosition a number, no Protocol.
+        let before = item(&[("LastPosition", n("3")), ("Claimed", claimed())]);
+        assert_eq!(
+            row_of("t", "g", &before).unwrap(),
+            Some(GroupRow::new(3, vec![7, 9]).unwrap())
+        );
+        // A row at 0 with nothing recorded (a tool, a reset): nothing to recognise, continued.
         assert_eq!(
             row_of("t", "g", &item(&[("LastPosition", n("0"))])).unwrap(),
             Some(GroupRow::new(0, vec![]).unwrap())
         );
         assert_eq!(row_of("t", "g", &item(&[])).unwrap(), None);
+        // The transactional design's row: refused, pointing at the upgrade step.
+        let e = row_of("t", "g", &item(&[("LastPosition", n("2"))])).unwrap_err();
+        assert!(
+            e.contains("transactional") && e.contains("order-worker repair --group g --apply"),
+            "{e}"
+        );
+        // A protocol this build does not speak.
+        let e = row_of(
+            "t",
+            "g",
+            &item(&[("LastPosition", s("3")), ("Protocol", n("3"))]),
+        )
+        .unwrap_err();
+        assert!(e.contains("does not write on it"), "{e}");
         for bad in [
             item(&[("LastPosition", s("abc"))]),
+            item(&[("LastPosition", s("3"))]),
+            item(&[("LastPosition", n("3")), ("Protocol", n("2"))]),
+            item(&[("LastPosition", s("-1")), ("Protocol", n("2"))]),
             item(&[("LastPosition", n("1.5"))]),
+            item(&[("Protocol", n("2"))]),
             item(&[
                 ("LastPosition", n("1")),
                 ("Claimed", AttributeValue::L(vec![s("x")])),
@@ -547,7 +656,27 @@ mod tests {
         ] {
             let e = row_of("groups", "g", &bad).unwrap_err();
             assert!(e.contains("groups item MessageGroupId=\"g\""), "{e}");
+            assert!(e.contains("order-worker repair --group g"), "{e}");
+            assert!(!e.contains("delete the item"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_claim_is_conditional_on_the_protocol_and_a_fenced_base() {
+        let (c, base) = claim_condition(None);
+        assert!(c.contains("attribute_not_exists(#proto)"), "{c}");
+        assert!(base.is_none());
+        let (c, base) = claim_condition(Some(4));
+        assert!(
+            c.contains("#proto = :proto") && c.contains("attribute_not_exists(#proto)"),
+            "{c}"
+        );
+        let (s, n) = base.unwrap();
+        assert_eq!(
+            (s, n),
+            (AttributeValue::S("4".into()), AttributeValue::N("4".into()))
+        );
+        assert_eq!(protocol_value(), AttributeValue::N("2".into()));
     }
 
     #[test]

@@ -44,6 +44,12 @@ const MAX_STATEMENTS: usize = 25;
 /// Cached group rows kept before the cache starts over (a row is ~200 bytes: a few MiB at most).
 const MAX_CACHED_ROWS: usize = 50_000;
 
+/// Whether this build writes on a group row as stored (its LastPosition and Claimed), or why not: what
+/// `order-worker repair --all` looks for.
+pub fn check_row(table: &str, group: &str, item: &Item) -> Result<(), String> {
+    dynamo::row_of(table, group, item).map(|_| ())
+}
+
 /// Consecutive records of one group, in the order they must be applied.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -98,6 +104,8 @@ pub struct Store {
     groups_table: String,
     /// None: the group has no row (as last seen).
     rows: Mutex<HashMap<String, Option<GroupRow>>>,
+    /// The operation whose account-wide error blocks DynamoDB work (see [`BlockedBy`]).
+    blocked_by: Mutex<BlockedBy>,
 }
 
 /// One run being committed.
@@ -107,6 +115,8 @@ struct Active {
     error: Option<StoreError>,
     /// Claims in a row that found the row moved: another worker on the same group.
     stale_claims: u32,
+    /// Its outcome went to the caller.
+    reported: bool,
 }
 
 impl Store {
@@ -116,6 +126,7 @@ impl Store {
             orders_table,
             groups_table,
             rows: Mutex::new(HashMap::new()),
+            blocked_by: Mutex::new(BlockedBy::default()),
         }
     }
 
@@ -128,32 +139,75 @@ impl Store {
     /// Duplicate or Conflict) and, if not all, why the rest is not. A record DynamoDB refuses on its own (an
     /// item too large) is recorded as REJECTED with DynamoDB's reason at its position, so its group goes on.
     pub async fn commit(&self, runs: &[Run], ctx: &CommitContext<'_>) -> Vec<RunOutcome> {
+        let mut out: Vec<Option<RunOutcome>> = runs.iter().map(|_| None).collect();
+        self.commit_each(runs, ctx, &mut |done| {
+            for (i, o) in done {
+                out[i] = Some(o);
+            }
+        })
+        .await;
+        out.into_iter()
+            .map(|o| o.expect("every run is answered"))
+            .collect()
+    }
+
+    /// [`Store::commit`], answering each run as soon as it is finished: `on_done` gets the runs (by index) that
+    /// finished together, once each. A run that keeps retrying (contention, throttling, a refused item) does
+    /// not hold up the answers of the others in the same commit.
+    pub async fn commit_each(
+        &self,
+        runs: &[Run],
+        ctx: &CommitContext<'_>,
+        on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
+    ) {
         let mut active = match self.start(runs, ctx).await {
             Ok(a) => a,
             Err(e) => {
-                return runs
-                    .iter()
-                    .map(|_| RunOutcome {
-                        applied: Vec::new(),
-                        error: Some(e.clone()),
-                    })
-                    .collect()
+                on_done(
+                    (0..runs.len())
+                        .map(|i| {
+                            (
+                                i,
+                                RunOutcome {
+                                    applied: Vec::new(),
+                                    error: Some(e.clone()),
+                                },
+                            )
+                        })
+                        .collect(),
+                );
+                return;
             }
         };
-        if let Err(e) = self.rounds(runs, &mut active, ctx).await {
+        if let Err(e) = self.rounds(runs, &mut active, ctx, on_done).await {
             for a in active.iter_mut() {
                 if !a.commit.is_done() && a.error.is_none() {
                     a.error = Some(e.clone());
                 }
             }
         }
-        let mut cache = self.rows.lock().expect("cache lock");
-        if cache.len() > MAX_CACHED_ROWS {
-            cache.clear();
-        }
-        runs.iter()
-            .zip(active)
-            .map(|(run, a)| {
+        self.report(runs, &mut active, on_done, true);
+    }
+
+    /// Answer the runs that are finished (all, when `all`) and not answered yet; cache their rows.
+    fn report(
+        &self,
+        runs: &[Run],
+        active: &mut [Active],
+        on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
+        all: bool,
+    ) {
+        let mut done = Vec::new();
+        {
+            let mut cache = self.rows.lock().expect("cache lock");
+            if cache.len() > MAX_CACHED_ROWS {
+                cache.clear();
+            }
+            for (i, (run, a)) in runs.iter().zip(active.iter_mut()).enumerate() {
+                if a.reported || !(all || a.commit.is_done() || a.error.is_some()) {
+                    continue;
+                }
+                a.reported = true;
                 if let (Some(row), None) = (a.commit.row(), &a.error) {
                     cache.insert(run.group_id.clone(), Some(row.clone()));
                 }
@@ -163,11 +217,14 @@ impl Store {
                 let error = if applied.len() == run.records.len() {
                     None
                 } else {
-                    a.error.or(Some(StoreError::Aborted))
+                    a.error.clone().or(Some(StoreError::Aborted))
                 };
-                RunOutcome { applied, error }
-            })
-            .collect()
+                done.push((i, RunOutcome { applied, error }));
+            }
+        }
+        if !done.is_empty() {
+            on_done(done);
+        }
     }
 
     /// Each run's commit, from its group's cached row or (on a miss) one consistent read of all missing rows.
@@ -190,7 +247,7 @@ impl Store {
         while !missing.is_empty() {
             match dynamo::read_rows(&self.client, &self.groups_table, &missing, ctx).await {
                 Ok(found) => {
-                    self.answered(ctx);
+                    self.answered(ctx, "BatchGetItem");
                     read = found;
                     break;
                 }
@@ -208,7 +265,7 @@ impl Store {
                 let (row, mut error) = match row {
                     Ok(r) => (r, None),
                     Err(detail) => {
-                        tracing::error!(group = %run.group_id, cause = %detail, "group row is not usable; its orders wait until the item is fixed or deleted");
+                        tracing::error!(group = %run.group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
                         (None, Some(StoreError::Deferred(detail)))
                     }
                 };
@@ -236,6 +293,7 @@ impl Store {
                     commit: RunCommit::new(if active { msgs } else { Vec::new() }, row),
                     error,
                     stale_claims: 0,
+                    reported: false,
                 }
             })
             .collect())
@@ -248,14 +306,34 @@ impl Store {
         runs: &[Run],
         active: &mut [Active],
         ctx: &CommitContext<'_>,
+        on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
     ) -> Result<(), StoreError> {
         let mut waits = Waits::default();
         // A whole batch refused (one statement in it that DynamoDB cannot take): send one statement a call
         // until the refused one is found and replaced by its stand-in.
         let mut one_by_one = false;
+        // Inserts that found their key taken whose read failed: read before anything else.
+        let mut unread: Vec<(usize, Write, String)> = Vec::new();
         loop {
             if ctx.abort.is_cancelled() || ctx.budget.expired(Instant::now()) {
                 return Err(StoreError::Aborted);
+            }
+            if !unread.is_empty() {
+                let keys: Vec<String> = unread.iter().map(|(_, _, k)| k.clone()).collect();
+                match dynamo::read_existing(&self.client, &self.orders_table, &keys, ctx).await {
+                    Ok(found) => {
+                        self.answered(ctx, "BatchGetItem");
+                        for (i, w, key) in unread.drain(..) {
+                            let record = &runs[i].records[w.idx()];
+                            let e = found.get(&key).map(|e| e.existing(record));
+                            active[i].commit.answered(&w, WriteAnswer::Exists(e));
+                        }
+                    }
+                    Err(f) => {
+                        self.wait(&mut waits, f, ctx).await?;
+                        continue;
+                    }
+                }
             }
             let mut claims = Vec::new();
             let mut writes: Vec<(usize, Write)> = Vec::new();
@@ -287,6 +365,7 @@ impl Store {
                     }
                 }
             }
+            self.report(runs, active, on_done, false);
             if claims.is_empty() && writes.is_empty() {
                 return Ok(());
             }
@@ -315,7 +394,7 @@ impl Store {
                 let a = &mut active[*i];
                 match r {
                     ClaimResult::Answer(answer) => {
-                        self.answered(ctx);
+                        self.answered(ctx, "UpdateItem");
                         if matches!(answer, claim::ClaimAnswer::Stale(_)) {
                             a.stale_claims += 1;
                             contention = contention.max(a.stale_claims);
@@ -325,7 +404,7 @@ impl Store {
                         a.commit.claimed(c, answer);
                     }
                     ClaimResult::BadRow(detail) => {
-                        tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not usable; its orders wait until the item is fixed or deleted");
+                        tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
                         self.rows
                             .lock()
                             .expect("cache lock")
@@ -350,20 +429,20 @@ impl Store {
             {
                 match r {
                     Ok(per) => {
-                        self.answered(ctx);
+                        self.answered(ctx, "BatchExecuteStatement");
                         answers.extend(per);
                     }
-                    Err(f) if f.class == Class::Request && n > 1 => {
-                        whole_refused = true;
-                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
-                    }
-                    Err(f) if f.class == Class::Request => {
-                        answers.push(InsertResult::Refused(f.detail));
-                    }
-                    Err(f) => {
-                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
-                        failure.get_or_insert(f);
-                    }
+                    Err(f) => match whole_call(&f, n) {
+                        WholeCall::Isolate => {
+                            whole_refused = true;
+                            answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                        }
+                        WholeCall::Refused => answers.push(InsertResult::Refused(f.detail)),
+                        WholeCall::Wait => {
+                            answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                            failure.get_or_insert(f);
+                        }
+                    },
                 }
             }
             if whole_refused && !one_by_one {
@@ -374,17 +453,25 @@ impl Store {
                 one_by_one = true;
             }
             // Keys that exist: read them all in one consistent BatchGetItem, then let each run decide.
+            // A marker's key names its own message: taken means written (by us or another holder), nothing to
+            // read. A record's taken key is read to decide.
             let taken: Vec<String> = answers
                 .iter()
                 .zip(&items)
-                .filter(|(r, _)| matches!(r, InsertResult::Exists))
-                .map(|(_, (k, _))| k.clone())
+                .zip(&writes)
+                .filter(|((r, _), (_, w))| {
+                    matches!(r, InsertResult::Exists) && !matches!(w, Write::Marker { .. })
+                })
+                .map(|((_, (k, _)), _)| k.clone())
                 .collect();
             let existing = if taken.is_empty() {
                 Some(HashMap::new())
             } else {
                 match dynamo::read_existing(&self.client, &self.orders_table, &taken, ctx).await {
-                    Ok(e) => Some(e),
+                    Ok(e) => {
+                        self.answered(ctx, "BatchGetItem");
+                        Some(e)
+                    }
                     Err(f) => {
                         failure.get_or_insert(f);
                         None
@@ -396,6 +483,9 @@ impl Store {
                 let record = &runs[*i].records[w.idx()];
                 let answer = match r {
                     InsertResult::Written => WriteAnswer::Written,
+                    InsertResult::Exists if matches!(w, Write::Marker { .. }) => {
+                        WriteAnswer::Exists(None)
+                    }
                     InsertResult::Exists => match &existing {
                         Some(found) => {
                             let e = found.get(key).map(|e| e.existing(record));
@@ -404,7 +494,12 @@ impl Store {
                             }
                             WriteAnswer::Exists(e)
                         }
-                        None => WriteAnswer::Retry,
+                        None => {
+                            // The key is taken and the read failed: read it again next round, never
+                            // insert it again (a write unit each, to learn what we know).
+                            unread.push((*i, w.clone(), key.clone()));
+                            continue;
+                        }
                     },
                     InsertResult::Retry(f) => {
                         if let Some(f) = f {
@@ -423,6 +518,8 @@ impl Store {
                 };
                 a.commit.answered(w, answer);
             }
+            // What finished in this round is answered before any wait for what did not.
+            self.report(runs, active, on_done, false);
             if let Some(f) = failure {
                 self.wait(&mut waits, f, ctx).await?;
             } else {
@@ -469,10 +566,19 @@ impl Store {
         }
     }
 
-    /// A DynamoDB call answered: lift an account-wide block.
-    fn answered(&self, ctx: &CommitContext<'_>) {
+    /// A DynamoDB call of `operation` answered: lift an account-wide block that operation caused (a claim
+    /// that works says nothing of inserts that are denied).
+    fn answered(&self, ctx: &CommitContext<'_>, operation: &'static str) {
+        if !self
+            .blocked_by
+            .lock()
+            .expect("block lock")
+            .answered(operation)
+        {
+            return;
+        }
         if let Some(b) = ctx.health.clear("dynamodb") {
-            tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), "DynamoDB answers again; taking new work");
+            tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), operation, "DynamoDB answers again; taking new work");
         }
     }
 
@@ -487,6 +593,10 @@ impl Store {
         let started = *waits.since.get_or_insert_with(Instant::now);
         let n = waits.failures;
         if f.class == Class::AccountWide {
+            self.blocked_by
+                .lock()
+                .expect("block lock")
+                .blocked(f.operation);
             if ctx
                 .health
                 .block("dynamodb", f.code.as_deref().unwrap_or("-"), &f.detail)
@@ -509,6 +619,48 @@ impl Store {
             _ = ctx.abort.cancelled() => Err(StoreError::Aborted),
             more = ctx.budget.sleep(pause) => if more { Ok(()) } else { Err(StoreError::Aborted) },
         }
+    }
+}
+
+/// What a failed `BatchExecuteStatement` as a whole means for its statements.
+#[derive(Debug, PartialEq, Eq)]
+enum WholeCall {
+    /// DynamoDB refused the batch for one statement it cannot take: send one a call to find it.
+    Isolate,
+    /// The one statement sent is what DynamoDB refuses: its record gets a REJECTED stand-in.
+    Refused,
+    /// Not about any statement (a fault, throttling, an account-wide error, or a 4xx we do not know): wait
+    /// and send again. A service's error never becomes an order's verdict.
+    Wait,
+}
+
+/// Only a `ValidationException` is DynamoDB refusing what was sent; any other error of the whole call says
+/// nothing about the records in it.
+fn whole_call(f: &Failure, statements: usize) -> WholeCall {
+    let refused = f.class == Class::Request && f.code.as_deref() == Some("ValidationException");
+    match (refused, statements) {
+        (false, _) => WholeCall::Wait,
+        (true, 1) => WholeCall::Refused,
+        (true, _) => WholeCall::Isolate,
+    }
+}
+
+/// Which operations an account-wide error blocks: each operation that met one, until that operation answers
+/// again. The health block is lifted only when none is left.
+#[derive(Debug, Default)]
+struct BlockedBy(Vec<&'static str>);
+
+impl BlockedBy {
+    fn blocked(&mut self, operation: &'static str) {
+        if !self.0.contains(&operation) {
+            self.0.push(operation);
+        }
+    }
+
+    /// `operation` answered: true when nothing blocks any more (the block may be lifted).
+    fn answered(&mut self, operation: &'static str) -> bool {
+        self.0.retain(|o| *o != operation);
+        self.0.is_empty()
     }
 }
 
@@ -544,5 +696,58 @@ fn refused_record(r: &Record, why: &str) -> Record {
         total_cents: None,
         currency: None,
         ..r.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(class: Class, code: &str) -> Failure {
+        Failure {
+            operation: "BatchExecuteStatement",
+            class,
+            code: Some(code.into()),
+            detail: format!("BatchExecuteStatement: {code}"),
+        }
+    }
+
+    #[test]
+    fn a_block_is_lifted_only_by_the_operation_that_caused_it() {
+        let mut b = BlockedBy::default();
+        // Nothing blocked: any answer may lift (a block set elsewhere, e.g. at start).
+        assert!(b.answered("UpdateItem"));
+        b.blocked("BatchExecuteStatement");
+        // Claims work while inserts are denied: the block stays.
+        assert!(!b.answered("UpdateItem"));
+        assert!(!b.answered("BatchGetItem"));
+        assert!(b.answered("BatchExecuteStatement"));
+        b.blocked("BatchExecuteStatement");
+        b.blocked("UpdateItem");
+        assert!(!b.answered("BatchExecuteStatement"));
+        assert!(b.answered("UpdateItem"));
+    }
+
+    #[test]
+    fn only_a_validation_error_of_a_whole_batch_is_about_its_records() {
+        let v = failure(Class::Request, "ValidationException");
+        assert_eq!(whole_call(&v, 25), WholeCall::Isolate);
+        assert_eq!(whole_call(&v, 1), WholeCall::Refused);
+        // An unknown 4xx of the service (classed "this request") with one statement in the batch: not the
+        // order's verdict.
+        let unknown = failure(Class::Request, "SomeNewServiceException");
+        assert_eq!(whole_call(&unknown, 1), WholeCall::Wait);
+        assert_eq!(whole_call(&unknown, 25), WholeCall::Wait);
+        for (class, code) in [
+            (Class::Throttled, "ThrottlingException"),
+            (Class::Transient, "InternalServerError"),
+            (Class::AccountWide, "AccessDeniedException"),
+        ] {
+            assert_eq!(
+                whole_call(&failure(class, code), 1),
+                WholeCall::Wait,
+                "{code}"
+            );
+        }
     }
 }

@@ -209,6 +209,8 @@ impl World {
             position: Some(it.position),
             sha: Some(it.sha.clone()),
             ours: it.by == me,
+            // One group in the model.
+            same_group: true,
         })
     }
 

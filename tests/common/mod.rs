@@ -673,7 +673,7 @@ pub fn sent(id: &str, group: &str, expect: &str) -> order_worker::verify::Sent {
         order_id: Some(id.into()),
         group: group.into(),
         expect: Some(expect.into()),
-        message_id: None,
+        ..Default::default()
     }
 }
 
