@@ -452,7 +452,7 @@ async fn a_malformed_group_row_is_named_and_waited_out_without_a_hot_loop() {
     let repair = |apply: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_order-worker"));
         cmd.env_clear()
-            .envs(r.fx.env())
+            .envs(r.fx.operator_env())
             .args(["repair", "--group", g]);
         if apply {
             cmd.arg("--apply");

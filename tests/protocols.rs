@@ -241,7 +241,7 @@ async fn produce(fx: Arc<Fixture>, groups: usize, per_group: usize, pause: Durat
 fn repair_all(fx: &Fixture) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_order-worker"))
         .env_clear()
-        .envs(fx.env())
+        .envs(fx.operator_env())
         .args(["repair", "--all", "--apply"])
         .output()
         .expect("run order-worker repair");

@@ -123,7 +123,7 @@ async fn replay(fx: &Fixture, dir: &Path, st: &State<'_>) -> String {
     let json = dir.join(format!("{}.json", st.name));
     let out = Command::new(env!("CARGO_BIN_EXE_order-worker"))
         .env_clear()
-        .envs(fx.env())
+        .envs(fx.operator_env())
         .args(["verify", "--table", &fx.orders_table])
         .args(["--groups-table", &fx.groups_table])
         .arg("--manifest")

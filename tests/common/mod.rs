@@ -401,7 +401,7 @@ impl Fixture {
             "queue_name": format!("orders-{s}.fifo"),
             "orders_table": format!("orders-{s}"),
             "groups_table": format!("order-groups-{s}"),
-            "keys": {worker_key(s): "worker", format!("OPERATOR{s}"): "operator"},
+            "keys": {worker_key(s): "worker", format!("OPERATOR{s}"): "operator"},  // see operator_env
             "policy_dir": policy_dir.map(|d| d.display().to_string()),
         }))
         .await;
@@ -476,6 +476,18 @@ impl Fixture {
         .collect();
         if let Some(d) = &self.ddb_endpoint {
             env.push(("AWS_ENDPOINT_URL_DYNAMODB".into(), d.clone()));
+        }
+        env
+    }
+
+    /// The environment of the operator's tools against this fixture (`order-worker verify`, `order-worker
+    /// repair`): the operator's key, held to terraform/policies/operator.json.tftpl by the gate.
+    pub fn operator_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env();
+        for (k, v) in env.iter_mut() {
+            if k == "AWS_ACCESS_KEY_ID" {
+                *v = format!("OPERATOR{}", self.suffix);
+            }
         }
         env
     }
