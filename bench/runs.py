@@ -101,7 +101,12 @@ class Emulator:
         return procs.usage(self.proc.pid)
 
     def stop(self):
-        PROCS.stop(self.proc, signal.SIGKILL, 5)
+        """Stop the emulator; a run the gate denied anything is a failed run (AWS would have refused it)."""
+        try:
+            self.gate.check()
+        finally:
+            PROCS.stop(self.proc, signal.SIGKILL, 5)
+            PROCS.stop(self.gate.proc, signal.SIGKILL, 5)
 
 
 class Fixture:

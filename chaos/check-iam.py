@@ -34,14 +34,17 @@ def main(argv: list | None = None) -> int:
         a.json.write_text(json.dumps([{**g.__dict__, "uses": n} for g, n in u.grants.items()], indent=2))
     rc = 0
     for g in unused:
-        print(f"check-iam: UNUSED grant {g.principal}/{g.policy}/{g.sid}: {g.action} on resource #{g.resource}: "
+        via = f" via {g.via}" if g.via else ""
+        print(f"check-iam: UNUSED grant {g.principal}/{g.policy}/{g.sid}: {g.action} on resource #{g.resource}{via}: "
               f"remove it, or say why in terraform/policies/not-exercised-locally.json", file=sys.stderr)  # fmt: skip
         rc = 1
     for k in stale:
         print(f"check-iam: '{k}' in not-exercised-locally.json explains no unused grant: remove it", file=sys.stderr)
         rc = 1
     for principal, action, resource in sorted(u.unattributed):
-        print(f"check-iam: {principal} was allowed {action} on {resource} but no statement explains it", file=sys.stderr)
+        print(
+            f"check-iam: {principal} was allowed {action} on {resource} but no statement explains it", file=sys.stderr
+        )
         rc = 1
     if rc == 0:
         print(f"check-iam: OK: {len(u.grants)} grants, each used or explained")

@@ -90,6 +90,11 @@ done
 rc=0
 verify >"$out/verify.txt" 2>&1 || rc=$?
 cat "$out/verify.txt"
+if [ -n "${IAM_GATE_CONTROL:-}" ] && ! "${PYTHON:-python3}" "$repo/chaos/localregion.py" iam >/dev/null 2>"$out/iam.txt"; then
+  echo "[$(ts)] check-ordering: FAILED: the local region refused a request, as AWS would:" >&2
+  cat "$out/iam.txt" >&2
+  exit 1
+fi
 if [ "$rc" -ne 0 ]; then
   echo "[$(ts)] check-ordering: FAILED (lost, duplicated or out-of-order orders; see $out/verify.json)" >&2
   exit 1

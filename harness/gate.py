@@ -117,8 +117,10 @@ class Gate:
 
     def check(self) -> None:
         """Raise IamDenied naming principal, action and resource if the gate refused anything."""
-        if self.iam == "off" or not self.proc.alive():
+        if self.iam == "off":
             return
+        if not self.proc.alive():
+            raise IamDenied(f"the IAM gate exited (rc {self.proc.returncode}): see {self.proc.log_path}")
         d = self.denials()
         if d:
             raise IamDenied(denial_text(d))

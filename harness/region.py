@@ -156,6 +156,7 @@ class LocalRegion:
         self.emulator_endpoint: str | None = None
         self.emulator_ddb_endpoint: str | None = None
         self.gate: iam.Gate | None = None
+        self.final_denials: list[dict] = []  # what the gate had denied when the region stopped
         self.sim_api: str | None = None
         self.queue_url: str | None = None
         self.dlq_url: str | None = None
@@ -181,6 +182,10 @@ class LocalRegion:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        # A request denied while the region wound down (a hook completed during the last drains) fails the run
+        # too, unless the run is failing already.
+        if exc[0] is None and self.final_denials:
+            raise iam.IamDenied(iam.denial_text(self.final_denials))
 
     def _install_signal_handlers(self) -> None:
         """SIGTERM and SIGHUP become SystemExit (so `with` blocks unwind and stop everything); SIGINT already
@@ -240,10 +245,14 @@ class LocalRegion:
         self.endpoint = self.ddb_endpoint = self.gate.url
         self.say(f"IAM gate ({self.gate.iam}) {self.gate.url} in front of the emulators (control {self.gate.control})")
 
+    def gates(self) -> list[iam.Gate]:
+        """Every IAM gate of this region (a soak adds the workers' fault proxy)."""
+        return [self.gate] if self.gate else []
+
     def check_iam(self) -> None:
-        """Raise naming principal, action and resource if the gate denied anything so far."""
-        if self.gate:
-            self.gate.check()
+        """Raise naming principal, action and resource if a gate denied anything so far."""
+        for gate in self.gates():
+            gate.check()
 
     def client(self, service: str, principal: str = "operator"):
         """A boto3 client for sqs / dynamodb (the emulator) or autoscaling / fis (spot-sim), as `principal`
@@ -448,12 +457,15 @@ class LocalRegion:
             if self._sim and self._sim.alive() and self.sim_api:
                 with contextlib.suppress(Exception):
                     self.save_status(self.out_dir / "spot-sim-status.json")
-            if self.gate and self.gate.proc.alive() and self.gate.iam != "off":
-                with contextlib.suppress(Exception):
-                    st = self.gate.status()
-                    (self.out_dir / "iam.json").write_text(json.dumps(st, indent=2))
-                    if st.get("denials"):
-                        self.say(iam.denial_text(st["denials"]))
+            for gate in (g for g in self.gates() if g.iam != "off"):
+                try:
+                    st = gate.status()
+                    (self.out_dir / f"{gate.proc.name}.json").write_text(json.dumps(st, indent=2))
+                    self.final_denials += st.get("denials") or []
+                except Exception as e:
+                    self.final_denials = [{"principal": "-", "action": "-", "resource": "-", "code": f"gate: {e}"}]
+                if self.final_denials:
+                    self.say(iam.denial_text(self.final_denials))
             # spot-sim gets its kill grace and more: it SIGTERMs its workers, waits for them, then exits.
             grace = float(self.kill_grace.rstrip("s") or 5) + 10
             self.procs.stop_all(grace=5, grace_of={self._sim: grace} if self._sim else None)

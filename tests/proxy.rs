@@ -738,7 +738,7 @@ async fn control_api_refuses_bad_rules_and_identifies_unsigned_requests() {
         1
     );
     // Unsigned, so AWS refuses both, and so does the local region's IAM gate behind the proxy.
-    t._emu.expect_denials.set(true);
+    t._emu.expect_denial("principal=anonymous");
     let denials = t._emu.denials();
     assert_eq!(denials.len(), 2, "{denials:?}");
     assert!(

@@ -220,7 +220,7 @@ async fn bad_settings_fail_at_start_naming_the_setting() {
     // On AWS a role scoped to the stack's tables is refused any other table before anyone looks whether it
     // exists: the worker waits (a new role's grants can take a while to propagate) and the log names the
     // action and the table. The local region's IAM gate answers the same.
-    emu.expect_denials.set(true);
+    emu.expect_denial("table/no-such-table");
     let w = fx.worker("table-denied", &["--orders-table", "no-such-table"]);
     wait_log(
         &w,
@@ -320,7 +320,7 @@ async fn a_worker_role_without_partiql_insert_is_refused_naming_the_action() {
     }
     let test = "iam-plant";
     let emu = Emulator::start(test).await;
-    emu.expect_denials.set(true);
+    emu.expect_denial("action=dynamodb:PartiQLInsert");
     let dir = planted_policies(test, "worker", |t| {
         t.replace("\"dynamodb:PartiQLInsert\"", "\"dynamodb:PartiQLSelect\"")
     });

@@ -40,8 +40,11 @@ def with_denied(resp: Message, d: StatementDenials) -> Message:
     if resp.status != 200:
         return resp
     doc = json.loads(resp.body)
-    allowed = iter(doc.get("Responses") or [])
-    doc["Responses"] = [next(allowed, {}) if v is None else _error(v) for v in d.verdicts]
+    got = doc.get("Responses") or []
+    if len(got) != sum(v is None for v in d.verdicts):
+        raise ValueError(f"the upstream answered {len(got)} statements of {sum(v is None for v in d.verdicts)}")
+    allowed = iter(got)
+    doc["Responses"] = [next(allowed) if v is None else _error(v) for v in d.verdicts]
     body = json.dumps(doc).encode()
     # DynamoDB's clients check x-amz-crc32 against the body: it is the new body's.
     m = _message(resp.start, resp.headers, body, (("x-amz-crc32", str(zlib.crc32(body))),))

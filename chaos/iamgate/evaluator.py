@@ -44,7 +44,11 @@ KNOWN_KEYS = {
     "aws:SourceArn",  # the same
     "kms:EncryptionContext:aws:logs:arn",  # CloudWatch Logs' use of the key: not a caller of the local region
 }
-KNOWN_KEY_PREFIXES = ("aws:ResourceTag/",)  # the tags of the resource acted on (spot-sim gives its instances')
+# The tags of the resource acted on: only spot-sim's FIS authorisations carry them (each instance's group tag), so
+# a statement conditioned on a resource tag may name only those actions; any other would miss the key and a Deny
+# would silently not apply.
+KNOWN_KEY_PREFIXES = ("aws:ResourceTag/",)
+TAGGED_ACTIONS = {"ec2:SendSpotInstanceInterruptions"}
 
 
 class PolicyError(ValueError):
@@ -65,7 +69,16 @@ def check_policy(doc: dict, name: str) -> None:
             if base not in OPERATORS:
                 raise PolicyError(f"{where}: condition operator {op!r} is not one AWS has (or the gate knows)")
             for key in keys:
-                if key not in KNOWN_KEYS and not key.startswith(KNOWN_KEY_PREFIXES):
+                if key.startswith(KNOWN_KEY_PREFIXES):
+                    actions = s.get("Action") or []
+                    actions = actions if isinstance(actions, list) else [actions]
+                    if not actions or any(a not in TAGGED_ACTIONS for a in actions):
+                        raise PolicyError(
+                            f"{where}: condition key {key!r} on {actions or 'NotAction'}: the local region supplies "
+                            f"resource tags only for {sorted(TAGGED_ACTIONS)}"
+                        )
+                    continue
+                if key not in KNOWN_KEYS:
                     raise PolicyError(
                         f"{where}: condition key {key!r} is not one the local region supplies; teach the gate "
                         f"(chaos/iamgate/evaluator.py KNOWN_KEYS and gate.py) before using it"
@@ -90,8 +103,10 @@ class Evaluator:
         self.proc: asyncio.subprocess.Process | None = None
         self.pending: dict[int, asyncio.Future] = {}
         self.next_id = 1
-        self.cache: dict[str, dict] = {}
+        self.cache: dict[tuple, dict] = {}
+        self._digests: dict[int, str] = {}  # id(policy set) -> its JSON digest, computed once
         self._reader: asyncio.Task | None = None
+        self.dead: str | None = None  # why the evaluator can no longer answer
 
     async def start(self) -> Evaluator:
         if not installed():
@@ -110,21 +125,30 @@ class Evaluator:
 
     async def _read(self) -> None:
         assert self.proc and self.proc.stdout
+        why = "the IAM evaluator exited"
         while True:
             line = await self.proc.stdout.readline()
             if not line:
                 break
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                why = f"the IAM evaluator wrote a line that is not JSON: {line[:200]!r}"
+                break
             fut = self.pending.pop(msg.get("id"), None)
             if fut and not fut.done():
                 fut.set_result(msg)
+        # Every question still open, and every later one, fails naming why (the gate turns that into a denial).
+        self.dead = why
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(RuntimeError("the IAM evaluator exited"))
+                fut.set_exception(RuntimeError(why))
         self.pending.clear()
 
     async def _ask(self, q: dict) -> dict:
         assert self.proc and self.proc.stdin
+        if self.dead:
+            raise RuntimeError(self.dead)
         qid = self.next_id
         self.next_id += 1
         fut = asyncio.get_running_loop().create_future()
@@ -152,12 +176,22 @@ class Evaluator:
             "identity": identity,
             "resourcePolicy": resource_policy,
         }
-        key = json.dumps(q, sort_keys=True)
+        key = (principal, action, resource, json.dumps(context, sort_keys=True), self._digest(identity),
+               self._digest(resource_policy))  # fmt: skip
         hit = self.cache.get(key)
         if hit is None:
             hit = await self._ask(q)
             self.cache[key] = hit
         return hit
+
+    def _digest(self, doc) -> str:
+        """A policy set's JSON, once per object (the gate hands the same objects every time)."""
+        if doc is None:
+            return ""
+        d = self._digests.get(id(doc))
+        if d is None:
+            d = self._digests[id(doc)] = json.dumps(doc, sort_keys=True)
+        return d
 
     async def close(self) -> None:
         if self.proc:

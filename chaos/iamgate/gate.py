@@ -122,9 +122,20 @@ class Gate:
     async def authorize(self, service: str, operation: str, method: str, path: str, headers_get, body: bytes
                         ) -> Denial | StatementDenials | None:  # fmt: skip
         """None when AWS would serve the request; else the denial to answer with (per statement for a PartiQL
-        batch)."""
+        batch). Any failure of the gate itself is a recorded denial too: never a silent pass, never unnamed."""
         if self.mode == "off":
             return None
+        try:
+            return await self._authorize(service, operation, method, path, headers_get, body)
+        except Exception as e:
+            message = f"the local region's IAM gate failed on this request: {type(e).__name__}: {e}"
+            return self._deny(Denial(service, DENIED.get(service, "AccessDenied"), message, "gate",
+                                     f"{service}:{operation}", "-"))  # fmt: skip
+
+    async def _authorize(self, service: str, operation: str, method: str, path: str, headers_get, body: bytes
+                        ) -> Denial | StatementDenials | None:  # fmt: skip
+        """None when AWS would serve the request; else the denial to answer with (per statement for a PartiQL
+        batch)."""
         m = ACCESS_KEY.search(headers_get("authorization"))
         if not m:
             return self._deny(Denial(service, NO_SIGNATURE.get(service, "MissingAuthenticationToken"),
@@ -158,7 +169,8 @@ class Gate:
             d = await self._one(principal, stack, service, need, False)
             if d:
                 return d
-            key = self.encrypted.get(need.resource)
+            # An index is encrypted with its table's key.
+            key = self.encrypted.get(need.resource.split("/index/", 1)[0])
             for action in operations.kms_actions(need) if key else ():
                 via = (("kms:ViaService", f"{service}.{self.arns.region}.amazonaws.com"),)
                 kms.append((Need(action, key, via), service))
@@ -176,6 +188,11 @@ class Gate:
         )  # fmt: skip
         self.decisions += 1
         result = decision.get("result")
+        if decision.get("ignoredContextKeys"):
+            # A key the evaluator drops would make a condition silently not apply: refuse instead.
+            result = "Error"
+            ignored = decision["ignoredContextKeys"]
+            decision = {**decision, "message": f"context keys not valid for {need.action}: {ignored}"}
         if result == "Allowed":
             self._record(principal, stack, need)
             return None
@@ -202,14 +219,13 @@ class Gate:
         return d
 
     def _record(self, principal: Principal, stack: int, need: Need) -> None:
-        key = (principal.name, stack, need.action, need.resource)
+        key = (principal.name, stack, need.action, need.resource, need.context)
         if key in self.allowed:
             return
         self.allowed.add(key)
         if self._use:
-            self._write(
-                {"principal": principal.name, "stack": key[1], "action": need.action, "resource": need.resource}
-            )
+            self._write({"principal": principal.name, "stack": stack, "action": need.action, "resource": need.resource,
+                         "context": dict(need.context)})  # fmt: skip
 
     def _write(self, obj: dict) -> None:
         assert self._use

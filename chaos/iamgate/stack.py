@@ -120,11 +120,6 @@ class Stack:
         # terraform/main.tf builds it by hand with a wildcard for the group's id; a request names the real one.
         return self.arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/{self.asg_name}")
 
-    def group_arn(self, name: str) -> str:
-        return self.arn(
-            "autoscaling", f"autoScalingGroup:00000000-0000-4000-8000-000000000000:autoScalingGroupName/{name}"
-        )
-
     @property
     def worker_role(self) -> str:
         return f"order-worker-{self.environment}-{self.region}"

@@ -57,10 +57,8 @@ class SoakRegion(LocalRegion):
             f"(control {self.proxy_control}, IAM {self.fault_gate.iam})"
         )
 
-    def check_iam(self) -> None:
-        super().check_iam()
-        if self.fault_gate:
-            self.fault_gate.check()
+    def gates(self) -> list[Gate]:
+        return super().gates() + ([self.fault_gate] if self.fault_gate else [])
 
     def proxy_fault(self, mode: str, seconds: float) -> dict:
         return http_json("POST", f"{self.proxy_control}/fault", {"mode": mode, "seconds": seconds})

@@ -117,8 +117,35 @@ def test_a_condition_the_gate_cannot_honour_stops_it(condition):
 
 
 def test_known_operators_with_qualifiers_pass():
-    check_policy(doc(allow("sqs:*", "*", Condition={
-        "ForAnyValue:StringLikeIfExists": {"kms:ViaService": "x"}, "Null": {"aws:ResourceTag/k": "false"}})), "p")  # fmt: skip
+    check_policy(doc(allow("sqs:*", "*", Condition={"ForAnyValue:StringLikeIfExists": {"kms:ViaService": "x"}})), "p")
+    check_policy(
+        doc(allow("ec2:SendSpotInstanceInterruptions", "*", Condition={"Null": {"aws:ResourceTag/k": "false"}})), "p"
+    )
+
+
+def test_a_resource_tag_condition_only_where_the_region_supplies_the_tags():
+    """Only spot-sim's FIS asks with resource tags: a tag condition on anything else would silently not apply."""
+    with pytest.raises(PolicyError):
+        check_policy(doc({"Effect": "Deny", "Action": "dynamodb:*", "Resource": "*",
+                          "Condition": {"StringEquals": {"aws:ResourceTag/x": "y"}}}), "p")  # fmt: skip
+
+
+def test_a_failure_of_the_gate_is_a_recorded_denial_not_a_pass():
+    async def go():
+        g = Gate(await Evaluator().start(), "strict")
+        try:
+            await g.add_stack(Stack(queue_name="o.fifo", orders_table="o", groups_table="g", keys={"K": "worker"}))
+            h = {"authorization": "AWS4-HMAC-SHA256 Credential=K/20261206/us-east-1/dynamodb/aws4_request"}
+            # A transaction item of a kind the map does not know: the gate fails, and says so as a denial.
+            body = json.dumps({"TransactItems": [{"Frobnicate": {"TableName": "o"}}]}).encode()
+            d = await g.authorize("dynamodb", "TransactWriteItems", "POST", "/", lambda n: h.get(n, ""), body)
+            return d, g.status()["denials"]
+        finally:
+            await g.evaluator.close()
+
+    d, denials = run(go())
+    assert d is not None and "failed" in d.message
+    assert denials and denials[0]["principal"] == "gate"
 
 
 # ---- the operation map ---------------------------------------------------------------------------------------------
@@ -260,3 +287,22 @@ def test_an_unused_grant_is_reported_unless_explained(tmp_path):
     assert stale == []
     _, unused, stale = usage.report(u, {"worker/1": "x", "worker/0/sqs:ReceiveMessage": "stale"})
     assert stale == ["worker/0/sqs:ReceiveMessage"]
+
+
+def test_key_grants_count_per_service_and_broad_grants_must_be_explained(tmp_path):
+    key = f"arn:aws:kms:us-east-1:{ACCOUNT_ID}:key/k"
+    via = {"StringEquals": {"kms:ViaService": ["sqs.us-east-1.amazonaws.com", "dynamodb.us-east-1.amazonaws.com"]}}
+    pol = {"producer": {"p": doc(allow("kms:GenerateDataKey", key, Condition=via), allow("sqs:SendMessage", Q),
+                                  allow("sqs:SendMessage", Q), {"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"})}}  # fmt: skip
+    records = [
+        {"stack": 0, "policies": pol, "planted": False},
+        {"principal": "producer", "stack": 0, "action": "kms:GenerateDataKey", "resource": key,
+         "context": {"kms:ViaService": "sqs.us-east-1.amazonaws.com"}},
+        {"principal": "producer", "stack": 0, "action": "sqs:SendMessage", "resource": Q, "context": {}},
+    ]  # fmt: skip
+    (tmp_path / "iam-use-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    _, unused, _ = usage.report(usage.load([tmp_path]), {})
+    got = sorted((g.sid, g.action, g.via) for g in unused)
+    # The key through a service nothing used, the statement that only repeats another, the broad one.
+    assert got == [("0", "kms:GenerateDataKey", "dynamodb.us-east-1.amazonaws.com"), ("2", "sqs:SendMessage", ""),
+                   ("3", "NotAction", "")], got  # fmt: skip

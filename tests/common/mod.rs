@@ -137,8 +137,9 @@ pub struct Emulator {
     proc: Proc,
     pub gate: proxy::FaultProxy,
     test: String,
-    /// Set by a test that plants a missing permission: the gate's denials are then what it checks.
-    pub expect_denials: std::cell::Cell<bool>,
+    /// What a test that plants a defect expects the gate to deny (text each denial line must contain one of):
+    /// any other denial still fails the test.
+    expected_denials: std::sync::Mutex<Vec<String>>,
 }
 
 /// The access key of the test's own clients: the deployer (what `terraform apply` runs as), registered with every
@@ -224,7 +225,7 @@ impl Emulator {
             proc,
             gate,
             test: test.to_owned(),
-            expect_denials: std::cell::Cell::new(false),
+            expected_denials: std::sync::Mutex::new(Vec::new()),
         };
         // The test's own clients (TEST_KEY) act as the deployer; fixtures add their own principals.
         emu.add_stack(json!({
@@ -260,6 +261,14 @@ impl Emulator {
         assert_eq!(status, 200, "gate route: {v}");
     }
 
+    /// A denial this test plants on purpose: a gate log line containing `needle` does not fail it.
+    pub fn expect_denial(&self, needle: &str) {
+        self.expected_denials
+            .lock()
+            .unwrap()
+            .push(needle.to_owned());
+    }
+
     /// The gate's denials so far ("iam: DENIED ..." lines of its log: principal, action, resource).
     pub fn denials(&self) -> Vec<String> {
         self.gate
@@ -286,13 +295,18 @@ impl Drop for Emulator {
     /// Every test that ran against the local region fails if the gate refused anything it did not plant: AWS
     /// would have refused it too (the gate's log names principal, action and resource).
     fn drop(&mut self) {
-        if std::thread::panicking() || self.expect_denials.get() {
+        if std::thread::panicking() {
             return;
         }
-        let denials = self.denials();
+        let expected = self.expected_denials.lock().unwrap().clone();
+        let denials: Vec<String> = self
+            .denials()
+            .into_iter()
+            .filter(|d| !expected.iter().any(|e| d.contains(e.as_str())))
+            .collect();
         if !denials.is_empty() {
             panic!(
-                "{}: the local region's IAM gate denied {} request(s), as AWS would:\n{}",
+                "{}: the local region's IAM gate denied {} request(s) the test did not plant, as AWS would:\n{}",
                 self.test,
                 denials.len(),
                 denials.join("\n")
