@@ -228,6 +228,8 @@ impl Drain<'_> {
         dispatcher.health().set_ready(false);
         counter!(DRAINS, "trigger" => trigger.label()).increment(1);
         let (groups, messages) = dispatcher.held();
+        // From here on no held message starts: what has not started waits only to be released.
+        dispatcher.stop_taking();
         let deadline_in_ms = deadline.saturating_duration_since(started).as_millis() as u64;
         if matches!(trigger, Trigger::Signal(_)) {
             // A routine stop (deploy, scale-in through systemd): not a warning.

@@ -327,3 +327,88 @@ async fn a_lifecycle_action_started_late_still_gets_its_hook_completed() {
         "{events:?}"
     );
 }
+
+/// When a worker's log line containing `needle` was written (the text format starts with an RFC 3339 time).
+fn logged_at(log: &str, needle: &str) -> time::OffsetDateTime {
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no log line with {needle:?}:\n{log}"));
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("no time at the start of {line:?}: {e}"))
+}
+
+/// A busy worker (10 groups, 4 orders each, 2 s of work per order, the default 20 s long poll) gets a
+/// termination: from the moment it sees it, it starts no held message. A record's ProcessedAt is written right
+/// after its work, so the work began at ProcessedAt - 2 s; none may begin after the line that says the worker
+/// saw the termination. Then a second worker takes the rest: nothing lost, nothing twice, in order.
+async fn no_held_message_starts_after(test: &str, terminate: &str, seen: &str) {
+    const WORK: Duration = Duration::from_secs(2);
+    let emu = Emulator::start(test).await;
+    let fx = Fixture::new(&emu, test).await;
+    let sim = Sim::start(test, &[]).await;
+    let manifest = send_groups(&fx, 10, 4, "nostart").await;
+    let a = sim.launch_external().await;
+    let mut wa = fx.worker_on(&sim, &a, &["--work-delay", "2s", "--wait-time", "20s"]);
+    wait_for(
+        "the worker to hold at least 30 messages",
+        Duration::from_secs(30),
+        || async { (metric(&wa, "order_worker_messages_in_flight").await >= 30.0).then_some(()) },
+    )
+    .await;
+    match terminate {
+        "notice" => {
+            sim.interrupt(&a.id, 120.0).await;
+        }
+        _ => {
+            sim.post(
+                &format!("/_sim/instances/{}/scale-in", a.id),
+                serde_json::json!({}),
+            )
+            .await;
+        }
+    }
+    let status = wa.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{}", wa.log_text());
+    let log = wa.log_text();
+    let seen_at = logged_at(&log, seen);
+    let work = time::Duration::try_from(WORK).unwrap();
+    let mut started_after = Vec::new();
+    for r in fx.records().await {
+        let at = s(&r, "ProcessedAt");
+        let done = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("ProcessedAt {at:?}: {e}"));
+        if done - work > seen_at {
+            started_after.push(format!("{} started {}", s(&r, "OrderID"), done - work));
+        }
+    }
+    assert!(
+        started_after.is_empty(),
+        "held messages started after the worker saw the termination at {seen_at}: {started_after:?}\n{log}"
+    );
+    assert!(
+        hook_completed(&sim, &a.id).await,
+        "hook not completed:\n{log}"
+    );
+    let b = sim.launch_external().await;
+    let _wb = fx.worker_on(&sim, &b, &[]);
+    fx.wait_records(40, Duration::from_secs(60)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_notice_no_held_message_is_started() {
+    no_held_message_starts_after("spot-nostart", "notice", "Spot interruption notice").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_terminated_state_no_held_message_is_started() {
+    no_held_message_starts_after(
+        "spot-nostart-scalein",
+        "scale-in",
+        "target lifecycle state Terminated",
+    )
+    .await;
+}

@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::health::Health;
 use crate::instance::InstanceId;
-use crate::queue::Queue;
+use crate::queue::{Handle, Queue};
 use crate::retry::Budget;
 use crate::store::Store;
 use crate::telemetry::{GROUPS_IN_FLIGHT, MESSAGES_IN_FLIGHT};
@@ -85,6 +85,9 @@ struct Inner {
     /// Recorded as ProcessedBy: the id once known, a fallback name until then.
     instance_id: Arc<InstanceId>,
     held: Mutex<Held>,
+    /// Taken out of `held` by a drain (not started, never to be started), in release order, waiting to be
+    /// released once no poll can take them back.
+    withheld: Mutex<Vec<Handle>>,
     /// Number of held groups: the receive loop waits on it for capacity.
     groups_held: watch::Sender<usize>,
     /// Receiving paused (rebalance, soft policy) while true.
@@ -128,6 +131,7 @@ impl Dispatcher {
             health,
             instance_id,
             held: Mutex::new(Held::default()),
+            withheld: Mutex::new(Vec::new()),
             groups_held: watch::channel(0).0,
             paused: watch::channel(false).0,
             polling: watch::channel(false).0,
@@ -181,23 +185,36 @@ impl Dispatcher {
         *self.inner.budget.lock().expect("budget lock")
     }
 
-    /// Start draining with `deadline` for the work: stop receiving, wait (within the deadline) for the poll in
-    /// flight so it cannot take back what we release, then take nothing new and release everything not started
-    /// (in group order). Until the poll returns, the groups keep being served.
+    /// The first step of every drain, taken the moment the worker decides to drain (before anything awaits):
+    /// receiving stops, the group tasks take nothing new, and every held message that has not started is taken
+    /// out of their reach, to be released by [`Dispatcher::begin_drain`]. From here on no held message starts:
+    /// an interrupted instance must not spend its notice on work another instance could be doing.
+    pub fn stop_taking(&self) {
+        let inner = &self.inner;
+        inner.control.stop_receiving.cancel();
+        inner.control.draining.cancel();
+        let taken = inner.held.lock().expect("held lock").take_pending();
+        inner.withheld.lock().expect("withheld lock").extend(taken);
+        self.publish();
+    }
+
+    /// Start draining with `deadline` for the work: take nothing new ([`Dispatcher::stop_taking`]), wait
+    /// (within the deadline) for the poll in flight so it cannot take back what we release, then release
+    /// everything not started (in group order). The groups' runs in progress go on meanwhile.
     pub async fn begin_drain(&self, deadline: Instant) {
         let inner = &self.inner;
         *inner.budget.lock().expect("budget lock") = Budget::Until(deadline + RELEASE_GRACE);
-        inner.control.stop_receiving.cancel();
+        self.stop_taking();
         // Only worth waiting for when something is waiting to be released (an idle worker completes its hook
         // at once).
-        let pending = self.inner.held.lock().expect("held lock").pending() > 0;
+        let pending = !inner.withheld.lock().expect("withheld lock").is_empty();
         if pending {
             self.wait_for_poll(deadline.checked_sub(RELEASE_GRACE).unwrap_or(deadline))
                 .await;
         }
-        inner.control.draining.cancel();
-        let handles = inner.held.lock().expect("held lock").take_pending();
-        self.publish();
+        // In group order: each take is sorted, and a later take (none once receiving stopped) only adds later
+        // messages of a group.
+        let handles = std::mem::take(&mut *inner.withheld.lock().expect("withheld lock"));
         self.release(handles, 0, "drain").await;
     }
 
