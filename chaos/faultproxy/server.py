@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .attempts import Attempts
 from .aws import error_response, identify
 from .http1 import Message, ProtocolError, Stream, host_port, read_request, read_response
 from .rules import ACTIONS, Rule, decide
@@ -45,6 +46,7 @@ class Proxy:
         self.flowing.set()
         self.conns: set[Conn] = set()
         self.rules: list[Rule] = []
+        self.attempts = Attempts()  # ReceiveRequestAttemptId as SQS honours it (the emulator does not)
         self.next_rule = 1
         self.requests: dict[str, dict[str, int]] = {}
         self.stats = {
@@ -143,6 +145,7 @@ class Proxy:
             "seconds_left": round(left, 3),
             **self.stats,
             "requests": self.requests,
+            "attempts": self.attempts.view(),
             "rules": [r.view() for r in self.rules],
         }
 
@@ -209,7 +212,13 @@ class Proxy:
             if hangup.done() and not hangup.cancelled():
                 self.stats["abandoned"] += 1  # the client gave up: never forward what it no longer waits for
                 return False
-        resp = await self.forward(c, req, self.per_service.get(service, self.upstream))
+        upstream = self.per_service.get(service, self.upstream)
+        if service == "sqs":
+            self.attempts.saw(operation, req)
+        if service == "sqs" and operation == "ReceiveMessage":
+            resp = await self.attempts.receive(req, lambda r: self.forward(c, r, upstream), c.down.until_hangup)
+        else:
+            resp = await self.forward(c, req, upstream)
         if resp is None:
             self._reset_conn(c)
             return False
