@@ -502,7 +502,9 @@ async fn complete(hook: &LifecycleHook, until: Instant) -> HookOutcome {
                     tracing::warn!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction refused");
                     break;
                 }
-                if attempt == 0 || attempt.is_power_of_two() {
+                if e.is_no_active_action() {
+                    hook.refused("CompleteLifecycleAction", &e);
+                } else if attempt == 0 || attempt.is_power_of_two() {
                     tracing::info!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction not accepted yet; retrying until the hook deadline");
                 }
             }

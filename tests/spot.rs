@@ -327,8 +327,19 @@ async fn a_lifecycle_action_started_late_still_gets_its_hook_completed() {
     let log = worker.log_text();
     assert!(log.contains("lifecycle hook completed"), "{log}");
     assert!(
-        log.contains("not accepted yet"),
+        log.contains("no active lifecycle action for this instance yet"),
         "the action was not started late: {log}"
+    );
+    // 12 s of refusals: one warning that names the hook and says what it means, not one per try.
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("still finds no active lifecycle action"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("order-worker-drain") && warnings[0].contains("heartbeat timeout"),
+        "{}",
+        warnings[0]
     );
     assert!(hook_completed(&sim, &inst.id).await);
     // Completed by the worker, not by the hook's timeout.
