@@ -54,7 +54,8 @@ pub const RELEASE_GRACE: Duration = Duration::from_secs(2);
 /// The shutdown signals, from gentle to hard.
 #[derive(Clone, Default)]
 pub struct Control {
-    /// Receiving stops for good (after the poll in flight, whose messages are released).
+    /// Receiving stops for good: the poll in flight is ended and asked again with its attempt id; what it brings
+    /// is released.
     pub stop_receiving: CancellationToken,
     /// Group tasks take no new message; everything held but not started is released.
     pub draining: CancellationToken,
@@ -186,11 +187,13 @@ impl Dispatcher {
     }
 
     /// The first step of every drain, taken the moment the worker decides to drain (before anything awaits):
-    /// receiving stops, the group tasks take nothing new, and every held message that has not started is taken
+    /// every call from now on ends by `deadline` plus [`RELEASE_GRACE`], receiving stops (the poll in flight is
+    /// ended and recovered, see `receive`), the group tasks take nothing new, and every held message that has not started is taken
     /// out of their reach, to be released by [`Dispatcher::begin_drain`]. From here on no held message starts:
     /// an interrupted instance must not spend its notice on work another instance could be doing.
-    pub fn stop_taking(&self) {
+    pub fn stop_taking(&self, deadline: Instant) {
         let inner = &self.inner;
+        *inner.budget.lock().expect("budget lock") = Budget::Until(deadline + RELEASE_GRACE);
         inner.control.stop_receiving.cancel();
         inner.control.draining.cancel();
         let taken = inner.held.lock().expect("held lock").take_pending();
@@ -199,12 +202,12 @@ impl Dispatcher {
     }
 
     /// Start draining with `deadline` for the work: take nothing new ([`Dispatcher::stop_taking`]), wait
-    /// (within the deadline) for the poll in flight so it cannot take back what we release, then release
+    /// (within the deadline) for the poll in flight to be ended and recovered (a fraction of a second) so it
+    /// cannot take back what we release, then release
     /// everything not started (in group order). The groups' runs in progress go on meanwhile.
     pub async fn begin_drain(&self, deadline: Instant) {
         let inner = &self.inner;
-        *inner.budget.lock().expect("budget lock") = Budget::Until(deadline + RELEASE_GRACE);
-        self.stop_taking();
+        self.stop_taking(deadline);
         // Only worth waiting for when something is waiting to be released (an idle worker completes its hook
         // at once).
         let pending = !inner.withheld.lock().expect("withheld lock").is_empty();
@@ -260,7 +263,7 @@ impl Dispatcher {
         .is_ok()
     }
 
-    /// Stop the background loops. The receive loop ends when its last poll returns (what it brings is
+    /// Stop the background loops. The receive loop ends once its ended poll is recovered (what it brings is
     /// released); past `until` it is abandoned (SQS is not answering, or the instance is about to go).
     pub async fn stop_loops(&self, until: Instant) {
         let inner = &self.inner;
