@@ -19,7 +19,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -405,7 +404,6 @@ class Bench:
             m0 = w.metrics()
             held = metric_sum(m0, "order_worker_messages_in_flight")
             released0 = metric_sum(m0, "order_worker_releases_total")
-            visible0, _ = fx.queue_counts()
             t_call = time.time()
             if trigger == "notice":
                 http_json("POST", f"{api}/_sim/instances/{inst['id']}/interrupt", {"in_seconds": 120})
@@ -442,19 +440,25 @@ class Bench:
             t_notice = sim.first_at(mine, seen_kind) or t_call
             t_hook = sim.first_at(mine, "hook_completed")
             exit_code = t_exit = None
-            try:
-                exit_code = w.proc.wait(40)
+            # Until the worker exits, the queue is still watched: a release may come after the hook.
+            exit_by = time.monotonic() + 40
+            while w.proc.alive() and time.monotonic() < exit_by:
+                if busy:
+                    visible_at.append((time.time(), fx.queue_counts()[0]))
+                time.sleep(0.02)
+            if not w.proc.alive():
+                exit_code = w.proc.wait(1)
                 t_exit = time.time()
-            except subprocess.TimeoutExpired:
-                pass
-            # Every message the drain released (its report's count), visible in the queue.
             drain_line = next(
                 (ln for ln in w.proc.log_path.read_text(errors="replace").splitlines() if "drain complete" in ln), ""
             )
             released = next((int(f.split("=", 1)[1]) for f in drain_line.split() if f.startswith("released=")), None)
+            # Every message this worker did not finish, visible in the queue (what it held but did not start, and
+            # anything its last poll brought): the first moment the visible count reached the orders not written.
             t_visible = None
-            if busy and released:
-                t_visible = next((t for t, v in visible_at if v >= visible0 + released), None)
+            if busy and not w.proc.alive():
+                left = n - len(fx.records())
+                t_visible = next((t for t, v in visible_at if t >= t_notice and v >= left), None)
             row = {
                 "label": label,
                 "trigger": trigger,
