@@ -880,7 +880,7 @@ def report(res: dict) -> str:
                     "released by the drain",
                     "-> worker draining s",
                     "-> first release s",
-                    "-> every released message visible s",
+                    "-> every unstarted message visible s",
                     "-> nothing held s",
                     "-> hook completed s",
                     "-> process exit s",
