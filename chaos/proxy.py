@@ -18,6 +18,10 @@ Workers get `AWS_ENDPOINT_URL=http://<listen>` and reach the emulator through it
     operation  the `X-Amz-Target` suffix (`AmazonSQS.ReceiveMessage` -> ReceiveMessage), else the form or query
                string `Action` (`Action=CompleteLifecycleAction`); "unknown" if neither
 
+Without any fault, SQS's `ReceiveRequestAttemptId` is honoured as SQS does on a FIFO queue (the emulator ignores
+it): a repeated attempt id gets the first answer, and a long poll ends when its caller hangs up or repeats its id
+(faultproxy/attempts.py; `GET /status` counts them under "attempts").
+
 A control port (plain HTTP, JSON, one request per connection) injects faults.
 
 Whole-endpoint faults (what chaos/soak.py uses):

@@ -82,7 +82,7 @@ pub struct HookContext {
 
 /// Run the policy until a terminal trigger, then drain. `signals` carries SIGTERM/SIGINT (a second signal
 /// during a drain abandons in-flight work at once). `on_report` gets the drain's report as soon as the drain
-/// is done, before the wait for the last long poll: on a Spot instance the power may go at any moment after
+/// is done, before the wait for the receive loop to end: on a Spot instance the power may go at any moment after
 /// the hook, and the report's log line and figures must be out by then.
 pub async fn supervise(
     cfg: &Config,
@@ -228,6 +228,8 @@ impl Drain<'_> {
         dispatcher.health().set_ready(false);
         counter!(DRAINS, "trigger" => trigger.label()).increment(1);
         let (groups, messages) = dispatcher.held();
+        // From here on no held message starts: what has not started waits only to be released.
+        dispatcher.stop_taking(deadline);
         let deadline_in_ms = deadline.saturating_duration_since(started).as_millis() as u64;
         if matches!(trigger, Trigger::Signal(_)) {
             // A routine stop (deploy, scale-in through systemd): not a warning.
@@ -236,7 +238,8 @@ impl Drain<'_> {
             tracing::warn!(trigger = ?trigger, deadline_in_ms, groups_held = groups, messages_held = messages, "draining");
         }
 
-        // Release (in the background: it waits for the poll in flight first) while the hook is resolved, which
+        // Release (in the background: it waits for the poll in flight to be ended and recovered first) while the
+        // hook is resolved, which
         // may wait on slow metadata.
         let begin = tokio::spawn({
             let d = dispatcher.clone();
@@ -320,7 +323,7 @@ impl Drain<'_> {
         };
         heartbeat_done.cancel();
 
-        // The drain's own time: up to the completed hook, not the wait for the last long poll below.
+        // The drain's own time: up to the completed hook, not the wait for the receive loop below.
         let took = started.elapsed();
         let after = dispatcher.counts();
         let finished = after.finished - before.finished;
@@ -339,9 +342,9 @@ impl Drain<'_> {
         };
         report.log();
         on_report(&report);
-        // The last long poll may still be out: it is never abandoned before the deadline (a dropped poll can hide
-        // its messages for a whole visibility timeout), but it does not hold up the hook or the report. Past
-        // the deadline (SQS not answering) it is abandoned.
+        // The receive loop may still be recovering the poll it ended (asked again with its attempt id, what it
+        // brings released): it does not hold up the hook or the report. Past the deadline (SQS not answering)
+        // it is abandoned.
         let until = (deadline + RELEASE_GRACE).max(Instant::now());
         dispatcher.stop_loops(until).await;
         report
@@ -500,7 +503,9 @@ async fn complete(hook: &LifecycleHook, until: Instant) -> HookOutcome {
                     tracing::warn!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction refused");
                     break;
                 }
-                if attempt == 0 || attempt.is_power_of_two() {
+                if e.is_no_active_action() {
+                    hook.refused("CompleteLifecycleAction", &e);
+                } else if attempt == 0 || attempt.is_power_of_two() {
                     tracing::info!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction not accepted yet; retrying until the hook deadline");
                 }
             }

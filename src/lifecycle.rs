@@ -162,6 +162,77 @@ fn backoff(retry: u32, unit: f64) -> Duration {
     crate::retry::backoff_with(retry, BACKOFF_BASE, BACKOFF_CAP, unit)
 }
 
+/// How long "No active Lifecycle Action found" may last before it is a warning: a drain that begins on the
+/// Spot notice is often done before Auto Scaling starts the lifecycle action (a second or two); longer than
+/// this, it is as likely a hook or group name that does not match, and the instance will wait out the hook's
+/// heartbeat timeout before it terminates.
+pub const REFUSAL_WARN_AFTER: Duration = Duration::from_secs(5);
+/// After the warning, a refusal that goes on is told at most this often (each one at debug).
+pub const REFUSAL_REMIND_EVERY: Duration = Duration::from_secs(30);
+
+/// What to tell about one "no active lifecycle action" refusal (pure: [`Refusals::saw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tell {
+    /// The first one: info (usually the action has not started yet).
+    First,
+    /// It has lasted [`REFUSAL_WARN_AFTER`]: one warning naming the error, the hook and what it means.
+    Warn,
+    /// Still refused, [`REFUSAL_REMIND_EVERY`] after the last line: info, with how long.
+    Remind,
+    /// Debug only.
+    Quiet,
+}
+
+/// The refusals of one hook (completions and heartbeats alike) since the last call it accepted.
+#[derive(Debug, Default, Clone)]
+pub struct Refusals {
+    since: Option<Instant>,
+    warned: bool,
+    last_told: Option<Instant>,
+    count: u32,
+}
+
+impl Refusals {
+    /// One more refusal at `now`: what to tell.
+    pub fn saw(&mut self, now: Instant, warn_after: Duration) -> Tell {
+        self.count += 1;
+        let since = *self.since.get_or_insert(now);
+        let tell = if self.last_told.is_none() {
+            Tell::First
+        } else if !self.warned && now.saturating_duration_since(since) >= warn_after {
+            self.warned = true;
+            Tell::Warn
+        } else if self.warned
+            && self
+                .last_told
+                .is_some_and(|t| now.saturating_duration_since(t) >= REFUSAL_REMIND_EVERY)
+        {
+            Tell::Remind
+        } else {
+            Tell::Quiet
+        };
+        if tell != Tell::Quiet {
+            self.last_told = Some(now);
+        }
+        tell
+    }
+
+    /// A call was accepted: the next refusal is a first one again.
+    pub fn cleared(&mut self) {
+        *self = Refusals::default();
+    }
+
+    /// Refusals since the last accepted call, and for how long.
+    pub fn lasting(&self, now: Instant) -> (u32, Duration) {
+        (
+            self.count,
+            self.since
+                .map(|t| now.saturating_duration_since(t))
+                .unwrap_or_default(),
+        )
+    }
+}
+
 /// Our termination lifecycle hook, addressed by instance id.
 #[derive(Debug, Clone)]
 pub struct LifecycleHook {
@@ -179,6 +250,10 @@ pub struct LifecycleHook {
     attempt_timeout: Duration,
     /// Longest whole call.
     budget: Duration,
+    /// "No active Lifecycle Action found" so far, shared by the completion and the heartbeats.
+    refusals: std::sync::Arc<std::sync::Mutex<Refusals>>,
+    /// How long a refusal may last before it is a warning ([`REFUSAL_WARN_AFTER`]).
+    warn_after: Duration,
 }
 
 impl LifecycleHook {
@@ -198,7 +273,53 @@ impl LifecycleHook {
             attempts: DEFAULT_ATTEMPTS,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             budget: DEFAULT_BUDGET,
+            refusals: Default::default(),
+            warn_after: REFUSAL_WARN_AFTER,
         }
+    }
+
+    /// Changes how long a refusal may last before it is a warning (tests).
+    pub fn with_warn_after(mut self, warn_after: Duration) -> Self {
+        self.warn_after = warn_after;
+        self
+    }
+
+    /// Tell about one "No active Lifecycle Action found" from `operation`: the first at info, one warning
+    /// once it has lasted `warn_after` (naming the error, the hook and what it means), then a reminder at most
+    /// every [`REFUSAL_REMIND_EVERY`]; the rest at debug. Returns what was told.
+    pub fn refused(&self, operation: &str, err: &HookError) -> Tell {
+        let now = Instant::now();
+        let (tell, (count, lasting)) = {
+            let mut r = self.refusals.lock().expect("refusals lock");
+            let tell = r.saw(now, self.warn_after);
+            (tell, r.lasting(now))
+        };
+        let lasting_s = lasting.as_secs();
+        match tell {
+            Tell::First => tracing::info!(
+                operation, group = %self.group, hook = %self.hook, instance_id = %self.instance_id, error = %err,
+                "no active lifecycle action for this instance yet (Auto Scaling may not have started it); trying again"
+            ),
+            Tell::Warn => tracing::warn!(
+                operation, group = %self.group, hook = %self.hook, instance_id = %self.instance_id, error = %err,
+                refusals = count, lasting_s,
+                "Auto Scaling still finds no active lifecycle action for hook {} of group {}: the hook or group name may not match the group's termination hook, or the action has not started; until it is completed the instance waits for the hook's heartbeat timeout before it terminates",
+                self.hook, self.group
+            ),
+            Tell::Remind => tracing::info!(
+                operation, hook = %self.hook, group = %self.group, refusals = count, lasting_s,
+                "still no active lifecycle action; trying again"
+            ),
+            Tell::Quiet => {
+                tracing::debug!(operation, error = %err, refusals = count, "no active lifecycle action")
+            }
+        }
+        tell
+    }
+
+    /// A call was accepted: refusals start over.
+    fn accepted(&self) {
+        self.refusals.lock().expect("refusals lock").cleared();
     }
 
     /// Changes the retry bounds: attempts (at least 1), per-attempt timeout, and the whole call's
@@ -246,6 +367,7 @@ impl LifecycleHook {
             })
             .await;
         if outcome.is_ok() {
+            self.accepted();
             tracing::info!(
                 group = %self.group,
                 hook = %self.hook,
@@ -357,13 +479,12 @@ impl LifecycleHook {
 /// fires, so stopping is immediate.
 ///
 /// "No active Lifecycle Action found" is expected while the group has not yet moved the instance
-/// to `Terminating:Wait` (a drain triggered by the Spot notice can start before that), so it is
-/// logged once at info and then at debug.
+/// to `Terminating:Wait` (a drain triggered by the Spot notice can start before that): it is told
+/// by [`LifecycleHook::refused`] (info, then one warning if it lasts, then throttled).
 pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: CancellationToken) {
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
     // After a slow heartbeat, wait a full period rather than firing a burst of catch-up beats.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut told_no_action = false;
     loop {
         tokio::select! {
             _ = done.cancelled() => return,
@@ -375,24 +496,13 @@ pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: Cancel
         };
         match result {
             Ok(()) => {
+                hook.accepted();
                 metrics::counter!(HOOK_HEARTBEATS, "result" => "ok").increment(1);
                 tracing::debug!(hook = %hook.hook, "lifecycle heartbeat sent");
             }
             Err(err) if err.is_no_active_action() => {
                 metrics::counter!(HOOK_HEARTBEATS, "result" => "no_active_action").increment(1);
-                if told_no_action {
-                    tracing::debug!(error = %err, "heartbeat: no active lifecycle action");
-                } else {
-                    told_no_action = true;
-                    tracing::info!(
-                        group = %hook.group,
-                        hook = %hook.hook,
-                        instance_id = %hook.instance_id,
-                        error = %err,
-                        "lifecycle heartbeat: no active lifecycle action for this instance (yet); \
-                         will keep trying"
-                    );
-                }
+                hook.refused("RecordLifecycleActionHeartbeat", &err);
             }
             Err(err) => {
                 metrics::counter!(HOOK_HEARTBEATS, "result" => "failed").increment(1);
@@ -747,6 +857,73 @@ mod tests {
         let after = fake.requests().len();
         tokio::time::sleep(every * 3).await;
         assert_eq!(fake.requests().len(), after, "heartbeat after done");
+    }
+
+    #[test]
+    fn a_lasting_refusal_is_told_once_at_info_once_as_a_warning_then_throttled() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let warn_after = Duration::from_secs(5);
+        let mut r = Refusals::default();
+        assert_eq!(r.saw(at(0), warn_after), Tell::First);
+        assert_eq!(r.saw(at(1_000), warn_after), Tell::Quiet);
+        assert_eq!(r.saw(at(4_999), warn_after), Tell::Quiet);
+        assert_eq!(r.saw(at(5_000), warn_after), Tell::Warn);
+        for ms in [5_500, 10_000, 34_999] {
+            assert_eq!(r.saw(at(ms), warn_after), Tell::Quiet, "{ms}");
+        }
+        assert_eq!(r.saw(at(35_000), warn_after), Tell::Remind);
+        assert_eq!(r.saw(at(36_000), warn_after), Tell::Quiet);
+        assert_eq!(r.lasting(at(36_000)), (9, Duration::from_secs(36)));
+        // Accepted: a later refusal is a first one again, and may warn again.
+        r.cleared();
+        assert_eq!(r.saw(at(40_000), warn_after), Tell::First);
+        assert_eq!(r.saw(at(45_000), warn_after), Tell::Warn);
+    }
+
+    #[tokio::test]
+    async fn refusals_of_heartbeats_and_completions_add_up_to_one_warning() {
+        let no_action = Reply::Error(
+            400,
+            "ValidationError",
+            "No active Lifecycle Action found with instance ID i-0abc",
+        );
+        let (fake, hook) = serve(&[no_action]).await;
+        let hook = hook.with_warn_after(Duration::from_millis(300));
+        let done = CancellationToken::new();
+        let beats = {
+            let (hook, done) = (hook.clone(), done.clone());
+            tokio::spawn(
+                async move { heartbeat_until(&hook, Duration::from_millis(50), done).await },
+            )
+        };
+        let mut told = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(600) {
+            let err = within(hook.complete(HookResult::Continue))
+                .await
+                .unwrap_err();
+            assert!(err.is_no_active_action(), "{err}");
+            told.push(hook.refused("CompleteLifecycleAction", &err));
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        done.cancel();
+        beats.await.unwrap();
+        // Our own calls' tells: the heartbeats in between took the first one or the warning if they came first.
+        let (count, lasting) = hook.refusals.lock().unwrap().lasting(Instant::now());
+        assert!(lasting >= Duration::from_millis(500), "{lasting:?}");
+        assert!(
+            count as usize > told.len(),
+            "the heartbeats' refusals were not counted"
+        );
+        let shared = hook.refusals.lock().unwrap().clone();
+        assert!(shared.warned, "no warning after 600 ms of refusals");
+        assert!(
+            told.iter().filter(|t| **t == Tell::Warn).count() <= 1,
+            "{told:?}"
+        );
+        assert!(!told.contains(&Tell::Remind), "{told:?}");
+        assert!(fake.requests().len() >= told.len());
     }
 
     #[tokio::test]

@@ -53,6 +53,11 @@ impl SqsError {
         self.class.retryable()
     }
 
+    /// An attempt cut by the caller after `after` (counted as a failed request, classed transient).
+    pub fn no_answer(operation: &'static str, after: Duration) -> Self {
+        Self::timed_out(operation, after)
+    }
+
     fn timed_out(operation: &'static str, after: Duration) -> Self {
         request("sqs", operation, false);
         SqsError {

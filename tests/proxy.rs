@@ -748,3 +748,120 @@ async fn control_api_refuses_bad_rules_and_identifies_unsigned_requests() {
         "{denials:?}"
     );
 }
+
+// ---- ReceiveRequestAttemptId ------------------------------------------------------------------------------------
+
+/// Messages of the queue in flight (received, not deleted, not yet visible again), as the emulator counts them.
+async fn not_visible(fx: &Fixture) -> u64 {
+    let out = fx
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&fx.queue_url)
+        .attribute_names(
+            aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        )
+        .send()
+        .await
+        .expect("queue attributes");
+    out.attributes()
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A worker drains while its long poll's answer is on the wire (the proxy holds it for 30 s): the worker ends
+/// the poll, asks again with the same ReceiveRequestAttemptId (the proxy answers with the same messages and
+/// receipt handles, as SQS does), and releases them with the unstarted message it held. Nothing is lost, nothing
+/// stays hidden for a visibility timeout, nothing is taken twice, and the drain does not wait for the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_ended_while_its_answer_is_on_the_wire_hides_nothing() {
+    let t = setup("proxy_attempt_wire").await;
+    let via = t.fx.through(t.proxy.url());
+    t.fx.send_orders("held", &["held-1".into(), "held-2".into()])
+        .await;
+    // The first poll brings the held group (answered at once); the second is the one on the wire.
+    t.proxy
+        .rule(
+            json!({"service": "sqs", "operation": "ReceiveMessage", "action": "delay",
+                     "delay_seconds": 0.05, "count": 1}),
+        )
+        .await;
+    let on_wire = t
+        .proxy
+        .rule(
+            json!({"service": "sqs", "operation": "ReceiveMessage", "action": "delay",
+                     "delay_seconds": 30.0, "count": 1}),
+        )
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    let mut w = via.worker("wire", &["--work-delay", "5s", "--wait-time", "20s"]);
+    wait_for(
+        "the worker to hold the group and poll again",
+        Duration::from_secs(20),
+        || async {
+            let held = metric(&w, "order_worker_messages_in_flight").await >= 2.0;
+            (held && t.proxy.rule_status(on_wire).await["hits"] == 1).then_some(())
+        },
+    )
+    .await;
+    let wire: Vec<String> = (1..=3).map(|i| format!("wire-{i}")).collect();
+    t.fx.send_orders("wire", &wire).await;
+    wait_for(
+        "the poll to be handed the new group",
+        Duration::from_secs(10),
+        || async { (not_visible(&t.fx).await >= 5).then_some(()) },
+    )
+    .await;
+    let started = Instant::now();
+    w.signal("TERM");
+    let status = w.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{}", w.log_text());
+    let log = w.log_text();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the drain waited for the answer on the wire: {:?}\n{log}",
+        started.elapsed()
+    );
+    assert_eq!(
+        line_field(&log, "asked again with its attempt id", "recovered"),
+        "3",
+        "{log}"
+    );
+    assert_eq!(line_field(&log, "drain complete", "released"), "4", "{log}");
+    assert_eq!(
+        t.proxy.status().await["attempts"]["repeats_answered"],
+        1,
+        "{}",
+        t.proxy.log_text()
+    );
+    // Visible right away (not after the 120 s visibility timeout): the three of the wire and held-2.
+    let mut visible = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while visible.len() < 4 && Instant::now() < until {
+        for m in t.fx.receive_now(10).await {
+            visible.insert(m.message_id().unwrap_or_default().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(visible.len(), 4, "{visible:?}");
+    // Only held-1, which was being worked on, was applied.
+    let records = t.fx.records().await;
+    assert_eq!(records.len(), 1, "{log}");
+    assert_eq!(s(&records[0], "OrderID"), "held-1");
+}
+
+/// A `key=value` field of the first log line containing `marker`.
+fn line_field(log: &str, marker: &str, key: &str) -> String {
+    let line = log
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} line:\n{log}"));
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .trim_matches('"')
+        .to_owned()
+}

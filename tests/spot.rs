@@ -4,16 +4,27 @@ mod common;
 
 use std::time::Duration;
 
+use common::proxy::FaultProxy;
 use common::*;
+
+/// The emulator's queue and tables, reached by the workers through the fault proxy with no rules: the local
+/// region's SQS honours ReceiveRequestAttemptId and ends a poll whose caller hung up, as SQS does (a drain ends
+/// its long poll and asks again with the same attempt id; the bare emulator would go on polling for the dead
+/// connection and hide what the drain releases). The test's own clients talk to the emulator directly.
+async fn via_proxy(emu: &Emulator, test: &str) -> (FaultProxy, Fixture) {
+    let proxy = FaultProxy::start(test, &emu.endpoint).await;
+    let fx = Fixture::new(emu, test).await.through(proxy.url());
+    (proxy, fx)
+}
 
 /// The emulator, a fixture, spot-sim, one external instance and a worker on it that has learnt its id.
 async fn on_instance(
     test: &str,
     sim_args: &[&str],
     worker_args: &[&str],
-) -> (Emulator, Fixture, Sim, Instance, Proc) {
+) -> (Emulator, (FaultProxy, Fixture), Sim, Instance, Proc) {
     let emu = Emulator::start(test).await;
-    let fx = Fixture::new(&emu, test).await;
+    let (_proxy, fx) = via_proxy(&emu, test).await;
     let sim = Sim::start(test, sim_args).await;
     let inst = sim.launch_external().await;
     let worker = fx.worker_on(&sim, &inst, worker_args);
@@ -23,7 +34,7 @@ async fn on_instance(
         Duration::from_secs(20),
     )
     .await;
-    (emu, fx, sim, inst, worker)
+    (emu, (_proxy, fx), sim, inst, worker)
 }
 
 /// Whether spot-sim saw CompleteLifecycleAction for this instance.
@@ -85,7 +96,7 @@ async fn idle_worker_completes_its_hook_on_a_notice_and_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_worker_finishes_in_flight_releases_the_rest_to_another_worker() {
     let emu = Emulator::start("spot-busy").await;
-    let fx = Fixture::new(&emu, "spot-busy").await;
+    let (_proxy, fx) = via_proxy(&emu, "spot-busy").await;
     let sim = Sim::start("spot-busy", &[]).await;
     let manifest = send_groups(&fx, 4, 10, "busy").await;
     let a = sim.launch_external().await;
@@ -115,7 +126,7 @@ async fn busy_worker_finishes_in_flight_releases_the_rest_to_another_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_short_a_notice_releases_in_flight_orders_without_half_applying_them() {
     let emu = Emulator::start("spot-short").await;
-    let fx = Fixture::new(&emu, "spot-short").await;
+    let (_proxy, fx) = via_proxy(&emu, "spot-short").await;
     let sim = Sim::start("spot-short", &[]).await;
     let manifest = send_groups(&fx, 2, 3, "short").await;
     let a = sim.launch_external().await;
@@ -151,7 +162,7 @@ async fn too_short_a_notice_releases_in_flight_orders_without_half_applying_them
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_rebalance_takes_no_new_groups_then_recovers() {
     let emu = Emulator::start("spot-rebalance").await;
-    let fx = Fixture::new(&emu, "spot-rebalance").await;
+    let (_proxy, fx) = via_proxy(&emu, "spot-rebalance").await;
     // Capacity rebalancing off: here no replacement terminates us, so the recovery path is what is tested.
     let sim = Sim::start("spot-rebalance", &["--capacity-rebalance", "false"]).await;
     let inst = sim.launch_external().await;
@@ -221,7 +232,7 @@ async fn lifecycle_terminated_drains_and_completes_the_hook() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_and_failing_metadata_do_not_stop_work_or_hide_a_notice() {
-    let (_emu, fx, sim, inst, mut worker) = on_instance("spot-imds", &[], &[]).await;
+    let (_emu, (_proxy, fx), sim, inst, mut worker) = on_instance("spot-imds", &[], &[]).await;
     let mut manifest = Vec::new();
     for (round, mode) in ["error500", "hang", "malformed", "throttle", "forbidden"]
         .iter()
@@ -256,7 +267,7 @@ async fn expired_tokens_and_failing_metadata_do_not_stop_work_or_hide_a_notice()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_down_at_start_still_processes_orders() {
     let emu = Emulator::start("spot-nometa").await;
-    let fx = Fixture::new(&emu, "spot-nometa").await;
+    let (_proxy, fx) = via_proxy(&emu, "spot-nometa").await;
     let closed = format!("http://127.0.0.1:{}", free_port());
     let mut worker = fx.worker_with_imds("nometa", &closed, &closed, &[]);
     let manifest = send_groups(&fx, 2, 5, "nometa").await;
@@ -316,8 +327,19 @@ async fn a_lifecycle_action_started_late_still_gets_its_hook_completed() {
     let log = worker.log_text();
     assert!(log.contains("lifecycle hook completed"), "{log}");
     assert!(
-        log.contains("not accepted yet"),
+        log.contains("no active lifecycle action for this instance yet"),
         "the action was not started late: {log}"
+    );
+    // 12 s of refusals: one warning that names the hook and says what it means, not one per try.
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("still finds no active lifecycle action"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("order-worker-drain") && warnings[0].contains("heartbeat timeout"),
+        "{}",
+        warnings[0]
     );
     assert!(hook_completed(&sim, &inst.id).await);
     // Completed by the worker, not by the hook's timeout.
@@ -326,4 +348,89 @@ async fn a_lifecycle_action_started_late_still_gets_its_hook_completed() {
         !events.iter().any(|e| e.contains("timed out")),
         "{events:?}"
     );
+}
+
+/// When a worker's log line containing `needle` was written (the text format starts with an RFC 3339 time).
+fn logged_at(log: &str, needle: &str) -> time::OffsetDateTime {
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no log line with {needle:?}:\n{log}"));
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("no time at the start of {line:?}: {e}"))
+}
+
+/// A busy worker (10 groups, 4 orders each, 2 s of work per order, the default 20 s long poll) gets a
+/// termination: from the moment it sees it, it starts no held message. A record's ProcessedAt is written right
+/// after its work, so the work began at ProcessedAt - 2 s; none may begin after the line that says the worker
+/// saw the termination. Then a second worker takes the rest: nothing lost, nothing twice, in order.
+async fn no_held_message_starts_after(test: &str, terminate: &str, seen: &str) {
+    const WORK: Duration = Duration::from_secs(2);
+    let emu = Emulator::start(test).await;
+    let (_proxy, fx) = via_proxy(&emu, test).await;
+    let sim = Sim::start(test, &[]).await;
+    let manifest = send_groups(&fx, 10, 4, "nostart").await;
+    let a = sim.launch_external().await;
+    let mut wa = fx.worker_on(&sim, &a, &["--work-delay", "2s", "--wait-time", "20s"]);
+    wait_for(
+        "the worker to hold at least 30 messages",
+        Duration::from_secs(30),
+        || async { (metric(&wa, "order_worker_messages_in_flight").await >= 30.0).then_some(()) },
+    )
+    .await;
+    match terminate {
+        "notice" => {
+            sim.interrupt(&a.id, 120.0).await;
+        }
+        _ => {
+            sim.post(
+                &format!("/_sim/instances/{}/scale-in", a.id),
+                serde_json::json!({}),
+            )
+            .await;
+        }
+    }
+    let status = wa.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{}", wa.log_text());
+    let log = wa.log_text();
+    let seen_at = logged_at(&log, seen);
+    let work = time::Duration::try_from(WORK).unwrap();
+    let mut started_after = Vec::new();
+    for r in fx.records().await {
+        let at = s(&r, "ProcessedAt");
+        let done = time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("ProcessedAt {at:?}: {e}"));
+        if done - work > seen_at {
+            started_after.push(format!("{} started {}", s(&r, "OrderID"), done - work));
+        }
+    }
+    assert!(
+        started_after.is_empty(),
+        "held messages started after the worker saw the termination at {seen_at}: {started_after:?}\n{log}"
+    );
+    assert!(
+        hook_completed(&sim, &a.id).await,
+        "hook not completed:\n{log}"
+    );
+    let b = sim.launch_external().await;
+    let _wb = fx.worker_on(&sim, &b, &[]);
+    fx.wait_records(40, Duration::from_secs(60)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_notice_no_held_message_is_started() {
+    no_held_message_starts_after("spot-nostart", "notice", "Spot interruption notice").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_terminated_state_no_held_message_is_started() {
+    no_held_message_starts_after(
+        "spot-nostart-scalein",
+        "scale-in",
+        "target lifecycle state Terminated",
+    )
+    .await;
 }

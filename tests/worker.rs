@@ -136,7 +136,10 @@ async fn malformed_and_hostile_bodies_are_rejected_without_blocking_their_group(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_and_releases_held_messages_at_once() {
     let emu = Emulator::start("sigterm").await;
-    let fx = Fixture::new(&emu, "sigterm").await;
+    // Through the fault proxy: the local region's SQS ends a poll whose caller hung up and honours
+    // ReceiveRequestAttemptId, as SQS does; the drain ends its poll and asks again (see tests/spot.rs).
+    let proxy = common::proxy::FaultProxy::start("sigterm", &emu.endpoint).await;
+    let fx = Fixture::new(&emu, "sigterm").await.through(proxy.url());
     let g = "cust-1";
     let orders = ids("ord", 10);
     fx.send_orders(g, &orders).await;

@@ -18,6 +18,7 @@ from iamgate.gate import Gate, StatementDenials
 from iamgate.stack import Stack
 
 from . import partiql
+from .attempts import Attempts
 from .aws import error_for, error_response, identify
 from .http1 import Message, ProtocolError, Stream, host_port, read_request, read_response
 from .rules import ACTIONS, Rule, decide
@@ -53,6 +54,7 @@ class Proxy:
         self.flowing.set()
         self.conns: set[Conn] = set()
         self.rules: list[Rule] = []
+        self.attempts = Attempts()  # ReceiveRequestAttemptId as SQS honours it (the emulator does not)
         self.next_rule = 1
         self.requests: dict[str, dict[str, int]] = {}
         self.stats = {
@@ -151,6 +153,7 @@ class Proxy:
             "seconds_left": round(left, 3),
             **self.stats,
             "requests": self.requests,
+            "attempts": self.attempts.view(),
             "rules": [r.view() for r in self.rules],
         }
 
@@ -217,6 +220,7 @@ class Proxy:
             if hangup.done() and not hangup.cancelled():
                 self.stats["abandoned"] += 1  # the client gave up: never forward what it no longer waits for
                 return False
+        # The IAM gate first: a denied request is answered here and never reaches SQS or the attempt-id memory.
         statements: StatementDenials | None = None
         if self.gate:
             method, path = req.start.split(" ")[:2]
@@ -232,7 +236,13 @@ class Proxy:
                 c.down_w.write(error_for(denial.service, denial.code, keep_alive, message=denial.message))
                 await c.down_w.drain()
                 return keep_alive
-        resp = await self.forward(c, req, self.per_service.get(service, self.upstream))
+        upstream = self.per_service.get(service, self.upstream)
+        if service == "sqs":
+            self.attempts.saw(operation, req)
+        if service == "sqs" and operation == "ReceiveMessage":
+            resp = await self.attempts.receive(req, lambda r: self.forward(c, r, upstream), c.down.until_hangup)
+        else:
+            resp = await self.forward(c, req, upstream)
         if resp is not None and statements is not None:
             resp = partiql.with_denied(resp, statements)
         if resp is None:

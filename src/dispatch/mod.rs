@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::health::Health;
 use crate::instance::InstanceId;
-use crate::queue::Queue;
+use crate::queue::{Handle, Queue};
 use crate::retry::Budget;
 use crate::store::Store;
 use crate::telemetry::{GROUPS_IN_FLIGHT, MESSAGES_IN_FLIGHT};
@@ -54,7 +54,8 @@ pub const RELEASE_GRACE: Duration = Duration::from_secs(2);
 /// The shutdown signals, from gentle to hard.
 #[derive(Clone, Default)]
 pub struct Control {
-    /// Receiving stops for good (after the poll in flight, whose messages are released).
+    /// Receiving stops for good: the poll in flight is ended and asked again with its attempt id; what it brings
+    /// is released.
     pub stop_receiving: CancellationToken,
     /// Group tasks take no new message; everything held but not started is released.
     pub draining: CancellationToken,
@@ -85,6 +86,9 @@ struct Inner {
     /// Recorded as ProcessedBy: the id once known, a fallback name until then.
     instance_id: Arc<InstanceId>,
     held: Mutex<Held>,
+    /// Taken out of `held` by a drain (not started, never to be started), in release order, waiting to be
+    /// released once no poll can take them back.
+    withheld: Mutex<Vec<Handle>>,
     /// Number of held groups: the receive loop waits on it for capacity.
     groups_held: watch::Sender<usize>,
     /// Receiving paused (rebalance, soft policy) while true.
@@ -128,6 +132,7 @@ impl Dispatcher {
             health,
             instance_id,
             held: Mutex::new(Held::default()),
+            withheld: Mutex::new(Vec::new()),
             groups_held: watch::channel(0).0,
             paused: watch::channel(false).0,
             polling: watch::channel(false).0,
@@ -181,23 +186,38 @@ impl Dispatcher {
         *self.inner.budget.lock().expect("budget lock")
     }
 
-    /// Start draining with `deadline` for the work: stop receiving, wait (within the deadline) for the poll in
-    /// flight so it cannot take back what we release, then take nothing new and release everything not started
-    /// (in group order). Until the poll returns, the groups keep being served.
-    pub async fn begin_drain(&self, deadline: Instant) {
+    /// The first step of every drain, taken the moment the worker decides to drain (before anything awaits):
+    /// every call from now on ends by `deadline` plus [`RELEASE_GRACE`], receiving stops (the poll in flight is
+    /// ended and recovered, see `receive`), the group tasks take nothing new, and every held message that has not started is taken
+    /// out of their reach, to be released by [`Dispatcher::begin_drain`]. From here on no held message starts:
+    /// an interrupted instance must not spend its notice on work another instance could be doing.
+    pub fn stop_taking(&self, deadline: Instant) {
         let inner = &self.inner;
         *inner.budget.lock().expect("budget lock") = Budget::Until(deadline + RELEASE_GRACE);
         inner.control.stop_receiving.cancel();
+        inner.control.draining.cancel();
+        let taken = inner.held.lock().expect("held lock").take_pending();
+        inner.withheld.lock().expect("withheld lock").extend(taken);
+        self.publish();
+    }
+
+    /// Start draining with `deadline` for the work: take nothing new ([`Dispatcher::stop_taking`]), wait
+    /// (within the deadline) for the poll in flight to be ended and recovered (a fraction of a second) so it
+    /// cannot take back what we release, then release
+    /// everything not started (in group order). The groups' runs in progress go on meanwhile.
+    pub async fn begin_drain(&self, deadline: Instant) {
+        let inner = &self.inner;
+        self.stop_taking(deadline);
         // Only worth waiting for when something is waiting to be released (an idle worker completes its hook
         // at once).
-        let pending = self.inner.held.lock().expect("held lock").pending() > 0;
+        let pending = !inner.withheld.lock().expect("withheld lock").is_empty();
         if pending {
             self.wait_for_poll(deadline.checked_sub(RELEASE_GRACE).unwrap_or(deadline))
                 .await;
         }
-        inner.control.draining.cancel();
-        let handles = inner.held.lock().expect("held lock").take_pending();
-        self.publish();
+        // In group order: each take is sorted, and a later take (none once receiving stopped) only adds later
+        // messages of a group.
+        let handles = std::mem::take(&mut *inner.withheld.lock().expect("withheld lock"));
         self.release(handles, 0, "drain").await;
     }
 
@@ -243,7 +263,7 @@ impl Dispatcher {
         .is_ok()
     }
 
-    /// Stop the background loops. The receive loop ends when its last poll returns (what it brings is
+    /// Stop the background loops. The receive loop ends once its ended poll is recovered (what it brings is
     /// released); past `until` it is abandoned (SQS is not answering, or the instance is about to go).
     pub async fn stop_loops(&self, until: Instant) {
         let inner = &self.inner;

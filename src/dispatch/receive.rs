@@ -15,6 +15,13 @@ use crate::retry::{backoff_for, Class};
 /// commit keeps its messages, so no receive count is burned).
 const BLOCKED_PROBE: Duration = Duration::from_secs(30);
 
+/// How long a drain lets the poll in flight come back by itself before ending it: a poll that is answering
+/// right now is cheaper to read than to recover; one that waits for messages would wait up to `--wait-time`.
+const POLL_GRACE: Duration = Duration::from_millis(100);
+
+/// Longest one recovery attempt (an immediate receive) may take before it is tried again, same attempt id.
+const RECOVER_ATTEMPT: Duration = Duration::from_secs(2);
+
 impl Dispatcher {
     pub(super) async fn receive_loop(self) {
         let inner = &self.inner;
@@ -57,17 +64,28 @@ impl Dispatcher {
             }
             // The poll is never abandoned while the worker runs: SQS may already have handed it messages, and a
             // dropped poll would hide them (and stall their groups) for a whole visibility timeout. Measured on
-            // the emulator: ten messages stuck for 120 s. A drain waits for it (within its deadline) before
-            // releasing, so it cannot take back what the drain releases.
+            // the emulator: ten messages stuck for 120 s. A drain ends it after a short grace instead of waiting
+            // out the long poll, and asks SQS again with the same attempt id (see `recover`); the drain releases
+            // nothing until that answer is in, so no poll can take back what the drain releases.
             inner.polling.send_replace(true);
             // A drain cancels `stop` before it looks at `polling`: either it sees this poll, or we see it.
             if stop.is_cancelled() {
                 break;
             }
-            let outcome = inner
-                .queue
-                .receive(free as i32, wait, vis, &attempt_id)
-                .await;
+            let outcome = {
+                let poll = inner.queue.receive(free as i32, wait, vis, &attempt_id);
+                tokio::pin!(poll);
+                tokio::select! {
+                    biased;
+                    r = &mut poll => Some(r),
+                    _ = async { stop.cancelled().await; tokio::time::sleep(POLL_GRACE).await } => None,
+                }
+            };
+            // Out of the select, the aborted poll's future is dropped (its connection closed) before we ask again.
+            let outcome = match outcome {
+                Some(r) => r,
+                None => self.recover(free as i32, vis, &attempt_id).await,
+            };
             match outcome {
                 Ok(messages) => {
                     if failures > 0 {
@@ -106,6 +124,49 @@ impl Dispatcher {
         }
         inner.polling.send_replace(false);
         tracing::debug!("receive loop stopped");
+    }
+
+    /// The poll in flight was ended by a drain: ask SQS again with the same `ReceiveRequestAttemptId` and no
+    /// wait. For a FIFO queue SQS answers a repeated attempt id (for 5 minutes, while none of its messages was
+    /// deleted or had its visibility changed) with the same messages and receipt handles, so whatever the ended
+    /// poll was handed comes back here and is released at once instead of staying hidden for a visibility
+    /// timeout; if it was handed nothing, this is an ordinary immediate receive (what it brings is released
+    /// too). Tried again on a transport failure or timeout, with the same id, until the drain's budget ends.
+    async fn recover(
+        &self,
+        max: i32,
+        vis: i32,
+        attempt_id: &str,
+    ) -> Result<Vec<Received>, crate::queue::SqsError> {
+        let inner = &self.inner;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let budget = self.budget();
+            let limit = budget.attempt_limit(RECOVER_ATTEMPT, Instant::now());
+            let last =
+                match tokio::time::timeout(limit, inner.queue.receive(max, 0, vis, attempt_id))
+                    .await
+                {
+                    Ok(Ok(messages)) => {
+                        tracing::info!(
+                            recovered = messages.len(),
+                            tries,
+                            attempt_id,
+                            "drain: the poll in flight was ended; asked again with its attempt id"
+                        );
+                        return Ok(messages);
+                    }
+                    Ok(Err(e)) if e.class != Class::Transient => return Err(e),
+                    Ok(Err(e)) => e,
+                    Err(_) => crate::queue::SqsError::no_answer("ReceiveMessage", limit),
+                };
+            if budget.expired(Instant::now()) || inner.control.abort.is_cancelled() {
+                tracing::warn!(cause = %last, tries, "drain: the ended poll could not be asked again within the deadline; what SQS handed it returns when its visibility times out");
+                return Err(last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Take received messages into their groups, starting a task for each new group. A poll that was out when
