@@ -190,7 +190,7 @@ async fn a_transactional_row_is_refused_until_repair_rebuilds_it_and_nothing_is_
     let repair = |apply: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_order-worker"));
         cmd.env_clear()
-            .envs(fx.env())
+            .envs(fx.operator_env())
             .args(["repair", "--group", g]);
         if apply {
             cmd.arg("--apply");

@@ -135,6 +135,11 @@ class Attempts:
         self.stats["receives"] += 1
         attempt = Attempt(now)
         self.table[key] = attempt
+        # This layer honours the attempt id: the receives it sends upstream carry none, or an upstream that honours
+        # it too (a fault proxy in front of the region's gate) would remember the first empty check of a long poll
+        # and answer every later check with it.
+        params = {k: v for k, v in params.items() if k != "ReceiveRequestAttemptId"}
+        req = with_params(req, params)
         try:
             answer = await self._poll(req, params, forward, attempt, hangup)
         except BaseException:

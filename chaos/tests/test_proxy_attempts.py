@@ -204,3 +204,22 @@ def test_a_failed_receive_is_not_remembered():
         assert [i for i, _ in ids_and_handles(resp)] == ["m1"]
 
     run(go())
+
+
+def test_a_layer_that_honours_the_attempt_id_does_not_pass_it_on():
+    """Two proxies in a row (a test's fault proxy in front of the region's gate): the outer one answers repeats,
+    so the inner one must see plain receives, or it would remember a long poll's first empty check and answer
+    every later check of that poll with it."""
+
+    async def go():
+        emu, outer, inner = Emulator(), Attempts(), Attempts()
+        chain = lambda r: inner.receive(r, emu.forward, never)  # noqa: E731
+        poll = asyncio.ensure_future(outer.receive(receive("a1", wait=5), chain, never))
+        await asyncio.sleep(0.25)  # a few empty checks
+        emu.visible.append("m1")
+        got = await asyncio.wait_for(poll, 3)
+        return got, emu.receives
+
+    got, receives = run(go())
+    assert ids_and_handles(got) == [("m1", "m1#1")]
+    assert all("ReceiveRequestAttemptId" not in r for r in receives)
