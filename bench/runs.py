@@ -135,6 +135,8 @@ class Fixture:
                 KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
             )
         self.sent_at: dict[str, float] = {}
+        # Each send's SQS MessageId, for the manifest: verify places each item at its own message's send.
+        self.message_id: dict[str, str] = {}
         self.manifest: list[dict] = []
 
     def queue_counts(self) -> tuple[int, int]:
@@ -195,9 +197,11 @@ class Fixture:
                     )
                     if out.get("Failed"):
                         raise BenchError(f"send failed: {out['Failed'][:2]}")
+                    ok = {e["Id"]: e["MessageId"] for e in out.get("Successful", [])}
                     with lock:
-                        for oid, _ in chunk:
+                        for k, (oid, _) in enumerate(chunk):
                             self.sent_at[oid] = now
+                            self.message_id[oid] = ok[str(k)]
             except BaseException as e:
                 errors.append(e)
 
@@ -210,7 +214,9 @@ class Fixture:
         if errors:
             raise BenchError(f"preload failed: {errors[0]!r}")
         for oid, g in plan:
-            self.manifest.append({"order_id": oid, "group": g, "expect": "accepted"})
+            self.manifest.append(
+                {"order_id": oid, "group": g, "expect": "accepted", "message_id": self.message_id[oid]}
+            )
         return time.monotonic() - started
 
     def steady_load(self, rate: float, seconds: float, groups: int) -> dict:
@@ -228,10 +234,10 @@ class Fixture:
             else:
                 late = max(late, now - due)
             self.sent_at[oid] = time.time()
-            sqs.send_message(
+            mid = sqs.send_message(
                 QueueUrl=self.queue_url, MessageBody=order_body(oid, g), MessageGroupId=g, MessageDeduplicationId=oid
-            )
-            self.manifest.append({"order_id": oid, "group": g, "expect": "accepted"})
+            )["MessageId"]
+            self.manifest.append({"order_id": oid, "group": g, "expect": "accepted", "message_id": mid})
         return {"sent": n, "seconds": time.monotonic() - t0, "max_lag_s": late}
 
     def write_manifest(self, path: Path) -> Path:

@@ -13,7 +13,9 @@ pub struct InstanceId {
     /// Set once, by whoever learns the id first (the flag, the start-up probe, the background retry or the
     /// drain): an instance's id never changes, so the first answer is the answer.
     known: OnceLock<String>,
-    /// What records say while the id is unknown: `unknown-<pid>`, distinct per process on one host.
+    /// What records say while the id is unknown: `unknown-<pid>-<random>`. The pid alone repeats across
+    /// identically booted instances, and the store takes an item with our `ProcessedBy` and receive count for
+    /// our own earlier write.
     fallback: String,
 }
 
@@ -22,7 +24,7 @@ impl InstanceId {
     pub fn new(flag: Option<&str>) -> InstanceId {
         let id = InstanceId {
             known: OnceLock::new(),
-            fallback: format!("unknown-{}", std::process::id()),
+            fallback: format!("unknown-{}-{:016x}", std::process::id(), fastrand::u64(..)),
         };
         if let Some(flag) = flag.map(str::trim).filter(|f| !f.is_empty()) {
             id.learn(flag);
@@ -54,7 +56,14 @@ mod tests {
     fn the_flag_or_the_first_learned_id_wins_and_records_name_a_fallback_until_then() {
         let id = InstanceId::new(None);
         assert_eq!(id.known(), None);
-        assert_eq!(id.name(), format!("unknown-{}", std::process::id()));
+        assert!(
+            id.name()
+                .starts_with(&format!("unknown-{}-", std::process::id())),
+            "{}",
+            id.name()
+        );
+        // Two processes with the same pid (identically booted instances) do not share a name.
+        assert_ne!(InstanceId::new(None).name(), InstanceId::new(None).name());
         assert!(id.learn("i-1"));
         assert!(!id.learn("i-2"), "an instance's id never changes");
         assert_eq!(id.name(), "i-1");

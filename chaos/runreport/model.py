@@ -10,13 +10,16 @@ from harness import parse_time
 
 
 def attribute_unknown_workers(records: list[dict], instances: list[dict]) -> None:
-    """A worker that took work before it learned its instance id records `unknown-<pid>`: spot-sim knows the pid.
-    Rewrites ProcessedBy in place, keeping what was recorded as RecordedProcessedBy."""
-    by_pid = {f"unknown-{i['pid']}": i["id"] for i in instances if i.get("pid")}
+    """A worker that took work before it learned its instance id records `unknown-<pid>-<random>` (older builds:
+    `unknown-<pid>`): spot-sim knows the pid. Rewrites ProcessedBy in place, keeping what was recorded as
+    RecordedProcessedBy."""
+    by_pid = {str(i["pid"]): i["id"] for i in instances if i.get("pid")}
     for r in records:
-        if r.get("ProcessedBy") in by_pid:
-            r["RecordedProcessedBy"] = r["ProcessedBy"]
-            r["ProcessedBy"] = by_pid[r["ProcessedBy"]]
+        name = r.get("ProcessedBy") or ""
+        pid = name.removeprefix("unknown-").split("-")[0] if name.startswith("unknown-") else None
+        if pid in by_pid:
+            r["RecordedProcessedBy"] = name
+            r["ProcessedBy"] = by_pid[pid]
 
 
 def interrupted_instances(status: dict, stories: dict) -> list[dict]:

@@ -51,6 +51,11 @@ def test_unknown_workers_get_their_instance_from_the_pid():
     model.attribute_unknown_workers(rs, [{"id": "i-a", "pid": 42}, {"id": "i-b"}])
     assert rs == [{"ProcessedBy": "i-a", "RecordedProcessedBy": "unknown-42"}, {"ProcessedBy": "i-b"}]
     assert model.applied_per_instance([*rs, {}]) == {"i-a": 1, "i-b": 1, "?": 1}
+    # Today's fallback carries a random part after the pid.
+    rs = [{"ProcessedBy": "unknown-42-00ff00ff00ff00ff"}, {"ProcessedBy": "unknown-7-aa"}]
+    model.attribute_unknown_workers(rs, [{"id": "i-a", "pid": 42}])
+    assert rs == [{"ProcessedBy": "i-a", "RecordedProcessedBy": "unknown-42-00ff00ff00ff00ff"},
+                  {"ProcessedBy": "unknown-7-aa"}]  # fmt: skip
 
 
 def test_the_experiments_targets_are_the_interrupted_else_whoever_had_a_notice():
