@@ -118,8 +118,13 @@ MUTATIONS = [
         "  default     = 115\n",
         ["settings", "tftest"],
     ),
-    ("wildcard-queue-permission", "policies/worker.json.tftpl", '"Resource": "${queue_arn}"', '"Resource": "*"',
-     ["hcl"]),  # fmt: skip
+    (
+        "wildcard-queue-permission",
+        "policies/worker.json.tftpl",
+        '"Resource": "${queue_arn}"',
+        '"Resource": "*"',
+        ["hcl"],
+    ),
     (
         "alias-to-website-endpoint",
         "dns.tf",
