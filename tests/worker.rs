@@ -268,6 +268,9 @@ async fn waits_out_an_emulator_outage_instead_of_crashing() {
     );
     // The region comes back (empty, as an emulator restarts): the same queue and tables, new orders.
     let emu2 = Emulator::start_on("outage", port).await;
+    // Until the stack is registered again the restarted region does not know the worker's key: AWS's answer to an
+    // unknown key, which the worker waits out like any account-wide error.
+    emu2.expect_denial(&format!("principal=key {}", worker_key(&fx.suffix)));
     let fx2 = Fixture::named(&emu2, "outage", &fx.suffix, &[]).await;
     fx2.send_orders("cust-1", &ids("after", 5)).await;
     fx2.wait_records(5, Duration::from_secs(60)).await;
