@@ -70,6 +70,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
+        args.min_size <= args.desired,
+        "--desired {} is below --min-size {}",
+        args.desired,
+        args.min_size
+    );
+    anyhow::ensure!(
         args.desired <= args.max_size,
         "--desired {} is above --max-size {}",
         args.desired,
@@ -94,6 +100,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.desired,
         workers,
         imds::app,
+        args.scaling_queue_url
+            .as_ref()
+            .map(|_| model::scaling::Policy {
+                target: args.target_value,
+                min_size: args.min_size,
+                max_size: args.max_size,
+            }),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -114,6 +127,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The first tick launches the initial capacity; the API is already up so workers can reach it.
     runtime::start_ticker(sim.clone());
+    if let Some(url) = &args.scaling_queue_url {
+        runtime::start_scaler(sim.clone(), url.clone());
+    }
     if let Some(every) = args.status_every {
         let sim = sim.clone();
         tokio::spawn(async move {

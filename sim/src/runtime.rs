@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::clock::{Clock, Now};
 use crate::config::RunArgs;
+use crate::model::scaling::{Policy, Tracker, PERIOD};
 use crate::model::{Effect, Region, Settings, Signal};
 use crate::process;
 
@@ -57,6 +58,8 @@ pub fn settings_from_args(a: &RunArgs) -> Settings {
         kill_grace: a.kill_grace,
         capacity_rebalance: a.capacity_rebalance,
         max_size: a.max_size,
+        min_size: a.min_size,
+        instance_warmup: a.instance_warmup,
         workers: a.worker_cmd.is_some(),
         region: a.region.clone(),
         account: a.account.clone(),
@@ -72,9 +75,15 @@ impl Sim {
         desired: u32,
         workers: Workers,
         imds_app: ImdsApp,
+        policy: Option<Policy>,
     ) -> Arc<Sim> {
+        let mut region = Region::new(settings.clone(), clock, desired);
+        // Launch template version 1 is the command line's worker.
+        region.fleet.templates[0].cmd = workers.cmd.clone();
+        region.fleet.templates[0].args = workers.args.clone();
+        region.fleet.scaling = policy.map(Tracker::new);
         Arc::new(Sim {
-            state: Mutex::new(Region::new(settings.clone(), clock, desired)),
+            state: Mutex::new(region),
             settings,
             clock,
             workers,
@@ -143,16 +152,23 @@ impl Sim {
     }
 
     fn spawn_worker(self: &Arc<Self>, id: &str) {
-        let Some(cmd) = self.workers.cmd.clone() else {
-            return;
-        };
-        let imds_url = {
+        // The instance's launch template version says what it runs.
+        let (imds_url, cmd, args) = {
             let st = self.lock();
-            match st.fleet.get(id).and_then(|i| i.imds_url.clone()) {
-                Some(u) => u,
-                // Its IMDS server could not bind: the launch was undone.
-                None => return,
-            }
+            let Some(inst) = st.fleet.get(id) else { return };
+            // Its IMDS server could not bind: the launch was undone.
+            let Some(u) = inst.imds_url.clone() else {
+                return;
+            };
+            let t = st.fleet.template(inst.version);
+            let cmd = t
+                .and_then(|t| t.cmd.clone())
+                .or_else(|| self.workers.cmd.clone());
+            let args = t.map(|t| t.args.clone()).unwrap_or_default();
+            (u, cmd, args)
+        };
+        let Some(cmd) = cmd else {
+            return;
         };
         let metrics_addr = match process::free_local_port() {
             Ok(p) => format!("127.0.0.1:{p}"),
@@ -165,7 +181,7 @@ impl Sim {
         let api_url = self.api_url.get().cloned().unwrap_or_default();
         let spawned = process::spawn(&process::Spawn {
             cmd: &cmd,
-            args: &self.workers.args,
+            args: &args,
             imds_url: &imds_url,
             api_url: &api_url,
             metrics_addr: &metrics_addr,
@@ -243,6 +259,55 @@ pub fn start_ticker(sim: Arc<Sim>) {
         loop {
             iv.tick().await;
             sim.tick();
+        }
+    });
+}
+
+/// Run the scaling policy at the end of every (scaled) one-minute period, with the queue's
+/// ApproximateNumberOfMessagesVisible read from SQS at that moment (as CloudWatch's one-minute datapoint). A
+/// failed read is a missing datapoint, not a zero: it cannot scale anything in.
+pub fn start_scaler(sim: Arc<Sim>, queue_url: String) {
+    tokio::spawn(async move {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            loader = loader.region(aws_config::Region::new(sim.settings.region.clone()));
+        }
+        let sqs = aws_sdk_sqs::Client::new(&loader.load().await);
+        let period = sim.clock.real(PERIOD);
+        let mut iv = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            iv.tick().await;
+            let read = sqs
+                .get_queue_attributes()
+                .queue_url(&queue_url)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await;
+            let visible = match read {
+                Ok(out) => {
+                    failing = false;
+                    out.attributes()
+                        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+                        .and_then(|v| v.parse::<u64>().ok())
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(cause = %aws_sdk_sqs::error::DisplayErrorContext(&e), "reading the queue backlog failed: no datapoint");
+                    }
+                    failing = true;
+                    None
+                }
+            };
+            sim.step(|st, now| {
+                st.fleet.close_period(now, visible);
+                ((), Vec::new())
+            });
         }
     });
 }
