@@ -59,6 +59,12 @@ TERRAFORM_FALLBACK = {
     "lifecycle_hook_timeout_seconds": 120,
     "fis_selection_mode": "COUNT(1)",
     "fis_duration_before_interruption": "PT2M",
+    # The scaling policy's numbers (harness/scaling.py turns them into spot-sim flags).
+    "backlog_per_instance_target": 100,
+    "min_size": 1,
+    "max_size": 10,
+    "desired_capacity": 2,
+    "instance_refresh_min_healthy_percentage": 66,
 }
 DLQ_RETENTION_SECONDS = 1209600  # terraform/queue.tf: the DLQ keeps messages as long as SQS allows
 
