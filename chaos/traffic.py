@@ -18,7 +18,7 @@ After the last order: the backlog waited for, the refresh waited for, then the s
 `order-worker verify` and the no-second-consumer check. Exit 1 when lost, applied twice, out of order, gaps or
 second-consumer receives is not 0, when an instance the group terminated (scale-in, refresh) did not complete its
 hook, when the refresh did not succeed or left an instance on build A, or (with --expect-scale-out) the group
-never scaled out. Output in --out: report.txt, report.json, report.html (the fleet chart), spot-sim-status.json,
+never scaled out. `--plant KIND` damages one thing on purpose: the run must fail naming it. Output in --out: report.txt, report.json, report.html (the fleet chart), spot-sim-status.json,
 the manifest and the worker logs.
 """
 
@@ -55,6 +55,12 @@ def main() -> int:
     p.add_argument("--expect-scale-out", action="store_true", help="fail when the group never scales out")
     p.add_argument("--build", choices=("debug", "release"), default="debug")
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--plant",
+        choices=("hook", "no-scaling", "lost", "twice", "order"),
+        help="the checks' self-test: workers that never complete their hook, a group without the scaling policy, "
+        "or the table damaged before verify (a record deleted, a second item at a held position, two swapped)",
+    )
     p.add_argument("--out", required=True)
     a = p.parse_args()
     for name in ("orders", "groups"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from harness import LocalRegion, binary, log, parse_time, scaling, terraform_defaults
 from harness.sim import events
 from soakrun import checks
+from soakrun.planted import plant_bug
 
 from . import chart, figures, shape
 from .text import render
@@ -26,10 +27,15 @@ PRICES_DIR = Path(__file__).resolve().parents[2] / "terraform" / "tools"
 class TrafficRegion(LocalRegion):
     """LocalRegion whose group scales by terraform's target-tracking policy on the queue's backlog."""
 
+    with_policy = True
+
     def start(self) -> TrafficRegion:
         self.start_emulator()
         self.create_resources()
-        self.sim_args = scaling.sim_args(self.tf, self.queue_url) + self.sim_args
+        if self.with_policy:
+            self.sim_args = scaling.sim_args(self.tf, self.queue_url) + self.sim_args
+        else:  # --plant no-scaling: the group keeps its desired capacity
+            self.sim_args = ["--min-size", str(self.tf["min_size"]), "--max-size", str(self.tf["max_size"])]
         self.start_sim(timeout=90)
         return self
 
@@ -205,6 +211,8 @@ def run(a: argparse.Namespace) -> int:
         items = [orders.item(f"SKU-{rng.randrange(1, 500)}", rng.randrange(1, 4), rng.randrange(100, 9000))]
         plan.append({"order_id": oid, "group": names[g], "body": orders.order_body(oid, names[g], items)})
     worker_args = ["--work-delay", a.work_delay, "--max-groups", str(a.max_groups), "--log-format", "json"]
+    if a.plant == "hook":
+        worker_args += ["--lifecycle-hook", ""]  # a worker that never completes its hook
     scale = a.time_scale
     report: dict = {"config": {**vars(a), "seed": seed, "phases": [p.__dict__ for p in phases]}}
     failures: list[str] = []
@@ -212,6 +220,7 @@ def run(a: argparse.Namespace) -> int:
     log(f"traffic: {a.orders} orders over {a.groups} groups ({a.group_mode}), profile {a.profile} "
         f"({shape.length(phases):g} simulated minutes at time scale {scale}), seed {seed}, out {out}")  # fmt: skip
     start = int(terraform_defaults()["desired_capacity"])
+    TrafficRegion.with_policy = a.plant != "no-scaling"
     with TrafficRegion(out_dir=out, workers=start, time_scale=scale, worker_args=worker_args,
                        kill_grace="2s", launch_delay=a.launch_delay, profile=a.build) as region:  # fmt: skip
         tf = region.tf
@@ -280,6 +289,9 @@ def run(a: argparse.Namespace) -> int:
         for r in recs:
             if (t := parse_time(r.get("ProcessedAt"))) is not None:
                 processed[r["OrderID"]] = t
+        if a.plant in ("lost", "twice", "order"):
+            log(f"PLANTED ({a.plant}): {plant_bug(region, a.plant)}")
+            recs = region.records()
         v = region.verify(manifest)
         logs = checks.scan_worker_logs(region.worker_log_dir)
         timeline = list(spot.timeline)
