@@ -7,9 +7,11 @@
 //! - `config`: the command line (clap; every run flag also from a `SPOT_SIM_*` variable).
 //! - `clock`: the time scale, the present (`Now`), deadlines as `Instant` and wall-clock UTC, AWS time formats.
 //! - `model`: the region as state and transitions, no I/O: `model::fleet` (group, instances, hook,
-//!   interruptions, events) and `model::fis` (templates, experiments); transitions return `Effect`s.
+//!   interruptions, events, termination policy, instance refresh), `model::scaling` (target tracking) and
+//!   `model::fis` (templates, experiments); transitions return `Effect`s.
 //! - `process`: the real worker process behind an instance (spawn with its endpoints, signal, no orphans).
-//! - `runtime`: owns the state lock; runs a model step, drops the lock, carries out the effects; the ticker.
+//! - `runtime`: owns the state lock; runs a model step, drops the lock, carries out the effects; the ticker;
+//!   the scaler (reads the queue's backlog from SQS once per simulated minute for the scaling policy).
 //! - `imds`: one IMDSv2 server per instance, with fault injection.
 //! - `autoscaling`: the Auto Scaling Query API (XML) the SDK speaks.
 //! - `fis`: the FIS REST-JSON API (parsing templates, rendering experiments).
