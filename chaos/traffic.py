@@ -42,6 +42,12 @@ def main() -> int:
     p.add_argument("--groups", type=int, default=40)
     p.add_argument("--group-mode", choices=("uniform", "hot"), default="uniform")
     p.add_argument("--profile", choices=sorted(shape.PROFILES), default="day")
+    p.add_argument(
+        "--scaling-metric",
+        choices=("backlog", "fifo-aware"),
+        default="backlog",
+        help="backlog: terraform's policy; fifo-aware: held at one spare worker when some worker holds no group",
+    )
     p.add_argument("--time-scale", type=float, default=0.05, help="real seconds per simulated second")
     p.add_argument("--interrupt-every", type=float, default=5, help="simulated minutes between Spot events (0: none)")
     p.add_argument("--refresh-at", type=float, default=None, help="simulated minute to start an instance refresh")

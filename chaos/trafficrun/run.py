@@ -28,12 +28,13 @@ class TrafficRegion(LocalRegion):
     """LocalRegion whose group scales by terraform's target-tracking policy on the queue's backlog."""
 
     with_policy = True
+    metric = "backlog"
 
     def start(self) -> TrafficRegion:
         self.start_emulator()
         self.create_resources()
         if self.with_policy:
-            self.sim_args = scaling.sim_args(self.tf, self.queue_url) + self.sim_args
+            self.sim_args = scaling.sim_args(self.tf, self.queue_url) + ["--scaling-metric", self.metric]
         else:  # --plant no-scaling: the group keeps its desired capacity
             self.sim_args = ["--min-size", str(self.tf["min_size"]), "--max-size", str(self.tf["max_size"])]
         self.start_sim(timeout=90)
@@ -221,6 +222,7 @@ def run(a: argparse.Namespace) -> int:
         f"({shape.length(phases):g} simulated minutes at time scale {scale}), seed {seed}, out {out}")  # fmt: skip
     start = int(terraform_defaults()["desired_capacity"])
     TrafficRegion.with_policy = a.plant != "no-scaling"
+    TrafficRegion.metric = a.scaling_metric
     with TrafficRegion(out_dir=out, workers=start, time_scale=scale, worker_args=worker_args,
                        kill_grace="2s", launch_delay=a.launch_delay, profile=a.build) as region:  # fmt: skip
         tf = region.tf

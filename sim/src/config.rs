@@ -77,6 +77,16 @@ pub struct RunArgs {
     #[arg(long, env = "SPOT_SIM_TARGET_VALUE", default_value_t = 100.0, value_parser = parse_target)]
     pub target_value: f64,
 
+    /// What the policy tracks: `backlog` (terraform's: visible / in service) or `fifo-aware` (the backlog, held
+    /// at one spare worker while some worker holds no message group although messages wait).
+    #[arg(
+        long,
+        env = "SPOT_SIM_SCALING_METRIC",
+        value_enum,
+        default_value = "backlog"
+    )]
+    pub scaling_metric: ScalingMetric,
+
     /// Termination lifecycle hook name.
     #[arg(long, env = "SPOT_SIM_HOOK_NAME", default_value = "order-worker-drain")]
     pub hook_name: String,
@@ -134,6 +144,21 @@ pub struct RunArgs {
     /// Instance type shown in metadata and Describe calls.
     #[arg(long, env = "SPOT_SIM_INSTANCE_TYPE", default_value = "c7g.large")]
     pub instance_type: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScalingMetric {
+    Backlog,
+    FifoAware,
+}
+
+impl ScalingMetric {
+    pub fn kind(self) -> crate::model::scaling::MetricKind {
+        match self {
+            ScalingMetric::Backlog => crate::model::scaling::MetricKind::Backlog,
+            ScalingMetric::FifoAware => crate::model::scaling::MetricKind::FifoAware,
+        }
+    }
 }
 
 fn parse_target(s: &str) -> Result<f64, String> {

@@ -137,6 +137,7 @@ pub fn status_json(sim: &Sim) -> Value {
         "launch_templates": st.fleet.templates.iter().map(|t| json!({"version": t.version, "cmd": t.cmd, "args": t.args, "description": t.description})).collect::<Vec<_>>(),
         "scaling": st.fleet.scaling.as_ref().map(|t| json!({
             "target": t.policy.target,
+            "metric": match t.policy.metric { crate::model::scaling::MetricKind::Backlog => "backlog", crate::model::scaling::MetricKind::FifoAware => "fifo-aware" },
             "min_size": t.policy.min_size,
             "max_size": t.policy.max_size,
             "instance_warmup_seconds": s.instance_warmup.as_secs(),
@@ -149,6 +150,7 @@ pub fn status_json(sim: &Sim) -> Value {
                 "desired": d.desired,
                 "counted": d.counted,
                 "warming": d.warming,
+                "busy": d.busy,
             })).collect::<Vec<_>>(),
         })),
         "instance_refreshes": st.fleet.refreshes.iter().map(|r| json!({

@@ -16,11 +16,12 @@
 //! - `autoscaling`: the Auto Scaling Query API (XML) the SDK speaks.
 //! - `fis`: the FIS REST-JSON API (parsing templates, rendering experiments).
 //! - `control`: the `/_sim/` JSON control API (interrupt, rebalance, scale in, faults, signals, status).
+//! - `scaler`: the scaling policy's inputs each period (the queue's backlog from SQS, the workers' busy count).
 //! - `status`: the human-readable instance table.
 //!
 //! Dependencies point one way, so the model is tested without HTTP (`grep '^use crate' src/**/*.rs`):
-//! `clock` <- `model` (`fis` -> `fleet`) <- `process` <- `runtime` <- `imds`, `autoscaling`, `fis`, `control`
-//! <- `main`. The runtime starts IMDS servers through a function `main` hands it (`imds::app`), not an import.
+//! `clock` <- `model` (`fis` -> `fleet`) <- `process` <- `runtime` <- `imds`, `autoscaling`, `fis`, `control`,
+//! `scaler` <- `main`. The runtime starts IMDS servers through a function `main` hands it (`imds::app`), not an import.
 //!
 //! `main` only parses flags, binds, writes the ready file, and waits for SIGTERM/SIGINT or `/_sim/shutdown`.
 
@@ -33,6 +34,7 @@ mod imds;
 mod model;
 mod process;
 mod runtime;
+mod scaler;
 mod status;
 
 use std::path::Path;
@@ -108,6 +110,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 target: args.target_value,
                 min_size: args.min_size,
                 max_size: args.max_size,
+                metric: args.scaling_metric.kind(),
             }),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -130,7 +133,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The first tick launches the initial capacity; the API is already up so workers can reach it.
     runtime::start_ticker(sim.clone());
     if let Some(url) = &args.scaling_queue_url {
-        runtime::start_scaler(sim.clone(), url.clone());
+        scaler::start(sim.clone(), url.clone(), args.scaling_metric.kind());
     }
     if let Some(every) = args.status_every {
         let sim = sim.clone();

@@ -13,7 +13,7 @@ use tracing::warn;
 
 use crate::clock::{Clock, Now};
 use crate::config::RunArgs;
-use crate::model::scaling::{Policy, Tracker, PERIOD};
+use crate::model::scaling::{Policy, Tracker};
 use crate::model::{Effect, Region, Settings, Signal};
 use crate::process;
 
@@ -259,55 +259,6 @@ pub fn start_ticker(sim: Arc<Sim>) {
         loop {
             iv.tick().await;
             sim.tick();
-        }
-    });
-}
-
-/// Run the scaling policy at the end of every (scaled) one-minute period, with the queue's
-/// ApproximateNumberOfMessagesVisible read from SQS at that moment (as CloudWatch's one-minute datapoint). A
-/// failed read is a missing datapoint, not a zero: it cannot scale anything in.
-pub fn start_scaler(sim: Arc<Sim>, queue_url: String) {
-    tokio::spawn(async move {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if std::env::var_os("AWS_REGION").is_none()
-            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-        {
-            loader = loader.region(aws_config::Region::new(sim.settings.region.clone()));
-        }
-        let sqs = aws_sdk_sqs::Client::new(&loader.load().await);
-        let period = sim.clock.real(PERIOD);
-        let mut iv = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        loop {
-            iv.tick().await;
-            let read = sqs
-                .get_queue_attributes()
-                .queue_url(&queue_url)
-                .attribute_names(
-                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
-                )
-                .send()
-                .await;
-            let visible = match read {
-                Ok(out) => {
-                    failing = false;
-                    out.attributes()
-                        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
-                        .and_then(|v| v.parse::<u64>().ok())
-                }
-                Err(e) => {
-                    if !failing {
-                        warn!(cause = %aws_sdk_sqs::error::DisplayErrorContext(&e), "reading the queue backlog failed: no datapoint");
-                    }
-                    failing = true;
-                    None
-                }
-            };
-            sim.step(|st, now| {
-                st.fleet.close_period(now, visible);
-                ((), Vec::new())
-            });
         }
     });
 }

@@ -38,6 +38,36 @@ pub struct Policy {
     pub target: f64,
     pub min_size: u32,
     pub max_size: u32,
+    pub metric: MetricKind,
+}
+
+/// What the policy tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// terraform/compute.tf's: visible messages / instances in service.
+    Backlog,
+    /// The backlog, but never more than "one spare worker" while some worker holds no message group although
+    /// messages are waiting: then the backlog sits in groups others hold, and another instance would find
+    /// nothing to take (see [`fifo_aware`]).
+    FifoAware,
+}
+
+/// The FIFO-aware metric. `busy`: workers holding at least one message group (what each worker publishes as
+/// `order_worker_groups_in_flight`). With messages visible and an idle worker, a FIFO queue's backlog is in
+/// groups other workers hold: more instances cannot help, so the metric is `target * (busy + 1) / in_service`
+/// (neutral with exactly one spare worker, low with more: scale in towards busy + 1), capped by the plain
+/// backlog per instance. With no idle worker it is the plain metric.
+pub fn fifo_aware(target: f64, visible: u64, in_service: f64, busy: u32) -> Option<f64> {
+    if in_service <= 0.0 {
+        return None;
+    }
+    let plain = visible as f64 / in_service;
+    let idle = in_service - f64::from(busy);
+    if visible > 0 && idle >= 1.0 {
+        Some(plain.min(target * (f64::from(busy) + 1.0) / in_service))
+    } else {
+        Some(plain)
+    }
 }
 
 /// What the group looks like when a period ends.
@@ -150,6 +180,8 @@ pub struct Datapoint {
     pub desired: u32,
     pub counted: u32,
     pub warming: u32,
+    /// Workers holding a message group (FIFO-aware metric only).
+    pub busy: Option<u32>,
 }
 
 /// The policy's state between periods: the datapoints the alarms look back over, the in-service average being
@@ -183,11 +215,13 @@ impl Tracker {
         self.in_service_samples += 1;
     }
 
-    /// The period ended with `visible` messages: record the datapoint and run the policy.
+    /// The period ended with `visible` messages (and `busy` workers holding a group, for the FIFO-aware
+    /// metric): record the datapoint and run the policy.
     pub fn close_period(
         &mut self,
         wall: OffsetDateTime,
         visible: Option<u64>,
+        busy: Option<u32>,
         in_service_now: u32,
         cap: Capacity,
     ) -> Decision {
@@ -198,8 +232,12 @@ impl Tracker {
         };
         self.in_service_sum = 0.0;
         self.in_service_samples = 0;
-        let metric = match visible {
-            Some(v) if in_service > 0.0 => Some(v as f64 / in_service),
+        let metric = match (visible, self.policy.metric, busy) {
+            (Some(v), MetricKind::FifoAware, Some(b)) => {
+                fifo_aware(self.policy.target, v, in_service, b)
+            }
+            // Without the workers' figures the FIFO-aware metric falls back to the plain one.
+            (Some(v), _, _) if in_service > 0.0 => Some(v as f64 / in_service),
             _ => None,
         };
         self.points.push_back(metric);
@@ -216,6 +254,7 @@ impl Tracker {
             desired: d.desired.unwrap_or(cap.desired),
             counted: cap.counted,
             warming: cap.warming,
+            busy,
         });
         if self.history.len() > MAX_HISTORY {
             self.history.drain(..MAX_HISTORY / 10);
@@ -232,6 +271,7 @@ mod tests {
         target: 100.0,
         min_size: 1,
         max_size: 10,
+        metric: MetricKind::Backlog,
     };
 
     fn pts(v: &[f64]) -> VecDeque<Option<f64>> {
@@ -324,19 +364,54 @@ mod tests {
         for n in [1, 1, 3, 3] {
             t.sample_in_service(n);
         }
-        let d = t.close_period(now, Some(1000), 3, cap(3, 3, 0));
+        let d = t.close_period(now, Some(1000), None, 3, cap(3, 3, 0));
         assert_eq!(t.history[0].metric, Some(500.0));
         assert_eq!(d.alarm, Alarm::Ok);
-        t.close_period(now, Some(1500), 3, cap(3, 3, 0));
+        t.close_period(now, Some(1500), None, 3, cap(3, 3, 0));
         // Third datapoint above: scale out from the ratio (3 counted * 500 / 100 = 15, capped at 10).
-        let d = t.close_period(now, Some(1500), 3, cap(3, 3, 0));
+        let d = t.close_period(now, Some(1500), None, 3, cap(3, 3, 0));
         assert_eq!(d.desired, Some(10));
         // Still above next period: the policy runs again (nothing more to add at max).
-        let d = t.close_period(now, Some(1500), 3, cap(10, 3, 7));
+        let d = t.close_period(now, Some(1500), None, 3, cap(10, 3, 7));
         assert_eq!((d.alarm, d.desired), (Alarm::High, None));
         // No instance in service: no datapoint.
-        let d = t.close_period(now, Some(1500), 0, cap(10, 0, 0));
+        let d = t.close_period(now, Some(1500), None, 0, cap(10, 0, 0));
         assert_eq!(t.history.last().unwrap().metric, None);
         assert_eq!(d.alarm, Alarm::Ok);
+    }
+
+    #[test]
+    fn the_fifo_aware_metric_holds_one_spare_worker_when_the_backlog_sits_in_held_groups() {
+        // 2,000 waiting, 10 instances, 2 of them holding groups: the plain metric (200) would keep all 10; the
+        // FIFO-aware one is 100 * 3 / 10 = 30, low: scale in towards 3.
+        assert_eq!(fifo_aware(100.0, 2000, 10.0, 2), Some(30.0));
+        let d = decide(
+            &Policy {
+                metric: MetricKind::FifoAware,
+                ..POLICY
+            },
+            &pts(&[30.0; 15]),
+            cap(10, 10, 0),
+        );
+        assert_eq!(d.desired, Some(3));
+        // At busy + 1 it is the target itself: neither alarm fires.
+        assert_eq!(fifo_aware(100.0, 2000, 3.0, 2), Some(100.0));
+        assert_eq!(alarm(100.0, &pts(&[100.0; 15])), Alarm::Ok);
+        // Every worker busy: the plain backlog per instance (scale out as usual).
+        assert_eq!(fifo_aware(100.0, 2000, 4.0, 4), Some(500.0));
+        // Never above the plain metric, and nothing waiting is nothing.
+        assert_eq!(fifo_aware(100.0, 10, 10.0, 2), Some(1.0));
+        assert_eq!(fifo_aware(100.0, 0, 10.0, 0), Some(0.0));
+        assert_eq!(fifo_aware(100.0, 10, 0.0, 0), None);
+        // The tracker uses it when it has the workers' figure, the plain metric when it has none.
+        let mut t = Tracker::new(Policy {
+            metric: MetricKind::FifoAware,
+            ..POLICY
+        });
+        let now = OffsetDateTime::now_utc();
+        t.close_period(now, Some(2000), Some(2), 10, cap(10, 10, 0));
+        assert_eq!(t.history[0].metric, Some(30.0));
+        t.close_period(now, Some(2000), None, 10, cap(10, 10, 0));
+        assert_eq!(t.history[1].metric, Some(200.0));
     }
 }

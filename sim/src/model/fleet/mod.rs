@@ -181,12 +181,18 @@ impl Fleet {
         }
     }
 
-    /// A one-minute period ended with `visible` messages in the queue: run the scaling policy.
-    pub fn close_period(&mut self, now: Now, visible: Option<u64>) -> Option<Decision> {
+    /// A one-minute period ended with `visible` messages in the queue (and `busy` workers holding a message
+    /// group, when the FIFO-aware metric is in use): run the scaling policy.
+    pub fn close_period(
+        &mut self,
+        now: Now,
+        visible: Option<u64>,
+        busy: Option<u32>,
+    ) -> Option<Decision> {
         let cap = self.scaling_capacity(now.at);
         let in_service = self.in_service();
         let tracker = self.scaling.as_mut()?;
-        let d = tracker.close_period(now.wall, visible, in_service, cap);
+        let d = tracker.close_period(now.wall, visible, busy, in_service, cap);
         let metric = tracker
             .history
             .last()
@@ -1226,6 +1232,7 @@ pub(crate) mod tests {
             target: 100.0,
             min_size: 1,
             max_size: 10,
+            metric: crate::model::scaling::MetricKind::Backlog,
         }));
         let mut t = t0.after(Duration::from_millis(10));
         f.tick(t);
@@ -1233,9 +1240,9 @@ pub(crate) mod tests {
         f.tick(t);
         // 1,000 visible on 2 instances: 500 per instance. Two periods: nothing.
         for _ in 0..2 {
-            assert_eq!(f.close_period(t, Some(1000)).unwrap().desired, None);
+            assert_eq!(f.close_period(t, Some(1000), None).unwrap().desired, None);
         }
-        let d = f.close_period(t, Some(1000)).unwrap();
+        let d = f.close_period(t, Some(1000), None).unwrap();
         assert_eq!((d.alarm, d.desired), (Alarm::High, Some(10)));
         assert_eq!(f.desired, 10);
         assert_eq!(f.timeline.last().unwrap().kind, EventKind::ScaleOut);
@@ -1244,13 +1251,13 @@ pub(crate) mod tests {
         assert_eq!(f.capacity(), 10);
         // The queue empties. While the new ones warm up, no scale-in however long the metric is low.
         for _ in 0..20 {
-            assert_eq!(f.close_period(t, Some(0)).unwrap().desired, None);
+            assert_eq!(f.close_period(t, Some(0), None).unwrap().desired, None);
         }
         t = t.after(Duration::from_millis(10));
         f.tick(t);
         t = t.after(Duration::from_millis(200));
         f.tick(t);
-        let d = f.close_period(t, Some(0)).unwrap();
+        let d = f.close_period(t, Some(0), None).unwrap();
         assert_eq!((d.alarm, d.desired), (Alarm::Low, Some(1)));
         assert_eq!(ids(&f, Lifecycle::TerminatingWait).len(), 9);
         assert_eq!(
