@@ -34,7 +34,7 @@ class TrafficRegion(LocalRegion):
         self.start_emulator()
         self.create_resources()
         if self.with_policy:
-            self.sim_args = scaling.sim_args(self.tf, self.queue_url) + ["--scaling-metric", self.metric]
+            self.sim_args = [*scaling.sim_args(self.tf, self.queue_url), "--scaling-metric", self.metric]
         else:  # --plant no-scaling: the group keeps its desired capacity
             self.sim_args = ["--min-size", str(self.tf["min_size"]), "--max-size", str(self.tf["max_size"])]
         self.start_sim(timeout=90)
