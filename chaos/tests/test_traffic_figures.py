@@ -41,3 +41,11 @@ def test_oldest_age_instance_time_and_cost():
     # 150 s real at scale 0.5 = 300 s simulated = 5 instance-minutes; fixed: 4 x 240 s = 16 minutes.
     assert f["instance_minutes"] == pytest.approx(5)
     assert f["fixed_fleet_instance_minutes"] == pytest.approx(16)
+
+
+def test_send_rates_measure_the_burst_the_producer_achieved():
+    # Scale 1/60: a simulated minute is one real second. Minutes 0-4 send 2 each, minute 5 sends 40.
+    sent = {f"o{i}": float(i // 2) + 0.1 for i in range(10)}
+    sent.update({f"b{i}": 5.5 for i in range(40)})
+    r = figures.send_rates(sent, 0.0, 1 / 60, (0, 5))
+    assert r == {"peak_per_minute": 40, "day_median_per_minute": 2, "achieved_burst_ratio": 20}

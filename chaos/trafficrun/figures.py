@@ -86,3 +86,17 @@ def fleet_figures(instances: list[dict], samples: list[dict], start: float, end:
         "fixed_fleet_instance_minutes": fixed,
         "saved_share": None if fixed <= 0 else 1 - used / fixed,
     }
+
+
+def send_rates(sent: dict[str, float], t0: float, scale: float, day: tuple[float, float]) -> dict:
+    """Orders sent per simulated minute: the busiest minute against the median minute of the `day` phase
+    (start, end in simulated minutes): the burst the producer achieved, which a loaded emulator can flatten."""
+    counts: dict[int, int] = {}
+    for t in sent.values():
+        m = int((t - t0) / scale / 60)
+        counts[m] = counts.get(m, 0) + 1
+    base = sorted(counts.get(m, 0) for m in range(int(day[0]), int(day[1])))
+    median = base[len(base) // 2] if base else 0
+    peak = max(counts.values(), default=0)
+    return {"peak_per_minute": peak, "day_median_per_minute": median,
+            "achieved_burst_ratio": None if not median else peak / median}  # fmt: skip

@@ -195,6 +195,14 @@ def leavers(status: dict) -> list[dict]:
     return out
 
 
+def day_phase(phases) -> tuple[float, float]:
+    """The base-rate phase (the day, or the whole steady profile), in simulated minutes."""
+    start = shape.phase_start(phases, "day")
+    if start is None:
+        return (0.0, shape.length(phases))
+    return (start, start + next(p.minutes for p in phases if p.name == "day"))
+
+
 def run(a: argparse.Namespace) -> int:
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +349,7 @@ def run(a: argparse.Namespace) -> int:
             "max": max(lat, default=None),
         },
         "oldest_message_age_seconds_max": max(ages, default=0),
+        "send_rates": figures.send_rates(producer.sent_at, t0, scale, day_phase(phases)),
         "fleet": fleet,
         "instance_type": itype,
         "prices": {"spot_hourly": spot_h, "on_demand_hourly": od_h, "recorded": prices.RECORDED},

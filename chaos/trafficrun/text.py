@@ -29,6 +29,10 @@ def render(r: dict) -> str:
             lines.append(f"  flash sale start -> backlog back under target: {_f(s, '{:.1f}')} s real = "
                          f"{_f(None if s is None else s / scale / 60, '{:.1f}')} simulated minutes "
                          f"(peak {rec['peak_per_instance']:.0f} per instance)")  # fmt: skip
+    sr = f.get("send_rates")
+    if sr:
+        lines.append(f"  sent: busiest simulated minute {sr['peak_per_minute']} orders, the day's median minute "
+                     f"{sr['day_median_per_minute']}: an achieved burst of {_f(sr['achieved_burst_ratio'], '{:.1f}')}x")  # fmt: skip
     lat = f["send_to_record_seconds"]
     lines.append(f"  send -> record: p50 {_f(lat['p50'])} s, p99 {_f(lat['p99'])} s, max {_f(lat['max'])} s real "
                  f"(simulated: x{1 / scale:g}); oldest message age peak {f['oldest_message_age_seconds_max']:.1f} s")  # fmt: skip
