@@ -63,6 +63,12 @@ TERRAFORM_FALLBACK = {
     "lifecycle_hook_timeout_seconds": 120,
     "fis_selection_mode": "COUNT(1)",
     "fis_duration_before_interruption": "PT2M",
+    # The scaling policy's numbers (harness/scaling.py turns them into spot-sim flags).
+    "backlog_per_instance_target": 100,
+    "min_size": 1,
+    "max_size": 10,
+    "desired_capacity": 2,
+    "instance_refresh_min_healthy_percentage": 66,
 }
 DLQ_RETENTION_SECONDS = 1209600  # terraform/queue.tf: the DLQ keeps messages as long as SQS allows
 
@@ -367,6 +373,9 @@ class LocalRegion:
                 "ORDER_WORKER_ORDERS_TABLE": self.orders_table,
                 "ORDER_WORKER_GROUPS_TABLE": self.groups_table,
                 "ORDER_WORKER_LIFECYCLE_HOOK": self.hook_name,
+                # spot-sim's scaler reads the backlog as CloudWatch would, past the IAM gate (no principal of ours
+                # makes that call on AWS).
+                "SPOT_SIM_METRICS_SQS_ENDPOINT": self.emulator_endpoint,
                 "RUST_LOG": env.get("RUST_LOG", "info"),
             }
         )

@@ -16,7 +16,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::clock::{self, Now};
-use crate::model::fleet::{uuid, ActionRef, Fleet, Instance, Lifecycle, LifecycleResult};
+use crate::model::fleet::{
+    uuid, ActionRef, Fleet, Instance, Lifecycle, LifecycleResult, RefreshPrefs,
+};
 use crate::model::Refusal;
 use crate::runtime::Sim;
 
@@ -160,6 +162,9 @@ fn dispatch(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
         "RecordLifecycleActionHeartbeat" => lifecycle_action(sim, p, false),
         "SetDesiredCapacity" => set_desired(sim, p),
         "TerminateInstanceInAutoScalingGroup" => terminate(sim, p),
+        "StartInstanceRefresh" => start_refresh(sim, p),
+        "DescribeInstanceRefreshes" => describe_refreshes(sim, p),
+        "CancelInstanceRefresh" => cancel_refresh(sim, p),
         "" => Err(ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "MissingAction",
@@ -188,9 +193,20 @@ fn instance_xml(out: &mut String, sim: &Sim, i: &Instance, with_group: bool) {
         "HealthStatus",
         if with_group { "HEALTHY" } else { "Healthy" },
     );
-    out.push_str("<LaunchTemplate><LaunchTemplateId>lt-0123456789abcdef0</LaunchTemplateId><LaunchTemplateName>order-worker</LaunchTemplateName><Version>1</Version></LaunchTemplate>");
+    launch_template_xml(out, i.version);
     el(out, "ProtectedFromScaleIn", "false");
     out.push_str("</member>");
+}
+
+const TEMPLATE_ID: &str = "lt-0123456789abcdef0";
+const TEMPLATE_NAME: &str = "order-worker";
+
+fn launch_template_xml(out: &mut String, version: u32) {
+    out.push_str("<LaunchTemplate>");
+    el(out, "LaunchTemplateId", TEMPLATE_ID);
+    el(out, "LaunchTemplateName", TEMPLATE_NAME);
+    el(out, "Version", &version.to_string());
+    out.push_str("</LaunchTemplate>");
 }
 
 /// Instances the group still reports: terminated ones drop out, as they do on AWS shortly after.
@@ -211,8 +227,8 @@ fn describe_groups(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
         out.push_str("<member>");
         el(&mut out, "AutoScalingGroupName", &s.group);
         el(&mut out, "AutoScalingGroupARN", &s.group_arn());
-        out.push_str("<LaunchTemplate><LaunchTemplateId>lt-0123456789abcdef0</LaunchTemplateId><LaunchTemplateName>order-worker</LaunchTemplateName><Version>1</Version></LaunchTemplate>");
-        el(&mut out, "MinSize", "0");
+        launch_template_xml(&mut out, st.version);
+        el(&mut out, "MinSize", &s.min_size.to_string());
         el(&mut out, "MaxSize", &s.max_size.to_string());
         el(&mut out, "DesiredCapacity", &st.desired.to_string());
         el(&mut out, "DefaultCooldown", "300");
@@ -223,6 +239,11 @@ fn describe_groups(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
         out.push_str("</AvailabilityZones>");
         el(&mut out, "HealthCheckType", "EC2");
         el(&mut out, "HealthCheckGracePeriod", "300");
+        el(
+            &mut out,
+            "DefaultInstanceWarmup",
+            &s.instance_warmup.as_secs().to_string(),
+        );
         out.push_str("<Instances>");
         for i in listed(st) {
             instance_xml(&mut out, sim, i, false);
@@ -387,6 +408,171 @@ fn terminate(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
     el(&mut out, "Details", "{}");
     out.push_str("</Activity>");
     Ok(ok("TerminateInstanceInAutoScalingGroup", &out))
+}
+
+/// A `Preferences.*` boolean.
+fn flag(p: &Params, k: &str) -> Result<Option<bool>, ApiError> {
+    match p.get(k) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(validation(format!("Invalid {k} {other}"))),
+    }
+}
+
+/// A `Preferences.*` whole number.
+fn number(p: &Params, k: &str) -> Result<Option<u32>, ApiError> {
+    p.get(k)
+        .map(|v| {
+            v.parse::<u32>()
+                .map_err(|_| validation(format!("Invalid {k} {v}")))
+        })
+        .transpose()
+}
+
+/// StartInstanceRefresh: Strategy Rolling; Preferences MinHealthyPercentage, InstanceWarmup, SkipMatching;
+/// DesiredConfiguration.LaunchTemplate (name or id of the one template, a version number, `$Latest` or
+/// `$Default`). Other preferences are refused rather than ignored.
+fn start_refresh(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
+    sim.lock()
+        .fleet
+        .check_group(p.required("AutoScalingGroupName")?)?;
+    if let Some(s) = p.get("Strategy").filter(|s| *s != "Rolling") {
+        return Err(validation(format!(
+            "Strategy {s} is not supported (spot-sim models Rolling)"
+        )));
+    }
+    let known = [
+        "Preferences.MinHealthyPercentage",
+        "Preferences.InstanceWarmup",
+        "Preferences.SkipMatching",
+    ];
+    if let Some(k) =
+        p.0.keys()
+            .find(|k| k.starts_with("Preferences.") && !known.contains(&k.as_str()))
+    {
+        return Err(validation(format!("{k} is not supported by spot-sim")));
+    }
+    let mut prefs = RefreshPrefs::default_for(&sim.settings);
+    if let Some(v) = number(p, "Preferences.MinHealthyPercentage")? {
+        prefs.min_healthy_percentage = v;
+    }
+    if let Some(v) = number(p, "Preferences.InstanceWarmup")? {
+        prefs.instance_warmup = std::time::Duration::from_secs(u64::from(v));
+    }
+    if let Some(v) = flag(p, "Preferences.SkipMatching")? {
+        prefs.skip_matching = v;
+    }
+    let lt = "DesiredConfiguration.LaunchTemplate.";
+    for k in ["LaunchTemplateName", "LaunchTemplateId"] {
+        if let Some(v) = p.get(&format!("{lt}{k}")) {
+            if v != TEMPLATE_NAME && v != TEMPLATE_ID {
+                return Err(validation(format!(
+                    "The launch template {v} does not exist."
+                )));
+            }
+        }
+    }
+    let id = sim.step(|st, now| {
+        let version = match p.get(&format!("{lt}Version")) {
+            None | Some("$Default") => None,
+            Some("$Latest") => Some(st.fleet.templates.len() as u32),
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    return (
+                        Err(validation(format!("Invalid launch template version {v}"))),
+                        Vec::new(),
+                    )
+                }
+            },
+        };
+        let r = st
+            .fleet
+            .start_refresh(now, version, prefs)
+            .map_err(|e| match e {
+                crate::model::Refusal::WrongState(m) => ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    code: "InstanceRefreshInProgress",
+                    message: m,
+                },
+                other => other.into(),
+            });
+        (r, Vec::new())
+    })?;
+    let mut out = String::new();
+    el(&mut out, "InstanceRefreshId", &id);
+    Ok(ok("StartInstanceRefresh", &out))
+}
+
+fn describe_refreshes(sim: &Sim, p: &Params) -> Result<Response, ApiError> {
+    let st = sim.lock();
+    st.fleet.check_group(p.required("AutoScalingGroupName")?)?;
+    let ids = p.list("InstanceRefreshIds");
+    let mut out = String::from("<InstanceRefreshes>");
+    // Newest first, as AWS lists them.
+    for r in st
+        .fleet
+        .refreshes
+        .iter()
+        .rev()
+        .filter(|r| ids.is_empty() || ids.contains(&r.id))
+    {
+        out.push_str("<member>");
+        el(&mut out, "InstanceRefreshId", &r.id);
+        el(&mut out, "AutoScalingGroupName", &sim.settings.group);
+        el(&mut out, "Status", r.status.as_str());
+        if !r.status_reason.is_empty() {
+            el(&mut out, "StatusReason", &r.status_reason);
+        }
+        el(&mut out, "StartTime", &clock::iso_millis(r.start));
+        if let Some(end) = r.end {
+            el(&mut out, "EndTime", &clock::iso_millis(end));
+        }
+        el(
+            &mut out,
+            "PercentageComplete",
+            &r.percentage_complete(&st.fleet).to_string(),
+        );
+        el(
+            &mut out,
+            "InstancesToUpdate",
+            &r.instances_to_update(&st.fleet).to_string(),
+        );
+        out.push_str("<Preferences>");
+        el(
+            &mut out,
+            "MinHealthyPercentage",
+            &r.prefs.min_healthy_percentage.to_string(),
+        );
+        el(
+            &mut out,
+            "InstanceWarmup",
+            &r.prefs.instance_warmup.as_secs().to_string(),
+        );
+        el(&mut out, "SkipMatching", &r.prefs.skip_matching.to_string());
+        out.push_str("</Preferences>");
+        out.push_str("<DesiredConfiguration>");
+        launch_template_xml(&mut out, r.version);
+        out.push_str("</DesiredConfiguration>");
+        el(&mut out, "Strategy", "Rolling");
+        out.push_str("</member>");
+    }
+    out.push_str("</InstanceRefreshes>");
+    Ok(ok("DescribeInstanceRefreshes", &out))
+}
+
+fn cancel_refresh(sim: &Arc<Sim>, p: &Params) -> Result<Response, ApiError> {
+    let mut st = sim.lock();
+    st.fleet.check_group(p.required("AutoScalingGroupName")?)?;
+    let id = st.fleet.cancel_refresh(Now::read()).map_err(|e| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "ActiveInstanceRefreshNotFound",
+        message: e.message().to_string(),
+    })?;
+    let mut out = String::new();
+    el(&mut out, "InstanceRefreshId", &id);
+    Ok(ok("CancelInstanceRefresh", &out))
 }
 
 #[cfg(test)]

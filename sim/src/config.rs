@@ -55,6 +55,38 @@ pub struct RunArgs {
     #[arg(long, env = "SPOT_SIM_MAX_SIZE", default_value_t = 10)]
     pub max_size: u32,
 
+    /// Minimum size of the group: SetDesiredCapacity below it is refused, scale-in stops at it (terraform:
+    /// `min_size`).
+    #[arg(long, env = "SPOT_SIM_MIN_SIZE", default_value_t = 0)]
+    pub min_size: u32,
+
+    /// The group's default instance warmup (simulated time; terraform: `default_instance_warmup`): how long
+    /// after InService an instance counts in the scaling ratio and as healthy for an instance refresh.
+    #[arg(long, env = "SPOT_SIM_INSTANCE_WARMUP", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub instance_warmup: Duration,
+
+    /// Scale the group by target tracking on this queue's backlog per instance in service
+    /// (ApproximateNumberOfMessagesVisible / GroupInServiceInstances), read once per simulated minute from the
+    /// SQS endpoint of the environment (AWS_ENDPOINT_URL_SQS). Without it the desired capacity only changes
+    /// through the APIs.
+    #[arg(long, env = "SPOT_SIM_SCALING_QUEUE_URL")]
+    pub scaling_queue_url: Option<String>,
+
+    /// The target-tracking policy's target value: visible messages per instance in service (terraform:
+    /// `backlog_per_instance_target`).
+    #[arg(long, env = "SPOT_SIM_TARGET_VALUE", default_value_t = 100.0, value_parser = parse_target)]
+    pub target_value: f64,
+
+    /// What the policy tracks: `backlog` (terraform's: visible / in service) or `fifo-aware` (the backlog, held
+    /// at one spare worker while some worker holds no message group although messages wait).
+    #[arg(
+        long,
+        env = "SPOT_SIM_SCALING_METRIC",
+        value_enum,
+        default_value = "backlog"
+    )]
+    pub scaling_metric: ScalingMetric,
+
     /// Termination lifecycle hook name.
     #[arg(long, env = "SPOT_SIM_HOOK_NAME", default_value = "order-worker-drain")]
     pub hook_name: String,
@@ -125,6 +157,30 @@ pub struct RunArgs {
     pub instance_type: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScalingMetric {
+    Backlog,
+    FifoAware,
+}
+
+impl ScalingMetric {
+    pub fn kind(self) -> crate::model::scaling::MetricKind {
+        match self {
+            ScalingMetric::Backlog => crate::model::scaling::MetricKind::Backlog,
+            ScalingMetric::FifoAware => crate::model::scaling::MetricKind::FifoAware,
+        }
+    }
+}
+
+fn parse_target(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("target value must be a number > 0".into())
+    }
+}
+
 fn parse_scale(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if v.is_finite() && v > 0.0 && v <= 100.0 {
@@ -146,6 +202,11 @@ mod tests {
         assert_eq!(cli.run.hook_timeout, Duration::from_secs(120));
         assert_eq!(cli.run.desired, 3);
         assert!(cli.run.capacity_rebalance);
+        assert_eq!(cli.run.min_size, 0);
+        assert_eq!(cli.run.instance_warmup, Duration::from_secs(120));
+        assert_eq!(cli.run.target_value, 100.0);
+        assert!(cli.run.scaling_queue_url.is_none());
+        assert!(Cli::try_parse_from(["spot-sim", "--target-value", "0"]).is_err());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/_sim/instances/{id}/imds-fault", post(imds_fault))
         .route("/_sim/instances/{id}/signal", post(signal))
         .route("/_sim/shutdown", post(shutdown))
+        .route("/_sim/launch-template", post(launch_template))
 }
 
 /// A refused control call: status and a message, as `{"error": ...}`.
@@ -108,6 +109,7 @@ pub fn status_json(sim: &Sim) -> Value {
                 "interruption_scheduled": i.interruption.as_ref().map(|x| clock::rfc3339_seconds(x.end.wall)),
                 "lifecycle_action_token": i.hook.as_ref().map(|h| h.token.clone()),
                 "replaces": i.replaces,
+                "version": i.version,
                 "imds_fault": i.imds.fault.unwrap_or(Fault::None).as_str(),
                 "events": i.events.iter().map(event_json).collect::<Vec<_>>(),
             })
@@ -129,7 +131,83 @@ pub fn status_json(sim: &Sim) -> Value {
         "instances": instances,
         "timeline": st.fleet.timeline.iter().map(event_json).collect::<Vec<_>>(),
         "experiments": experiments,
+        "min_size": s.min_size,
+        "max_size": s.max_size,
+        "version": st.fleet.version,
+        "launch_templates": st.fleet.templates.iter().map(|t| json!({"version": t.version, "cmd": t.cmd, "args": t.args, "description": t.description})).collect::<Vec<_>>(),
+        "scaling": st.fleet.scaling.as_ref().map(|t| json!({
+            "target": t.policy.target,
+            "metric": match t.policy.metric { crate::model::scaling::MetricKind::Backlog => "backlog", crate::model::scaling::MetricKind::FifoAware => "fifo-aware" },
+            "min_size": t.policy.min_size,
+            "max_size": t.policy.max_size,
+            "instance_warmup_seconds": s.instance_warmup.as_secs(),
+            "datapoints": t.history.iter().map(|d| json!({
+                "at": clock::iso_millis(d.at),
+                "visible": d.visible,
+                "in_service": d.in_service,
+                "metric": d.metric,
+                "alarm": d.alarm,
+                "desired": d.desired,
+                "counted": d.counted,
+                "warming": d.warming,
+                "busy": d.busy,
+            })).collect::<Vec<_>>(),
+        })),
+        "instance_refreshes": st.fleet.refreshes.iter().map(|r| json!({
+            "id": r.id,
+            "status": r.status.as_str(),
+            "version": r.version,
+            "min_healthy_percentage": r.prefs.min_healthy_percentage,
+            "instance_warmup_seconds": r.prefs.instance_warmup.as_secs(),
+            "skip_matching": r.prefs.skip_matching,
+            "start": clock::iso_millis(r.start),
+            "end": r.end.map(clock::iso_millis),
+            "to_replace": r.to_replace,
+            "replaced": r.replaced,
+            "percentage_complete": r.percentage_complete(&st.fleet),
+        })).collect::<Vec<_>>(),
     })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct TemplateBody {
+    /// The worker command of the new version (default: version 1's).
+    cmd: Option<std::path::PathBuf>,
+    /// Its arguments (not merged with version 1's).
+    args: Vec<String>,
+    description: String,
+    /// Launch it from now on (as Terraform's apply sets the group's version); default true.
+    make_default: Option<bool>,
+}
+
+/// A new launch template version: another worker command or other flags. What `aws ec2
+/// create-launch-template-version` + UpdateAutoScalingGroup do; spot-sim serves no EC2 API.
+async fn launch_template(State(sim): State<Arc<Sim>>, b: Bytes) -> Reply {
+    let b: TemplateBody = body(&b)?;
+    if let Some(c) = &b.cmd {
+        if !c.is_file() {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!("cmd {} is not a file", c.display()),
+            );
+        }
+    }
+    let make_default = b.make_default.unwrap_or(true);
+    let v = sim.step(|st, now| {
+        let cmd = b.cmd.clone().or_else(|| st.fleet.templates[0].cmd.clone());
+        (
+            st.fleet.add_template(
+                now,
+                cmd,
+                b.args.clone(),
+                b.description.clone(),
+                make_default,
+            ),
+            Vec::new(),
+        )
+    });
+    Ok((StatusCode::CREATED, axum::Json(json!({"version": v}))).into_response())
 }
 
 #[derive(Deserialize, Default)]

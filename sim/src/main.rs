@@ -7,18 +7,21 @@
 //! - `config`: the command line (clap; every run flag also from a `SPOT_SIM_*` variable).
 //! - `clock`: the time scale, the present (`Now`), deadlines as `Instant` and wall-clock UTC, AWS time formats.
 //! - `model`: the region as state and transitions, no I/O: `model::fleet` (group, instances, hook,
-//!   interruptions, events) and `model::fis` (templates, experiments); transitions return `Effect`s.
+//!   interruptions, events, termination policy, instance refresh), `model::scaling` (target tracking) and
+//!   `model::fis` (templates, experiments); transitions return `Effect`s.
 //! - `process`: the real worker process behind an instance (spawn with its endpoints, signal, no orphans).
-//! - `runtime`: owns the state lock; runs a model step, drops the lock, carries out the effects; the ticker.
+//! - `runtime`: owns the state lock; runs a model step, drops the lock, carries out the effects; the ticker;
+//!   the scaler (reads the queue's backlog from SQS once per simulated minute for the scaling policy).
 //! - `imds`: one IMDSv2 server per instance, with fault injection.
 //! - `autoscaling`: the Auto Scaling Query API (XML) the SDK speaks.
 //! - `fis`: the FIS REST-JSON API (parsing templates, rendering experiments).
 //! - `control`: the `/_sim/` JSON control API (interrupt, rebalance, scale in, faults, signals, status).
+//! - `scaler`: the scaling policy's inputs each period (the queue's backlog from SQS, the workers' busy count).
 //! - `status`: the human-readable instance table.
 //!
 //! Dependencies point one way, so the model is tested without HTTP (`grep '^use crate' src/**/*.rs`):
-//! `clock` <- `model` (`fis` -> `fleet`) <- `process` <- `runtime` <- `imds`, `autoscaling`, `fis`, `control`
-//! <- `main`. The runtime starts IMDS servers through a function `main` hands it (`imds::app`), not an import.
+//! `clock` <- `model` (`fis` -> `fleet`) <- `process` <- `runtime` <- `imds`, `autoscaling`, `fis`, `control`,
+//! `scaler` <- `main`. The runtime starts IMDS servers through a function `main` hands it (`imds::app`), not an import.
 //!
 //! `main` only parses flags, binds, writes the ready file, and waits for SIGTERM/SIGINT or `/_sim/shutdown`.
 
@@ -31,6 +34,7 @@ mod imds;
 mod model;
 mod process;
 mod runtime;
+mod scaler;
 mod status;
 
 use std::path::Path;
@@ -70,6 +74,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
+        args.min_size <= args.desired,
+        "--desired {} is below --min-size {}",
+        args.desired,
+        args.min_size
+    );
+    anyhow::ensure!(
         args.desired <= args.max_size,
         "--desired {} is above --max-size {}",
         args.desired,
@@ -95,6 +105,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.desired,
         workers,
         imds::app,
+        args.scaling_queue_url
+            .as_ref()
+            .map(|_| model::scaling::Policy {
+                target: args.target_value,
+                min_size: args.min_size,
+                max_size: args.max_size,
+                metric: args.scaling_metric.kind(),
+            }),
     );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -118,6 +136,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The first tick launches the initial capacity; the API is already up so workers can reach it.
     runtime::start_ticker(sim.clone());
+    if let Some(url) = &args.scaling_queue_url {
+        scaler::start(sim.clone(), url.clone(), args.scaling_metric.kind());
+    }
     if let Some(every) = args.status_every {
         let sim = sim.clone();
         tokio::spawn(async move {

@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::clock::{Clock, Now};
 use crate::config::RunArgs;
+use crate::model::scaling::{Policy, Tracker};
 use crate::model::{Effect, Region, Settings, Signal};
 use crate::process;
 
@@ -61,6 +62,8 @@ pub fn settings_from_args(a: &RunArgs) -> Settings {
         kill_grace: a.kill_grace,
         capacity_rebalance: a.capacity_rebalance,
         max_size: a.max_size,
+        min_size: a.min_size,
+        instance_warmup: a.instance_warmup,
         workers: a.worker_cmd.is_some(),
         region: a.region.clone(),
         account: a.account.clone(),
@@ -76,9 +79,15 @@ impl Sim {
         desired: u32,
         workers: Workers,
         imds_app: ImdsApp,
+        policy: Option<Policy>,
     ) -> Arc<Sim> {
+        let mut region = Region::new(settings.clone(), clock, desired);
+        // Launch template version 1 is the command line's worker.
+        region.fleet.templates[0].cmd = workers.cmd.clone();
+        region.fleet.templates[0].args = workers.args.clone();
+        region.fleet.scaling = policy.map(Tracker::new);
         Arc::new(Sim {
-            state: Mutex::new(Region::new(settings.clone(), clock, desired)),
+            state: Mutex::new(region),
             settings,
             clock,
             workers,
@@ -148,16 +157,23 @@ impl Sim {
     }
 
     fn spawn_worker(self: &Arc<Self>, id: &str) {
-        let Some(cmd) = self.workers.cmd.clone() else {
-            return;
-        };
-        let imds_url = {
+        // The instance's launch template version says what it runs.
+        let (imds_url, cmd, args) = {
             let st = self.lock();
-            match st.fleet.get(id).and_then(|i| i.imds_url.clone()) {
-                Some(u) => u,
-                // Its IMDS server could not bind: the launch was undone.
-                None => return,
-            }
+            let Some(inst) = st.fleet.get(id) else { return };
+            // Its IMDS server could not bind: the launch was undone.
+            let Some(u) = inst.imds_url.clone() else {
+                return;
+            };
+            let t = st.fleet.template(inst.version);
+            let cmd = t
+                .and_then(|t| t.cmd.clone())
+                .or_else(|| self.workers.cmd.clone());
+            let args = t.map(|t| t.args.clone()).unwrap_or_default();
+            (u, cmd, args)
+        };
+        let Some(cmd) = cmd else {
+            return;
         };
         let metrics_addr = match process::free_local_port() {
             Ok(p) => format!("127.0.0.1:{p}"),
@@ -173,7 +189,7 @@ impl Sim {
         };
         let spawned = process::spawn(&process::Spawn {
             cmd: &cmd,
-            args: &self.workers.args,
+            args: &args,
             imds_url: &imds_url,
             api_url: &api_url,
             metrics_addr: &metrics_addr,

@@ -64,6 +64,14 @@ pub fn orders_applied(metrics: &str) -> Option<u64> {
     total
 }
 
+/// The value of an unlabelled gauge in Prometheus text, if present.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (n, v) = l.trim().split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 /// Fetch the status document and every worker's order count, then render the table.
 pub async fn fetch_table(api: &str) -> anyhow::Result<String> {
     let (code, body) = http_get(
@@ -180,5 +188,12 @@ mod tests {
         assert!(t.contains("Terminating:Wait"), "{t}");
         assert!(t.contains("08:22:00"), "{t}");
         assert!(t.contains(" 12 "), "{t}");
+    }
+
+    #[test]
+    fn a_gauge_is_read_by_its_exact_name() {
+        let m = "# TYPE order_worker_groups_in_flight gauge\norder_worker_groups_in_flight 3\norder_worker_groups_in_flight_x 9\n";
+        assert_eq!(gauge(m, "order_worker_groups_in_flight"), Some(3.0));
+        assert_eq!(gauge(m, "order_worker_nothing"), None);
     }
 }

@@ -55,6 +55,16 @@ PRICES: dict[str, Price] = {
     "ec2_on_demand.m5.large": Price(0.096, "per instance-hour", EC2_ON_DEMAND, RECORDED, verify=True),
     "ec2_on_demand.c7i.large": Price(0.08925, "per instance-hour", EC2_ON_DEMAND, RECORDED, verify=True),
     "ec2_on_demand.c6i.large": Price(0.085, "per instance-hour", EC2_ON_DEMAND, RECORDED, verify=True),
+    # Spot: no list price. One dated reference figure for the first (most preferred) default type, so per-order
+    # figures can be shown at a Spot price beside On-Demand; replace it with describe-spot-price-history's.
+    "ec2_spot.m7i.large": Price(
+        0.035,
+        "per instance-hour",
+        EC2_SPOT,
+        RECORDED,
+        verify=True,
+        note="assumed (about 65% under On-Demand, the figure cost-estimate.py's example uses), not read off a price history",
+    ),
     "ebs_gp3_storage": Price(
         0.08,
         "per GB-month",
@@ -146,4 +156,10 @@ def price(name: str) -> float:
 def on_demand_hourly(instance_type: str) -> float | None:
     """The On-Demand Linux price per hour of an instance type, or None when it is not listed here."""
     p = PRICES.get(f"ec2_on_demand.{instance_type}")
+    return p.usd if p else None
+
+
+def spot_hourly(instance_type: str) -> float | None:
+    """The reference Spot price per hour of an instance type (an assumption, see its entry), or None."""
+    p = PRICES.get(f"ec2_spot.{instance_type}")
     return p.usd if p else None

@@ -5,12 +5,15 @@
 //!
 //! - `fleet`: the group, its instances, the lifecycle hook, Spot interruptions, rebalancing, the event log
 //!   (`fleet/states`: the states as enums and the records; `fleet/termination`: how an instance leaves).
+//! - `scaling`: the target-tracking policy (its alarms' datapoints, warmup, the ratio), run by the fleet at each
+//!   one-minute period with the queue's backlog the runtime read.
 //! - `fis`: FIS templates and experiments; resolves targets against the fleet and schedules its interruptions.
 //!
 //! `fis` depends on `fleet`, never the reverse; [`Region`] holds both and runs what involves both (the tick).
 
 pub mod fis;
 pub mod fleet;
+pub mod scaling;
 
 use crate::clock::{Clock, Deadline, Now};
 

@@ -10,8 +10,11 @@
 //! - here: the group itself (launch, attach, the worker's process, desired capacity, IMDS tokens and faults,
 //!   shutdown) and the tick that moves time on.
 
+mod refresh;
 mod states;
 mod termination;
+
+pub use refresh::{Refresh, RefreshPrefs};
 
 pub use states::*;
 
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tracing::info;
 
+use super::scaling::{Capacity, Decision, Tracker};
 use super::{Effect, Refusal, Signal};
 use crate::clock::{self, Clock, Deadline, Now};
 
@@ -43,6 +47,14 @@ pub struct Fleet {
     pub shutting_down: bool,
     /// Next zone in the round-robin.
     next_az: usize,
+    /// Launch template versions, version 1 first.
+    pub templates: Vec<TemplateVersion>,
+    /// The version the group launches (UpdateAutoScalingGroup's launch template version).
+    pub version: u32,
+    /// Instance refreshes, oldest first; at most one is not finished.
+    pub refreshes: Vec<Refresh>,
+    /// The target-tracking policy, when the group has one (`--scaling-queue-url`).
+    pub scaling: Option<Tracker>,
 }
 
 impl Fleet {
@@ -55,7 +67,160 @@ impl Fleet {
             timeline: Vec::new(),
             shutting_down: false,
             next_az: 0,
+            templates: vec![TemplateVersion {
+                version: 1,
+                cmd: None,
+                args: Vec::new(),
+                description: "the --worker-cmd".into(),
+            }],
+            version: 1,
+            refreshes: Vec::new(),
+            scaling: None,
         }
+    }
+
+    /// The version new instances launch from: an instance refresh's desired one while it runs, else the group's.
+    pub fn launch_version(&self) -> u32 {
+        self.active_refresh()
+            .map(|r| r.version)
+            .unwrap_or(self.version)
+    }
+
+    pub fn template(&self, version: u32) -> Option<&TemplateVersion> {
+        self.templates.iter().find(|t| t.version == version)
+    }
+
+    /// A new launch template version (what `aws ec2 create-launch-template-version` makes); with `make_default`
+    /// the group launches it from now on (what Terraform's apply does to the group's version).
+    pub fn add_template(
+        &mut self,
+        now: Now,
+        cmd: Option<PathBuf>,
+        args: Vec<String>,
+        description: String,
+        make_default: bool,
+    ) -> u32 {
+        let version = self.templates.len() as u32 + 1;
+        let what = format!(
+            "launch template version {version}{}: {}",
+            if make_default { " (group default)" } else { "" },
+            description
+        );
+        self.templates.push(TemplateVersion {
+            version,
+            cmd,
+            args,
+            description,
+        });
+        if make_default {
+            self.version = version;
+        }
+        self.event(now, None, EventKind::LaunchTemplateVersion, what);
+        version
+    }
+
+    /// Whether an InService instance's warmup (`warmup`, sim time) is over.
+    pub fn warmed(&self, i: &Instance, now: Instant, warmup: Duration) -> bool {
+        i.lifecycle == Lifecycle::InService
+            && i.in_service_since
+                .is_some_and(|t| now >= t + self.clock.real(warmup))
+    }
+
+    /// InService instances (GroupInServiceInstances).
+    pub fn in_service(&self) -> u32 {
+        self.instances
+            .iter()
+            .filter(|i| i.lifecycle == Lifecycle::InService)
+            .count() as u32
+    }
+
+    /// The group as the scaling policy sees it.
+    pub fn scaling_capacity(&self, now: Instant) -> Capacity {
+        let warmup = self.settings.instance_warmup;
+        let counted = self
+            .instances
+            .iter()
+            .filter(|i| self.warmed(i, now, warmup))
+            .count() as u32;
+        Capacity {
+            desired: self.desired,
+            counted,
+            warming: self.capacity() - counted,
+        }
+    }
+
+    /// The termination policy (`Default`): from the zone with the most instances, an instance of the oldest
+    /// launch template version; then the oldest instance (AWS's next criterion, the billing hour, means
+    /// nothing with per-second billing; its last one is random). `n` choices, zones recounted after each.
+    pub fn choose_to_terminate(&self, n: usize) -> Vec<usize> {
+        let mut chosen: Vec<usize> = Vec::new();
+        for _ in 0..n {
+            let left: Vec<usize> = (0..self.instances.len())
+                .filter(|&i| {
+                    self.instances[i].lifecycle.counts_as_capacity() && !chosen.contains(&i)
+                })
+                .collect();
+            let per_zone = |az: &str| left.iter().filter(|&&i| self.instances[i].az == az).count();
+            let Some(pick) = left.iter().copied().min_by_key(|&i| {
+                let inst = &self.instances[i];
+                (std::cmp::Reverse(per_zone(&inst.az)), inst.version, i)
+            }) else {
+                break;
+            };
+            chosen.push(pick);
+        }
+        chosen
+    }
+
+    /// Lower the desired capacity to `n`: the termination policy sends the excess through the hook.
+    fn lower_to(&mut self, now: Now, n: u32, cause: &str) {
+        self.desired = n;
+        let excess = self.capacity().saturating_sub(self.desired);
+        for idx in self.choose_to_terminate(excess as usize) {
+            self.begin_termination(now, idx, cause);
+        }
+    }
+
+    /// A one-minute period ended with `visible` messages in the queue (and `busy` workers holding a message
+    /// group, when the FIFO-aware metric is in use): run the scaling policy.
+    pub fn close_period(
+        &mut self,
+        now: Now,
+        visible: Option<u64>,
+        busy: Option<u32>,
+    ) -> Option<Decision> {
+        let cap = self.scaling_capacity(now.at);
+        let in_service = self.in_service();
+        let tracker = self.scaling.as_mut()?;
+        let d = tracker.close_period(now.wall, visible, busy, in_service, cap);
+        let metric = tracker
+            .history
+            .last()
+            .and_then(|p| p.metric)
+            .map_or("no datapoint".to_string(), |m| {
+                format!("{m:.1} per instance")
+            });
+        let target = tracker.policy.target;
+        match d.desired {
+            Some(n) if n > cap.desired => {
+                self.desired = n;
+                let what = format!(
+                    "scale out {} -> {n}: backlog {metric} > target {target} for 3 periods ({} warmed)",
+                    cap.desired, cap.counted
+                );
+                self.event(now, None, EventKind::ScaleOut, what);
+            }
+            Some(n) => {
+                let what = format!(
+                    "scale in {} -> {n}: backlog {metric} < 90% of target {target} for 15 periods",
+                    cap.desired
+                );
+                self.event(now, None, EventKind::ScaleIn, what);
+                self.lower_to(now, n, "scale in (target tracking)");
+            }
+            None => {}
+        }
+        Some(d)
     }
 
     pub fn find(&self, id: &str) -> Option<usize> {
@@ -125,6 +290,7 @@ impl Fleet {
         cause: &str,
     ) -> (String, Vec<Effect>) {
         let id = format!("i-{}", hex(17));
+        let version = self.launch_version();
         let zones = self.settings.zones();
         let az = zones[self.next_az % zones.len()].clone();
         self.next_az += 1;
@@ -151,6 +317,8 @@ impl Fleet {
             },
             in_service_at: (!in_service)
                 .then(|| now.at + self.clock.real(self.settings.launch_delay)),
+            in_service_since: in_service.then_some(now.at),
+            version,
             target_state: in_service.then_some(TargetLifecycle::InService),
             hook: None,
             rebalance: None,
@@ -308,8 +476,8 @@ impl Fleet {
         self.event(now, Some(id), kind, format!("{note}{suffix}"));
     }
 
-    /// SetDesiredCapacity: lowering it sends the oldest instances through the hook; raising it launches on the
-    /// next tick.
+    /// SetDesiredCapacity: lowering it sends instances chosen by the termination policy through the hook;
+    /// raising it launches on the next tick.
     pub fn set_desired(&mut self, now: Now, n: u32) -> Result<(), Refusal> {
         if n > self.settings.max_size {
             return Err(Refusal::Invalid(format!(
@@ -317,21 +485,19 @@ impl Fleet {
                 self.settings.max_size
             )));
         }
-        self.desired = n;
+        if n < self.settings.min_size {
+            return Err(Refusal::Invalid(format!(
+                "New SetDesiredCapacity value {n} is below min value {} for the AutoScalingGroup.",
+                self.settings.min_size
+            )));
+        }
         self.event(
             now,
             None,
             EventKind::DesiredCapacity,
             format!("SetDesiredCapacity {n}"),
         );
-        let excess = self.capacity().saturating_sub(self.desired);
-        let victims: Vec<usize> = (0..self.instances.len())
-            .filter(|&i| self.instances[i].lifecycle.counts_as_capacity())
-            .take(excess as usize)
-            .collect();
-        for idx in victims {
-            self.begin_termination(now, idx, "scale in (desired capacity lowered)");
-        }
+        self.lower_to(now, n, "scale in (desired capacity lowered)");
         Ok(())
     }
 
@@ -438,6 +604,7 @@ impl Fleet {
                 let inst = &mut self.instances[idx];
                 inst.lifecycle = Lifecycle::InService;
                 inst.in_service_at = None;
+                inst.in_service_since = Some(now.at);
                 inst.target_state = Some(TargetLifecycle::InService);
                 let id = inst.id.clone();
                 let replaces = inst.replaces.clone();
@@ -518,6 +685,15 @@ impl Fleet {
                 }
             }
         }
+        if let Some(t) = self.scaling.as_mut() {
+            let n = self
+                .instances
+                .iter()
+                .filter(|i| i.lifecycle == Lifecycle::InService)
+                .count() as u32;
+            t.sample_in_service(n);
+        }
+        self.refresh_tick(now);
         // Replace lost capacity.
         if !self.shutting_down {
             let missing = self.desired.saturating_sub(self.capacity());
@@ -547,6 +723,8 @@ pub(crate) mod tests {
             kill_grace: Duration::from_secs(5),
             capacity_rebalance: true,
             max_size: 10,
+            min_size: 0,
+            instance_warmup: Duration::from_secs(120),
             workers: false,
             region: "us-east-1".into(),
             account: "123456789012".into(),
@@ -1017,5 +1195,84 @@ pub(crate) mod tests {
         let last = f.timeline.last().unwrap();
         assert_eq!(last.kind, EventKind::LaunchFailed);
         assert_eq!(last.what, "launch failed: address in use");
+    }
+
+    #[test]
+    fn the_termination_policy_balances_zones_then_takes_the_oldest_version_then_the_oldest() {
+        let t0 = Now::read();
+        let mut f = fleet(settings(), 0.01, 4, t0);
+        // Zones a, b, c, a: zone a has two, so one of them goes first, the older.
+        let ids: Vec<String> = f.instances.iter().map(|i| i.id.clone()).collect();
+        assert_eq!(f.choose_to_terminate(1), vec![0]);
+        // Then one per zone, oldest first.
+        assert_eq!(f.choose_to_terminate(4), vec![0, 1, 2, 3]);
+        // An instance of an older launch template version goes before a newer one in the same zone count.
+        f.instances[2].version = 0;
+        assert_eq!(f.choose_to_terminate(2), vec![0, 2]);
+        // Pending + InService only.
+        f.set_desired(t0, 3).unwrap();
+        assert_eq!(state(&f, &ids[0]), Lifecycle::TerminatingWait);
+        assert!(!f.choose_to_terminate(4).contains(&0));
+        // Below min_size is refused.
+        f.settings.min_size = 2;
+        assert!(matches!(f.set_desired(t0, 1), Err(Refusal::Invalid(_))));
+    }
+
+    #[test]
+    fn the_policy_scales_out_after_three_periods_and_in_through_the_hook_after_fifteen() {
+        use crate::model::scaling::{Alarm, Policy, Tracker};
+        let t0 = Now::read();
+        let s = Settings {
+            min_size: 1,
+            ..settings()
+        };
+        // Scale 0.001: launch delay 5 ms, warmup 120 ms.
+        let mut f = fleet(s, 0.001, 2, t0);
+        f.scaling = Some(Tracker::new(Policy {
+            target: 100.0,
+            min_size: 1,
+            max_size: 10,
+            metric: crate::model::scaling::MetricKind::Backlog,
+        }));
+        let mut t = t0.after(Duration::from_millis(10));
+        f.tick(t);
+        t = t.after(Duration::from_millis(200));
+        f.tick(t);
+        // 1,000 visible on 2 instances: 500 per instance. Two periods: nothing.
+        for _ in 0..2 {
+            assert_eq!(f.close_period(t, Some(1000), None).unwrap().desired, None);
+        }
+        let d = f.close_period(t, Some(1000), None).unwrap();
+        assert_eq!((d.alarm, d.desired), (Alarm::High, Some(10)));
+        assert_eq!(f.desired, 10);
+        assert_eq!(f.timeline.last().unwrap().kind, EventKind::ScaleOut);
+        let effects = f.tick(t);
+        carry_out(&mut f, t, effects);
+        assert_eq!(f.capacity(), 10);
+        // The queue empties. While the new ones warm up, no scale-in however long the metric is low.
+        for _ in 0..20 {
+            assert_eq!(f.close_period(t, Some(0), None).unwrap().desired, None);
+        }
+        t = t.after(Duration::from_millis(10));
+        f.tick(t);
+        t = t.after(Duration::from_millis(200));
+        f.tick(t);
+        let d = f.close_period(t, Some(0), None).unwrap();
+        assert_eq!((d.alarm, d.desired), (Alarm::Low, Some(1)));
+        assert_eq!(ids(&f, Lifecycle::TerminatingWait).len(), 9);
+        assert_eq!(
+            f.timeline
+                .iter()
+                .filter(|e| e.kind == EventKind::ScaleIn)
+                .count(),
+            1
+        );
+        // The hook runs for each: the scale-in is not an instant kill.
+        for id in ids(&f, Lifecycle::TerminatingWait) {
+            assert_eq!(
+                f.get(&id).unwrap().target_state,
+                Some(TargetLifecycle::Terminated)
+            );
+        }
     }
 }

@@ -259,6 +259,14 @@ pub enum EventKind {
     ExperimentFailed,
     ExperimentStopped,
     ExperimentCompleted,
+    /// The scaling policy raised the desired capacity.
+    ScaleOut,
+    /// The scaling policy lowered the desired capacity (the termination policy chose who leaves).
+    ScaleIn,
+    /// A launch template version was created (control API).
+    LaunchTemplateVersion,
+    /// An instance refresh started, replaced a batch, or ended.
+    InstanceRefresh,
 }
 
 /// One timeline entry.
@@ -302,6 +310,10 @@ pub struct Instance {
     pub lifecycle: Lifecycle,
     /// Pending -> InService at this instant.
     pub in_service_at: Option<Instant>,
+    /// When it became InService: its instance warmup runs from here.
+    pub in_service_since: Option<Instant>,
+    /// The launch template version it was launched from (1: `--worker-cmd`; later ones: the control API).
+    pub version: u32,
     /// IMDS autoscaling/target-lifecycle-state; None = 404 (before the first transition).
     pub target_state: Option<TargetLifecycle>,
     pub hook: Option<Hook>,
@@ -342,6 +354,11 @@ pub struct Settings {
     pub capacity_rebalance: bool,
     /// SetDesiredCapacity refuses more than this.
     pub max_size: u32,
+    /// SetDesiredCapacity refuses less than this; scale-in stops here.
+    pub min_size: u32,
+    /// The group's default instance warmup (sim time): a new instance counts in the scaling ratio, and as
+    /// healthy for an instance refresh, only this long after it is InService.
+    pub instance_warmup: Duration,
     /// Instances get a worker process (`--worker-cmd`); false: every instance is external.
     pub workers: bool,
     /// Shown in ARNs, zones and metadata.
@@ -375,6 +392,16 @@ impl Settings {
     pub fn hook_global_timeout(&self) -> Duration {
         (self.hook_timeout * 100).min(Duration::from_secs(48 * 3600))
     }
+}
+
+/// One launch template version: what a new instance runs. Paths and flags are only data here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateVersion {
+    pub version: u32,
+    /// The worker command (None: the `--worker-cmd` of version 1, or external instances).
+    pub cmd: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub description: String,
 }
 
 /// Which lifecycle action a CompleteLifecycleAction / RecordLifecycleActionHeartbeat names.
