@@ -10,31 +10,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 
-use common::proxy::FaultProxy;
+use common::proxy::rig;
 use common::*;
-
-/// The emulator, a queue and tables, and a fault proxy in front of the emulator for the workers.
-struct Rig {
-    _emu: Emulator,
-    /// Talks to the emulator directly (the test's own sends and reads).
-    fx: Fixture,
-    /// The same queue and tables, reached by workers through the proxy.
-    via: Fixture,
-    proxy: FaultProxy,
-}
-
-async fn rig(test: &str) -> Rig {
-    let emu = Emulator::start(test).await;
-    let fx = Fixture::new(&emu, test).await;
-    let proxy = FaultProxy::start(test, &emu.endpoint).await;
-    let via = fx.through(proxy.url());
-    Rig {
-        _emu: emu,
-        fx,
-        via,
-        proxy,
-    }
-}
 
 /// A `key=value` field of the worker's `drain complete` line.
 fn drain_field(log: &str, key: &str) -> String {

@@ -379,27 +379,7 @@ async fn a_rolling_replacement_from_the_transactional_design_loses_and_repeats_n
     w1.wait_exit(Duration::from_secs(60)).await;
     fx.wait_records(total, Duration::from_secs(180)).await;
     // Nothing left in the queue, then the audit.
-    wait_for("the queue drained", Duration::from_secs(60), || async {
-        let a = fx
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&fx.queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(
-                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            )
-            .send()
-            .await
-            .unwrap();
-        let n: u64 = a
-            .attributes()
-            .unwrap()
-            .values()
-            .map(|v| v.parse::<u64>().unwrap())
-            .sum();
-        (n == 0).then_some(())
-    })
-    .await;
+    fx.wait_queue_drained(Duration::from_secs(60)).await;
     let report = fx.audit(&manifest).await;
     assert!(
         report.ok(),

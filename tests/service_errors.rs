@@ -7,29 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::proxy::FaultProxy;
+use common::proxy::{rig, Rig};
 use common::*;
 use serde_json::json;
-
-struct Rig {
-    _emu: Emulator,
-    fx: Fixture,
-    via: Fixture,
-    proxy: FaultProxy,
-}
-
-async fn rig(test: &str) -> Rig {
-    let emu = Emulator::start(test).await;
-    let fx = Fixture::new(&emu, test).await;
-    let proxy = FaultProxy::start(test, &emu.endpoint).await;
-    let via = fx.through(proxy.url());
-    Rig {
-        _emu: emu,
-        fx,
-        via,
-        proxy,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_meets_a_transaction_is_retried_not_released() {

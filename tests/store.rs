@@ -228,27 +228,7 @@ async fn a_transactional_row_is_refused_until_repair_rebuilds_it_and_nothing_is_
     // The worker goes on: old-2 (recorded, not deleted) is recognised by its SequenceNumber at position 2,
     // not marked a duplicate of itself; new-1 and new-2 at 3 and 4.
     fx.wait_records(4, Duration::from_secs(60)).await;
-    wait_for("the queue drained", Duration::from_secs(60), || async {
-        let a = fx
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&fx.queue_url)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(
-                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            )
-            .send()
-            .await
-            .unwrap();
-        let n: u64 = a
-            .attributes()
-            .unwrap()
-            .values()
-            .map(|v| v.parse::<u64>().unwrap())
-            .sum();
-        (n == 0).then_some(())
-    })
-    .await;
+    fx.wait_queue_drained(Duration::from_secs(60)).await;
     let report = fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
     assert_eq!(

@@ -604,6 +604,30 @@ impl Fixture {
         .await
     }
 
+    /// Wait until the queue holds nothing, visible or in flight.
+    pub async fn wait_queue_drained(&self, timeout: Duration) {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        wait_for("the queue drained", timeout, || async {
+            let a = self
+                .sqs
+                .get_queue_attributes()
+                .queue_url(&self.queue_url)
+                .attribute_names(A::ApproximateNumberOfMessages)
+                .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await
+                .unwrap();
+            let n: u64 = a
+                .attributes()
+                .unwrap()
+                .values()
+                .map(|v| v.parse::<u64>().unwrap())
+                .sum();
+            (n == 0).then_some(())
+        })
+        .await;
+    }
+
     /// Audit the table against what was sent (the same code as `order-worker verify`).
     pub async fn audit(&self, sent: &[order_worker::verify::Sent]) -> order_worker::verify::Report {
         let (stored, last) =

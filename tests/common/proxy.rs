@@ -186,3 +186,27 @@ impl FaultProxy {
         .await
     }
 }
+
+/// The emulator, a queue and tables, and a fault proxy in front of the emulator for the workers.
+pub struct Rig {
+    pub _emu: super::Emulator,
+    /// Talks to the emulator directly (the test's own sends and reads).
+    pub fx: super::Fixture,
+    /// The same queue and tables, reached by workers through the proxy.
+    pub via: super::Fixture,
+    pub proxy: FaultProxy,
+}
+
+/// A `Rig` for one test.
+pub async fn rig(test: &str) -> Rig {
+    let emu = super::Emulator::start(test).await;
+    let fx = super::Fixture::new(&emu, test).await;
+    let proxy = FaultProxy::start(test, &emu.endpoint).await;
+    let via = fx.through(proxy.url());
+    Rig {
+        _emu: emu,
+        fx,
+        via,
+        proxy,
+    }
+}
