@@ -278,27 +278,14 @@ pub async fn read_records(
 
 /// Every row of the groups table: group -> item.
 pub async fn read_rows(client: &Client, table: &str) -> anyhow::Result<BTreeMap<String, Item>> {
-    let mut rows = BTreeMap::new();
-    let mut start = None;
-    loop {
-        let out = client
-            .scan()
-            .table_name(table)
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("Scan {table}: {}", crate::aws::describe(&e)))?;
-        for item in out.items() {
-            if let Some(g) = item.get(schema::GROUP_KEY).and_then(|v| v.as_s().ok()) {
-                rows.insert(g.clone(), item.clone());
-            }
-        }
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            return Ok(rows);
-        }
-    }
+    let items = crate::verify::scan_all(client, table).await?;
+    Ok(items
+        .into_iter()
+        .filter_map(|item| {
+            let g = item.get(schema::GROUP_KEY)?.as_s().ok()?.clone();
+            Some((g, item))
+        })
+        .collect())
 }
 
 /// A row's LastPosition, as either protocol keeps it (None: absent or unreadable).

@@ -564,8 +564,8 @@ pub async fn read_table(
 
 type Item = HashMap<String, AttributeValue>;
 
-/// Every item of a table (consistent reads, all pages).
-async fn scan_all(client: &Client, table: &str) -> anyhow::Result<Vec<Item>> {
+/// Every item of a table (consistent reads, all pages): the operator tools' one table read (verify, repair).
+pub async fn scan_all(client: &Client, table: &str) -> anyhow::Result<Vec<Item>> {
     let mut items = Vec::new();
     let mut start = None;
     loop {
