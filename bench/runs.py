@@ -52,8 +52,23 @@ def order_body(oid: str, group: str) -> str:
     return orders.order_body(oid, group, BENCH_ITEMS, "2026-11-25T12:00:00Z")
 
 
+# The IAM gates of the runs not yet stopped: stop_all() asks each for denials before it kills them.
+GATES: list[Gate] = []
+
+
 def stop_all() -> None:
+    """Kill every child; a run whose gate denied anything fails here (AWS would have refused those calls)."""
+    denied = None
+    for gate in GATES:
+        if gate.proc.alive():
+            try:
+                gate.check()
+            except Exception as e:
+                denied = denied or e
+    GATES.clear()
     PROCS.stop_all(signal.SIGKILL, 5)
+    if denied:
+        raise denied
 
 
 # ---- the emulator ---------------------------------------------------------------------------------------------
@@ -71,6 +86,7 @@ class Emulator:
         base = {"queue_name": "bench.fifo", "orders_table": "bench", "groups_table": "bench-groups",
                 "keys": {"test": "deployer"}}  # fmt: skip
         self.gate = Gate.start(PROCS, logdir, "iam-gate", self.server.endpoint, base)
+        GATES.append(self.gate)
         self.endpoint = self.gate.url
 
     def add_stack(self, stack: dict) -> None:
@@ -103,7 +119,8 @@ class Emulator:
     def stop(self):
         """Stop the emulator; a run the gate denied anything is a failed run (AWS would have refused it)."""
         try:
-            self.gate.check()
+            if self.gate.proc.alive():  # else stop_all() checked it before it killed it
+                self.gate.check()
         finally:
             PROCS.stop(self.proc, signal.SIGKILL, 5)
             PROCS.stop(self.gate.proc, signal.SIGKILL, 5)

@@ -284,6 +284,8 @@ class LocalRegion:
     def create_resources(self) -> None:
         """The queue (a DLQ and its redrive only with dead_letter_queue) and both tables, as terraform/queue.tf and
         tables.tf make them (less KMS and point-in-time recovery, which a local emulator has no use for)."""
+        if self.gate is None:
+            self.start_gate()  # nothing is created, or called, before the gate stands (a subclass's start too)
         tf = self.tf
         sqs = self.client("sqs", "deployer")  # what `terraform apply` does, as whoever applies it
         redrive = {}

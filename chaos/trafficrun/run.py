@@ -32,6 +32,7 @@ class TrafficRegion(LocalRegion):
 
     def start(self) -> TrafficRegion:
         self.start_emulator()
+        self.start_gate()
         self.create_resources()
         if self.with_policy:
             self.sim_args = [*scaling.sim_args(self.tf, self.queue_url), "--scaling-metric", self.metric]
