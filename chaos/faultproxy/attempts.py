@@ -191,9 +191,10 @@ class Attempts:
                 finally:
                     ended.cancel()
         finally:
+            # The watcher reads the caller's connection: it must be gone before the next request is read from it
+            # ("read() called while another coroutine is already waiting"), and a reset is a hang-up too.
             gone.cancel()
-            if gone.done() and not gone.cancelled():
-                gone.exception()  # a reset connection is a hang-up too; retrieved so asyncio does not warn
+            await asyncio.gather(gone, return_exceptions=True)
 
     def view(self) -> dict:
         return {**self.stats, "remembered": len(self.table)}

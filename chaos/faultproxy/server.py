@@ -217,6 +217,8 @@ class Proxy:
                 rule.held -= 1
                 hangup.cancel()
                 released.cancel()
+                # The watcher reads the client's connection: gone before the next request is read from it.
+                await asyncio.gather(hangup, released, return_exceptions=True)
             if hangup.done() and not hangup.cancelled():
                 self.stats["abandoned"] += 1  # the client gave up: never forward what it no longer waits for
                 return False
