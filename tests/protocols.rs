@@ -295,15 +295,7 @@ async fn a_transactional_write_fails_on_a_row_this_build_claimed() {
         .unwrap();
     assert_eq!(old_apply(&fx.ddb, &fx, g, &got[1]).await, Old::Fenced);
     // Even with the base it would have had (a cached row, a read racing the claim): the condition fails.
-    let row = fx
-        .ddb
-        .get_item()
-        .table_name(&fx.groups_table)
-        .key("MessageGroupId", AttributeValue::S(g.into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap();
+    let row = fx.group_row(g).await;
     assert_eq!(
         row.item().unwrap()["LastPosition"],
         AttributeValue::S("2".into())
@@ -438,15 +430,7 @@ async fn a_run_claimed_by_a_killed_worker_is_not_overwritten_by_the_transactiona
         &["--visibility-timeout", "4s", "--drain-timeout", "2s"],
     );
     wait_for("the run claimed", Duration::from_secs(30), || async {
-        let row = fx
-            .ddb
-            .get_item()
-            .table_name(&fx.groups_table)
-            .key("MessageGroupId", AttributeValue::S(g.into()))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap();
+        let row = fx.group_row(g).await;
         row.item().is_some().then_some(())
     })
     .await;

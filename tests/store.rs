@@ -58,15 +58,7 @@ async fn runs_sent_back_to_back_are_claimed_once_per_run_at_dense_positions(engi
     assert_eq!((report.records, report.markers), (60, 0));
     // Each group row ends at its last position, naming the sequence numbers of its last claim.
     for g in ["cust-a", "cust-b", "cust-c"] {
-        let row = fx
-            .ddb
-            .get_item()
-            .table_name(&fx.groups_table)
-            .key("MessageGroupId", AttributeValue::S(g.into()))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap();
+        let row = fx.group_row(g).await;
         let row = row.item().expect("a group row");
         assert_eq!(s(row, "LastPosition"), "20");
         let claimed = row["Claimed"].as_l().expect("Claimed is a list");
@@ -206,15 +198,7 @@ async fn a_transactional_row_is_refused_until_repair_rebuilds_it_and_nothing_is_
             && text.contains("transactional"),
         "{text}"
     );
-    let before = fx
-        .ddb
-        .get_item()
-        .table_name(&fx.groups_table)
-        .key("MessageGroupId", AttributeValue::S(g.into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap();
+    let before = fx.group_row(g).await;
     assert_eq!(
         before.item().unwrap()["LastPosition"],
         AttributeValue::N("2".into())

@@ -604,6 +604,21 @@ impl Fixture {
         .await
     }
 
+    /// The group's row in the groups table, read consistently (its `item()` is None when there is none).
+    pub async fn group_row(
+        &self,
+        group: &str,
+    ) -> aws_sdk_dynamodb::operation::get_item::GetItemOutput {
+        self.ddb
+            .get_item()
+            .table_name(&self.groups_table)
+            .key("MessageGroupId", AttributeValue::S(group.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Wait until the queue holds nothing, visible or in flight.
     pub async fn wait_queue_drained(&self, timeout: Duration) {
         use aws_sdk_sqs::types::QueueAttributeName as A;
