@@ -18,19 +18,6 @@ fn drain_field(log: &str, key: &str) -> String {
     line_field(log, "drain complete", key)
 }
 
-/// A `key=value` field of the first log line containing `marker`.
-fn line_field(log: &str, marker: &str, key: &str) -> String {
-    let line = log
-        .lines()
-        .find(|l| l.contains(marker))
-        .unwrap_or_else(|| panic!("no {marker:?} line:\n{log}"));
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-        .trim_matches('"')
-        .to_owned()
-}
-
 async fn send_groups(
     fx: &Fixture,
     prefix: &str,

@@ -852,16 +852,3 @@ async fn a_poll_ended_while_its_answer_is_on_the_wire_hides_nothing() {
     assert_eq!(records.len(), 1, "{log}");
     assert_eq!(s(&records[0], "OrderID"), "held-1");
 }
-
-/// A `key=value` field of the first log line containing `marker`.
-fn line_field(log: &str, marker: &str, key: &str) -> String {
-    let line = log
-        .lines()
-        .find(|l| l.contains(marker))
-        .unwrap_or_else(|| panic!("no {marker:?} line:\n{log}"));
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-        .trim_matches('"')
-        .to_owned()
-}

@@ -969,6 +969,19 @@ pub fn post_blocking(base: &str, path: &str, body: &str) {
     );
 }
 
+/// A `key=value` field of the first log line containing `marker`.
+pub fn line_field(log: &str, marker: &str, key: &str) -> String {
+    let line = log
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no {marker:?} line:\n{log}"));
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .trim_matches('"')
+        .to_owned()
+}
+
 /// GET a worker's /readyz status code.
 pub async fn readyz(proc: &Proc) -> u16 {
     let addr = metrics_addr(proc).await;
