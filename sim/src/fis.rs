@@ -501,7 +501,7 @@ async fn list_experiments(State(sim): State<Arc<Sim>>, Query(q): Query<ListQuery
         .fis
         .experiments
         .values()
-        .filter(|e| q.template_id.as_ref().map_or(true, |t| *t == e.template_id))
+        .filter(|e| q.template_id.as_ref().is_none_or(|t| *t == e.template_id))
         .map(|e| {
             let full = experiment_json(&sim, e);
             let mut v = json!({

@@ -94,7 +94,7 @@ impl ImdsClientBuilder {
         if url.scheme() != "http" && url.scheme() != "https" {
             return Err(invalid(format!("scheme {:?} is not http", url.scheme())));
         }
-        if url.host_str().map_or(true, str::is_empty) {
+        if url.host_str().is_none_or(str::is_empty) {
             return Err(invalid("no host".to_owned()));
         }
         if url.query().is_some() || url.fragment().is_some() {
