@@ -195,6 +195,86 @@ fn record_key(s: &Sent) -> Option<String> {
     }
 }
 
+/// The manifest, indexed: the first send of an order id fixes its record's place; each MessageId its own item's.
+struct Manifest<'a> {
+    sent: &'a [Sent],
+    /// Record key -> index of its first send.
+    index_of: HashMap<String, usize>,
+    /// Record key -> the verdict its first send expects.
+    expect_of: HashMap<String, Option<String>>,
+    /// MessageId -> its (first) send.
+    message: HashMap<&'a str, (usize, &'a Sent)>,
+    /// Per group, sends with neither an order id nor a MessageId: each may account for one `rejected:` record.
+    anonymous: HashMap<&'a str, usize>,
+    /// Groups where some send has no MessageId: their markers cannot be matched to a send.
+    unnamed: HashSet<&'a str>,
+}
+
+impl<'a> Manifest<'a> {
+    fn index(sent: &'a [Sent]) -> Self {
+        let mut m = Manifest {
+            sent,
+            index_of: HashMap::new(),
+            expect_of: HashMap::new(),
+            message: HashMap::new(),
+            anonymous: HashMap::new(),
+            unnamed: HashSet::new(),
+        };
+        for (i, s) in sent.iter().enumerate() {
+            match &s.message_id {
+                Some(id) => {
+                    m.message.entry(id.as_str()).or_insert((i, s));
+                }
+                None => {
+                    m.unnamed.insert(s.group.as_str());
+                }
+            }
+            let Some(key) = record_key(s) else {
+                *m.anonymous.entry(s.group.as_str()).or_default() += 1;
+                continue;
+            };
+            m.index_of.entry(key.clone()).or_insert(i);
+            m.expect_of.entry(key).or_insert_with(|| s.expect.clone());
+        }
+        m
+    }
+
+    fn group_of_key(&self, key: &str) -> Option<&'a str> {
+        self.index_of.get(key).map(|i| self.sent[*i].group.as_str())
+    }
+
+    fn sent_as(&self, s: &Stored) -> Option<&'a Sent> {
+        self.message.get(s.message_id.as_str()).map(|(_, m)| *m)
+    }
+
+    /// Whether an item belongs to something the manifest sent.
+    fn names(&self, s: &Stored) -> bool {
+        self.message.contains_key(s.message_id.as_str())
+            || self.index_of.contains_key(&s.order_id)
+            || s.marker_of
+                .as_deref()
+                .is_some_and(|k| self.index_of.contains_key(k))
+    }
+
+    /// An item's place in the send order: its own message's when the manifest names it (a marker stands
+    /// there), else its order's first send; a marker the manifest cannot place has none.
+    fn place(&self, s: &Stored) -> Option<usize> {
+        match self.message.get(s.message_id.as_str()) {
+            Some((i, _)) => Some(*i),
+            None if !s.is_marker() => self.index_of.get(&s.order_id).copied(),
+            None => None,
+        }
+    }
+}
+
+/// One audit in progress: the indexed manifest, the records by key, and the report it fills.
+struct Audit<'a> {
+    m: Manifest<'a>,
+    /// Records (not markers) by key, wherever they are: a marker's order and a lost order are looked up here.
+    by_id: HashMap<&'a str, &'a Stored>,
+    r: Report,
+}
+
 /// Compare what was sent with what was stored. Pure: the tests feed it directly.
 pub fn audit(
     sent: &[Sent],
@@ -202,104 +282,102 @@ pub fn audit(
     last_positions: &HashMap<String, u64>,
     only_manifest_groups: bool,
 ) -> Report {
-    let mut r = Report {
-        sent: sent.len(),
-        ..Report::default()
+    let m = Manifest::index(sent);
+    let mut a = Audit {
+        r: Report {
+            sent: sent.len(),
+            distinct_orders: m.index_of.len(),
+            messages_named: m.message.len(),
+            ..Report::default()
+        },
+        by_id: stored
+            .iter()
+            .filter(|s| !s.is_marker())
+            .map(|s| (s.order_id.as_str(), s))
+            .collect(),
+        m,
     };
-    // The manifest: the first send of an order id fixes its record's place; each MessageId its own item's.
-    let mut index_of: HashMap<String, usize> = HashMap::new();
-    let mut expect_of: HashMap<String, Option<String>> = HashMap::new();
-    let mut message: HashMap<&str, (usize, &Sent)> = HashMap::new();
-    // Per group, sends with neither an order id nor a MessageId: each may account for one `rejected:` record.
-    let mut anonymous: HashMap<&str, usize> = HashMap::new();
-    // Groups where some send has no MessageId: their markers cannot be matched to a send.
-    let mut unnamed: HashSet<&str> = HashSet::new();
-    for (i, s) in sent.iter().enumerate() {
-        if s.message_id.is_none() {
-            unnamed.insert(s.group.as_str());
-        }
-        if let Some(m) = &s.message_id {
-            message.entry(m.as_str()).or_insert((i, s));
-        }
-        let Some(key) = record_key(s) else {
-            *anonymous.entry(s.group.as_str()).or_default() += 1;
-            continue;
-        };
-        index_of.entry(key.clone()).or_insert(i);
-        expect_of.entry(key).or_insert_with(|| s.expect.clone());
-    }
-    r.distinct_orders = index_of.len();
-    r.messages_named = message.len();
-    let group_of_key = |k: &str| index_of.get(k).map(|i| sent[*i].group.as_str());
-
-    // Which groups are audited: the manifest's, and any group holding an item of the manifest (an order
-    // applied in another group is found there); every group when asked.
-    let mut groups: HashSet<&str> = sent.iter().map(|s| s.group.as_str()).collect();
-    for s in stored {
-        let ours = message.contains_key(s.message_id.as_str())
-            || index_of.contains_key(&s.order_id)
-            || s.marker_of
-                .as_deref()
-                .is_some_and(|k| index_of.contains_key(k));
-        if ours || !only_manifest_groups {
-            groups.insert(s.group.as_str());
-        }
-    }
-    r.groups = groups.len();
-    let items: Vec<&Stored> = stored
-        .iter()
-        .filter(|s| groups.contains(s.group.as_str()))
-        .collect();
-    r.records = items.len();
-    // Records (not markers) by key, wherever they are: a marker's order and a lost order are looked up here.
-    let by_id: HashMap<&str, &Stored> = stored
-        .iter()
-        .filter(|s| !s.is_marker())
-        .map(|s| (s.order_id.as_str(), s))
-        .collect();
-
-    // One item per SQS message.
-    let mut by_message: BTreeMap<&str, Vec<&Stored>> = BTreeMap::new();
-    let mut by_seq: BTreeMap<(&str, &str), Vec<&Stored>> = BTreeMap::new();
+    let mut items = a.audited_items(stored, only_manifest_groups);
+    a.one_item_per_message(&items);
+    items.sort_by(|x, y| (&x.group, x.position).cmp(&(&y.group, y.position)));
+    let mut anonymous_left = a.m.anonymous.clone();
     for s in &items {
-        if !s.message_id.is_empty() {
-            by_message.entry(&s.message_id).or_default().push(s);
-        }
-        if let Some(seq) = &s.sequence_number {
-            by_seq.entry((&s.group, seq)).or_default().push(s);
-        }
+        a.item(s, &mut anonymous_left);
     }
-    for (m, list) in &by_message {
-        if list.len() > 1 {
-            r.applied_twice += list.len() - 1;
-            let at: Vec<String> = list.iter().map(|s| s.at()).collect();
-            r.example(format!(
-                "message {m} holds {} items: {}",
-                list.len(),
-                at.join(", ")
-            ));
-        }
+    a.lost(stored);
+    a.verdicts();
+    let mut per_group: BTreeMap<&str, Vec<&Stored>> = BTreeMap::new();
+    for s in &items {
+        per_group.entry(&s.group).or_default().push(s);
     }
-    for ((g, seq), list) in &by_seq {
-        let ids: HashSet<&str> = list.iter().map(|s| s.message_id.as_str()).collect();
-        if ids.len() > 1 {
-            r.applied_twice += ids.len() - 1;
-            let at: Vec<String> = list.iter().map(|s| s.at()).collect();
-            r.example(format!(
-                "group {g}: SequenceNumber {seq} holds items of {} messages: {}",
-                ids.len(),
-                at.join(", ")
-            ));
+    for (g, recs) in per_group {
+        a.positions(g, &recs, last_positions.get(g).copied().unwrap_or(0));
+    }
+    a.r.verdict_ok = a.r.ok();
+    a.r
+}
+
+impl<'a> Audit<'a> {
+    /// The items of the audited groups: the manifest's, and any group holding an item of the manifest (an
+    /// order applied in another group is found there); every group when asked.
+    fn audited_items(
+        &mut self,
+        stored: &'a [Stored],
+        only_manifest_groups: bool,
+    ) -> Vec<&'a Stored> {
+        let mut groups: HashSet<&str> = self.m.sent.iter().map(|s| s.group.as_str()).collect();
+        for s in stored {
+            if !only_manifest_groups || self.m.names(s) {
+                groups.insert(s.group.as_str());
+            }
+        }
+        self.r.groups = groups.len();
+        let items: Vec<&Stored> = stored
+            .iter()
+            .filter(|s| groups.contains(s.group.as_str()))
+            .collect();
+        self.r.records = items.len();
+        items
+    }
+
+    /// One item per SQS message: by MessageId, and by (group, SequenceNumber).
+    fn one_item_per_message(&mut self, items: &[&Stored]) {
+        let mut by_message: BTreeMap<&str, Vec<&Stored>> = BTreeMap::new();
+        let mut by_seq: BTreeMap<(&str, &str), Vec<&Stored>> = BTreeMap::new();
+        for s in items {
+            if !s.message_id.is_empty() {
+                by_message.entry(&s.message_id).or_default().push(s);
+            }
+            if let Some(seq) = &s.sequence_number {
+                by_seq.entry((&s.group, seq)).or_default().push(s);
+            }
+        }
+        let at = |list: &[&Stored]| list.iter().map(|s| s.at()).collect::<Vec<_>>().join(", ");
+        for (m, list) in &by_message {
+            if list.len() > 1 {
+                self.r.applied_twice += list.len() - 1;
+                let e = format!("message {m} holds {} items: {}", list.len(), at(list));
+                self.r.example(e);
+            }
+        }
+        for ((g, seq), list) in &by_seq {
+            let ids: HashSet<&str> = list.iter().map(|s| s.message_id.as_str()).collect();
+            if ids.len() > 1 {
+                self.r.applied_twice += ids.len() - 1;
+                let e = format!(
+                    "group {g}: SequenceNumber {seq} holds items of {} messages: {}",
+                    ids.len(),
+                    at(list)
+                );
+                self.r.example(e);
+            }
         }
     }
 
-    // Each item: its kind, its group, whether anyone sent it, and a marker's key and record.
-    let mut anonymous_left = anonymous.clone();
-    let mut items_sorted = items.clone();
-    items_sorted.sort_by(|a, b| (&a.group, a.position).cmp(&(&b.group, b.position)));
-    for s in &items_sorted {
-        let status = s.status();
-        match status {
+    /// Each item: its kind, its group, whether anyone sent it, and a marker's key and record.
+    fn item(&mut self, s: &Stored, anonymous_left: &mut HashMap<&str, usize>) {
+        let r = &mut self.r;
+        match s.status() {
             Some(Status::Accepted) => r.accepted += 1,
             Some(Status::Duplicate | Status::Conflict) => r.markers += 1,
             Some(Status::Rejected) => r.rejected += 1,
@@ -313,24 +391,34 @@ pub fn audit(
             }
         }
         *r.per_instance.entry(s.processed_by.clone()).or_default() += 1;
-        let sent_as = message.get(s.message_id.as_str()).map(|(_, m)| *m);
-        // The group it must be in: its message's, else its record key's first send.
+        let sent_as = self.m.sent_as(s);
+        self.group_and_sequence(s, sent_as);
+        if s.is_marker() {
+            self.marker(s, sent_as);
+        } else {
+            self.record(s, sent_as, anonymous_left);
+        }
+    }
+
+    /// The group it must be in (its message's, else its record key's first send) and its message's
+    /// SequenceNumber.
+    fn group_and_sequence(&mut self, s: &Stored, sent_as: Option<&Sent>) {
         let want_group = match sent_as {
             Some(m) => Some(m.group.as_str()),
-            None if !s.is_marker() => group_of_key(&s.order_id),
+            None if !s.is_marker() => self.m.group_of_key(&s.order_id),
             None => None,
         };
         if let Some(g) = want_group {
             if g != s.group {
-                r.misplaced += 1;
-                r.example(format!("{} was sent to group {g}", s.at()));
+                self.r.misplaced += 1;
+                self.r.example(format!("{} was sent to group {g}", s.at()));
             }
         }
         if let Some(m) = sent_as {
             if let (Some(want), Some(have)) = (&m.sequence_number, &s.sequence_number) {
                 if want != have {
-                    r.misplaced += 1;
-                    r.example(format!(
+                    self.r.misplaced += 1;
+                    self.r.example(format!(
                         "{} carries SequenceNumber {have}, its message {} was sent as {want}",
                         s.at(),
                         s.message_id
@@ -338,139 +426,153 @@ pub fn audit(
                 }
             }
         }
-        if s.is_marker() {
-            // A marker stands for its own message: its key names that message and its kind; the order it
-            // names has a record, with the same payload for a duplicate and another for a conflict.
-            let kind = if status == Some(Status::Duplicate) {
-                "duplicate"
-            } else {
-                "conflict"
-            };
-            let of = s.marker_of.as_deref().unwrap_or_default();
-            if s.order_id != format!("{kind}:{}", s.message_id) {
+    }
+
+    /// A marker stands for its own message: its key names that message and its kind; the order it names has a
+    /// record, with the same payload for a duplicate and another for a conflict.
+    fn marker(&mut self, s: &Stored, sent_as: Option<&Sent>) {
+        let duplicate = s.status() == Some(Status::Duplicate);
+        let kind = if duplicate { "duplicate" } else { "conflict" };
+        let of = s.marker_of.as_deref().unwrap_or_default();
+        let r = &mut self.r;
+        if s.order_id != format!("{kind}:{}", s.message_id) {
+            r.wrong_status += 1;
+            r.example(format!(
+                "marker {} is not keyed {kind}:<its own MessageId {}>",
+                s.at(),
+                s.message_id
+            ));
+        }
+        if let Some(m) = sent_as {
+            if m.order_id.as_deref().is_some_and(|o| o != of) {
                 r.wrong_status += 1;
                 r.example(format!(
-                    "marker {} is not keyed {kind}:<its own MessageId {}>",
+                    "marker {} names order {of:?}, its message carried {:?}",
                     s.at(),
-                    s.message_id
+                    m.order_id
                 ));
             }
-            if let Some(m) = sent_as {
-                if m.order_id.as_deref().is_some_and(|o| o != of) {
-                    r.wrong_status += 1;
-                    r.example(format!(
-                        "marker {} names order {of:?}, its message carried {:?}",
-                        s.at(),
-                        m.order_id
-                    ));
-                }
-            }
-            match by_id.get(of) {
-                None => {
-                    r.orphan_markers += 1;
-                    r.example(format!(
-                        "marker {} names order {of:?}, which has no record",
-                        s.at()
-                    ));
-                }
-                Some(rec) => {
-                    if rec.message_id == s.message_id {
-                        // Counted as a message holding two items above.
-                    } else if let (Some(a), Some(b)) = (&rec.payload_sha256, &s.payload_sha256) {
-                        if (a == b) != (status == Some(Status::Duplicate)) {
-                            r.wrong_status += 1;
-                            r.example(format!(
-                                "marker {} is {} but its payload {} the record's",
-                                s.at(),
-                                s.status,
-                                if a == b { "equals" } else { "differs from" }
-                            ));
-                        }
-                    }
-                }
-            }
-            if sent_as.is_none() && !unnamed.contains(s.group.as_str()) {
-                r.unexpected += 1;
+        }
+        match self.by_id.get(of) {
+            None => {
+                r.orphan_markers += 1;
                 r.example(format!(
-                    "marker {} stands for message {}, which was never sent",
-                    s.at(),
-                    s.message_id
+                    "marker {} names order {of:?}, which has no record",
+                    s.at()
                 ));
             }
-        } else {
-            let known = index_of.contains_key(&s.order_id) || sent_as.is_some();
-            let anonymous_rejected = !known
-                && s.order_id.starts_with("rejected:")
-                && anonymous_left.get_mut(s.group.as_str()).is_some_and(|n| {
-                    match n.checked_sub(1) {
-                        Some(left) => {
-                            *n = left;
-                            true
-                        }
-                        None => false,
+            // The same message holding the record and the marker is counted as a message holding two items.
+            Some(rec) if rec.message_id == s.message_id => {}
+            Some(rec) => {
+                if let (Some(a), Some(b)) = (&rec.payload_sha256, &s.payload_sha256) {
+                    if (a == b) != duplicate {
+                        r.wrong_status += 1;
+                        r.example(format!(
+                            "marker {} is {} but its payload {} the record's",
+                            s.at(),
+                            s.status,
+                            if a == b { "equals" } else { "differs from" }
+                        ));
                     }
-                });
-            if !known && !anonymous_rejected {
-                r.unexpected += 1;
-                r.example(format!("record {} was never sent", s.at()));
-            } else if let (Some(m), true) = (sent_as, index_of.contains_key(&s.order_id)) {
-                // Recorded by a message that carried another order.
-                if record_key(m).is_some_and(|k| k != s.order_id) {
-                    r.misplaced += 1;
-                    r.example(format!(
-                        "record {} was written by message {}, which carried {:?}",
-                        s.at(),
-                        s.message_id,
-                        m.order_id
-                    ));
                 }
             }
         }
-    }
-
-    // Lost: an order with no record anywhere; a message named by its MessageId with no item of its own.
-    let mut lost: Vec<(usize, String)> = index_of
-        .iter()
-        .filter(|(k, _)| !by_id.contains_key(k.as_str()))
-        .map(|(k, i)| (*i, format!("order {k}")))
-        .collect();
-    let lost_orders: HashSet<usize> = lost.iter().map(|(i, _)| *i).collect();
-    let with_item: HashSet<&str> = stored.iter().map(|s| s.message_id.as_str()).collect();
-    for (m, (i, s)) in &message {
-        if !with_item.contains(m) && !lost_orders.contains(i) {
-            lost.push((
-                *i,
-                format!("message {m} (order {:?}) has no item", s.order_id),
+        if sent_as.is_none() && !self.m.unnamed.contains(s.group.as_str()) {
+            r.unexpected += 1;
+            r.example(format!(
+                "marker {} stands for message {}, which was never sent",
+                s.at(),
+                s.message_id
             ));
         }
     }
-    lost.sort();
-    r.lost = lost.len();
-    for (i, what) in lost.iter().take(5) {
-        r.example(format!("lost: {what} (sent #{i})"));
-    }
-    let mut wrong = Vec::new();
-    for (k, expect) in &expect_of {
-        if let (Some(e), Some(s)) = (expect, by_id.get(k.as_str())) {
-            if !s.status.eq_ignore_ascii_case(e) {
-                wrong.push(format!("{k}: expected {e}, recorded {}", s.status));
+
+    /// A record: sent by someone (a `rejected:` record may stand for an anonymous send of its group), and
+    /// written by the message that carried its order.
+    fn record(
+        &mut self,
+        s: &Stored,
+        sent_as: Option<&Sent>,
+        anonymous_left: &mut HashMap<&str, usize>,
+    ) {
+        let named = self.m.index_of.contains_key(&s.order_id);
+        let known = named || sent_as.is_some();
+        let anonymous_rejected = !known
+            && s.order_id.starts_with("rejected:")
+            && anonymous_left
+                .get_mut(s.group.as_str())
+                .is_some_and(|n| match n.checked_sub(1) {
+                    Some(left) => {
+                        *n = left;
+                        true
+                    }
+                    None => false,
+                });
+        if !known && !anonymous_rejected {
+            self.r.unexpected += 1;
+            self.r.example(format!("record {} was never sent", s.at()));
+        } else if let (Some(m), true) = (sent_as, named) {
+            // Recorded by a message that carried another order.
+            if record_key(m).is_some_and(|k| k != s.order_id) {
+                self.r.misplaced += 1;
+                self.r.example(format!(
+                    "record {} was written by message {}, which carried {:?}",
+                    s.at(),
+                    s.message_id,
+                    m.order_id
+                ));
             }
         }
     }
-    wrong.sort();
-    r.wrong_status += wrong.len();
-    for w in wrong.into_iter().take(5) {
-        r.example(format!("wrong verdict: {w}"));
+
+    /// Lost: an order with no record anywhere; a message named by its MessageId with no item of its own.
+    fn lost(&mut self, stored: &[Stored]) {
+        let mut lost: Vec<(usize, String)> = self
+            .m
+            .index_of
+            .iter()
+            .filter(|(k, _)| !self.by_id.contains_key(k.as_str()))
+            .map(|(k, i)| (*i, format!("order {k}")))
+            .collect();
+        let lost_orders: HashSet<usize> = lost.iter().map(|(i, _)| *i).collect();
+        let with_item: HashSet<&str> = stored.iter().map(|s| s.message_id.as_str()).collect();
+        for (m, (i, s)) in &self.m.message {
+            if !with_item.contains(m) && !lost_orders.contains(i) {
+                lost.push((
+                    *i,
+                    format!("message {m} (order {:?}) has no item", s.order_id),
+                ));
+            }
+        }
+        lost.sort();
+        self.r.lost = lost.len();
+        for (i, what) in lost.iter().take(5) {
+            self.r.example(format!("lost: {what} (sent #{i})"));
+        }
     }
 
-    // Per group: positions exactly 1..n, and the send order increasing along them.
-    let mut per_group: BTreeMap<&str, Vec<&Stored>> = BTreeMap::new();
-    for s in &items_sorted {
-        per_group.entry(&s.group).or_default().push(s);
+    /// Each order's record carries the verdict its sender expected.
+    fn verdicts(&mut self) {
+        let mut wrong = Vec::new();
+        for (k, expect) in &self.m.expect_of {
+            if let (Some(e), Some(s)) = (expect, self.by_id.get(k.as_str())) {
+                if !s.status.eq_ignore_ascii_case(e) {
+                    wrong.push(format!("{k}: expected {e}, recorded {}", s.status));
+                }
+            }
+        }
+        wrong.sort();
+        self.r.wrong_status += wrong.len();
+        for w in wrong.into_iter().take(5) {
+            self.r.example(format!("wrong verdict: {w}"));
+        }
     }
-    for (g, recs) in per_group {
+
+    /// One group's items, by position: positions exactly 1..n, and the send order increasing along them.
+    fn positions(&mut self, g: &str, recs: &[&Stored], last_position: u64) {
+        let r = &mut self.r;
         let mut seen = HashSet::new();
-        for s in &recs {
+        for s in recs {
             if !seen.insert(s.position) {
                 r.applied_twice += 1;
                 r.example(format!("group {g}: position {} used twice", s.position));
@@ -479,8 +581,7 @@ pub fn audit(
         // Every position from 1 to the group's end has exactly one item; the end is the higher of the
         // highest item and the group row's LastPosition (a LastPosition above the items means items are
         // missing, not applied twice).
-        let highest_pos = recs.last().map_or(0, |s| s.position);
-        let end = last_positions.get(g).copied().unwrap_or(0).max(highest_pos);
+        let end = last_position.max(recs.last().map_or(0, |s| s.position));
         let missing: Vec<u64> = (1..=end).filter(|p| !seen.contains(p)).collect();
         if !missing.is_empty() {
             r.position_gaps += missing.len();
@@ -495,16 +596,9 @@ pub fn audit(
             r.position_gaps += 1;
             r.example(format!("group {g}: an item without a position"));
         }
-        // Each item's place in the send order: its own message's when the manifest names it (a marker stands
-        // there), else its order's first send; a marker the manifest cannot place is checked above only.
         let mut highest: Option<(usize, &str)> = None;
-        for s in &recs {
-            let place = match message.get(s.message_id.as_str()) {
-                Some((i, _)) => Some(*i),
-                None if !s.is_marker() => index_of.get(&s.order_id).copied(),
-                None => None,
-            };
-            let Some(i) = place else { continue };
+        for s in recs {
+            let Some(i) = self.m.place(s) else { continue };
             if let Some((h, prev)) = highest {
                 if i < h {
                     r.out_of_order += 1;
@@ -518,8 +612,6 @@ pub fn audit(
             highest = Some((i, &s.order_id));
         }
     }
-    r.verdict_ok = r.ok();
-    r
 }
 
 /// Read every record of the orders table and the groups' last positions.
