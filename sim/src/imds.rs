@@ -15,7 +15,7 @@ use axum::Router;
 use serde_json::json;
 
 use crate::clock;
-use crate::model::fleet::{hex, Fault};
+use crate::model::fleet::{hex, Fault, Instance, Settings};
 use crate::runtime::Sim;
 
 const TOKEN_PATH: &str = "/latest/api/token";
@@ -64,7 +64,7 @@ async fn handle(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let path = uri.path().to_string();
+    let path = uri.path();
     let fault = {
         let st = sim.lock();
         st.fleet
@@ -72,52 +72,18 @@ async fn handle(
             .and_then(|i| i.imds.fault)
             .unwrap_or(Fault::None)
     };
-    match fault {
-        Fault::Hang => return std::future::pending::<Response>().await,
-        Fault::Error500 => return text(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
-        Fault::Forbidden => return text(StatusCode::FORBIDDEN, "Forbidden"),
-        Fault::Throttle => {
-            let status = if fastrand::bool() {
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            return text(status, "Request limit exceeded");
-        }
-        Fault::None | Fault::Malformed => {}
+    if fault == Fault::Hang {
+        return std::future::pending::<Response>().await;
     }
-
+    if let Some(refused) = injected(fault) {
+        return refused;
+    }
     if path == TOKEN_PATH {
-        if method != Method::PUT {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-        }
-        let Some(ttl) = parse_ttl(headers.get(TTL_HEADER).and_then(|v| v.to_str().ok())) else {
-            return text(StatusCode::BAD_REQUEST, "Bad Request");
-        };
-        let token = format!("AQAE{}", hex(52));
-        let issued = sim.lock().fleet.issue_token(
-            Instant::now(),
-            &id,
-            token.clone(),
-            Duration::from_secs(ttl),
-        );
-        if !issued {
-            return not_found();
-        }
-        return (
-            StatusCode::OK,
-            [
-                ("content-type", "text/plain"),
-                (TTL_HEADER, &ttl.to_string()),
-            ],
-            token,
-        )
-            .into_response();
+        return issue_token(&sim, &id, &method, &headers);
     }
     if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     }
-
     let st = sim.lock();
     let Some(inst) = st.fleet.get(&id) else {
         return not_found();
@@ -129,7 +95,7 @@ async fn handle(
     if !token_ok {
         return text(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
-    if fault == Fault::Malformed && is_json_path(&path) {
+    if fault == Fault::Malformed && is_json_path(path) {
         return (
             StatusCode::OK,
             [("content-type", "text/plain")],
@@ -137,8 +103,59 @@ async fn handle(
         )
             .into_response();
     }
+    document(&sim.settings, inst, path)
+}
 
-    let s = &sim.settings;
+/// The answer an injected fault gives instead of the document (`Hang` never answers; `Malformed` garbles the
+/// document later).
+fn injected(fault: Fault) -> Option<Response> {
+    match fault {
+        Fault::Error500 => Some(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+        )),
+        Fault::Forbidden => Some(text(StatusCode::FORBIDDEN, "Forbidden")),
+        Fault::Throttle => {
+            let status = if fastrand::bool() {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            Some(text(status, "Request limit exceeded"))
+        }
+        Fault::None | Fault::Malformed | Fault::Hang => None,
+    }
+}
+
+/// `PUT /latest/api/token`: a session token for the TTL asked (IMDSv2).
+fn issue_token(sim: &Sim, id: &str, method: &Method, headers: &HeaderMap) -> Response {
+    if method != Method::PUT {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    let Some(ttl) = parse_ttl(headers.get(TTL_HEADER).and_then(|v| v.to_str().ok())) else {
+        return text(StatusCode::BAD_REQUEST, "Bad Request");
+    };
+    let token = format!("AQAE{}", hex(52));
+    let issued =
+        sim.lock()
+            .fleet
+            .issue_token(Instant::now(), id, token.clone(), Duration::from_secs(ttl));
+    if !issued {
+        return not_found();
+    }
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "text/plain"),
+            (TTL_HEADER, &ttl.to_string()),
+        ],
+        token,
+    )
+        .into_response()
+}
+
+/// The document at `path` for this instance, as IMDS serves it.
+fn document(s: &Settings, inst: &Instance, path: &str) -> Response {
     let tags = [
         ("Name", "order-worker".to_string()),
         ("aws:autoscaling:groupName", s.group.clone()),
