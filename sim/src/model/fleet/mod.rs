@@ -595,72 +595,8 @@ impl Fleet {
     pub fn tick(&mut self, now: Now) -> Vec<Effect> {
         let mut effects = Vec::new();
         for idx in 0..self.instances.len() {
-            // Pending -> InService.
-            if self.instances[idx].lifecycle == Lifecycle::Pending
-                && self.instances[idx]
-                    .in_service_at
-                    .is_some_and(|t| now.at >= t)
-            {
-                let inst = &mut self.instances[idx];
-                inst.lifecycle = Lifecycle::InService;
-                inst.in_service_at = None;
-                inst.in_service_since = Some(now.at);
-                inst.target_state = Some(TargetLifecycle::InService);
-                let id = inst.id.clone();
-                let replaces = inst.replaces.clone();
-                self.event(now, Some(&id), EventKind::InService, "InService");
-                if let Some(o) = replaces.and_then(|old| self.find(&old)) {
-                    if self.instances[o].lifecycle == Lifecycle::InService {
-                        let cause = format!("capacity rebalance: replacement {id} is InService");
-                        self.begin_termination(now, o, &cause);
-                    }
-                }
-            }
-            // Spot interruption: notice, then the end.
-            if let Some(intr) = self.instances[idx].interruption.clone() {
-                if !intr.notice_shown && now.at >= intr.notice_at {
-                    let inst = &mut self.instances[idx];
-                    inst.notice = Some(Notice {
-                        action: InstanceAction::Terminate,
-                        time: intr.end.wall,
-                    });
-                    let termination_at = now.at + self.clock.real(self.settings.hook_start_delay);
-                    if let Some(i) = inst.interruption.as_mut() {
-                        i.notice_shown = true;
-                        i.termination_at = Some(termination_at);
-                    }
-                    let id = inst.id.clone();
-                    let what = format!(
-                        "spot interruption notice: terminate at {}",
-                        clock::rfc3339_seconds(intr.end.wall)
-                    );
-                    self.event(now, Some(&id), EventKind::Notice, what);
-                }
-                // The group learns of the interruption with the notice and starts the termination hook (after
-                // --hook-start-delay); the instance still dies at the end whether or not the hook completes.
-                let due = self.instances[idx]
-                    .interruption
-                    .as_ref()
-                    .and_then(|i| i.termination_at)
-                    .is_some_and(|t| now.at >= t);
-                if due {
-                    if let Some(i) = self.instances[idx].interruption.as_mut() {
-                        i.termination_at = None;
-                    }
-                    self.begin_termination(now, idx, "spot interruption notice");
-                }
-                if now.at >= intr.end.at {
-                    self.instances[idx].interruption = None;
-                    let id = self.instances[idx].id.clone();
-                    self.event(
-                        now,
-                        Some(&id),
-                        EventKind::Reclaimed,
-                        "spot interruption: instance reclaimed",
-                    );
-                    effects.extend(self.power_off(now, idx, "spot interruption"));
-                }
-            }
+            self.tick_pending(now, idx);
+            effects.extend(self.tick_interruption(now, idx));
             // Hook heartbeat timeout -> default result CONTINUE.
             if let Some(h) = self.instances[idx].hook.clone() {
                 if now.at >= h.deadline || now.at >= h.global_deadline {
@@ -705,6 +641,77 @@ impl Fleet {
             }
         }
         effects
+    }
+
+    /// Pending -> InService when its time comes; a capacity-rebalance replacement in service ends the
+    /// instance it replaces.
+    fn tick_pending(&mut self, now: Now, idx: usize) {
+        let inst = &mut self.instances[idx];
+        if inst.lifecycle != Lifecycle::Pending || inst.in_service_at.is_none_or(|t| now.at < t) {
+            return;
+        }
+        inst.lifecycle = Lifecycle::InService;
+        inst.in_service_at = None;
+        inst.in_service_since = Some(now.at);
+        inst.target_state = Some(TargetLifecycle::InService);
+        let id = inst.id.clone();
+        let replaces = inst.replaces.clone();
+        self.event(now, Some(&id), EventKind::InService, "InService");
+        if let Some(o) = replaces.and_then(|old| self.find(&old)) {
+            if self.instances[o].lifecycle == Lifecycle::InService {
+                let cause = format!("capacity rebalance: replacement {id} is InService");
+                self.begin_termination(now, o, &cause);
+            }
+        }
+    }
+
+    /// A Spot interruption: the notice, then (with the notice, after --hook-start-delay) the group's
+    /// termination hook, then the end; the instance dies at the end whether or not the hook completed.
+    fn tick_interruption(&mut self, now: Now, idx: usize) -> Vec<Effect> {
+        let Some(intr) = self.instances[idx].interruption.clone() else {
+            return Vec::new();
+        };
+        if !intr.notice_shown && now.at >= intr.notice_at {
+            let termination_at = now.at + self.clock.real(self.settings.hook_start_delay);
+            let inst = &mut self.instances[idx];
+            inst.notice = Some(Notice {
+                action: InstanceAction::Terminate,
+                time: intr.end.wall,
+            });
+            if let Some(i) = inst.interruption.as_mut() {
+                i.notice_shown = true;
+                i.termination_at = Some(termination_at);
+            }
+            let id = inst.id.clone();
+            let what = format!(
+                "spot interruption notice: terminate at {}",
+                clock::rfc3339_seconds(intr.end.wall)
+            );
+            self.event(now, Some(&id), EventKind::Notice, what);
+        }
+        let due = self.instances[idx]
+            .interruption
+            .as_ref()
+            .and_then(|i| i.termination_at)
+            .is_some_and(|t| now.at >= t);
+        if due {
+            if let Some(i) = self.instances[idx].interruption.as_mut() {
+                i.termination_at = None;
+            }
+            self.begin_termination(now, idx, "spot interruption notice");
+        }
+        if now.at < intr.end.at {
+            return Vec::new();
+        }
+        self.instances[idx].interruption = None;
+        let id = self.instances[idx].id.clone();
+        self.event(
+            now,
+            Some(&id),
+            EventKind::Reclaimed,
+            "spot interruption: instance reclaimed",
+        );
+        self.power_off(now, idx, "spot interruption")
     }
 }
 
