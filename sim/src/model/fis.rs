@@ -327,76 +327,17 @@ impl Fis {
             resolved: BTreeMap::new(),
             tags,
         };
-        let mut effects = Vec::new();
         // Resolve every target first: a target that resolves to nothing or to too much fails the experiment before
         // any instance is touched, as FIS does.
-        let mut failure = refused;
-        for (name, t) in &tpl.targets {
-            let chosen = resolve(fleet, t);
-            if chosen.is_empty() && !tpl.skip_empty {
-                failure.get_or_insert(format!(
-                    "Target resolution returned empty set for target {name}."
-                ));
-            } else if chosen.len() > MAX_SPOT_TARGETS {
-                failure.get_or_insert(format!(
-                    "Target {name} resolved to {} resources; {SPOT_RESOURCE} targets allow at most {MAX_SPOT_TARGETS}.",
-                    chosen.len()
-                ));
+        // (resolved even when the role is refused: the experiment shows its targets, as FIS does).
+        let unresolved = resolve_targets(fleet, &tpl, &mut exp.resolved);
+        let effects = match refused.or(unresolved) {
+            Some(reason) => {
+                fail(fleet, now, &tpl, &mut exp, reason);
+                Vec::new()
             }
-            exp.resolved.insert(name.clone(), chosen);
-        }
-        if let Some(reason) = failure {
-            exp.status = ExperimentStatus::Failed;
-            exp.reason = reason.clone();
-            exp.end = Some(now.wall);
-            for name in tpl.actions.keys() {
-                exp.actions.insert(
-                    name.clone(),
-                    ActionRun {
-                        status: ActionStatus::Cancelled,
-                        reason: "Experiment failed.".into(),
-                        start: None,
-                        end: None,
-                    },
-                );
-            }
-            fleet.event(
-                now,
-                None,
-                EventKind::ExperimentFailed,
-                format!("FIS experiment {id} failed: {reason}"),
-            );
-        } else {
-            let mut last_end: Option<Instant> = None;
-            for (name, a) in &tpl.actions {
-                let end = fleet.clock.deadline_after(now, a.duration);
-                last_end = Some(last_end.map_or(end.at, |l| l.max(end.at)));
-                for iid in exp.resolved.get(&a.target).cloned().unwrap_or_default() {
-                    if let Some(idx) = fleet.find(&iid) {
-                        let cause = format!("FIS experiment {id}");
-                        effects.extend(fleet.recommend_rebalance(now, idx, &cause));
-                        fleet.schedule_interruption(now, idx, end, Some(id.clone()));
-                    }
-                }
-                exp.actions.insert(
-                    name.clone(),
-                    ActionRun {
-                        status: ActionStatus::Running,
-                        reason: "Action is running.".into(),
-                        start: Some(now.wall),
-                        end: None,
-                    },
-                );
-            }
-            exp.end_at = last_end;
-            let chosen: Vec<String> = exp.resolved.values().flatten().cloned().collect();
-            fleet.event(
-                now,
-                None,
-                EventKind::ExperimentRunning,
-                format!("FIS experiment {id} running against {}", chosen.join(", ")),
-            );
-        }
+            None => run(fleet, now, &tpl, &mut exp),
+        };
         if let Some(c) = client_token {
             self.client_tokens.insert(c, id.clone());
         }
@@ -459,6 +400,94 @@ impl Fis {
             }
         }
     }
+}
+
+/// Resolve each target of `tpl` into `resolved`; the first reason the experiment must fail, if any.
+fn resolve_targets(
+    fleet: &Fleet,
+    tpl: &Template,
+    resolved: &mut BTreeMap<String, Vec<String>>,
+) -> Option<String> {
+    let mut failure = None;
+    for (name, t) in &tpl.targets {
+        let chosen = resolve(fleet, t);
+        if chosen.is_empty() && !tpl.skip_empty {
+            failure.get_or_insert(format!(
+                "Target resolution returned empty set for target {name}."
+            ));
+        } else if chosen.len() > MAX_SPOT_TARGETS {
+            failure.get_or_insert(format!(
+                "Target {name} resolved to {} resources; {SPOT_RESOURCE} targets allow at most {MAX_SPOT_TARGETS}.",
+                chosen.len()
+            ));
+        }
+        resolved.insert(name.clone(), chosen);
+    }
+    failure
+}
+
+/// The experiment fails before touching any instance: every action cancelled.
+fn fail(fleet: &mut Fleet, now: Now, tpl: &Template, exp: &mut Experiment, reason: String) {
+    exp.status = ExperimentStatus::Failed;
+    exp.end = Some(now.wall);
+    for name in tpl.actions.keys() {
+        exp.actions.insert(
+            name.clone(),
+            ActionRun {
+                status: ActionStatus::Cancelled,
+                reason: "Experiment failed.".into(),
+                start: None,
+                end: None,
+            },
+        );
+    }
+    fleet.event(
+        now,
+        None,
+        EventKind::ExperimentFailed,
+        format!("FIS experiment {} failed: {reason}", exp.id),
+    );
+    exp.reason = reason;
+}
+
+/// Every action runs: its targets get a rebalance recommendation now and an interruption at the action's
+/// end. Returns the recommendations' effects.
+fn run(fleet: &mut Fleet, now: Now, tpl: &Template, exp: &mut Experiment) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    let mut last_end: Option<Instant> = None;
+    for (name, a) in &tpl.actions {
+        let end = fleet.clock.deadline_after(now, a.duration);
+        last_end = Some(last_end.map_or(end.at, |l| l.max(end.at)));
+        for iid in exp.resolved.get(&a.target).cloned().unwrap_or_default() {
+            if let Some(idx) = fleet.find(&iid) {
+                let cause = format!("FIS experiment {}", exp.id);
+                effects.extend(fleet.recommend_rebalance(now, idx, &cause));
+                fleet.schedule_interruption(now, idx, end, Some(exp.id.clone()));
+            }
+        }
+        exp.actions.insert(
+            name.clone(),
+            ActionRun {
+                status: ActionStatus::Running,
+                reason: "Action is running.".into(),
+                start: Some(now.wall),
+                end: None,
+            },
+        );
+    }
+    exp.end_at = last_end;
+    let chosen: Vec<String> = exp.resolved.values().flatten().cloned().collect();
+    fleet.event(
+        now,
+        None,
+        EventKind::ExperimentRunning,
+        format!(
+            "FIS experiment {} running against {}",
+            exp.id,
+            chosen.join(", ")
+        ),
+    );
+    effects
 }
 
 #[cfg(test)]
