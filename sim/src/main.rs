@@ -38,6 +38,8 @@ mod scaler;
 mod status;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::post;
@@ -89,50 +91,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("spot-sim-{}", std::process::id())),
     };
-    if args.worker_cmd.is_some() {
-        std::fs::create_dir_all(&log_dir)
-            .with_context(|| format!("creating log dir {}", log_dir.display()))?;
-    }
-    let workers = Workers {
-        cmd: args.worker_cmd.clone(),
-        args: args.worker_args.clone(),
-        log_dir: log_dir.clone(),
-        auto_scaling_endpoint: args.worker_auto_scaling_endpoint.clone(),
-    };
-    let sim = Sim::new(
-        runtime::settings_from_args(&args),
-        clock::Clock::new(args.time_scale),
-        args.desired,
-        workers,
-        imds::app,
-        args.scaling_queue_url
-            .as_ref()
-            .map(|_| model::scaling::Policy {
-                target: args.target_value,
-                min_size: args.min_size,
-                max_size: args.max_size,
-                metric: args.scaling_metric.kind(),
-            }),
-    );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let api = format!("http://{}", listener.local_addr()?);
-    sim.api_url.set(api.clone()).expect("set once");
-    if let Some(url) = &args.authorizer {
-        sim.authorizer.set(url.clone()).expect("set once");
-    }
-
-    let app = Router::new()
-        .route("/", post(autoscaling::handle).get(autoscaling::handle))
-        .merge(fis::routes())
-        .merge(control::routes())
-        .with_state(sim.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(cause = %e, "API server stopped");
-        }
-    });
+    let sim = new_sim(&args, &log_dir)?;
+    let api = serve_api(&sim, &args).await?;
 
     // The first tick launches the initial capacity; the API is already up so workers can reach it.
     runtime::start_ticker(sim.clone());
@@ -140,18 +100,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         scaler::start(sim.clone(), url.clone(), args.scaling_metric.kind());
     }
     if let Some(every) = args.status_every {
-        let sim = sim.clone();
-        tokio::spawn(async move {
-            let mut iv = tokio::time::interval(every);
-            loop {
-                iv.tick().await;
-                let doc = control::status_json(&sim);
-                let orders = status::scrape_orders(&doc).await;
-                eprint!("{}", status::render(&doc, &orders));
-            }
-        });
+        print_status_every(sim.clone(), every);
     }
-
     if let Some(path) = &args.ready_file {
         write_ready_file(path, &api)?;
     }
@@ -175,6 +125,71 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     sim.stop_all().await;
     info!("spot-sim stopped");
     Ok(())
+}
+
+/// The simulator: its settings, clock, workers and (with a queue to watch) target tracking.
+fn new_sim(args: &RunArgs, log_dir: &Path) -> anyhow::Result<Arc<Sim>> {
+    if args.worker_cmd.is_some() {
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("creating log dir {}", log_dir.display()))?;
+    }
+    let workers = Workers {
+        cmd: args.worker_cmd.clone(),
+        args: args.worker_args.clone(),
+        log_dir: log_dir.to_path_buf(),
+        auto_scaling_endpoint: args.worker_auto_scaling_endpoint.clone(),
+    };
+    Ok(Sim::new(
+        runtime::settings_from_args(args),
+        clock::Clock::new(args.time_scale),
+        args.desired,
+        workers,
+        imds::app,
+        args.scaling_queue_url
+            .as_ref()
+            .map(|_| model::scaling::Policy {
+                target: args.target_value,
+                min_size: args.min_size,
+                max_size: args.max_size,
+                metric: args.scaling_metric.kind(),
+            }),
+    ))
+}
+
+/// Bind the API (Auto Scaling, FIS, control) and serve it in the background; returns its URL.
+async fn serve_api(sim: &Arc<Sim>, args: &RunArgs) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let api = format!("http://{}", listener.local_addr()?);
+    sim.api_url.set(api.clone()).expect("set once");
+    if let Some(url) = &args.authorizer {
+        sim.authorizer.set(url.clone()).expect("set once");
+    }
+    let app = Router::new()
+        .route("/", post(autoscaling::handle).get(autoscaling::handle))
+        .merge(fis::routes())
+        .merge(control::routes())
+        .with_state(sim.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(cause = %e, "API server stopped");
+        }
+    });
+    Ok(api)
+}
+
+/// The fleet's status on stderr every `every` (--status-every).
+fn print_status_every(sim: Arc<Sim>, every: Duration) {
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(every);
+        loop {
+            iv.tick().await;
+            let doc = control::status_json(&sim);
+            let orders = status::scrape_orders(&doc).await;
+            eprint!("{}", status::render(&doc, &orders));
+        }
+    });
 }
 
 /// Write the ready file atomically (temp file + rename) so a watcher never reads half of it.
