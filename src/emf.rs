@@ -7,6 +7,16 @@
 //! read, never changed), so EMF and `/metrics` report the same counts. Readiness comes from
 //! [`crate::health::Health`], whose state it is.
 //!
+//! Why not `metrics_cloudwatch_embedded` (0.10, Apache-2.0, EMF from the `metrics` crate): tried in a scratch
+//! build beside our recorder. Its only constructor, `Builder::init`, installs it as the process's global
+//! recorder, and its collector's configuration is not exported, so it cannot sit behind a fan-out: with the
+//! Prometheus recorder of `/metrics` installed first, `init` fails ("attempted to set a recorder after the
+//! metrics system was already initialized"), and the other way round `/metrics` would be empty. It also turns
+//! every label into a CloudWatch dimension (`sqs_requests_total{operation, result}` came out as one document
+//! with dimensions `[QueueName, operation, result]`): each label combination a custom metric, where this file
+//! chooses 19 per stack and the names the alarms use. The two record kinds below (an interval of deltas, a
+//! drain's one-off figures) and the line shape of our JSON log are what is left to write, and they are ours.
+//!
 //! # Records
 //! - **interval** (every `--emf-interval`, and once more at exit): counters as **deltas since the previous
 //!   record** (CloudWatch sums EMF values per period, so totals would be counted again every minute), gauges as
