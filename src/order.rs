@@ -25,7 +25,7 @@ pub const MAX_REASON_LEN: usize = 300;
 pub struct Order {
     pub order_id: String,
     pub customer_id: String,
-    pub items: Vec<Item>,
+    pub items: Vec<LineItem>,
     pub currency: String,
     pub placed_at: String,
 }
@@ -33,7 +33,7 @@ pub struct Order {
 /// One line of an order.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct Item {
+pub struct LineItem {
     pub sku: String,
     pub qty: u64,
     pub unit_price_cents: u64,

@@ -239,46 +239,33 @@ pub async fn read_records(
     client: &Client,
     table: &str,
 ) -> anyhow::Result<HashMap<String, Vec<Found>>> {
+    let attributes = [
+        schema::ORDER_ID,
+        schema::GROUP_ID,
+        schema::POSITION,
+        schema::SEQUENCE_NUMBER,
+    ];
     let mut by_group: HashMap<String, Vec<Found>> = HashMap::new();
-    let mut start = None;
-    loop {
-        let out = client
-            .scan()
-            .table_name(table)
-            .consistent_read(true)
-            .projection_expression("#k, #g, #p, #s")
-            .expression_attribute_names("#k", schema::ORDER_ID)
-            .expression_attribute_names("#g", schema::GROUP_ID)
-            .expression_attribute_names("#p", schema::POSITION)
-            .expression_attribute_names("#s", schema::SEQUENCE_NUMBER)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("Scan {table}: {}", crate::aws::describe(&e)))?;
-        for item in out.items() {
-            let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-            let Some(group) = s(schema::GROUP_ID) else {
-                continue;
-            };
-            by_group.entry(group).or_default().push(Found {
-                key: s(schema::ORDER_ID).unwrap_or_default(),
-                position: item
-                    .get(schema::POSITION)
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok()),
-                seq: s(schema::SEQUENCE_NUMBER),
-            });
-        }
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            return Ok(by_group);
-        }
+    for item in crate::verify::scan_all(client, table, &attributes).await? {
+        let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+        let Some(group) = s(schema::GROUP_ID) else {
+            continue;
+        };
+        by_group.entry(group).or_default().push(Found {
+            key: s(schema::ORDER_ID).unwrap_or_default(),
+            position: item
+                .get(schema::POSITION)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok()),
+            seq: s(schema::SEQUENCE_NUMBER),
+        });
     }
+    Ok(by_group)
 }
 
 /// Every row of the groups table: group -> item.
 pub async fn read_rows(client: &Client, table: &str) -> anyhow::Result<BTreeMap<String, Item>> {
-    let items = crate::verify::scan_all(client, table).await?;
+    let items = crate::verify::scan_all(client, table, &[]).await?;
     Ok(items
         .into_iter()
         .filter_map(|item| {

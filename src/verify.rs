@@ -24,11 +24,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{self, Status};
+use crate::schema::{self, Item, Status};
 
 /// One line of the manifest: a message as it was sent, in send order.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -626,7 +625,7 @@ pub async fn read_table(
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
-    let stored = scan_all(client, table)
+    let stored = scan_all(client, table, &[])
         .await?
         .iter()
         .map(|item| Stored {
@@ -641,7 +640,7 @@ pub async fn read_table(
             payload_sha256: s(item, schema::PAYLOAD_SHA256),
         })
         .collect();
-    let last = scan_all(client, groups_table)
+    let last = scan_all(client, groups_table, &[])
         .await?
         .iter()
         .filter_map(|item| {
@@ -654,10 +653,24 @@ pub async fn read_table(
     Ok((stored, last))
 }
 
-type Item = HashMap<String, AttributeValue>;
-
-/// Every item of a table (consistent reads, all pages): the operator tools' one table read (verify, repair).
-pub async fn scan_all(client: &Client, table: &str) -> anyhow::Result<Vec<Item>> {
+/// Every item of a table (consistent reads, all pages), with only `attributes` when some are named: the
+/// operator tools' one table read (verify, repair).
+pub async fn scan_all(
+    client: &Client,
+    table: &str,
+    attributes: &[&str],
+) -> anyhow::Result<Vec<Item>> {
+    // Attribute names go through placeholders: some of ours are DynamoDB reserved words.
+    let projection = (!attributes.is_empty()).then(|| {
+        let names: Vec<String> = (0..attributes.len()).map(|i| format!("#a{i}")).collect();
+        names.join(", ")
+    });
+    let names: Option<HashMap<String, String>> = (!attributes.is_empty()).then(|| {
+        let names = attributes.iter().enumerate();
+        names
+            .map(|(i, a)| (format!("#a{i}"), a.to_string()))
+            .collect()
+    });
     let mut items = Vec::new();
     let mut start = None;
     loop {
@@ -665,6 +678,8 @@ pub async fn scan_all(client: &Client, table: &str) -> anyhow::Result<Vec<Item>>
             .scan()
             .table_name(table)
             .consistent_read(true)
+            .set_projection_expression(projection.clone())
+            .set_expression_attribute_names(names.clone())
             .set_exclusive_start_key(start)
             .send()
             .await
