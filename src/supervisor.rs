@@ -62,9 +62,14 @@ impl Inbox {
     /// The next signal or notice (kept notices first). Cancel-safe: nothing is lost when another branch of a
     /// `select!` wins. Pending forever once both channels are closed.
     pub async fn next(&mut self) -> Heard {
-        if let Some(n) = self.kept.pop_front() {
-            return Heard::Notice(n);
+        match self.kept.pop_front() {
+            Some(n) => Heard::Notice(n),
+            None => self.listen().await,
         }
+    }
+
+    /// The next signal or notice from the channels (kept notices wait for [`Inbox::next`]).
+    async fn listen(&mut self) -> Heard {
         loop {
             tokio::select! {
                 Some(s) = self.signals.recv() => return Heard::Signal(s),
@@ -117,7 +122,7 @@ impl<'a> Supervisor<'a> {
         loop {
             let heard = tokio::select! {
                 checked = &mut checks => return checked.map(|()| Start::Ready),
-                heard = self.inbox.next() => heard,
+                heard = self.inbox.listen() => heard,
             };
             match heard {
                 Heard::Signal(s) => {
@@ -299,4 +304,37 @@ pub fn signals() -> anyhow::Result<mpsc::Receiver<&'static str>> {
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn notices_kept_at_start_up_are_heard_again_only_once_the_worker_runs() {
+        let (_signal, signals) = mpsc::channel(1);
+        let (watcher, notices) = mpsc::channel(4);
+        let mut inbox = Inbox::new(signals, notices);
+        inbox
+            .kept
+            .push_back(Notice::TargetLifecycle(LifecycleState::InService));
+        watcher
+            .send(Notice::TargetLifecycle(LifecycleState::Terminated))
+            .await
+            .unwrap();
+        // Start-up listens to the channels: a kept notice is not heard again (it would spin).
+        assert!(matches!(
+            inbox.listen().await,
+            Heard::Notice(Notice::TargetLifecycle(LifecycleState::Terminated))
+        ));
+        assert!(matches!(
+            inbox.next().await,
+            Heard::Notice(Notice::TargetLifecycle(LifecycleState::InService))
+        ));
+        // The watcher gone and no signal: nothing more, and no busy loop.
+        drop(watcher);
+        let quiet = tokio::time::timeout(Duration::from_millis(20), inbox.next()).await;
+        assert!(quiet.is_err());
+    }
 }
