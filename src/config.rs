@@ -271,6 +271,46 @@ fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
 impl RunArgs {
     /// Check every rule that needs no AWS call.
     pub fn validate(&self) -> Result<Config, ConfigError> {
+        let queue_url = self.checked_queue_url()?;
+        self.check_tables()?;
+        self.check_limits()?;
+        self.check_timings()?;
+        let (imds_endpoint, metrics_addr) = self.checked_endpoints()?;
+        let lifecycle_hook = Some(self.lifecycle_hook.trim().to_string()).filter(|h| !h.is_empty());
+        if let Some(hook) = &lifecycle_hook {
+            if hook.len() > 255 {
+                return Err(bad("--lifecycle-hook", "at most 255 characters"));
+            }
+        }
+        let (emf_interval, emf_namespace) = self.checked_emf()?;
+        Ok(Config {
+            queue_url,
+            orders_table: self.orders_table.clone(),
+            groups_table: self.groups_table.clone(),
+            max_groups: self.max_groups,
+            max_commits: self.max_commits,
+            visibility_timeout: self.visibility_timeout,
+            wait_time: self.wait_time,
+            drain_timeout: self.drain_timeout,
+            drain_margin: self.drain_margin,
+            imds_endpoint,
+            imds_poll: self.imds_poll,
+            on_rebalance: self.on_rebalance,
+            rebalance_recovery: self.rebalance_recovery,
+            asg_name: self.asg_name.clone().filter(|s| !s.trim().is_empty()),
+            lifecycle_hook,
+            hook_heartbeat: self.hook_heartbeat,
+            instance_id: self.instance_id.clone().filter(|s| !s.trim().is_empty()),
+            metrics_addr,
+            log_format: self.log_format,
+            work_delay: self.work_delay,
+            emf_interval,
+            emf_namespace,
+        })
+    }
+
+    /// A FIFO queue's URL: ordering needs FIFO.
+    fn checked_queue_url(&self) -> Result<String, ConfigError> {
         let queue_url = self
             .queue_url
             .clone()
@@ -285,6 +325,11 @@ impl RunArgs {
                 format!("{queue_url:?} is not a FIFO queue (the name must end in .fifo): ordering needs FIFO"),
             ));
         }
+        Ok(queue_url)
+    }
+
+    /// Two valid, different DynamoDB table names.
+    fn check_tables(&self) -> Result<(), ConfigError> {
         for (name, value) in [
             ("--orders-table", &self.orders_table),
             ("--groups-table", &self.groups_table),
@@ -303,12 +348,22 @@ impl RunArgs {
         if self.orders_table == self.groups_table {
             return Err(bad("--groups-table", "must differ from --orders-table"));
         }
+        Ok(())
+    }
+
+    /// The counts: groups and commits in flight.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         if self.max_groups == 0 || self.max_groups > 10_000 {
             return Err(bad("--max-groups", "must be 1-10000"));
         }
         if self.max_commits == 0 || self.max_commits > 64 {
             return Err(bad("--max-commits", "must be 1-64"));
         }
+        Ok(())
+    }
+
+    /// Every duration flag within its bounds, and the visibility timeout longer than a drain.
+    fn check_timings(&self) -> Result<(), ConfigError> {
         let secs = |d: Duration| d.as_secs_f64();
         if self.visibility_timeout < Duration::from_secs(2)
             || self.visibility_timeout > Duration::from_secs(12 * 3600)
@@ -375,6 +430,11 @@ impl RunArgs {
         if self.work_delay > Duration::from_secs(3600) {
             return Err(bad("--work-delay", "must be at most 1h"));
         }
+        Ok(())
+    }
+
+    /// The metadata endpoint (none when disabled) and the metrics address (none when `off`).
+    fn checked_endpoints(&self) -> Result<(Option<String>, Option<SocketAddr>), ConfigError> {
         let imds_endpoint = if self.imds_disabled {
             None
         } else {
@@ -394,12 +454,11 @@ impl RunArgs {
                     bad("--metrics-addr", format!("{a:?} is not host:port or `off`"))
                 })?),
             };
-        let lifecycle_hook = Some(self.lifecycle_hook.trim().to_string()).filter(|h| !h.is_empty());
-        if let Some(hook) = &lifecycle_hook {
-            if hook.len() > 255 {
-                return Err(bad("--lifecycle-hook", "at most 255 characters"));
-            }
-        }
+        Ok((imds_endpoint, metrics_addr))
+    }
+
+    /// The EMF interval (none when off or the log is not JSON) and namespace.
+    fn checked_emf(&self) -> Result<(Option<Duration>, String), ConfigError> {
         let emf_interval = if self.emf_interval.is_zero() || self.log_format != LogFormat::Json {
             None
         } else if self.emf_interval < Duration::from_secs(1)
@@ -422,30 +481,7 @@ impl RunArgs {
                 format!("{ns:?} is not a CloudWatch custom namespace (1-255 of A-Za-z0-9._-/#:, not AWS/...)"),
             ));
         }
-        Ok(Config {
-            queue_url,
-            orders_table: self.orders_table.clone(),
-            groups_table: self.groups_table.clone(),
-            max_groups: self.max_groups,
-            max_commits: self.max_commits,
-            visibility_timeout: self.visibility_timeout,
-            wait_time: self.wait_time,
-            drain_timeout: self.drain_timeout,
-            drain_margin: self.drain_margin,
-            imds_endpoint,
-            imds_poll: self.imds_poll,
-            on_rebalance: self.on_rebalance,
-            rebalance_recovery: self.rebalance_recovery,
-            asg_name: self.asg_name.clone().filter(|s| !s.trim().is_empty()),
-            lifecycle_hook,
-            hook_heartbeat: self.hook_heartbeat,
-            instance_id: self.instance_id.clone().filter(|s| !s.trim().is_empty()),
-            metrics_addr,
-            log_format: self.log_format,
-            work_delay: self.work_delay,
-            emf_interval,
-            emf_namespace: ns.to_string(),
-        })
+        Ok((emf_interval, ns.to_string()))
     }
 }
 

@@ -1,31 +1,34 @@
-//! One drain path for every trigger, and the policy that decides when to take it.
+//! One drain path for every trigger.
 //!
 //! | trigger                              | what happens                                                          |
 //! |--------------------------------------|-----------------------------------------------------------------------|
 //! | SIGTERM / SIGINT                     | drain (deadline `--drain-timeout`), exit 0                            |
 //! | Spot interruption notice             | drain (deadline: notice time - `--drain-margin`, or the timeout, whichever is earlier), complete the hook, exit 0 |
 //! | target lifecycle state `Terminated`  | drain, complete the hook, exit 0                                      |
-//! | rebalance recommendation             | `ignore`; `soft`: pause receiving, finish what is held; `drain`: pause and release what is not started. Back to normal after `--rebalance-recovery` if no interruption follows |
+//! | rebalance recommendation             | no drain: the policy is the supervisor's (`crate::supervisor`)        |
 //!
 //! A drain: receiving stops; held-but-not-started messages are released at once (visibility 0, in group
 //! order); in-flight runs finish before the deadline or are abandoned and released (what a run claimed but did
-//! not write is written by the next holder, at the same positions); then the lifecycle hook is completed, with heartbeats while the drain outlasts the
-//! heartbeat interval. One log line says what the drain did.
+//! not write is written by the next holder, at the same positions); then the lifecycle hook is completed
+//! ([`LifecycleHook::finish`]), with heartbeats while the drain outlasts the heartbeat interval. One log line
+//! says what the drain did; the caller gets the same figures as a [`DrainReport`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, RebalancePolicy};
-use crate::dispatch::{Dispatcher, RELEASE_GRACE};
+use crate::config::Config;
+use crate::dispatch::{Counts, Dispatcher, RELEASE_GRACE};
 use crate::imds::{ImdsClient, LifecycleState, Notice, SpotAction};
 use crate::instance::InstanceId;
-use crate::lifecycle::{heartbeat_until, resolve_group, HookResult, LifecycleHook};
-use crate::telemetry::{DRAINS, DRAIN_ORDERS, HOOK_COMPLETIONS, LAST_DRAIN_SECONDS, NOTICES};
+pub use crate::lifecycle::HookOutcome;
+use crate::lifecycle::{heartbeat_until, resolve_group, LifecycleHook};
+use crate::supervisor::{Heard, Inbox};
+use crate::telemetry::{DRAINS, DRAIN_ORDERS, LAST_DRAIN_SECONDS};
 use metrics::{counter, gauge};
 
 /// What started a drain.
@@ -40,6 +43,20 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// The trigger a notice is, if it calls for a drain (the one place a notice becomes a trigger).
+    pub fn from_notice(notice: &Notice) -> Option<Trigger> {
+        match notice {
+            Notice::Interruption(a) => Some(Trigger::Interruption {
+                action: a.action,
+                time: a.time,
+            }),
+            Notice::TargetLifecycle(LifecycleState::Terminated) => {
+                Some(Trigger::LifecycleTerminated)
+            }
+            Notice::TargetLifecycle(_) | Notice::Rebalance(_) => None,
+        }
+    }
+
     /// Its name as a metric label and an EMF dimension value.
     pub fn label(&self) -> &'static str {
         match self {
@@ -48,16 +65,6 @@ impl Trigger {
             Trigger::LifecycleTerminated => "lifecycle",
         }
     }
-}
-
-/// How the hook step went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookOutcome {
-    /// No hook to complete (SIGTERM outside a termination, hooks disabled, no metadata).
-    NotNeeded,
-    Completed,
-    /// Could not: the reason, e.g. a refusal by Auto Scaling or a missing group name.
-    Failed(String),
 }
 
 /// What the drain did: the figures of its one log line.
@@ -72,121 +79,32 @@ pub struct DrainReport {
     pub hook: HookOutcome,
 }
 
+/// A drain that is done: its report, to be sent out at once (on a Spot instance the power may go at any moment
+/// after the hook), then [`Drained::stop_loops`].
+pub struct Drained {
+    pub report: DrainReport,
+    /// The engine, whose receive loop may still be recovering the poll the drain ended.
+    dispatcher: Dispatcher,
+    /// Past this (the deadline and the release grace) that loop is abandoned.
+    until: Instant,
+}
+
+impl Drained {
+    /// Wait for the receive loop to end: it may still be recovering the poll it ended (asked again with its
+    /// attempt id, what it brings released). It does not hold up the hook or the report; past the deadline (SQS
+    /// not answering) it is abandoned.
+    pub async fn stop_loops(self) -> DrainReport {
+        self.dispatcher.stop_loops(self.until).await;
+        self.report
+    }
+}
+
 /// What the hook step needs.
 pub struct HookContext {
     pub autoscaling: Option<aws_sdk_autoscaling::Client>,
     pub imds: Option<ImdsClient>,
     /// The hook is addressed by instance id: learned here from metadata if nobody has yet.
     pub instance_id: Arc<InstanceId>,
-}
-
-/// Run the policy until a terminal trigger, then drain. `signals` carries SIGTERM/SIGINT (a second signal
-/// during a drain abandons in-flight work at once). `on_report` gets the drain's report as soon as the drain
-/// is done, before the wait for the receive loop to end: on a Spot instance the power may go at any moment after
-/// the hook, and the report's log line and figures must be out by then.
-pub async fn supervise(
-    cfg: &Config,
-    dispatcher: Dispatcher,
-    mut notices: mpsc::Receiver<Notice>,
-    mut signals: mpsc::Receiver<&'static str>,
-    hooks: HookContext,
-    on_report: impl FnOnce(&DrainReport),
-) -> DrainReport {
-    dispatcher.health().set_ready(true);
-    let mut recover_at: Option<Instant> = None;
-    let mut notices_open = true;
-    let mut termination_seen = false;
-    let trigger = loop {
-        let recovery = async {
-            match recover_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            Some(s) = signals.recv() => break Trigger::Signal(s),
-            n = notices.recv(), if notices_open => match n {
-                None => notices_open = false,
-                Some(n) => {
-                    if let Some(t) = act_on(cfg, &dispatcher, n, &mut recover_at, &mut termination_seen) {
-                        break t;
-                    }
-                }
-            },
-            _ = recovery => {
-                recover_at = None;
-                dispatcher.set_paused(false);
-                dispatcher.health().set_ready(true);
-                tracing::info!("no interruption followed the rebalance recommendation; taking new work again");
-            }
-        }
-    };
-    Drain {
-        cfg,
-        dispatcher,
-        notices,
-        notices_open,
-        signals,
-        hooks,
-        termination_seen,
-    }
-    .run(trigger, on_report)
-    .await
-}
-
-/// React to one notice in normal operation; Some(trigger) when it calls for a drain. Never waits on AWS: the
-/// supervisor must keep seeing notices and signals whatever SQS does.
-fn act_on(
-    cfg: &Config,
-    dispatcher: &Dispatcher,
-    notice: Notice,
-    recover_at: &mut Option<Instant>,
-    termination_seen: &mut bool,
-) -> Option<Trigger> {
-    match notice {
-        Notice::Interruption(a) => {
-            counter!(NOTICES, "kind" => "interruption").increment(1);
-            *termination_seen = true;
-            tracing::warn!(action = %a.action, time = %a.time, "Spot interruption notice");
-            Some(Trigger::Interruption {
-                action: a.action,
-                time: a.time,
-            })
-        }
-        Notice::TargetLifecycle(LifecycleState::Terminated) => {
-            counter!(NOTICES, "kind" => "target_lifecycle").increment(1);
-            *termination_seen = true;
-            tracing::warn!("target lifecycle state Terminated (scale-in or rebalancing replaces this instance)");
-            Some(Trigger::LifecycleTerminated)
-        }
-        Notice::TargetLifecycle(state) => {
-            tracing::info!(state = %state, "target lifecycle state");
-            None
-        }
-        Notice::Rebalance(r) => {
-            counter!(NOTICES, "kind" => "rebalance").increment(1);
-            match cfg.on_rebalance {
-                RebalancePolicy::Ignore => {
-                    tracing::info!(notice_time = %r.notice_time, "rebalance recommendation ignored (--on-rebalance ignore)");
-                }
-                RebalancePolicy::Soft | RebalancePolicy::Drain => {
-                    dispatcher.set_paused(true);
-                    dispatcher.health().set_ready(false);
-                    if cfg.on_rebalance == RebalancePolicy::Drain {
-                        dispatcher.release_pending();
-                    }
-                    *recover_at = Some(Instant::now() + cfg.rebalance_recovery);
-                    tracing::warn!(
-                        notice_time = %r.notice_time,
-                        policy = ?cfg.on_rebalance,
-                        recovery = %humantime::format_duration(cfg.rebalance_recovery),
-                        "rebalance recommendation: taking no new message groups"
-                    );
-                }
-            }
-            None
-        }
-    }
 }
 
 /// The deadline a trigger allows: the timeout, or the interruption time minus the margin if earlier.
@@ -208,28 +126,65 @@ pub fn deadline_for(
 }
 
 /// One drain: what it needs while it runs.
-struct Drain<'a> {
-    cfg: &'a Config,
-    dispatcher: Dispatcher,
-    notices: mpsc::Receiver<Notice>,
-    notices_open: bool,
-    signals: mpsc::Receiver<&'static str>,
-    hooks: HookContext,
-    termination_seen: bool,
+pub(crate) struct Drain<'a> {
+    pub cfg: &'a Config,
+    pub dispatcher: Dispatcher,
+    /// Signals (a second one abandons in-flight work at once) and notices (a termination makes the hook due;
+    /// an interruption may bring the deadline forward).
+    pub inbox: &'a mut Inbox,
+    pub hooks: &'a HookContext,
+    /// A termination was seen: the hook is due.
+    pub termination_seen: bool,
+}
+
+/// How the wait for the groups ended.
+struct Waited {
+    deadline: Instant,
+    deadline_hit: bool,
+    held_up_by: Option<String>,
 }
 
 impl Drain<'_> {
-    async fn run(mut self, trigger: Trigger, on_report: impl FnOnce(&DrainReport)) -> DrainReport {
-        let cfg = self.cfg;
-        let dispatcher = self.dispatcher.clone();
+    pub(crate) async fn run(mut self, trigger: Trigger) -> Drained {
         let started = Instant::now();
-        let before = dispatcher.counts();
-        let mut deadline = deadline_for(cfg, &trigger, started, OffsetDateTime::now_utc());
-        dispatcher.health().set_ready(false);
+        let before = self.dispatcher.counts();
+        let deadline = self.begin(&trigger, started);
+        // Release (in the background: it waits for the poll in flight to be ended and recovered first) while
+        // the hook is resolved, which may wait on slow metadata.
+        let begin = tokio::spawn({
+            let d = self.dispatcher.clone();
+            async move { d.begin_drain(deadline).await }
+        });
+        let hook = if self.termination_seen {
+            resolve_hook(self.cfg, self.hooks).await
+        } else {
+            Err(NoHook::NotAttempted)
+        };
+        let heartbeats = CancellationToken::new();
+        if let Ok(h) = &hook {
+            let (h, every, done) = (h.clone(), self.cfg.hook_heartbeat, heartbeats.clone());
+            tokio::spawn(async move { heartbeat_until(&h, every, done).await });
+        }
+        let waited = self.wait_for_groups(begin, deadline).await;
+        let until = hook_deadline(self.cfg, &trigger, started);
+        let hook = hook_step(self.cfg, self.hooks, self.termination_seen, hook, until).await;
+        heartbeats.cancel();
+        let report = self.report(trigger, started, before, &waited, hook);
+        Drained {
+            report,
+            dispatcher: self.dispatcher,
+            until: (waited.deadline + RELEASE_GRACE).max(Instant::now()),
+        }
+    }
+
+    /// Stop taking work by the trigger's deadline, say so, and count the drain.
+    fn begin(&self, trigger: &Trigger, started: Instant) -> Instant {
+        let deadline = deadline_for(self.cfg, trigger, started, OffsetDateTime::now_utc());
+        self.dispatcher.health().set_ready(false);
         counter!(DRAINS, "trigger" => trigger.label()).increment(1);
-        let (groups, messages) = dispatcher.held();
+        let (groups, messages) = self.dispatcher.held();
         // From here on no held message starts: what has not started waits only to be released.
-        dispatcher.stop_taking(deadline);
+        self.dispatcher.stop_taking(deadline);
         let deadline_in_ms = deadline.saturating_duration_since(started).as_millis() as u64;
         if matches!(trigger, Trigger::Signal(_)) {
             // A routine stop (deploy, scale-in through systemd): not a warning.
@@ -237,95 +192,75 @@ impl Drain<'_> {
         } else {
             tracing::warn!(trigger = ?trigger, deadline_in_ms, groups_held = groups, messages_held = messages, "draining");
         }
+        deadline
+    }
 
-        // Release (in the background: it waits for the poll in flight to be ended and recovered first) while the
-        // hook is resolved, which
-        // may wait on slow metadata.
-        let begin = tokio::spawn({
-            let d = dispatcher.clone();
-            async move { d.begin_drain(deadline).await }
-        });
-        let hook = if self.termination_seen {
-            resolve_hook(cfg, &self.hooks).await
-        } else {
-            Err(NoHook::NotAttempted)
-        };
-        let heartbeat_done = CancellationToken::new();
-        if let Ok(h) = &hook {
-            let h = h.clone();
-            let every = cfg.hook_heartbeat;
-            let done = heartbeat_done.clone();
-            tokio::spawn(async move { heartbeat_until(&h, every, done).await });
-        }
-
-        let mut held_up_by = None;
+    /// Wait for the groups to finish (after the releases `begin` started), until the deadline and its grace.
+    /// Meanwhile a second signal abandons in-flight work at once, and a termination notice makes the hook due
+    /// (an interruption's may bring the deadline forward).
+    async fn wait_for_groups(&mut self, begin: JoinHandle<()>, mut deadline: Instant) -> Waited {
+        let dispatcher = self.dispatcher.clone();
         let mut deadline_hit = false;
-        {
-            let d = dispatcher.clone();
-            let finish = async move {
-                let _ = begin.await;
-                // The caller's select bounds this; the far bound only keeps the types simple.
-                d.finish_groups(Instant::now() + Duration::from_secs(24 * 3600))
-                    .await
-            };
-            tokio::pin!(finish);
-            loop {
-                tokio::select! {
-                    _ = &mut finish => break,
-                    _ = tokio::time::sleep_until(deadline), if !deadline_hit => {
-                        deadline_hit = true;
-                        held_up_by = Some(dispatcher.describe_held());
-                        dispatcher.control().abort.cancel();
-                    }
-                    _ = tokio::time::sleep_until(deadline + RELEASE_GRACE), if deadline_hit => {
-                        tracing::warn!(still_held = %dispatcher.describe_held(), "releases or deletes still out after the grace: going on without them (the messages return when their visibility times out)");
-                        break;
-                    }
-                    Some(s) = self.signals.recv(), if !deadline_hit => {
+        let mut held_up_by = None;
+        let finish = async {
+            let _ = begin.await;
+            // The select below bounds this; the far bound only keeps the types simple.
+            dispatcher
+                .finish_groups(Instant::now() + Duration::from_secs(24 * 3600))
+                .await
+        };
+        tokio::pin!(finish);
+        loop {
+            tokio::select! {
+                _ = &mut finish => break,
+                _ = tokio::time::sleep_until(deadline), if !deadline_hit => {
+                    deadline_hit = true;
+                    held_up_by = Some(dispatcher.describe_held());
+                    dispatcher.control().abort.cancel();
+                }
+                _ = tokio::time::sleep_until(deadline + RELEASE_GRACE), if deadline_hit => {
+                    tracing::warn!(still_held = %dispatcher.describe_held(), "releases or deletes still out after the grace: going on without them (the messages return when their visibility times out)");
+                    break;
+                }
+                heard = self.inbox.next() => match heard {
+                    Heard::Signal(_) if deadline_hit => {}
+                    Heard::Signal(s) => {
                         tracing::warn!(signal = s, "second signal: abandoning in-flight orders now");
                         deadline = Instant::now();
                         dispatcher.set_deadline(deadline);
                     }
-                    n = self.notices.recv(), if self.notices_open => match n {
-                        None => self.notices_open = false,
-                        Some(Notice::Interruption(a)) => {
-                            self.termination_seen = true;
-                            let t = Trigger::Interruption { action: a.action, time: a.time };
-                            let earlier = deadline_for(cfg, &t, Instant::now(), OffsetDateTime::now_utc());
-                            if earlier < deadline && !deadline_hit {
-                                deadline = earlier;
-                                dispatcher.set_deadline(deadline);
-                                tracing::warn!(time = %a.time, "interruption notice during the drain; deadline brought forward");
-                            }
+                    Heard::Notice(n) => {
+                        let Some(t) = Trigger::from_notice(&n) else { continue };
+                        self.termination_seen = true;
+                        let earlier = deadline_for(self.cfg, &t, Instant::now(), OffsetDateTime::now_utc());
+                        if earlier < deadline && !deadline_hit {
+                            deadline = earlier;
+                            dispatcher.set_deadline(deadline);
+                            tracing::warn!(trigger = ?t, "interruption notice during the drain; deadline brought forward");
                         }
-                        Some(Notice::TargetLifecycle(LifecycleState::Terminated)) => self.termination_seen = true,
-                        Some(_) => {}
-                    },
-                }
+                    }
+                },
             }
         }
+        Waited {
+            deadline,
+            deadline_hit,
+            held_up_by,
+        }
+    }
 
-        let hook_outcome = if !self.termination_seen {
-            HookOutcome::NotNeeded
-        } else {
-            let hook = match hook {
-                Ok(h) => Ok(h),
-                Err(_) => resolve_hook(cfg, &self.hooks).await,
-            };
-            match hook {
-                Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
-                Err(NoHook::Disabled) => HookOutcome::NotNeeded,
-                Err(why) => {
-                    counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
-                    HookOutcome::Failed(why.to_string())
-                }
-            }
-        };
-        heartbeat_done.cancel();
-
-        // The drain's own time: up to the completed hook, not the wait for the receive loop below.
+    /// The report, its figures counted and its one line logged.
+    fn report(
+        &self,
+        trigger: Trigger,
+        started: Instant,
+        before: Counts,
+        waited: &Waited,
+        hook: HookOutcome,
+    ) -> DrainReport {
+        // The drain's own time: up to the completed hook, not the wait for the receive loop.
         let took = started.elapsed();
-        let after = dispatcher.counts();
+        let after = self.dispatcher.counts();
         let finished = after.finished - before.finished;
         let released = after.released - before.released;
         counter!(DRAIN_ORDERS, "outcome" => "finished").increment(finished);
@@ -336,17 +271,11 @@ impl Drain<'_> {
             took,
             finished,
             released,
-            deadline_hit,
-            held_up_by,
-            hook: hook_outcome,
+            deadline_hit: waited.deadline_hit,
+            held_up_by: waited.held_up_by.clone(),
+            hook,
         };
         report.log();
-        on_report(&report);
-        // The receive loop may still be recovering the poll it ended (asked again with its attempt id, what it
-        // brings released): it does not hold up the hook or the report. Past the deadline (SQS not answering)
-        // it is abandoned.
-        let until = (deadline + RELEASE_GRACE).max(Instant::now());
-        dispatcher.stop_loops(until).await;
         report
     }
 }
@@ -365,15 +294,26 @@ pub fn hook_deadline(cfg: &Config, trigger: &Trigger, started: Instant) -> Insta
     }
 }
 
-/// The trigger a notice is, if it calls for a drain.
-pub fn terminal(notice: &Notice) -> Option<Trigger> {
-    match notice {
-        Notice::Interruption(a) => Some(Trigger::Interruption {
-            action: a.action,
-            time: a.time,
-        }),
-        Notice::TargetLifecycle(LifecycleState::Terminated) => Some(Trigger::LifecycleTerminated),
-        _ => None,
+/// The hook step of every drain: nothing is due without a termination; otherwise the hook (resolved again
+/// if it could not be before) is finished by `until`.
+async fn hook_step(
+    cfg: &Config,
+    hooks: &HookContext,
+    termination_seen: bool,
+    resolved: Result<LifecycleHook, NoHook>,
+    until: Instant,
+) -> HookOutcome {
+    if !termination_seen {
+        return HookOutcome::NotNeeded;
+    }
+    let hook = match resolved {
+        Ok(h) => Ok(h),
+        Err(_) => resolve_hook(cfg, hooks).await,
+    };
+    match hook {
+        Ok(h) => h.finish(until).await,
+        Err(NoHook::Disabled) => HookOutcome::NotNeeded,
+        Err(why) => HookOutcome::failed(why.to_string()),
     }
 }
 
@@ -383,14 +323,8 @@ pub async fn without_work(cfg: &Config, hooks: &HookContext, trigger: Trigger) -
     let started = Instant::now();
     counter!(DRAINS, "trigger" => trigger.label()).increment(1);
     tracing::warn!(trigger = ?trigger, "termination notice while waiting to start: nothing is held");
-    let hook = match resolve_hook(cfg, hooks).await {
-        Ok(h) => complete(&h, hook_deadline(cfg, &trigger, started)).await,
-        Err(NoHook::Disabled) => HookOutcome::NotNeeded,
-        Err(why) => {
-            counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
-            HookOutcome::Failed(why.to_string())
-        }
-    };
+    let until = hook_deadline(cfg, &trigger, started);
+    let hook = hook_step(cfg, hooks, true, Err(NoHook::NotAttempted), until).await;
     let report = DrainReport {
         trigger,
         took: started.elapsed(),
@@ -475,55 +409,6 @@ async fn resolve_hook(cfg: &Config, hooks: &HookContext) -> Result<LifecycleHook
     Ok(LifecycleHook::new(client, group, hook_name, instance_id))
 }
 
-/// Complete the hook (CONTINUE), trying until `until`: right after a quick drain the group may not have started
-/// the lifecycle action yet ("no active lifecycle action"), and Auto Scaling may be slow or throttling; giving up
-/// after a few seconds left the instance waiting for the hook's timeout. A refusal that waiting cannot fix
-/// (a wrong hook or group name) ends at once.
-async fn complete(hook: &LifecycleHook, until: Instant) -> HookOutcome {
-    let mut last = String::new();
-    let mut attempt = 0u32;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() && attempt > 0 {
-            break;
-        }
-        let call = tokio::time::timeout(
-            left.max(Duration::from_secs(1)),
-            hook.complete(HookResult::Continue),
-        );
-        match call.await {
-            Ok(Ok(())) => {
-                counter!(HOOK_COMPLETIONS, "result" => "ok").increment(1);
-                tracing::info!(group = %hook.group(), hook = %hook.hook(), instance = %hook.instance_id(), attempts = attempt + 1, "lifecycle hook completed (CONTINUE)");
-                return HookOutcome::Completed;
-            }
-            Ok(Err(e)) => {
-                last = e.to_string();
-                if !e.is_no_active_action() && !e.is_retryable() {
-                    tracing::warn!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction refused");
-                    break;
-                }
-                if e.is_no_active_action() {
-                    hook.refused("CompleteLifecycleAction", &e);
-                } else if attempt == 0 || attempt.is_power_of_two() {
-                    tracing::info!(cause = %e, attempt = attempt + 1, "CompleteLifecycleAction not accepted yet; retrying until the hook deadline");
-                }
-            }
-            Err(_) => last = "CompleteLifecycleAction timed out".into(),
-        }
-        let pause =
-            crate::retry::backoff(attempt, Duration::from_millis(500), Duration::from_secs(5));
-        attempt += 1;
-        if Instant::now() + pause >= until {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-    }
-    counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
-    tracing::error!(cause = %last, "lifecycle hook NOT completed: the group proceeds when the hook times out");
-    HookOutcome::Failed(last)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +455,7 @@ mod tests {
 
     #[test]
     fn only_an_interruption_or_the_terminated_state_ends_the_worker() {
+        let terminal = Trigger::from_notice;
         assert_eq!(
             terminal(&Notice::TargetLifecycle(LifecycleState::Terminated)),
             Some(Trigger::LifecycleTerminated)
@@ -579,6 +465,10 @@ mod tests {
                 assert_eq!(terminal(&Notice::TargetLifecycle(state)), None, "{state}");
             }
         }
+        let rebalance = crate::imds::Rebalance {
+            notice_time: OffsetDateTime::now_utc(),
+        };
+        assert_eq!(terminal(&Notice::Rebalance(rebalance)), None);
         let time = OffsetDateTime::now_utc();
         let action = crate::imds::InstanceAction {
             action: SpotAction::Stop,

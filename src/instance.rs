@@ -5,7 +5,17 @@
 //! down at start). Until it is known, records name the process with a fallback; the hook, which needs the real
 //! id, waits for it.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::imds::ImdsClient;
+use crate::retry::{Class, Pace, Retry};
+
+/// How long start-up waits for metadata to name the instance before it takes work anyway: on EC2 it answers
+/// in milliseconds.
+pub const FIRST_ASK: Duration = Duration::from_secs(3);
 
 /// The instance id once learned, and the name used until then.
 #[derive(Debug)]
@@ -45,6 +55,47 @@ impl InstanceId {
     /// The name to put on records now: the real id, or the fallback until it is known.
     pub fn name(&self) -> &str {
         self.known().unwrap_or(&self.fallback)
+    }
+}
+
+/// Learn `id` from metadata if nobody has: ask for at most [`FIRST_ASK`] (records name their instance), and if
+/// metadata has not answered by then, keep asking in the background until it does or `stop` fires. Never
+/// blocks work for longer than the first ask.
+pub async fn learn_from_metadata(id: Arc<InstanceId>, client: ImdsClient, stop: CancellationToken) {
+    if id.known().is_some() {
+        return;
+    }
+    if let Ok(Ok(Some(found))) = tokio::time::timeout(FIRST_ASK, client.instance_id()).await {
+        id.learned_from_metadata(&found);
+        return;
+    }
+    tokio::spawn(async move {
+        let asked = Retry::new("instance id")
+            .says("not available from metadata yet; retrying")
+            .pace(Pace::METADATA)
+            .cancel(&stop)
+            .run_fn(
+                |_| async {
+                    match client.instance_id().await {
+                        Ok(Some(found)) => Ok(found),
+                        Ok(None) => Err("metadata has no instance-id".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                },
+                // Metadata that is down or not there yet: waited for, never a reason to stop asking.
+                |_| Class::Transient,
+            )
+            .await;
+        if let Ok(found) = asked {
+            id.learned_from_metadata(&found);
+        }
+    });
+}
+
+impl InstanceId {
+    fn learned_from_metadata(&self, found: &str) {
+        tracing::info!(instance_id = %found, "instance id from metadata");
+        self.learn(found);
     }
 }
 

@@ -20,7 +20,9 @@
 //! - [`imds`]: instance metadata, cut by its parts: `errors`, `documents` (pure parsers; wire states as enums),
 //!   `client` (IMDSv2 tokens, retries), `watcher` (polls into notices, each once), `fake` (tests' scripted server).
 //! - [`lifecycle`]: completing our own Auto Scaling lifecycle hook, with heartbeats.
-//! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle, rebalance) and its report.
+//! - [`supervisor`]: the one listener from start-up to exit (signals and notices in one inbox): waits for SQS and
+//!   DynamoDB at start, follows the rebalance policy, turns a signal or a termination into the drain.
+//! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle) and its report.
 //! - [`telemetry`]: logging, and every metric's name, help and unit (the `metrics` crate, exported by
 //!   `metrics-exporter-prometheus`); `snapshot` reads the figures back for EMF.
 //! - [`http`]: the one port: `/metrics` (the recorder, with readiness read from [`health`]), `/healthz`, `/readyz`.
@@ -47,5 +49,6 @@ pub mod repair;
 pub mod retry;
 pub mod schema;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod verify;

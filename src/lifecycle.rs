@@ -7,11 +7,12 @@
 //!
 //! Every call is bounded in time: the drain has a hard deadline (the Spot notice gives two
 //! minutes), so a slow or unreachable Auto Scaling endpoint must never hold it up for long. A
-//! `ValidationError` (wrong names, instance not in `Terminating:Wait`, "No active Lifecycle Action
-//! found") is a definite answer and is not retried.
+//! `ValidationError` (wrong names, instance not in `Terminating:Wait`) is a definite answer and is
+//! not retried, with one exception: [`LifecycleHook::finish`] retries "No active Lifecycle Action
+//! found" until its deadline, because right after a quick drain Auto Scaling may not have started
+//! the action yet. Every retry is the one driver's ([`crate::retry::Retry`]).
 
 use std::fmt;
-use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_autoscaling::config::http::HttpResponse;
@@ -20,21 +21,26 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::imds::ImdsClient;
-use crate::telemetry::HOOK_HEARTBEATS;
+use crate::retry::{classify_code, Budget, Class, GaveUp, Pace, Retry};
+use crate::telemetry::{HOOK_COMPLETIONS, HOOK_HEARTBEATS};
 
 /// The instance tag Auto Scaling puts on every instance of a group.
 pub const GROUP_NAME_TAG: &str = "aws:autoscaling:groupName";
 
-/// Attempts per call (first included) for retryable failures, on top of the SDK's own retries.
+/// Attempts of one heartbeat (first included) for retryable failures.
 pub const DEFAULT_ATTEMPTS: u32 = 3;
-/// Longest single attempt (the SDK's internal retries included).
+/// Longest single attempt (the SDK makes one try per call: every retry is ours).
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest a whole call may take, retries and backoff included: well inside the 10 s drain margin.
+/// Longest a whole heartbeat may take, retries and backoff included: well inside the 10 s drain margin.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(8);
-/// First delay between our attempts; doubled each time, with jitter.
-const BACKOFF_BASE: Duration = Duration::from_millis(200);
-/// Largest delay between our attempts.
-const BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// The pace between a heartbeat's attempts: 200 ms doubling to 1 s, so three fit the budget with room.
+const HEARTBEAT_PACE: Pace = Pace {
+    base: Duration::from_millis(200),
+    cap: Duration::from_secs(1),
+};
+/// The first attempt of a completion runs even past its deadline, with at least this long to answer: the
+/// hook is tried once, however late.
+const FINISH_FLOOR: Duration = Duration::from_secs(1);
 
 /// How to finish the lifecycle action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +68,21 @@ impl fmt::Display for HookResult {
     }
 }
 
-/// Why a hook call failed.
+/// How the hook step of a drain went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// No hook to complete (SIGTERM outside a termination, hooks disabled, no metadata).
+    NotNeeded,
+    Completed,
+    /// Could not: the reason, e.g. a refusal by Auto Scaling or a missing group name.
+    Failed(String),
+}
+
+/// Why one hook call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
     /// Auto Scaling answered with a definite "no" (e.g. `ValidationError`: wrong hook or group
-    /// name, or no lifecycle action in progress for this instance). Not retried.
+    /// name, or no lifecycle action in progress for this instance; `AccessDenied`).
     #[error("Auto Scaling refused {operation}: {code}: {message}")]
     Refused {
         /// `CompleteLifecycleAction` or `RecordLifecycleActionHeartbeat`.
@@ -79,34 +95,48 @@ pub enum HookError {
         #[source]
         source: BoxError,
     },
-    /// Retryable failures (throttling, 5xx, transport) persisted, or the request could not be
-    /// built.
-    #[error("{operation} failed after {attempts} attempt(s)")]
+    /// No answer, throttling or a 5xx (trying again can work), or a request that could not be built.
+    #[error("{operation} failed: {detail}")]
     Failed {
         /// `CompleteLifecycleAction` or `RecordLifecycleActionHeartbeat`.
         operation: &'static str,
-        /// Attempts made.
-        attempts: u32,
-        /// The last error.
+        /// Transient or throttled; [`Class::Request`] for a request that could not be built.
+        class: Class,
+        /// The SDK error with its causes, for the log and the drain's report.
+        detail: String,
+        /// The SDK error.
         #[source]
         source: BoxError,
-    },
-    /// The call's time budget ran out.
-    #[error("{operation} did not succeed within {budget:?} ({attempts} attempt(s))")]
-    TimedOut {
-        /// `CompleteLifecycleAction` or `RecordLifecycleActionHeartbeat`.
-        operation: &'static str,
-        /// The budget that was spent.
-        budget: Duration,
-        /// Attempts made.
-        attempts: u32,
-        /// The last error, if an attempt failed before the budget ran out.
-        #[source]
-        source: Option<BoxError>,
     },
 }
 
 impl HookError {
+    fn from_sdk<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let code = err.code().map(str::to_owned);
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let transport = matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_)
+        );
+        match class_of(code.as_deref(), status, transport) {
+            Class::Request if status.is_some() => HookError::Refused {
+                operation,
+                code: code.unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0))),
+                message: err.message().unwrap_or_default().to_owned(),
+                source: Box::new(err),
+            },
+            class => HookError::Failed {
+                operation,
+                class,
+                detail: DisplayErrorContext(&err).to_string(),
+                source: Box::new(err),
+            },
+        }
+    }
+
     /// The AWS error code, if Auto Scaling answered.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -117,49 +147,74 @@ impl HookError {
 
     /// True for "No active Lifecycle Action found": the instance is not (or no longer) in
     /// `Terminating:Wait` for this hook — the hook was already completed, timed out, or the group
-    /// has not started terminating the instance yet. Usually benign for the caller.
-    /// True when the call only ran out of tries or time (throttling, 5xx, transport): trying later can work.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, HookError::Failed { .. } | HookError::TimedOut { .. })
-    }
-
+    /// has not started terminating the instance yet.
     pub fn is_no_active_action(&self) -> bool {
         matches!(self, HookError::Refused { message, .. }
             if message.to_ascii_lowercase().contains("no active lifecycle action"))
     }
+
+    /// Its class in the one retry vocabulary: a refusal is [`Class::Request`] (never retried).
+    pub fn class(&self) -> Class {
+        match self {
+            HookError::Refused { .. } => Class::Request,
+            HookError::Failed { class, .. } => *class,
+        }
+    }
 }
 
-/// What to do with a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    /// A definite answer from Auto Scaling: report it.
-    Refused,
-    /// Might work if tried again.
-    Retry,
-    /// Our side is broken (request could not be built): report it.
-    Fatal,
-}
-
-/// Classifies a failure with the crate's one vocabulary ([`crate::retry::classify_code`]) from its AWS error
-/// code, its HTTP status (if a response arrived) and whether it failed in transport.
-fn classify(code: Option<&str>, status: Option<u16>, transport: bool) -> Class {
+/// A hook call's failure in the crate's one vocabulary ([`classify_code`]), from its AWS error code, its HTTP
+/// status (if a response arrived) and whether it failed in transport. Auto Scaling's "no"s, account-wide ones
+/// included, are [`Class::Request`]: `ValidationError` (wrong hook, group or instance; no lifecycle action
+/// yet) or `AccessDenied` is an answer this call cannot change by itself, and a drain has no time to wait for
+/// a policy to be fixed. A request that got no status and did not fail in transport was never sent (ours to
+/// fix): [`Class::Request`] too.
+fn class_of(code: Option<&str>, status: Option<u16>, transport: bool) -> Class {
     if transport {
-        return Class::Retry;
+        return Class::Transient;
     }
     if status.is_none() {
-        return Class::Fatal;
+        return Class::Request;
     }
-    match crate::retry::classify_code(code, status) {
-        crate::retry::Class::Transient | crate::retry::Class::Throttled => Class::Retry,
-        // ValidationError (wrong hook, group or instance; no lifecycle action yet), AccessDenied, ...: a "no"
-        // that this call cannot change by itself.
-        crate::retry::Class::Request | crate::retry::Class::AccountWide => Class::Refused,
+    match classify_code(code, status) {
+        Class::AccountWide => Class::Request,
+        class => class,
     }
 }
 
-/// Our attempts' backoff: [`crate::retry::backoff_with`] from [`BACKOFF_BASE`] to [`BACKOFF_CAP`].
-fn backoff(retry: u32, unit: f64) -> Duration {
-    crate::retry::backoff_with(retry, BACKOFF_BASE, BACKOFF_CAP, unit)
+/// How the completion sorts a failure: "no active lifecycle action" is worth waiting for (the group may not
+/// have started the action yet), every other refusal ends it.
+fn finish_class(err: &HookError) -> Class {
+    if err.is_no_active_action() {
+        Class::Transient
+    } else {
+        err.class()
+    }
+}
+
+/// The hook finisher's decisions, apart from Auto Scaling: `attempt` (one `CompleteLifecycleAction`) is tried
+/// until it works, a refusal other than "no active lifecycle action", or `until`; each attempt is cut at
+/// `attempt_limit` and the budget, and the first runs even past `until`. `Ok` with the attempts made.
+async fn finish_with(
+    mut attempt: impl AsyncFnMut() -> Result<(), HookError>,
+    attempt_limit: Duration,
+    until: Instant,
+) -> Result<u32, GaveUp<HookError>> {
+    let mut tries = 0;
+    Retry::new("CompleteLifecycleAction")
+        .says("not accepted yet; retrying until the hook deadline")
+        .pace(Pace::HOOK)
+        .budget(Budget::Until(until))
+        .attempt_limit(attempt_limit)
+        .at_least_once(FINISH_FLOOR)
+        .run(
+            async |n| {
+                tries = n + 1;
+                attempt().await
+            },
+            finish_class,
+        )
+        .await?;
+    Ok(tries)
 }
 
 /// How long "No active Lifecycle Action found" may last before it is a warning: a drain that begins on the
@@ -351,126 +406,93 @@ impl LifecycleHook {
         &self.instance_id
     }
 
-    /// Completes the lifecycle action for this instance (`CompleteLifecycleAction` by
-    /// `InstanceId`), so Auto Scaling proceeds without waiting for the hook's timeout.
-    pub async fn complete(&self, result: HookResult) -> Result<(), HookError> {
-        let outcome = self
-            .call("CompleteLifecycleAction", || {
-                let request = self
-                    .client
-                    .complete_lifecycle_action()
-                    .auto_scaling_group_name(&self.group)
-                    .lifecycle_hook_name(&self.hook)
-                    .instance_id(&self.instance_id)
-                    .lifecycle_action_result(result.as_str());
-                async move { request.send().await.map(|_| ()) }
-            })
-            .await;
-        if outcome.is_ok() {
-            self.accepted();
-            tracing::info!(
-                group = %self.group,
-                hook = %self.hook,
-                instance_id = %self.instance_id,
-                %result,
-                "lifecycle action completed"
-            );
+    /// One `CompleteLifecycleAction` by `InstanceId`, no retry: [`LifecycleHook::finish`] is what a drain
+    /// calls.
+    pub async fn complete_once(&self, result: HookResult) -> Result<(), HookError> {
+        let operation = "CompleteLifecycleAction";
+        self.client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(&self.group)
+            .lifecycle_hook_name(&self.hook)
+            .instance_id(&self.instance_id)
+            .lifecycle_action_result(result.as_str())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| HookError::from_sdk(operation, e))
+    }
+
+    /// The one hook finisher: complete the action (CONTINUE), trying until `until`. Right after a quick drain
+    /// the group may not have started the lifecycle action yet ("no active lifecycle action"), and Auto
+    /// Scaling may be slow or throttling; giving up after a few seconds left the instance waiting for the
+    /// hook's timeout. A refusal that waiting cannot fix (a wrong hook or group name) ends at once.
+    pub async fn finish(&self, until: Instant) -> HookOutcome {
+        let completed = finish_with(
+            async || {
+                let outcome = self.complete_once(HookResult::Continue).await;
+                if let Err(e) = &outcome {
+                    if e.is_no_active_action() {
+                        self.refused("CompleteLifecycleAction", e);
+                    }
+                }
+                outcome
+            },
+            self.attempt_timeout,
+            until,
+        )
+        .await;
+        match completed {
+            Ok(attempts) => {
+                self.accepted();
+                metrics::counter!(HOOK_COMPLETIONS, "result" => "ok").increment(1);
+                tracing::info!(group = %self.group, hook = %self.hook, instance = %self.instance_id, attempts, "lifecycle hook completed (CONTINUE)");
+                HookOutcome::Completed
+            }
+            Err(gave_up) => HookOutcome::failed(gave_up.to_string()),
         }
-        outcome
     }
 
     /// Extends the hook's wait by its heartbeat timeout (`RecordLifecycleActionHeartbeat` by
-    /// `InstanceId`).
-    pub async fn heartbeat(&self) -> Result<(), HookError> {
-        self.call("RecordLifecycleActionHeartbeat", || {
-            let request = self
-                .client
-                .record_lifecycle_action_heartbeat()
-                .auto_scaling_group_name(&self.group)
-                .lifecycle_hook_name(&self.hook)
-                .instance_id(&self.instance_id);
-            async move { request.send().await.map(|_| ()) }
-        })
-        .await
-    }
-
-    /// Runs `send` with bounded retries: at most `attempts` tries, each cut at `attempt_timeout`,
-    /// all within `budget`.
-    async fn call<F, Fut, E>(&self, operation: &'static str, mut send: F) -> Result<(), HookError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), SdkError<E, HttpResponse>>>,
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        let deadline = Instant::now() + self.budget;
-        let mut attempts = 0u32;
-        let mut last: Option<BoxError> = None;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(HookError::TimedOut {
-                    operation,
-                    budget: self.budget,
-                    attempts,
-                    source: last,
-                });
-            }
-            attempts += 1;
-            let attempt_timeout = self.attempt_timeout.min(remaining);
-            match tokio::time::timeout(attempt_timeout, send()).await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(err)) => {
-                    let code = err.code().map(str::to_owned);
-                    let status = err.raw_response().map(|r| r.status().as_u16());
-                    let transport = matches!(
-                        err,
-                        SdkError::DispatchFailure(_)
-                            | SdkError::TimeoutError(_)
-                            | SdkError::ResponseError(_)
-                    );
-                    match classify(code.as_deref(), status, transport) {
-                        Class::Refused => {
-                            return Err(HookError::Refused {
-                                operation,
-                                code: code
-                                    .unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0))),
-                                message: err.message().unwrap_or_default().to_owned(),
-                                source: Box::new(err),
-                            })
-                        }
-                        Class::Fatal => {
-                            return Err(HookError::Failed {
-                                operation,
-                                attempts,
-                                source: Box::new(err),
-                            })
-                        }
-                        Class::Retry => {
-                            tracing::debug!(
-                                operation,
-                                attempts,
-                                error = %DisplayErrorContext(&err),
-                                "lifecycle call failed; will retry"
-                            );
-                            last = Some(Box::new(err));
-                        }
+    /// `InstanceId`): at most the configured attempts, each cut at the attempt timeout, all within the budget.
+    /// A refusal is not retried.
+    pub async fn heartbeat(&self) -> Result<(), GaveUp<HookError>> {
+        let operation = "RecordLifecycleActionHeartbeat";
+        Retry::new(operation)
+            .pace(HEARTBEAT_PACE)
+            .attempts(self.attempts)
+            .attempt_limit(self.attempt_timeout)
+            .budget(Budget::Until(Instant::now() + self.budget))
+            // `heartbeat_until` tells what the beat came to.
+            .quiet()
+            .run_fn(
+                |_| {
+                    let request = self
+                        .client
+                        .record_lifecycle_action_heartbeat()
+                        .auto_scaling_group_name(&self.group)
+                        .lifecycle_hook_name(&self.hook)
+                        .instance_id(&self.instance_id);
+                    async move {
+                        request
+                            .send()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| HookError::from_sdk(operation, e))
                     }
-                }
-                Err(_elapsed) => {
-                    last = Some(format!("attempt timed out after {attempt_timeout:?}").into());
-                }
-            }
-            if attempts >= self.attempts {
-                let source = last.unwrap_or_else(|| "no attempt succeeded".into());
-                return Err(HookError::Failed {
-                    operation,
-                    attempts,
-                    source,
-                });
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            tokio::time::sleep(backoff(attempts - 1, fastrand::f64()).min(remaining)).await;
-        }
+                },
+                HookError::class,
+            )
+            .await
+    }
+}
+
+impl HookOutcome {
+    /// The hook was due and is not completed: counted, and said loudly (the group proceeds only when the
+    /// hook times out).
+    pub fn failed(why: String) -> Self {
+        metrics::counter!(HOOK_COMPLETIONS, "result" => "failed").increment(1);
+        tracing::error!(cause = %why, "lifecycle hook NOT completed: the group proceeds when the hook times out");
+        HookOutcome::Failed(why)
     }
 }
 
@@ -500,17 +522,19 @@ pub async fn heartbeat_until(hook: &LifecycleHook, every: Duration, done: Cancel
                 metrics::counter!(HOOK_HEARTBEATS, "result" => "ok").increment(1);
                 tracing::debug!(hook = %hook.hook, "lifecycle heartbeat sent");
             }
-            Err(err) if err.is_no_active_action() => {
+            Err(GaveUp {
+                last: Some(err), ..
+            }) if err.is_no_active_action() => {
                 metrics::counter!(HOOK_HEARTBEATS, "result" => "no_active_action").increment(1);
                 hook.refused("RecordLifecycleActionHeartbeat", &err);
             }
-            Err(err) => {
+            Err(gave_up) => {
                 metrics::counter!(HOOK_HEARTBEATS, "result" => "failed").increment(1);
                 tracing::warn!(
                     group = %hook.group,
                     hook = %hook.hook,
                     instance_id = %hook.instance_id,
-                    error = %DisplayErrorContext(&err),
+                    error = %gave_up,
                     "lifecycle heartbeat failed"
                 );
             }
@@ -550,32 +574,110 @@ pub async fn resolve_group(flag: Option<String>, imds: Option<&ImdsClient>) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::Stop;
+    use std::future::Future;
     use std::sync::{Arc, Mutex};
+
+    fn refused(message: &str) -> HookError {
+        HookError::Refused {
+            operation: "CompleteLifecycleAction",
+            code: "ValidationError".into(),
+            message: message.into(),
+            source: "x".into(),
+        }
+    }
+
+    const NO_ACTION: &str = "No active Lifecycle Action found with instance ID i-0abc";
+
+    /// `finish_with` over scripted answers (the last repeats); the answers it asked for.
+    async fn finish_scripted(
+        script: &[Option<&str>],
+        until: Instant,
+    ) -> (Result<u32, GaveUp<HookError>>, usize) {
+        let mut asked = 0;
+        let outcome = finish_with(
+            async || {
+                let answer = script[asked.min(script.len() - 1)];
+                asked += 1;
+                match answer {
+                    None => Ok(()),
+                    Some(message) => Err(refused(message)),
+                }
+            },
+            Duration::from_secs(3),
+            until,
+        )
+        .await;
+        (outcome, asked)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_finisher_waits_out_no_active_action_and_stops_at_a_refusal_or_its_deadline() {
+        let until = Instant::now() + Duration::from_secs(60);
+        // The action not started yet: tried again until it is.
+        let (done, asked) = finish_scripted(&[Some(NO_ACTION), Some(NO_ACTION), None], until).await;
+        assert_eq!((done.unwrap(), asked), (3, 3));
+        // A wrong hook name: no second try.
+        let (refused, asked) = finish_scripted(&[Some("LifecycleHook not found")], until).await;
+        let refused = refused.unwrap_err();
+        assert_eq!(
+            (refused.stop, refused.attempts, asked),
+            (Stop::Refused, 1, 1)
+        );
+        assert!(
+            refused.to_string().contains("LifecycleHook not found"),
+            "{refused}"
+        );
+        // Never started: tried until the deadline, not past it.
+        let start = Instant::now();
+        let until = start + Duration::from_secs(20);
+        let (late, asked) = finish_scripted(&[Some(NO_ACTION)], until).await;
+        let late = late.unwrap_err();
+        assert_eq!(late.stop, Stop::Budget);
+        assert!(asked > 3, "{asked}");
+        assert!(Instant::now() <= until + Duration::from_millis(1));
+        // Past the deadline already: tried once all the same.
+        let (once, asked) = finish_scripted(&[None], Instant::now()).await;
+        assert_eq!((once.unwrap(), asked), (1, 1));
+    }
 
     #[test]
     fn classifies_failures() {
+        // A refusal, account-wide ones included, is about this call: never retried.
         assert_eq!(
-            classify(Some("ValidationError"), Some(400), false),
-            Class::Refused
+            class_of(Some("ValidationError"), Some(400), false),
+            Class::Request
         );
         assert_eq!(
-            classify(Some("AccessDenied"), Some(403), false),
-            Class::Refused
-        );
-        assert_eq!(classify(Some("Throttling"), Some(400), false), Class::Retry);
-        assert_eq!(
-            classify(Some("ResourceContention"), Some(500), false),
-            Class::Retry
+            class_of(Some("AccessDenied"), Some(403), false),
+            Class::Request
         );
         assert_eq!(
-            classify(Some("InternalFailure"), Some(500), false),
-            Class::Retry
+            class_of(Some("Throttling"), Some(400), false),
+            Class::Throttled
         );
-        assert_eq!(classify(None, Some(502), false), Class::Retry);
-        assert_eq!(classify(None, Some(429), false), Class::Retry);
-        assert_eq!(classify(Some("Weird"), Some(503), false), Class::Retry);
-        assert_eq!(classify(None, None, true), Class::Retry);
-        assert_eq!(classify(None, None, false), Class::Fatal);
+        assert_eq!(
+            class_of(Some("ResourceContention"), Some(500), false),
+            Class::Transient
+        );
+        assert_eq!(
+            class_of(Some("InternalFailure"), Some(500), false),
+            Class::Transient
+        );
+        assert_eq!(class_of(None, Some(502), false), Class::Transient);
+        assert_eq!(class_of(None, Some(429), false), Class::Throttled);
+        assert_eq!(class_of(Some("Weird"), Some(503), false), Class::Transient);
+        assert_eq!(class_of(None, None, true), Class::Transient);
+        // Never sent: ours to fix.
+        assert_eq!(class_of(None, None, false), Class::Request);
+        for class in [Class::Transient, Class::Throttled] {
+            assert!(class.retryable());
+        }
+    }
+
+    /// A heartbeat's pause after `retry` failures (the driver's formula at [`HEARTBEAT_PACE`]).
+    fn backoff(retry: u32, unit: f64) -> Duration {
+        crate::retry::backoff_with(retry, HEARTBEAT_PACE.base, HEARTBEAT_PACE.cap, unit)
     }
 
     #[test]
@@ -584,10 +686,13 @@ mod tests {
         for retry in 0..40 {
             for _ in 0..50 {
                 let d = backoff(retry, rng.f64());
-                assert!(d >= BACKOFF_BASE / 2 && d <= BACKOFF_CAP, "{d:?}");
+                assert!(
+                    d >= HEARTBEAT_PACE.base / 2 && d <= HEARTBEAT_PACE.cap,
+                    "{d:?}"
+                );
             }
         }
-        assert_eq!(backoff(0, 1.0), BACKOFF_BASE);
+        assert_eq!(backoff(0, 1.0), HEARTBEAT_PACE.base);
         // Worst case of a whole call with defaults fits the budget, and the budget the margin.
         let worst = DEFAULT_ATTEMPT_TIMEOUT * DEFAULT_ATTEMPTS
             + (0..DEFAULT_ATTEMPTS - 1)
@@ -727,7 +832,9 @@ mod tests {
     #[tokio::test]
     async fn completes_by_instance_id() {
         let (fake, hook) = serve(&[Reply::Ok]).await;
-        within(hook.complete(HookResult::Continue)).await.unwrap();
+        within(hook.complete_once(HookResult::Continue))
+            .await
+            .unwrap();
         let requests = fake.requests();
         assert_eq!(requests.len(), 1);
         let body = &requests[0];
@@ -756,7 +863,7 @@ mod tests {
             "No active Lifecycle Action found with instance ID i-0abc",
         )])
         .await;
-        let err = within(hook.complete(HookResult::Abandon))
+        let err = within(hook.complete_once(HookResult::Abandon))
             .await
             .unwrap_err();
         assert!(
@@ -767,6 +874,11 @@ mod tests {
         assert!(std::error::Error::source(&err).is_some());
         assert_eq!(fake.requests().len(), 1);
         assert!(fake.requests()[0].contains("LifecycleActionResult=ABANDON"));
+        // The heartbeat, a retried call, is refused at the first answer too.
+        let gave_up = within(hook.heartbeat()).await.unwrap_err();
+        assert_eq!((gave_up.stop, gave_up.attempts), (Stop::Refused, 1));
+        assert!(gave_up.last.unwrap().is_no_active_action());
+        assert_eq!(fake.requests().len(), 2);
     }
 
     #[tokio::test]
@@ -777,7 +889,8 @@ mod tests {
             Reply::Ok,
         ])
         .await;
-        within(hook.complete(HookResult::Continue)).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(5);
+        assert_eq!(within(hook.finish(until)).await, HookOutcome::Completed);
         assert_eq!(fake.requests().len(), 3);
     }
 
@@ -785,8 +898,9 @@ mod tests {
     async fn persistent_failures_give_up_after_the_attempts() {
         let (fake, hook) = serve(&[Reply::Error(503, "ServiceUnavailable", "down")]).await;
         let err = within(hook.heartbeat()).await.unwrap_err();
+        assert_eq!((err.stop, err.attempts), (Stop::Attempts, 3), "{err}");
         assert!(
-            matches!(err, HookError::Failed { attempts: 3, .. }),
+            matches!(err.last, Some(HookError::Failed { .. })),
             "{err:?}"
         );
         assert_eq!(fake.requests().len(), 3);
@@ -797,14 +911,10 @@ mod tests {
         let (_fake, hook) = serve(&[Reply::Hang]).await;
         let hook = hook.with_limits(10, Duration::from_millis(300), Duration::from_secs(1));
         let started = std::time::Instant::now();
-        let err = within(hook.complete(HookResult::Continue))
-            .await
-            .unwrap_err();
+        let until = Instant::now() + Duration::from_secs(1);
+        let outcome = within(hook.finish(until)).await;
         let took = started.elapsed();
-        assert!(
-            matches!(err, HookError::TimedOut { .. } | HookError::Failed { .. }),
-            "{err:?}"
-        );
+        assert!(matches!(outcome, HookOutcome::Failed(_)), "{outcome:?}");
         assert!(
             took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
             "{took:?}"
@@ -900,7 +1010,7 @@ mod tests {
         let mut told = Vec::new();
         let started = Instant::now();
         while started.elapsed() < Duration::from_millis(600) {
-            let err = within(hook.complete(HookResult::Continue))
+            let err = within(hook.complete_once(HookResult::Continue))
                 .await
                 .unwrap_err();
             assert!(err.is_no_active_action(), "{err}");

@@ -334,6 +334,8 @@ pub struct Retry<'a> {
     floor: Duration,
     attempts: Option<u32>,
     cancel: Option<&'a CancellationToken>,
+    /// The caller tells its failures itself: the driver's lines go to debug.
+    quiet: bool,
     failures: u32,
     since: Option<Instant>,
 }
@@ -350,6 +352,7 @@ impl<'a> Retry<'a> {
             floor: Duration::ZERO,
             attempts: None,
             cancel: None,
+            quiet: false,
             failures: 0,
             since: None,
         }
@@ -395,6 +398,13 @@ impl<'a> Retry<'a> {
         self
     }
 
+    /// The caller tells its failures in its own, rate-limited lines (the metadata watcher, polling every
+    /// second): the driver's lines go to debug, so an outage is not told once per call.
+    pub fn quiet(mut self) -> Self {
+        self.quiet = true;
+        self
+    }
+
     /// Failures since the last success.
     pub fn failures(&self) -> u32 {
         self.failures
@@ -412,29 +422,60 @@ impl<'a> Retry<'a> {
         self.failures == 0 || self.failures.is_power_of_two()
     }
 
+    /// The level of the line for the failure about to be counted, `None` for no line.
+    fn level(&self, class: Class) -> Option<tracing::Level> {
+        if !self.worth_logging() {
+            None
+        } else if self.quiet {
+            Some(tracing::Level::DEBUG)
+        } else if matches!(class, Class::AccountWide | Class::Throttled) || self.failures > 0 {
+            Some(tracing::Level::WARN)
+        } else {
+            Some(tracing::Level::INFO)
+        }
+    }
+
     /// A step failed with `class`: log it (throttled), then wait the pause, within the budget and the
-    /// cancellation. `Err` says why not to try again.
-    pub async fn failed(&mut self, class: Class, cause: &dyn Display) -> Result<(), Stop> {
+    /// cancellation. `Err` says why not to try again. The wait does not hold `cause` (a `&dyn Display` is not
+    /// `Send`), so a task that retries can be spawned.
+    pub fn failed<'s>(
+        &'s mut self,
+        class: Class,
+        cause: &dyn Display,
+    ) -> impl Future<Output = Result<(), Stop>> + Send + 's {
+        let pause = self.count(class, cause);
+        let this = &*self;
+        async move { this.pause(pause?).await }
+    }
+
+    /// Count a failure and log it (throttled); the pause before the next try, or why there is none.
+    fn count(&mut self, class: Class, cause: &dyn Display) -> Result<Duration, Stop> {
         if !class.retryable() {
             return Err(Stop::Refused);
         }
         let since = *self.since.get_or_insert_with(Instant::now);
-        if self.worth_logging() {
+        if let Some(level) = self.level(class) {
             let says = self.says.unwrap_or("failed; retrying");
             let (what, failures, waited_s) =
                 (self.what, self.failures + 1, since.elapsed().as_secs());
             let class_name = class.as_str();
-            if matches!(class, Class::AccountWide | Class::Throttled) || failures > 1 {
-                tracing::warn!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}");
-            } else {
-                tracing::info!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}");
+            match level {
+                tracing::Level::WARN => {
+                    tracing::warn!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
+                }
+                tracing::Level::INFO => {
+                    tracing::info!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
+                }
+                _ => {
+                    tracing::debug!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
+                }
             }
         }
         self.failures += 1;
         if self.attempts.is_some_and(|n| self.failures >= n) {
             return Err(Stop::Attempts);
         }
-        self.pause(self.pace.pause(class, self.failures - 1)).await
+        Ok(self.pace.pause(class, self.failures - 1))
     }
 
     /// Sleep `pause`, cut at the budget and the cancellation.
@@ -467,38 +508,84 @@ impl<'a> Retry<'a> {
     {
         let mut tried = 0u32;
         loop {
-            let now = Instant::now();
-            if self.cancel.is_some_and(|t| t.is_cancelled()) {
-                return Err(GaveUp::nothing(Stop::Cancelled, tried));
-            }
-            let mut limit = self
-                .attempt_limit
-                .map(|l| self.budget.attempt_limit(l, now));
-            if self.budget.expired(now) {
-                if tried > 0 || self.floor.is_zero() {
-                    return Err(GaveUp::nothing(Stop::Budget, tried));
-                }
-                limit = Some(self.floor);
-            }
-            let result = with_limit(limit, attempt(tried)).await;
-            tried += 1;
-            let (failure, err) = match result {
+            let limit = self.next_limit(tried)?;
+            let (failure, err) = match with_limit(limit, attempt(tried)).await {
                 Some(Ok(v)) => return Ok(v),
                 Some(Err(e)) => (class(&e), Some(e)),
                 None => (Class::Transient, None),
             };
+            tried += 1;
+            self.after(failure, err, tried).await?;
+        }
+    }
+
+    /// [`Retry::run`] for an attempt that is a closure returning a future (which borrows nothing of the
+    /// closure): what a spawned task uses. Rust 1.85 cannot prove an async closure's future `Send` for every
+    /// borrow of the closure ("implementation of `Send` is not general enough"), so a task that retries
+    /// through `run` cannot be spawned.
+    pub async fn run_fn<T, E, F, Fut>(
+        mut self,
+        mut attempt: F,
+        class: impl Fn(&E) -> Class,
+    ) -> Result<T, GaveUp<E>>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: Display,
+    {
+        let mut tried = 0u32;
+        loop {
+            let limit = self.next_limit(tried)?;
+            let (failure, err) = match with_limit(limit, attempt(tried)).await {
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(e)) => (class(&e), Some(e)),
+                None => (Class::Transient, None),
+            };
+            tried += 1;
+            self.after(failure, err, tried).await?;
+        }
+    }
+
+    /// Before attempt `tried` (from 0): its time limit, or why there is none.
+    fn next_limit<E>(&self, tried: u32) -> Result<Option<Duration>, GaveUp<E>> {
+        let now = Instant::now();
+        if self.cancel.is_some_and(|t| t.is_cancelled()) {
+            return Err(GaveUp::nothing(Stop::Cancelled, tried));
+        }
+        let limit = self
+            .attempt_limit
+            .map(|l| self.budget.attempt_limit(l, now));
+        if self.budget.expired(now) {
+            if tried > 0 || self.floor.is_zero() {
+                return Err(GaveUp::nothing(Stop::Budget, tried));
+            }
+            return Ok(Some(self.floor));
+        }
+        Ok(limit)
+    }
+
+    /// After the `tried`th attempt failed with `err` (`None`: it timed out): wait, or give up.
+    async fn after<E: Display>(
+        &mut self,
+        failure: Class,
+        err: Option<E>,
+        tried: u32,
+    ) -> Result<(), GaveUp<E>> {
+        let waited = {
             let cause: &dyn Display = match &err {
                 Some(e) => e,
                 None => &"the attempt timed out",
             };
-            if let Err(stop) = self.failed(failure, cause).await {
-                return Err(GaveUp {
-                    stop,
-                    timed_out: err.is_none(),
-                    last: err,
-                    attempts: tried,
-                });
-            }
+            self.failed(failure, cause)
+        };
+        match waited.await {
+            Ok(()) => Ok(()),
+            Err(stop) => Err(GaveUp {
+                stop,
+                timed_out: err.is_none(),
+                last: err,
+                attempts: tried,
+            }),
         }
     }
 }
@@ -734,6 +821,28 @@ mod tests {
             .run(async |_| Ok::<u32, Failed>(1), |e| e.0)
             .await;
         assert_eq!(once.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_driver_tells_its_failures_at_debug_only() {
+        use tracing::Level;
+        let mut loud = Retry::new("Test");
+        let mut quiet = Retry::new("Test").quiet();
+        assert_eq!(loud.level(Class::Transient), Some(Level::INFO));
+        assert_eq!(loud.level(Class::Throttled), Some(Level::WARN));
+        assert_eq!(quiet.level(Class::Throttled), Some(Level::DEBUG));
+        for r in [&mut loud, &mut quiet] {
+            for _ in 0..3 {
+                r.failed(Class::Transient, &"down").await.unwrap();
+            }
+        }
+        // With three counted the next is not told, by either; with four it is (the count is a power of two).
+        assert_eq!(loud.level(Class::Transient), None);
+        assert_eq!(quiet.level(Class::Transient), None);
+        loud.failed(Class::Transient, &"down").await.unwrap();
+        quiet.failed(Class::Transient, &"down").await.unwrap();
+        assert_eq!(loud.level(Class::Transient), Some(Level::WARN));
+        assert_eq!(quiet.level(Class::Transient), Some(Level::DEBUG));
     }
 
     #[tokio::test(start_paused = true)]

@@ -692,6 +692,27 @@ pub async fn scan_all(
     }
 }
 
+/// `order-worker verify`: audit the table against the manifest, print the summary (and the JSON report with
+/// `--json`). Exit 1 when an order is lost, applied twice or out of order.
+pub async fn run(args: crate::config::VerifyArgs) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    let sent = read_manifest(&args.manifest)?;
+    let sdk = crate::aws::load(std::time::Duration::from_secs(20), 3).await?;
+    let client = Client::new(&sdk);
+    let (stored, last) = read_table(&client, &args.table, &args.groups_table).await?;
+    let report = audit(&sent, &stored, &last, args.only_manifest_groups);
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.ok() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The IMDSv2 client: tokens (cached, shared by clones, refreshed before expiry, one refresh at a time), and
 //! GETs that tell "nothing yet" (404) from errors, with bounded retries.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio::time::Instant;
 use super::documents::{parse_instance_action, parse_lifecycle_state, parse_rebalance};
 use super::errors::status_error;
 use super::*;
+use crate::retry::{Pace, Retry};
 
 /// Refresh the token when less than this is left (or a tenth of the TTL, whichever is smaller),
 /// so a token never expires between our check and IMDS's.
@@ -163,44 +165,59 @@ impl ImdsClient {
     }
 
     /// GETs `path` (starting with `/`). `Ok(None)` on 404. Retries transport errors, timeouts,
-    /// throttling and 5xx up to the configured attempts; on 401 fetches a new token and retries
-    /// once.
+    /// throttling and 5xx up to the configured attempts, at the configured pace (the one driver,
+    /// [`Retry`]); on 401 fetches a new token and retries once.
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
-        let mut retries = 0u32;
-        let mut refreshed_after_401 = false;
+        let pace = Pace {
+            base: self.settings.backoff_base,
+            cap: self.settings.backoff_cap,
+        };
+        let refreshed_after_401 = AtomicBool::new(false);
+        let fetched = Retry::new("instance metadata GET")
+            .pace(pace)
+            .attempts(self.settings.attempts)
+            // The watcher tells an outage in its own rate-limited lines.
+            .quiet()
+            .run_fn(
+                |_| self.get_refreshing(path, &refreshed_after_401),
+                ImdsError::class,
+            )
+            .await;
+        match fetched {
+            Ok(Fetched::Body(body)) => Ok(Some(body)),
+            Ok(Fetched::NotFound) => Ok(None),
+            Err(gave_up) => Err(gave_up
+                .last
+                .expect("no attempt limit, no budget: every attempt ends with its error")),
+        }
+    }
+
+    /// One attempt, counted: on the first 401 of a call the token is dropped and the GET made again at once
+    /// with a new one (a protocol step, not a retry: it does not count against the attempts).
+    async fn get_refreshing(
+        &self,
+        path: &str,
+        refreshed: &AtomicBool,
+    ) -> Result<Fetched, ImdsError> {
         loop {
             let mut used = None;
             let err = match self.get_once(path, &mut used).await {
-                Ok(Fetched::Body(body)) => return Ok(Some(body)),
-                Ok(Fetched::NotFound) => return Ok(None),
+                Ok(fetched) => return Ok(fetched),
                 Err(err) => err,
             };
             err.count();
-            match err {
-                ImdsError::Unauthorized { .. } if !refreshed_after_401 => {
-                    // The token expired or IMDS restarted: drop it and retry once with a new one.
-                    // This retry does not count against `attempts`: it is a protocol step.
-                    refreshed_after_401 = true;
-                    tracing::debug!(path, "instance metadata answered 401; refreshing the token");
-                    let mut cached = self.token.lock().await;
-                    // Only drop the token we used: a concurrent request may already have fetched
-                    // a new one, and dropping that would cost another PUT.
-                    if cached.as_ref().map(|t| &t.value) == used.as_ref() {
-                        *cached = None;
-                    }
-                }
-                err if err.is_retryable() && retries + 1 < self.settings.attempts => {
-                    let delay = crate::retry::backoff_with(
-                        retries,
-                        self.settings.backoff_base,
-                        self.settings.backoff_cap,
-                        fastrand::f64(),
-                    );
-                    retries += 1;
-                    tracing::debug!(path, error = %err, ?delay, retries, "retrying IMDS");
-                    tokio::time::sleep(delay).await;
-                }
-                err => return Err(err),
+            if !matches!(err, ImdsError::Unauthorized { .. })
+                || refreshed.swap(true, Ordering::Relaxed)
+            {
+                return Err(err);
+            }
+            // The token expired or IMDS restarted: drop it and try once more with a new one.
+            tracing::debug!(path, "instance metadata answered 401; refreshing the token");
+            let mut cached = self.token.lock().await;
+            // Only drop the token we used: a concurrent request may already have fetched a new one, and
+            // dropping that would cost another PUT.
+            if cached.as_ref().map(|t| &t.value) == used.as_ref() {
+                *cached = None;
             }
         }
     }

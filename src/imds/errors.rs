@@ -1,5 +1,6 @@
 //! What can go wrong talking to instance metadata, as values the callers branch on.
 
+use crate::retry::Class;
 use crate::telemetry::IMDS_ERRORS;
 
 /// Why a document could not be parsed. Carries a human-readable reason only: the input may be
@@ -127,6 +128,18 @@ impl ImdsError {
                 | ImdsError::Throttled { .. }
                 | ImdsError::ServerError { .. }
         )
+    }
+
+    /// Its class in the one retry vocabulary. Every retryable kind is [`Class::Transient`], throttling
+    /// included: IMDS throttles by packet rate per instance, and the client's own short pace (not the floor
+    /// [`crate::retry::Pace::THROTTLED`] kept for AWS APIs) is what its settings promise. The rest
+    /// (403 "metadata off", a 401 after a refresh, a status we have no rule for) is not retried.
+    pub fn class(&self) -> Class {
+        if self.is_retryable() {
+            Class::Transient
+        } else {
+            Class::Request
+        }
     }
 
     pub(super) fn from_reqwest(path: &str, source: reqwest::Error) -> Self {
