@@ -260,50 +260,8 @@ pub async fn watch(
                 )
             } => polled,
         };
-        let (action, lifecycle, rebalance) = polled;
-
-        let mut notices = Vec::new();
-        let mut errors = Vec::new();
-        match action {
-            Ok(found) => notices.extend(found.map(Notice::Interruption)),
-            Err(e) => errors.push((PATH_INSTANCE_ACTION, e)),
-        }
-        match lifecycle {
-            Ok(found) => notices.extend(found.map(Notice::TargetLifecycle)),
-            Err(e) => errors.push((PATH_TARGET_LIFECYCLE, e)),
-        }
-        match rebalance {
-            Ok(found) => notices.extend(found.map(Notice::Rebalance)),
-            Err(e) => errors.push((PATH_REBALANCE, e)),
-        }
-
-        let now = Instant::now();
-        if errors.is_empty() {
-            failing_polls = 0;
-            if let Some((count, outage)) = failures.on_success(now) {
-                let outage = Duration::from_millis(outage.as_millis() as u64);
-                tracing::info!(
-                    failures = count,
-                    outage = %humantime::format_duration(outage),
-                    "instance metadata recovered"
-                );
-            }
-        } else {
-            // Slow down only when IMDS itself is struggling or refusing; a malformed document says
-            // nothing about load, and polling it slower would only delay the other paths.
-            if errors
-                .iter()
-                .any(|(_, e)| !matches!(e, ImdsError::Malformed { .. }))
-            {
-                failing_polls = failing_polls.saturating_add(1);
-            } else {
-                failing_polls = 0;
-            }
-            for (path, err) in &errors {
-                let decision = failures.on_failure(now, err.kind());
-                failures.log(decision, path, err);
-            }
-        }
+        let (notices, errors) = sort_answers(polled);
+        failing_polls = note_failures(&mut failures, failing_polls, &errors);
 
         // Send what the paths that did answer have to say, even when another path failed.
         for notice in notices {
@@ -324,6 +282,68 @@ pub async fn watch(
             _ = tx.closed() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
+    }
+}
+
+/// What one poll of the three paths answered: the notices found, and each path's error.
+type Answers = (
+    Result<Option<InstanceAction>, ImdsError>,
+    Result<Option<LifecycleState>, ImdsError>,
+    Result<Option<Rebalance>, ImdsError>,
+);
+
+fn sort_answers(
+    (action, lifecycle, rebalance): Answers,
+) -> (Vec<Notice>, Vec<(&'static str, ImdsError)>) {
+    let mut notices = Vec::new();
+    let mut errors = Vec::new();
+    match action {
+        Ok(found) => notices.extend(found.map(Notice::Interruption)),
+        Err(e) => errors.push((PATH_INSTANCE_ACTION, e)),
+    }
+    match lifecycle {
+        Ok(found) => notices.extend(found.map(Notice::TargetLifecycle)),
+        Err(e) => errors.push((PATH_TARGET_LIFECYCLE, e)),
+    }
+    match rebalance {
+        Ok(found) => notices.extend(found.map(Notice::Rebalance)),
+        Err(e) => errors.push((PATH_REBALANCE, e)),
+    }
+    (notices, errors)
+}
+
+/// Log (rate limited) what this poll's errors say, or that metadata recovered; returns the new count of
+/// polls in a row that found metadata struggling.
+fn note_failures(
+    failures: &mut FailureLog,
+    failing_polls: u32,
+    errors: &[(&'static str, ImdsError)],
+) -> u32 {
+    let now = Instant::now();
+    if errors.is_empty() {
+        if let Some((count, outage)) = failures.on_success(now) {
+            let outage = Duration::from_millis(outage.as_millis() as u64);
+            tracing::info!(
+                failures = count,
+                outage = %humantime::format_duration(outage),
+                "instance metadata recovered"
+            );
+        }
+        return 0;
+    }
+    for (path, err) in errors {
+        let decision = failures.on_failure(now, err.kind());
+        failures.log(decision, path, err);
+    }
+    // Slow down only when IMDS itself is struggling or refusing; a malformed document says nothing about
+    // load, and polling it slower would only delay the other paths.
+    if errors
+        .iter()
+        .any(|(_, e)| !matches!(e, ImdsError::Malformed { .. }))
+    {
+        failing_polls.saturating_add(1)
+    } else {
+        0
     }
 }
 
