@@ -328,6 +328,8 @@ pub struct GaveUp<E> {
 pub struct Retry<'a> {
     what: &'static str,
     says: Option<&'static str>,
+    /// The service the caller is waiting for, logged as `waiting_for` (what an operator greps for).
+    waiting_for: Option<&'static str>,
     pace: Pace,
     budget: Budget,
     attempt_limit: Option<Duration>,
@@ -344,6 +346,7 @@ impl<'a> Retry<'a> {
         Retry {
             what,
             says: None,
+            waiting_for: None,
             pace: Pace::CALL,
             budget: Budget::UntilItWorks,
             attempt_limit: None,
@@ -395,6 +398,12 @@ impl<'a> Retry<'a> {
         self
     }
 
+    /// Name the service the caller waits for in the log line (`waiting_for="SQS"`).
+    pub fn waiting_for(mut self, service: &'static str) -> Self {
+        self.waiting_for = Some(service);
+        self
+    }
+
     /// Failures since the last success.
     pub fn failures(&self) -> u32 {
         self.failures
@@ -413,8 +422,20 @@ impl<'a> Retry<'a> {
     }
 
     /// A step failed with `class`: log it (throttled), then wait the pause, within the budget and the
-    /// cancellation. `Err` says why not to try again.
-    pub async fn failed(&mut self, class: Class, cause: &dyn Display) -> Result<(), Stop> {
+    /// cancellation. `Err` says why not to try again. The wait does not borrow `cause` (logged at once), so it
+    /// can be awaited in a spawned task whatever the cause is.
+    pub fn failed(
+        &mut self,
+        class: Class,
+        cause: &dyn Display,
+    ) -> impl Future<Output = Result<(), Stop>> + Send + '_ {
+        let pause = self.count(class, cause);
+        let this = &*self;
+        async move { this.pause(pause?).await }
+    }
+
+    /// Count a failure and log it (throttled): the pause before the next try, or why there is none.
+    fn count(&mut self, class: Class, cause: &dyn Display) -> Result<Duration, Stop> {
         if !class.retryable() {
             return Err(Stop::Refused);
         }
@@ -423,18 +444,18 @@ impl<'a> Retry<'a> {
             let says = self.says.unwrap_or("failed; retrying");
             let (what, failures, waited_s) =
                 (self.what, self.failures + 1, since.elapsed().as_secs());
-            let class_name = class.as_str();
+            let (class_name, waiting_for) = (class.as_str(), self.waiting_for);
             if matches!(class, Class::AccountWide | Class::Throttled) || failures > 1 {
-                tracing::warn!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}");
+                tracing::warn!(what, waiting_for, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}");
             } else {
-                tracing::info!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}");
+                tracing::info!(what, waiting_for, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}");
             }
         }
         self.failures += 1;
         if self.attempts.is_some_and(|n| self.failures >= n) {
             return Err(Stop::Attempts);
         }
-        self.pause(self.pace.pause(class, self.failures - 1)).await
+        Ok(self.pace.pause(class, self.failures - 1))
     }
 
     /// Sleep `pause`, cut at the budget and the cancellation.
@@ -734,6 +755,36 @@ mod tests {
             .run(async |_| Ok::<u32, Failed>(1), |e| e.0)
             .await;
         assert_eq!(once.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_log_line_names_the_service_waited_for() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut named = Retry::new("ReceiveMessage").waiting_for("SQS");
+        named.failed(Class::Transient, &"down").await.unwrap();
+        let mut unnamed = Retry::new("Other");
+        unnamed.failed(Class::Transient, &"down").await.unwrap();
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let (first, second) = text.split_once('\n').unwrap();
+        assert!(first.contains("waiting_for=\"SQS\""), "{text}");
+        assert!(!second.contains("waiting_for"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]
