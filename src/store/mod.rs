@@ -33,7 +33,7 @@ use crate::retry::{Budget, Class, Pace, Retry};
 pub use crate::schema::Record;
 use crate::schema::{Item, Status};
 use claim::{
-    parse_seq, Claim, GroupRow, MarkerKind, Msg, RunCommit, Settled, Step, Write, WriteAnswer,
+    parse_seq, Claim, GroupRow, MarkerKind, Msg, RunProtocol, Settled, Step, Write, WriteAnswer,
 };
 use dynamo::{ClaimResult, Failure, InsertResult};
 pub use dynamo::{TableError, ATTEMPT_TIMEOUT};
@@ -109,9 +109,9 @@ pub struct Store {
     blocked_by: Mutex<BlockedBy>,
 }
 
-/// One run being committed.
-struct Active {
-    commit: RunCommit,
+/// One run being committed: where it stands in the protocol, and why it stopped short (if it did).
+struct Committing {
+    protocol: RunProtocol,
     /// Why it stopped short, if it did.
     error: Option<StoreError>,
     /// Claims in a row that found the row moved: another worker on the same group.
@@ -182,7 +182,7 @@ impl Store {
         };
         if let Err(e) = self.rounds(runs, &mut active, ctx, on_done).await {
             for a in active.iter_mut() {
-                if !a.commit.is_done() && a.error.is_none() {
+                if !a.protocol.is_done() && a.error.is_none() {
                     a.error = Some(e.clone());
                 }
             }
@@ -194,7 +194,7 @@ impl Store {
     fn report(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
         all: bool,
     ) {
@@ -205,14 +205,14 @@ impl Store {
                 cache.clear();
             }
             for (i, (run, a)) in runs.iter().zip(active.iter_mut()).enumerate() {
-                if a.reported || !(all || a.commit.is_done() || a.error.is_some()) {
+                if a.reported || !(all || a.protocol.is_done() || a.error.is_some()) {
                     continue;
                 }
                 a.reported = true;
-                if let (Some(row), None) = (a.commit.row(), &a.error) {
+                if let (Some(row), None) = (a.protocol.row(), &a.error) {
                     cache.insert(run.group_id.clone(), Some(row.clone()));
                 }
-                let applied: Vec<Applied> = a.commit.settled().into_iter().map(applied).collect();
+                let applied: Vec<Applied> = a.protocol.settled().into_iter().map(applied).collect();
                 // A run is complete only when every one of its records is settled (a run refused before it
                 // started has no messages in its commit, and its error stands).
                 let error = if applied.len() == run.records.len() {
@@ -233,7 +233,7 @@ impl Store {
         &self,
         runs: &[Run],
         ctx: &CommitContext<'_>,
-    ) -> Result<Vec<Active>, StoreError> {
+    ) -> Result<Vec<Committing>, StoreError> {
         let mut missing: Vec<String> = {
             let cache = self.rows.lock().expect("cache lock");
             runs.iter()
@@ -290,8 +290,8 @@ impl Store {
                     Vec::new()
                 });
                 let active = msgs.len() == run.records.len();
-                Active {
-                    commit: RunCommit::new(if active { msgs } else { Vec::new() }, row),
+                Committing {
+                    protocol: RunProtocol::new(if active { msgs } else { Vec::new() }, row),
                     error,
                     stale_claims: 0,
                     reported: false,
@@ -305,7 +305,7 @@ impl Store {
     async fn rounds(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         ctx: &CommitContext<'_>,
         on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
     ) -> Result<(), StoreError> {
@@ -355,7 +355,7 @@ impl Store {
     async fn read_unread(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         unread: &mut Vec<(usize, Write, String)>,
         ctx: &CommitContext<'_>,
     ) -> Result<(), Failure> {
@@ -368,20 +368,20 @@ impl Store {
         for (i, w, key) in unread.drain(..) {
             let record = &runs[i].records[w.idx()];
             let e = found.get(&key).map(|e| e.existing(record));
-            active[i].commit.answered(&w, WriteAnswer::Exists(e));
+            active[i].protocol.answered(&w, WriteAnswer::Exists(e));
         }
         Ok(())
     }
 
     /// This round's calls: each run's next step. A run that cannot go on is stopped here.
-    fn plan(&self, runs: &[Run], active: &mut [Active], one_by_one: bool) -> Round {
+    fn plan(&self, runs: &[Run], active: &mut [Committing], one_by_one: bool) -> Round {
         let mut round = Round::default();
         let mut keys: HashSet<String> = HashSet::new();
         for (i, a) in active.iter_mut().enumerate() {
             if a.error.is_some() {
                 continue;
             }
-            match a.commit.step() {
+            match a.protocol.step() {
                 Step::Claim(c) => round.claims.push((i, c)),
                 Step::Write(ws) => {
                     for w in ws {
@@ -392,7 +392,7 @@ impl Store {
                         }
                         // DynamoDB refuses a batch that names one key twice (DynamoDB Local refuses the
                         // whole call): a second group's write of the same OrderID waits a round.
-                        let key = w.key(a.commit.msgs());
+                        let key = w.key(a.protocol.msgs());
                         if keys.insert(key.clone()) {
                             round.items.push((key, self.item(&runs[i], &w)));
                             round.writes.push((i, w));
@@ -413,7 +413,7 @@ impl Store {
     async fn send(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         round: &Round,
         carry: &mut Carry,
         ctx: &CommitContext<'_>,
@@ -449,7 +449,7 @@ impl Store {
     fn settle_claims(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         claims: &[(usize, Claim)],
         results: Vec<ClaimResult>,
         ctx: &CommitContext<'_>,
@@ -466,7 +466,7 @@ impl Store {
                     } else {
                         a.stale_claims = 0;
                     }
-                    a.commit.claimed(c, answer);
+                    a.protocol.claimed(c, answer);
                 }
                 ClaimResult::BadRow(detail) => {
                     tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
@@ -480,7 +480,7 @@ impl Store {
                     if f.class == Class::Request {
                         a.error = Some(StoreError::Permanent(f.detail.clone()));
                     } else {
-                        a.commit.claimed(c, claim::ClaimAnswer::Unknown);
+                        a.protocol.claimed(c, claim::ClaimAnswer::Unknown);
                         sent.failure.get_or_insert(f);
                     }
                 }
@@ -539,7 +539,7 @@ impl Store {
     async fn settle_writes(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         round: &Round,
         answers: Vec<InsertResult>,
         carry: &mut Carry,
@@ -607,7 +607,7 @@ impl Store {
                     WriteAnswer::Refused(why)
                 }
             };
-            a.commit.answered(w, answer);
+            a.protocol.answered(w, answer);
         }
         failure
     }
