@@ -16,8 +16,11 @@
 //!   `Releaser` that hands messages back (after any extension in flight).
 //!
 //! One order's path: the receive loop admits it into the held state; its group's task takes it, evaluates it
-//! and commits the run; the commit loop's batch writes it and marks it committed, then deletes it and forgets
-//! it. Three tasks (receive, group, commit batch) and one kind of channel (the committer's requests).
+//! and calls `committer.commit(run)` (a request and its answer over a channel, hidden in the handle); the commit
+//! loop puts the run into a commit, which a flight task carries out on the store and answers; the flight then
+//! deletes it in a task of its own and forgets it. The held state is locked six times for an order alone
+//! (admit, take, the end of its group, committed, the delete's handles, forget), and each of these once for
+//! all the orders of a receive, a group's run or a commit.
 //!
 //! If a run cannot be committed, it and everything held behind it in its group is released; nothing of a group
 //! is ever processed ahead of an earlier message of the same group.

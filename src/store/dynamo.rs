@@ -1,6 +1,7 @@
 //! The DynamoDB calls of the store, each one attempt, cut at its deadline, its answer classified: the
 //! claim (`UpdateItem`), the inserts (`BatchExecuteStatement`), the consistent reads (`BatchGetItem`) and
-//! the start-up table check. Retrying is the caller's ([`super::Store::commit`]).
+//! the start-up table check. Retrying is the caller's ([`super::Store::commit`]), but for the keys a
+//! `BatchGetItem` leaves unprocessed, asked again here (through [`crate::retry::Retry`]).
 
 use std::collections::HashMap;
 use std::time::Duration;

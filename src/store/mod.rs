@@ -12,6 +12,11 @@
 //!   (neither engine returns it with the error) and the protocol decides: done, or a marker;
 //! - each group's row is cached across holds (positions read from an old row stay right; see [`claim`]).
 //!
+//! A commit goes in rounds (`Store::rounds`): `plan` takes each run's next step, `send` sends the round's
+//! claims and inserts together, `settle_claims` / `per_statement` / `settle_writes` give each run its answers,
+//! and what finished is answered before any wait. Every wait (a failure, contention on a group row) goes
+//! through the [`crate::retry::Retry`] driver, within the commit's budget and the drain's abort.
+//!
 //! Costs (on-demand): one write unit per record, one per run's claim (a row under 1 KB), one per failed claim
 //! (AWS bills a failed condition), one read unit per existing item read back.
 
