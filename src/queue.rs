@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::aws::{describe, error_code};
 use crate::health::Health;
-use crate::retry::{backoff_for, classify, Budget, Class};
+use crate::retry::{classify, Budget, Class, Retry};
 use crate::telemetry::request;
 
 /// One message as received.
@@ -305,8 +305,9 @@ impl Queue {
 }
 
 /// Run a batch call over `handles`, 10 at a time (the SQS batch limit, entry ids "0".."9"), each attempt cut
-/// at [`BATCH_ATTEMPT_TIMEOUT`] and the budget; chunks whose call failed are retried with backoff while the
-/// budget lasts and the failure is retryable. Refused entries are mapped back to their message ids.
+/// at [`BATCH_ATTEMPT_TIMEOUT`] and the budget; chunks whose call failed are retried (the [`Retry`] driver's
+/// pause for the last failure's class) while the budget lasts and the failure is retryable. Refused entries are
+/// mapped back to their message ids.
 async fn in_batches<'a, F, Fut>(
     handles: &'a [Handle],
     budget: Budget,
@@ -320,7 +321,7 @@ where
 {
     let mut outcome = BatchOutcome::default();
     let mut todo: Vec<&'a [Handle]> = handles.chunks(10).collect();
-    let mut attempt = 0u32;
+    let mut retry = Retry::new(operation).budget(budget);
     while !todo.is_empty() {
         let mut again = Vec::new();
         for chunk in todo {
@@ -359,20 +360,14 @@ where
                 }
             }
         }
-        let retryable = outcome.last_error.as_ref().is_some_and(|e| e.retryable());
-        if again.is_empty() || !retryable || budget.expired(Instant::now()) {
+        let waited = match &outcome.last_error {
+            Some(e) if !again.is_empty() => retry.failed(e.class, e).await.is_ok(),
+            _ => false,
+        };
+        if !waited {
             outcome.unsent = again.into_iter().flatten().cloned().collect();
             break;
         }
-        let class = outcome
-            .last_error
-            .as_ref()
-            .map_or(Class::Transient, |e| e.class);
-        if !budget.sleep(backoff_for(class, attempt)).await {
-            outcome.unsent = again.into_iter().flatten().cloned().collect();
-            break;
-        }
-        attempt += 1;
         todo = again;
     }
     if outcome.unsent.is_empty() {

@@ -328,6 +328,8 @@ pub struct GaveUp<E> {
 pub struct Retry<'a> {
     what: &'static str,
     says: Option<&'static str>,
+    /// The service the caller is waiting for, logged as `waiting_for` (what an operator greps for).
+    waiting_for: Option<&'static str>,
     pace: Pace,
     budget: Budget,
     attempt_limit: Option<Duration>,
@@ -346,6 +348,7 @@ impl<'a> Retry<'a> {
         Retry {
             what,
             says: None,
+            waiting_for: None,
             pace: Pace::CALL,
             budget: Budget::UntilItWorks,
             attempt_limit: None,
@@ -405,6 +408,12 @@ impl<'a> Retry<'a> {
         self
     }
 
+    /// Name the service the caller waits for in the log line (`waiting_for="SQS"`).
+    pub fn waiting_for(mut self, service: &'static str) -> Self {
+        self.waiting_for = Some(service);
+        self
+    }
+
     /// Failures since the last success.
     pub fn failures(&self) -> u32 {
         self.failures
@@ -458,16 +467,16 @@ impl<'a> Retry<'a> {
             let says = self.says.unwrap_or("failed; retrying");
             let (what, failures, waited_s) =
                 (self.what, self.failures + 1, since.elapsed().as_secs());
-            let class_name = class.as_str();
+            let (class_name, waiting_for) = (class.as_str(), self.waiting_for);
             match level {
                 tracing::Level::WARN => {
-                    tracing::warn!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
+                    tracing::warn!(what, waiting_for, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
                 }
                 tracing::Level::INFO => {
-                    tracing::info!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
+                    tracing::info!(what, waiting_for, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
                 }
                 _ => {
-                    tracing::debug!(what, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
+                    tracing::debug!(what, waiting_for, failures, waited_s, class = class_name, cause = %cause, "{what}: {says}")
                 }
             }
         }
@@ -843,6 +852,36 @@ mod tests {
         quiet.failed(Class::Transient, &"down").await.unwrap();
         assert_eq!(loud.level(Class::Transient), Some(Level::WARN));
         assert_eq!(quiet.level(Class::Transient), Some(Level::DEBUG));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_log_line_names_the_service_waited_for() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut named = Retry::new("ReceiveMessage").waiting_for("SQS");
+        named.failed(Class::Transient, &"down").await.unwrap();
+        let mut unnamed = Retry::new("Other");
+        unnamed.failed(Class::Transient, &"down").await.unwrap();
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let (first, second) = text.split_once('\n').unwrap();
+        assert!(first.contains("waiting_for=\"SQS\""), "{text}");
+        assert!(!second.contains("waiting_for"), "{text}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,13 +10,18 @@
 //! - what is released goes back sorted by group and sequence number, so the group resumes in order;
 //! - a committed message stays held (and extended) until it is deleted: releasing it would hand a finished
 //!   order to another worker.
+//!
+//! [`SharedHeld`] is the one way the engine's loops reach it: every lock of the held state is in this file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::queue::{Handle, Received};
+use crate::queue::{BatchOutcome, Handle, Received};
+use crate::telemetry::{GROUPS_IN_FLIGHT, MESSAGES_IN_FLIGHT};
 
 /// Where a held message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +306,257 @@ impl Held {
 pub fn release_order(mut taken: Vec<(String, u128, Handle)>) -> Vec<Handle> {
     taken.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     taken.into_iter().map(|(_, _, h)| h).collect()
+}
+
+/// Which messages of a poll the worker may not take in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// Normal running: take everything.
+    Nothing,
+    /// Paused: messages of groups already held are fine, new groups are not taken.
+    NewGroups,
+    /// A drain began: take nothing new (a redelivery of a message already held still refreshes it).
+    All,
+}
+
+/// What a poll's messages did to the held state.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Groups nobody served yet: start a task for each.
+    pub new_groups: Vec<String>,
+    /// Refused (not held): release them at once.
+    pub refused: Vec<Handle>,
+}
+
+/// A group task's next step.
+#[derive(Debug)]
+pub enum Take {
+    /// These messages, in receive order: the task's to process.
+    Run(Vec<Received>),
+    /// The group is no longer served: release these (what waited in it when a drain ended it).
+    Ended(Vec<Handle>),
+}
+
+/// The held state as the engine's loops share it. Every lock of it is taken here, one method a step, each
+/// applying the rules of [`Held`] under one lock; a method that changes the counts publishes them (the gauges,
+/// and the receive loop's capacity) once the lock is let go.
+#[derive(Clone)]
+pub struct SharedHeld {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Number of held groups: the receive loop waits on it for capacity.
+    groups: watch::Sender<usize>,
+}
+
+#[derive(Default)]
+struct State {
+    held: Held,
+    /// Taken out by a drain (not started, never to be started), in release order, waiting to be released
+    /// once no poll can take them back.
+    withheld: Vec<Handle>,
+}
+
+impl Default for SharedHeld {
+    fn default() -> Self {
+        SharedHeld {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                groups: watch::channel(0).0,
+            }),
+        }
+    }
+}
+
+impl SharedHeld {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().expect("held lock")
+    }
+
+    /// Publish the counts read under the lock that changed them.
+    fn publish(&self, (groups, messages): (usize, usize)) {
+        metrics::gauge!(GROUPS_IN_FLIGHT).set(groups as f64);
+        metrics::gauge!(MESSAGES_IN_FLIGHT).set(messages as f64);
+        self.shared.groups.send_replace(groups);
+    }
+
+    /// Groups and messages held right now.
+    pub fn counts(&self) -> (usize, usize) {
+        self.lock().held.counts()
+    }
+
+    /// The number of held groups, to wait on.
+    pub fn groups_held(&self) -> watch::Receiver<usize> {
+        self.shared.groups.subscribe()
+    }
+
+    /// Per group: messages held and the oldest receive.
+    pub fn describe(&self, now: Instant) -> String {
+        self.lock().held.describe(now)
+    }
+
+    /// Take in a poll's messages, hidden until `now + visibility`, except what `refuse` says not to take.
+    pub fn admit(
+        &self,
+        messages: Vec<Received>,
+        now: Instant,
+        visibility: Duration,
+        refuse: Refuse,
+    ) -> Admission {
+        let mut admission = Admission::default();
+        let counts = {
+            let held = &mut self.lock().held;
+            for m in messages {
+                let refused = match refuse {
+                    Refuse::Nothing => false,
+                    Refuse::NewGroups => !held.holds_group(&m.group_id),
+                    Refuse::All => true,
+                };
+                if refused && held.lease(&m.message_id).is_none() {
+                    admission.refused.push(Handle {
+                        message_id: m.message_id,
+                        receipt_handle: m.receipt_handle,
+                    });
+                    continue;
+                }
+                if let Admitted::NewGroup(group) = held.admit(m, now, visibility) {
+                    admission.new_groups.push(group);
+                }
+            }
+            held.counts()
+        };
+        self.publish(counts);
+        admission
+    }
+
+    /// The start of a group's run: up to `max` of its next messages; or, when none waits (or `draining`), the
+    /// end of the group, with what waited in it to release.
+    pub fn take_or_end(&self, group: &str, max: usize, draining: bool) -> Take {
+        let (ended, counts) = {
+            let held = &mut self.lock().held;
+            if !draining {
+                let run: Vec<Received> = (0..max).map_while(|_| held.next(group)).collect();
+                if !run.is_empty() {
+                    return Take::Run(run);
+                }
+            }
+            // Nothing waits (the queue is only filled under this lock): the group ends here.
+            (held.close(group), held.counts())
+        };
+        self.publish(counts);
+        Take::Ended(ended)
+    }
+
+    /// More of a run: up to `max` of the group's next messages (none: commit what the run has).
+    pub fn take(&self, group: &str, max: usize) -> Vec<Received> {
+        let held = &mut self.lock().held;
+        (0..max).map_while(|_| held.next(group)).collect()
+    }
+
+    /// Give a group up: the unsettled part of its run and everything waiting behind it, each in release order.
+    pub fn give_up(&self, group: &str, run: &[String]) -> (Vec<Handle>, Vec<Handle>) {
+        let (taken, counts) = {
+            let held = &mut self.lock().held;
+            ((held.take(run), held.close(group)), held.counts())
+        };
+        self.publish(counts);
+        taken
+    }
+
+    /// Their records are committed: held until deleted. Returns how long each has been held.
+    pub fn committed(&self, ids: &[String], now: Instant) -> Vec<Duration> {
+        let held = &mut self.lock().held;
+        held.committed(ids);
+        ids.iter()
+            .filter_map(|id| held.lease(id))
+            .map(|l| now.saturating_duration_since(l.received_at))
+            .collect()
+    }
+
+    /// Current handles of held messages (for a delete).
+    pub fn handles(&self, ids: &[String]) -> Vec<Handle> {
+        self.lock().held.handles(ids)
+    }
+
+    /// Deleted (or given up on): forget them.
+    pub fn forget(&self, ids: &[String]) {
+        let counts = {
+            let held = &mut self.lock().held;
+            held.forget(ids);
+            held.counts()
+        };
+        self.publish(counts);
+    }
+
+    /// Messages due for a visibility extension (see [`Held::due`]).
+    pub fn due(&self, now: Instant, margin: Duration) -> Vec<Due> {
+        self.lock().held.due(now, margin)
+    }
+
+    /// What SQS said to the extensions of `due` sent at `sent_at`: confirmed ones are hidden until
+    /// `sent_at + visibility`; refused ones are lost. Returns the newly lost, with SQS's code.
+    pub fn extensions(
+        &self,
+        due: &[Due],
+        outcome: &BatchOutcome,
+        sent_at: Instant,
+        visibility: Duration,
+    ) -> Vec<(String, String)> {
+        let ok: HashSet<&str> = outcome.ok.iter().map(String::as_str).collect();
+        let refused: HashMap<&str, &str> = outcome
+            .refused
+            .iter()
+            .map(|(id, c)| (id.as_str(), c.as_str()))
+            .collect();
+        let mut lost = Vec::new();
+        let held = &mut self.lock().held;
+        for d in due {
+            let id = d.handle.message_id.as_str();
+            if ok.contains(id) {
+                held.extended(id, d.generation, sent_at, visibility);
+            } else if let Some(code) = refused.get(id) {
+                if held.lost(id, d.generation) {
+                    lost.push((id.to_owned(), (*code).to_owned()));
+                }
+            }
+        }
+        lost
+    }
+
+    /// Take every message not started out of the group tasks' reach, to be released by [`Self::take_withheld`]
+    /// (a drain's first step).
+    pub fn withhold_pending(&self) {
+        let counts = {
+            let state = &mut *self.lock();
+            let taken = state.held.take_pending();
+            state.withheld.extend(taken);
+            state.held.counts()
+        };
+        self.publish(counts);
+    }
+
+    /// Whether a drain withheld messages that are not released yet.
+    pub fn has_withheld(&self) -> bool {
+        !self.lock().withheld.is_empty()
+    }
+
+    /// The withheld messages, to release now, in group order: each take is sorted, and a later take (none
+    /// once receiving stopped) only adds later messages of a group.
+    pub fn take_withheld(&self) -> Vec<Handle> {
+        std::mem::take(&mut self.lock().withheld)
+    }
+
+    /// Every message not started, to release now (the rebalance policy that releases without stopping).
+    pub fn take_pending(&self) -> Vec<Handle> {
+        let (taken, counts) = {
+            let held = &mut self.lock().held;
+            (held.take_pending(), held.counts())
+        };
+        self.publish(counts);
+        taken
+    }
 }
 
 #[cfg(test)]

@@ -274,9 +274,10 @@ pub enum Planted {
     TrustUnknown,
 }
 
-/// The commit of one run of one group.
+/// One run of one group going through the commit protocol: its messages, the row it knows, and where each
+/// message stands.
 #[derive(Debug, Clone)]
-pub struct RunCommit {
+pub struct RunProtocol {
     msgs: Vec<Msg>,
     /// The newest row known to have been applied (None: none, or no row).
     row: Option<GroupRow>,
@@ -287,11 +288,11 @@ pub struct RunCommit {
     planted: Option<Planted>,
 }
 
-impl RunCommit {
+impl RunProtocol {
     /// A run of messages in their group's order, and the row the caller knows (possibly old).
     pub fn new(msgs: Vec<Msg>, row: Option<GroupRow>) -> Self {
         let states = vec![State::Unplaced; msgs.len()];
-        RunCommit {
+        RunProtocol {
             msgs,
             row,
             outstanding: None,
@@ -555,7 +556,7 @@ mod tests {
 
     #[test]
     fn a_new_run_claims_then_writes_at_its_positions() {
-        let mut c = RunCommit::new(vec![msg(10, "a"), msg(11, "b")], Some(row(3, &[7, 8])));
+        let mut c = RunProtocol::new(vec![msg(10, "a"), msg(11, "b")], Some(row(3, &[7, 8])));
         let Step::Claim(claim) = c.step() else {
             panic!()
         };
@@ -587,7 +588,7 @@ mod tests {
     #[test]
     fn a_claim_carries_the_held_claimed_messages_forward() {
         // Another worker claimed 10 and 11 at 4 and 5, wrote 10 and froze; we hold 11 and 12.
-        let mut c = RunCommit::new(vec![msg(11, "b"), msg(12, "c")], Some(row(5, &[10, 11])));
+        let mut c = RunProtocol::new(vec![msg(11, "b"), msg(12, "c")], Some(row(5, &[10, 11])));
         let Step::Claim(claim) = c.step() else {
             panic!()
         };
@@ -599,7 +600,7 @@ mod tests {
 
     #[test]
     fn a_stale_claim_takes_the_row_it_gets_back() {
-        let mut c = RunCommit::new(vec![msg(11, "b")], Some(row(3, &[9])));
+        let mut c = RunProtocol::new(vec![msg(11, "b")], Some(row(3, &[9])));
         let Step::Claim(claim) = c.step() else {
             panic!()
         };
@@ -617,7 +618,7 @@ mod tests {
 
     #[test]
     fn an_unknown_claim_is_sent_again_unchanged_and_nothing_is_written() {
-        let mut c = RunCommit::new(vec![msg(5, "a")], None);
+        let mut c = RunProtocol::new(vec![msg(5, "a")], None);
         let Step::Claim(claim) = c.step() else {
             panic!()
         };
@@ -631,7 +632,7 @@ mod tests {
 
     #[test]
     fn messages_below_the_claim_are_settled_without_a_write() {
-        let mut c = RunCommit::new(vec![msg(5, "a"), msg(6, "b")], Some(row(9, &[6])));
+        let mut c = RunProtocol::new(vec![msg(5, "a"), msg(6, "b")], Some(row(9, &[6])));
         let Step::Write(w) = c.step() else { panic!() };
         assert_eq!(w.len(), 1);
         assert_eq!(c.settled(), vec![Settled::Redelivered]);
@@ -639,7 +640,7 @@ mod tests {
 
     #[test]
     fn a_second_message_of_an_order_id_waits_then_gets_a_marker() {
-        let mut c = RunCommit::new(vec![msg(1, "a"), msg(2, "a")], Some(row(2, &[1, 2])));
+        let mut c = RunProtocol::new(vec![msg(1, "a"), msg(2, "a")], Some(row(2, &[1, 2])));
         let Step::Write(w) = c.step() else { panic!() };
         assert_eq!(w.len(), 1, "the second write of 'a' waits");
         c.answered(&w[0], WriteAnswer::Written);
@@ -669,7 +670,7 @@ mod tests {
 
     #[test]
     fn an_existing_record_of_the_same_message_is_an_earlier_completion() {
-        let mut c = RunCommit::new(vec![msg(1, "a")], Some(row(1, &[1])));
+        let mut c = RunProtocol::new(vec![msg(1, "a")], Some(row(1, &[1])));
         let Step::Write(w) = c.step() else { panic!() };
         let e = Existing {
             seq: Some(1),
@@ -681,7 +682,7 @@ mod tests {
         c.answered(&w[0], WriteAnswer::Exists(Some(e.clone())));
         assert_eq!(c.settled(), vec![Settled::Redelivered]);
         // Another payload under the id: a conflict marker.
-        let mut c = RunCommit::new(vec![msg(1, "a")], Some(row(1, &[1])));
+        let mut c = RunProtocol::new(vec![msg(1, "a")], Some(row(1, &[1])));
         let Step::Write(w) = c.step() else { panic!() };
         let other = Existing {
             seq: Some(0),
@@ -698,7 +699,7 @@ mod tests {
     fn the_same_number_at_the_same_position_in_another_group_is_another_message() {
         // Order "a" reused in another group, whose message had the same SequenceNumber and position: not a
         // redelivery of ours (that would be deleted with no item of its own), a marker.
-        let mut c = RunCommit::new(vec![msg(1, "a")], Some(row(1, &[1])));
+        let mut c = RunProtocol::new(vec![msg(1, "a")], Some(row(1, &[1])));
         let Step::Write(w) = c.step() else { panic!() };
         let elsewhere = Existing {
             seq: Some(1),
@@ -716,7 +717,7 @@ mod tests {
 
     #[test]
     fn a_refused_record_is_replaced_by_a_stand_in_at_its_position() {
-        let mut c = RunCommit::new(vec![msg(1, "a")], Some(row(1, &[1])));
+        let mut c = RunProtocol::new(vec![msg(1, "a")], Some(row(1, &[1])));
         let Step::Write(w) = c.step() else { panic!() };
         c.answered(&w[0], WriteAnswer::Refused("too large".into()));
         let Step::Write(w) = c.step() else { panic!() };
@@ -735,9 +736,9 @@ mod tests {
 
     #[test]
     fn messages_that_are_not_a_fifo_run_stop_it() {
-        let mut c = RunCommit::new(vec![msg(2, "a"), msg(1, "b")], None);
+        let mut c = RunProtocol::new(vec![msg(2, "a"), msg(1, "b")], None);
         assert!(matches!(c.step(), Step::Stuck(_)));
-        let mut c = RunCommit::new(vec![msg(15, "a")], Some(row(3, &[10, 20])));
+        let mut c = RunProtocol::new(vec![msg(15, "a")], Some(row(3, &[10, 20])));
         assert!(matches!(c.step(), Step::Stuck(_)));
     }
 }

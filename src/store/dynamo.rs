@@ -1,6 +1,7 @@
 //! The DynamoDB calls of the store, each one attempt, cut at its deadline, its answer classified: the
 //! claim (`UpdateItem`), the inserts (`BatchExecuteStatement`), the consistent reads (`BatchGetItem`) and
-//! the start-up table check. Retrying is the caller's ([`super::Store::commit`]).
+//! the start-up table check. Retrying is the caller's ([`super::Store::commit`]), but for the keys a
+//! `BatchGetItem` leaves unprocessed, asked again here (through [`crate::retry::Retry`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 use super::claim::{parse_seq, Claim, ClaimAnswer, Existing, GroupRow};
 use super::{CommitContext, Record};
 use crate::aws::{describe, error_code};
-use crate::retry::{backoff, Class};
+use crate::retry::{Class, Pace, Retry, Stop};
 use crate::schema::{self, Item};
 use crate::telemetry::{request, READ_UNITS, WRITE_UNITS};
 
@@ -490,9 +491,14 @@ async fn batch_get(
         }
         let mut request_items =
             HashMap::from([(table.to_owned(), wanted.build().expect("keys are set"))]);
-        let mut attempts = 0;
+        // Unprocessed keys are asked for again, at most 9 calls in all.
+        let mut unprocessed = Retry::new("BatchGetItem")
+            .pace(Pace::UNPROCESSED)
+            .budget(ctx.budget)
+            .cancel(ctx.abort)
+            .attempts(9)
+            .says("returned unprocessed keys; asking again for them");
         while !request_items.is_empty() {
-            attempts += 1;
             let call = client
                 .batch_get_item()
                 .set_request_items(Some(request_items.clone()))
@@ -523,19 +529,21 @@ async fn batch_get(
                 }
             }
             request_items = out.unprocessed_keys().cloned().unwrap_or_default();
-            if !request_items.is_empty() {
-                if attempts > 8 {
+            if request_items.is_empty() {
+                break;
+            }
+            let left = request_items.get(table).map_or(0, |k| k.keys().len());
+            match unprocessed.failed(Class::Transient, &left).await {
+                Ok(()) => {}
+                Err(Stop::Attempts) => {
                     return Err(Failure {
                         operation: "BatchGetItem",
                         class: Class::Throttled,
                         code: None,
                         detail: "BatchGetItem kept returning unprocessed keys".into(),
-                    });
+                    })
                 }
-                let pause = backoff(attempts, Duration::from_millis(50), Duration::from_secs(2));
-                if !ctx.budget.sleep(pause).await {
-                    return Err(Failure::timeout("BatchGetItem"));
-                }
+                Err(_) => return Err(Failure::timeout("BatchGetItem")),
             }
         }
     }

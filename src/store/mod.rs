@@ -12,6 +12,11 @@
 //!   (neither engine returns it with the error) and the protocol decides: done, or a marker;
 //! - each group's row is cached across holds (positions read from an old row stay right; see [`claim`]).
 //!
+//! A commit goes in rounds (`Store::rounds`): `plan` takes each run's next step, `send` sends the round's
+//! claims and inserts together, `settle_claims` / `per_statement` / `settle_writes` give each run its answers,
+//! and what finished is answered before any wait. Every wait (a failure, contention on a group row) goes
+//! through the [`crate::retry::Retry`] driver, within the commit's budget and the drain's abort.
+//!
 //! Costs (on-demand): one write unit per record, one per run's claim (a row under 1 KB), one per failed claim
 //! (AWS bills a failed condition), one read unit per existing item read back.
 
@@ -22,7 +27,6 @@ mod model;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use futures_util::future::join_all;
@@ -30,10 +34,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
-use crate::retry::{backoff, backoff_for, Budget, Class};
+use crate::retry::{Budget, Class, Pace, Retry};
 pub use crate::schema::Record;
 use crate::schema::{Item, Status};
-use claim::{parse_seq, GroupRow, MarkerKind, Msg, RunCommit, Settled, Step, Write, WriteAnswer};
+use claim::{
+    parse_seq, Claim, GroupRow, MarkerKind, Msg, RunProtocol, Settled, Step, Write, WriteAnswer,
+};
 use dynamo::{ClaimResult, Failure, InsertResult};
 pub use dynamo::{TableError, ATTEMPT_TIMEOUT};
 
@@ -108,9 +114,9 @@ pub struct Store {
     blocked_by: Mutex<BlockedBy>,
 }
 
-/// One run being committed.
-struct Active {
-    commit: RunCommit,
+/// One run being committed: where it stands in the protocol, and why it stopped short (if it did).
+struct Committing {
+    protocol: RunProtocol,
     /// Why it stopped short, if it did.
     error: Option<StoreError>,
     /// Claims in a row that found the row moved: another worker on the same group.
@@ -181,7 +187,7 @@ impl Store {
         };
         if let Err(e) = self.rounds(runs, &mut active, ctx, on_done).await {
             for a in active.iter_mut() {
-                if !a.commit.is_done() && a.error.is_none() {
+                if !a.protocol.is_done() && a.error.is_none() {
                     a.error = Some(e.clone());
                 }
             }
@@ -193,7 +199,7 @@ impl Store {
     fn report(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
         all: bool,
     ) {
@@ -204,14 +210,14 @@ impl Store {
                 cache.clear();
             }
             for (i, (run, a)) in runs.iter().zip(active.iter_mut()).enumerate() {
-                if a.reported || !(all || a.commit.is_done() || a.error.is_some()) {
+                if a.reported || !(all || a.protocol.is_done() || a.error.is_some()) {
                     continue;
                 }
                 a.reported = true;
-                if let (Some(row), None) = (a.commit.row(), &a.error) {
+                if let (Some(row), None) = (a.protocol.row(), &a.error) {
                     cache.insert(run.group_id.clone(), Some(row.clone()));
                 }
-                let applied: Vec<Applied> = a.commit.settled().into_iter().map(applied).collect();
+                let applied: Vec<Applied> = a.protocol.settled().into_iter().map(applied).collect();
                 // A run is complete only when every one of its records is settled (a run refused before it
                 // started has no messages in its commit, and its error stands).
                 let error = if applied.len() == run.records.len() {
@@ -232,7 +238,7 @@ impl Store {
         &self,
         runs: &[Run],
         ctx: &CommitContext<'_>,
-    ) -> Result<Vec<Active>, StoreError> {
+    ) -> Result<Vec<Committing>, StoreError> {
         let mut missing: Vec<String> = {
             let cache = self.rows.lock().expect("cache lock");
             runs.iter()
@@ -243,7 +249,7 @@ impl Store {
         missing.sort();
         missing.dedup();
         let mut read: HashMap<String, Result<Option<GroupRow>, String>> = HashMap::new();
-        let mut waits = Waits::default();
+        let mut waits = waits(ctx);
         while !missing.is_empty() {
             match dynamo::read_rows(&self.client, &self.groups_table, &missing, ctx).await {
                 Ok(found) => {
@@ -289,8 +295,8 @@ impl Store {
                     Vec::new()
                 });
                 let active = msgs.len() == run.records.len();
-                Active {
-                    commit: RunCommit::new(if active { msgs } else { Vec::new() }, row),
+                Committing {
+                    protocol: RunProtocol::new(if active { msgs } else { Vec::new() }, row),
                     error,
                     stale_claims: 0,
                     reported: false,
@@ -304,243 +310,311 @@ impl Store {
     async fn rounds(
         &self,
         runs: &[Run],
-        active: &mut [Active],
+        active: &mut [Committing],
         ctx: &CommitContext<'_>,
         on_done: &mut (dyn FnMut(Vec<(usize, RunOutcome)>) + Send),
     ) -> Result<(), StoreError> {
-        let mut waits = Waits::default();
-        // A whole batch refused (one statement in it that DynamoDB cannot take): send one statement a call
-        // until the refused one is found and replaced by its stand-in.
-        let mut one_by_one = false;
-        // Inserts that found their key taken whose read failed: read before anything else.
-        let mut unread: Vec<(usize, Write, String)> = Vec::new();
+        let mut waits = waits(ctx);
+        // The row moved again right after we read it: another worker is claiming the same group. Back off a
+        // little, growing, instead of spinning.
+        let mut contention = Retry::new("UpdateItem")
+            .pace(Pace::CONTENTION)
+            .budget(ctx.budget)
+            .cancel(ctx.abort)
+            .says("claims keep finding the group row moved (another worker on the same groups?)");
+        let mut carry = Carry::default();
         loop {
             if ctx.abort.is_cancelled() || ctx.budget.expired(Instant::now()) {
                 return Err(StoreError::Aborted);
             }
-            if !unread.is_empty() {
-                let keys: Vec<String> = unread.iter().map(|(_, _, k)| k.clone()).collect();
-                match dynamo::read_existing(&self.client, &self.orders_table, &keys, ctx).await {
-                    Ok(found) => {
-                        self.answered(ctx, "BatchGetItem");
-                        for (i, w, key) in unread.drain(..) {
-                            let record = &runs[i].records[w.idx()];
-                            let e = found.get(&key).map(|e| e.existing(record));
-                            active[i].commit.answered(&w, WriteAnswer::Exists(e));
-                        }
-                    }
-                    Err(f) => {
-                        self.wait(&mut waits, f, ctx).await?;
-                        continue;
-                    }
-                }
+            if let Err(f) = self.read_unread(runs, active, &mut carry.unread, ctx).await {
+                self.wait(&mut waits, f, ctx).await?;
+                continue;
             }
-            let mut claims = Vec::new();
-            let mut writes: Vec<(usize, Write)> = Vec::new();
-            let mut keys: HashSet<String> = HashSet::new();
-            for (i, a) in active.iter_mut().enumerate() {
-                if a.error.is_some() {
-                    continue;
-                }
-                match a.commit.step() {
-                    Step::Claim(c) => claims.push((i, c)),
-                    Step::Write(ws) => {
-                        for w in ws {
-                            // One by one means one statement in flight at a time: the refused one is then the
-                            // one that was sent.
-                            if one_by_one && !writes.is_empty() {
-                                break;
-                            }
-                            // DynamoDB refuses a batch that names one key twice (DynamoDB Local refuses the
-                            // whole call): a second group's write of the same OrderID waits a round.
-                            if keys.insert(w.key(a.commit.msgs())) {
-                                writes.push((i, w));
-                            }
-                        }
-                    }
-                    Step::Done => {}
-                    Step::Stuck(why) => {
-                        tracing::error!(group = %runs[i].group_id, cause = %why, "run cannot be committed; its orders wait");
-                        a.error = Some(StoreError::Deferred(why));
-                    }
-                }
-            }
+            let round = self.plan(runs, active, carry.one_by_one);
             self.report(runs, active, on_done, false);
-            if claims.is_empty() && writes.is_empty() {
+            if round.claims.is_empty() && round.writes.is_empty() {
                 return Ok(());
             }
-            let mut failure: Option<Failure> = None;
-            let mut contention = 0u32;
-            let claim_calls = claims.iter().map(|(i, c)| {
-                dynamo::claim(
-                    &self.client,
-                    &self.groups_table,
-                    &runs[*i].group_id,
-                    c,
-                    &runs[*i].records[0].processed_at,
-                    ctx,
-                )
-            });
-            let items: Vec<(String, Item)> = writes
-                .iter()
-                .map(|(i, w)| (w.key(active[*i].commit.msgs()), self.item(&runs[*i], w)))
-                .collect();
-            let insert_calls = items
-                .chunks(MAX_STATEMENTS)
-                .map(|c| dynamo::insert(&self.client, &self.orders_table, c, ctx));
-            let (claim_results, insert_results) =
-                tokio::join!(join_all(claim_calls), join_all(insert_calls));
-            for ((i, c), r) in claims.iter().zip(claim_results) {
-                let a = &mut active[*i];
-                match r {
-                    ClaimResult::Answer(answer) => {
-                        self.answered(ctx, "UpdateItem");
-                        if matches!(answer, claim::ClaimAnswer::Stale(_)) {
-                            a.stale_claims += 1;
-                            contention = contention.max(a.stale_claims);
-                        } else {
-                            a.stale_claims = 0;
-                        }
-                        a.commit.claimed(c, answer);
-                    }
-                    ClaimResult::BadRow(detail) => {
-                        tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
-                        self.rows
-                            .lock()
-                            .expect("cache lock")
-                            .remove(&runs[*i].group_id);
-                        a.error = Some(StoreError::Deferred(detail));
-                    }
-                    ClaimResult::Failed(f) => {
-                        if f.class == Class::Request {
-                            a.error = Some(StoreError::Permanent(f.detail.clone()));
-                        } else {
-                            a.commit.claimed(c, claim::ClaimAnswer::Unknown);
-                            failure.get_or_insert(f);
-                        }
-                    }
-                }
-            }
-            let mut answers: Vec<InsertResult> = Vec::new();
-            let mut whole_refused = false;
-            for (r, n) in insert_results
-                .into_iter()
-                .zip(items.chunks(MAX_STATEMENTS).map(<[_]>::len))
-            {
-                match r {
-                    Ok(per) => {
-                        self.answered(ctx, "BatchExecuteStatement");
-                        answers.extend(per);
-                    }
-                    Err(f) => match whole_call(&f, n) {
-                        WholeCall::Isolate => {
-                            whole_refused = true;
-                            answers.extend((0..n).map(|_| InsertResult::Retry(None)));
-                        }
-                        WholeCall::Refused => answers.push(InsertResult::Refused(f.detail)),
-                        WholeCall::Wait => {
-                            answers.extend((0..n).map(|_| InsertResult::Retry(None)));
-                            failure.get_or_insert(f);
-                        }
-                    },
-                }
-            }
-            if whole_refused && !one_by_one {
-                tracing::warn!(
-                    statements = items.len(),
-                    "DynamoDB refused a whole batch of inserts; sending them one by one to find the refused one"
-                );
-                one_by_one = true;
-            }
-            // Keys that exist: read them all in one consistent BatchGetItem, then let each run decide.
-            // A marker's key names its own message: taken means written (by us or another holder), nothing to
-            // read. A record's taken key is read to decide.
-            let taken: Vec<String> = answers
-                .iter()
-                .zip(&items)
-                .zip(&writes)
-                .filter(|((r, _), (_, w))| {
-                    matches!(r, InsertResult::Exists) && !matches!(w, Write::Marker { .. })
-                })
-                .map(|((_, (k, _)), _)| k.clone())
-                .collect();
-            let existing = if taken.is_empty() {
-                Some(HashMap::new())
-            } else {
-                match dynamo::read_existing(&self.client, &self.orders_table, &taken, ctx).await {
-                    Ok(e) => {
-                        self.answered(ctx, "BatchGetItem");
-                        Some(e)
-                    }
-                    Err(f) => {
-                        failure.get_or_insert(f);
-                        None
-                    }
-                }
-            };
-            for (((i, w), r), (key, _)) in writes.iter().zip(answers).zip(&items) {
-                let a = &mut active[*i];
-                let record = &runs[*i].records[w.idx()];
-                let answer = match r {
-                    InsertResult::Written => WriteAnswer::Written,
-                    InsertResult::Exists if matches!(w, Write::Marker { .. }) => {
-                        WriteAnswer::Exists(None)
-                    }
-                    InsertResult::Exists => match &existing {
-                        Some(found) => {
-                            let e = found.get(key).map(|e| e.existing(record));
-                            if e.as_ref().is_some_and(|e| e.sha.is_none()) {
-                                tracing::warn!(order = %record.order_key, group = %record.group_id, "an existing record with this OrderID has no PayloadSha256 (written by something else); counted as a conflict");
-                            }
-                            WriteAnswer::Exists(e)
-                        }
-                        None => {
-                            // The key is taken and the read failed: read it again next round, never
-                            // insert it again (a write unit each, to learn what we know).
-                            unread.push((*i, w.clone(), key.clone()));
-                            continue;
-                        }
-                    },
-                    InsertResult::Retry(f) => {
-                        if let Some(f) = f {
-                            failure.get_or_insert(f);
-                        }
-                        WriteAnswer::Retry
-                    }
-                    InsertResult::Refused(why) => {
-                        if matches!(w, Write::Record { .. }) {
-                            tracing::error!(order = %record.order_key, group = %record.group_id, message_id = %record.sqs_message_id, cause = %why, "DynamoDB refused this record; recording it as REJECTED instead");
-                        } else {
-                            a.error = Some(StoreError::Permanent(why.clone()));
-                        }
-                        WriteAnswer::Refused(why)
-                    }
-                };
-                a.commit.answered(w, answer);
-            }
+            let sent = self.send(runs, active, &round, &mut carry, ctx).await;
             // What finished in this round is answered before any wait for what did not.
             self.report(runs, active, on_done, false);
-            if let Some(f) = failure {
+            if let Some(f) = sent.failure {
                 self.wait(&mut waits, f, ctx).await?;
+                continue;
+            }
+            waits.succeeded();
+            if sent.contention > 1 {
+                let cause = format!("{} claims in a row found the row moved", sent.contention);
+                contention
+                    .failed(Class::Transient, &cause)
+                    .await
+                    .map_err(|_| StoreError::Aborted)?;
             } else {
-                waits = Waits::default();
-                if contention > 1 {
-                    // The row moved again right after we read it: another worker is claiming the same group.
-                    // Back off a little, growing, instead of spinning.
-                    let pause = backoff(
-                        contention - 2,
-                        Duration::from_millis(20),
-                        Duration::from_secs(5),
-                    );
-                    if contention.is_power_of_two() {
-                        tracing::warn!(claims = contention, "claims keep finding the group row moved (another worker on the same groups?)");
+                contention.succeeded();
+            }
+        }
+    }
+
+    /// Read the items of inserts that found their key taken and whose read failed: each run then decides.
+    async fn read_unread(
+        &self,
+        runs: &[Run],
+        active: &mut [Committing],
+        unread: &mut Vec<(usize, Write, String)>,
+        ctx: &CommitContext<'_>,
+    ) -> Result<(), Failure> {
+        if unread.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = unread.iter().map(|(_, _, k)| k.clone()).collect();
+        let found = dynamo::read_existing(&self.client, &self.orders_table, &keys, ctx).await?;
+        self.answered(ctx, "BatchGetItem");
+        for (i, w, key) in unread.drain(..) {
+            let record = &runs[i].records[w.idx()];
+            let e = found.get(&key).map(|e| e.existing(record));
+            active[i].protocol.answered(&w, WriteAnswer::Exists(e));
+        }
+        Ok(())
+    }
+
+    /// This round's calls: each run's next step. A run that cannot go on is stopped here.
+    fn plan(&self, runs: &[Run], active: &mut [Committing], one_by_one: bool) -> Round {
+        let mut round = Round::default();
+        let mut keys: HashSet<String> = HashSet::new();
+        for (i, a) in active.iter_mut().enumerate() {
+            if a.error.is_some() {
+                continue;
+            }
+            match a.protocol.step() {
+                Step::Claim(c) => round.claims.push((i, c)),
+                Step::Write(ws) => {
+                    for w in ws {
+                        // One by one means one statement in flight at a time: the refused one is then the
+                        // one that was sent.
+                        if one_by_one && !round.writes.is_empty() {
+                            break;
+                        }
+                        // DynamoDB refuses a batch that names one key twice (DynamoDB Local refuses the
+                        // whole call): a second group's write of the same OrderID waits a round.
+                        let key = w.key(a.protocol.msgs());
+                        if keys.insert(key.clone()) {
+                            round.items.push((key, self.item(&runs[i], &w)));
+                            round.writes.push((i, w));
+                        }
                     }
-                    if !ctx.budget.sleep(pause).await || ctx.abort.is_cancelled() {
-                        return Err(StoreError::Aborted);
+                }
+                Step::Done => {}
+                Step::Stuck(why) => {
+                    tracing::error!(group = %runs[i].group_id, cause = %why, "run cannot be committed; its orders wait");
+                    a.error = Some(StoreError::Deferred(why));
+                }
+            }
+        }
+        round
+    }
+
+    /// Send a round's claims and inserts together and give each run its answers.
+    async fn send(
+        &self,
+        runs: &[Run],
+        active: &mut [Committing],
+        round: &Round,
+        carry: &mut Carry,
+        ctx: &CommitContext<'_>,
+    ) -> Sent {
+        let claim_calls = round.claims.iter().map(|(i, c)| {
+            dynamo::claim(
+                &self.client,
+                &self.groups_table,
+                &runs[*i].group_id,
+                c,
+                &runs[*i].records[0].processed_at,
+                ctx,
+            )
+        });
+        let insert_calls = round
+            .items
+            .chunks(MAX_STATEMENTS)
+            .map(|c| dynamo::insert(&self.client, &self.orders_table, c, ctx));
+        let (claim_results, insert_results) =
+            tokio::join!(join_all(claim_calls), join_all(insert_calls));
+        let mut sent = self.settle_claims(runs, active, &round.claims, claim_results, ctx);
+        let answers = self.per_statement(&round.items, insert_results, carry, &mut sent, ctx);
+        if let Some(f) = self
+            .settle_writes(runs, active, round, answers, carry, ctx)
+            .await
+        {
+            sent.failure.get_or_insert(f);
+        }
+        sent
+    }
+
+    /// Give each run its claim's answer; how many claims in a row the most contended run found the row moved.
+    fn settle_claims(
+        &self,
+        runs: &[Run],
+        active: &mut [Committing],
+        claims: &[(usize, Claim)],
+        results: Vec<ClaimResult>,
+        ctx: &CommitContext<'_>,
+    ) -> Sent {
+        let mut sent = Sent::default();
+        for ((i, c), r) in claims.iter().zip(results) {
+            let a = &mut active[*i];
+            match r {
+                ClaimResult::Answer(answer) => {
+                    self.answered(ctx, "UpdateItem");
+                    if matches!(answer, claim::ClaimAnswer::Stale(_)) {
+                        a.stale_claims += 1;
+                        sent.contention = sent.contention.max(a.stale_claims);
+                    } else {
+                        a.stale_claims = 0;
+                    }
+                    a.protocol.claimed(c, answer);
+                }
+                ClaimResult::BadRow(detail) => {
+                    tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
+                    self.rows
+                        .lock()
+                        .expect("cache lock")
+                        .remove(&runs[*i].group_id);
+                    a.error = Some(StoreError::Deferred(detail));
+                }
+                ClaimResult::Failed(f) => {
+                    if f.class == Class::Request {
+                        a.error = Some(StoreError::Permanent(f.detail.clone()));
+                    } else {
+                        a.protocol.claimed(c, claim::ClaimAnswer::Unknown);
+                        sent.failure.get_or_insert(f);
                     }
                 }
             }
         }
+        sent
+    }
+
+    /// One answer per statement from the answers of the `BatchExecuteStatement` calls; a whole batch refused
+    /// for one statement in it turns on sending one statement a call.
+    fn per_statement(
+        &self,
+        items: &[(String, Item)],
+        results: Vec<Result<Vec<InsertResult>, Failure>>,
+        carry: &mut Carry,
+        sent: &mut Sent,
+        ctx: &CommitContext<'_>,
+    ) -> Vec<InsertResult> {
+        let mut answers: Vec<InsertResult> = Vec::new();
+        let mut whole_refused = false;
+        for (r, n) in results
+            .into_iter()
+            .zip(items.chunks(MAX_STATEMENTS).map(<[_]>::len))
+        {
+            match r {
+                Ok(per) => {
+                    self.answered(ctx, "BatchExecuteStatement");
+                    answers.extend(per);
+                }
+                Err(f) => match whole_call(&f, n) {
+                    WholeCall::Isolate => {
+                        whole_refused = true;
+                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                    }
+                    WholeCall::Refused => answers.push(InsertResult::Refused(f.detail)),
+                    WholeCall::Wait => {
+                        answers.extend((0..n).map(|_| InsertResult::Retry(None)));
+                        sent.failure.get_or_insert(f);
+                    }
+                },
+            }
+        }
+        if whole_refused && !carry.one_by_one {
+            tracing::warn!(
+                statements = items.len(),
+                "DynamoDB refused a whole batch of inserts; sending them one by one to find the refused one"
+            );
+            carry.one_by_one = true;
+        }
+        answers
+    }
+
+    /// Give each run its writes' answers. Keys that exist are read in one consistent BatchGetItem first, so
+    /// each run can decide (a marker's key names its own message: taken means written, nothing to read). A
+    /// failure to wait out is returned.
+    async fn settle_writes(
+        &self,
+        runs: &[Run],
+        active: &mut [Committing],
+        round: &Round,
+        answers: Vec<InsertResult>,
+        carry: &mut Carry,
+        ctx: &CommitContext<'_>,
+    ) -> Option<Failure> {
+        let mut failure = None;
+        let taken: Vec<String> = answers
+            .iter()
+            .zip(&round.items)
+            .zip(&round.writes)
+            .filter(|((r, _), (_, w))| {
+                matches!(r, InsertResult::Exists) && !matches!(w, Write::Marker { .. })
+            })
+            .map(|((_, (k, _)), _)| k.clone())
+            .collect();
+        let existing = if taken.is_empty() {
+            Some(HashMap::new())
+        } else {
+            match dynamo::read_existing(&self.client, &self.orders_table, &taken, ctx).await {
+                Ok(e) => {
+                    self.answered(ctx, "BatchGetItem");
+                    Some(e)
+                }
+                Err(f) => {
+                    failure = Some(f);
+                    None
+                }
+            }
+        };
+        for (((i, w), r), (key, _)) in round.writes.iter().zip(answers).zip(&round.items) {
+            let a = &mut active[*i];
+            let record = &runs[*i].records[w.idx()];
+            let answer = match r {
+                InsertResult::Written => WriteAnswer::Written,
+                InsertResult::Exists if matches!(w, Write::Marker { .. }) => {
+                    WriteAnswer::Exists(None)
+                }
+                InsertResult::Exists => match &existing {
+                    Some(found) => {
+                        let e = found.get(key).map(|e| e.existing(record));
+                        if e.as_ref().is_some_and(|e| e.sha.is_none()) {
+                            tracing::warn!(order = %record.order_key, group = %record.group_id, "an existing record with this OrderID has no PayloadSha256 (written by something else); counted as a conflict");
+                        }
+                        WriteAnswer::Exists(e)
+                    }
+                    None => {
+                        // The key is taken and the read failed: read it again next round, never insert it
+                        // again (a write unit each, to learn what we know).
+                        carry.unread.push((*i, w.clone(), key.clone()));
+                        continue;
+                    }
+                },
+                InsertResult::Retry(f) => {
+                    if let Some(f) = f {
+                        failure.get_or_insert(f);
+                    }
+                    WriteAnswer::Retry
+                }
+                InsertResult::Refused(why) => {
+                    if matches!(w, Write::Record { .. }) {
+                        tracing::error!(order = %record.order_key, group = %record.group_id, message_id = %record.sqs_message_id, cause = %why, "DynamoDB refused this record; recording it as REJECTED instead");
+                    } else {
+                        a.error = Some(StoreError::Permanent(why.clone()));
+                    }
+                    WriteAnswer::Refused(why)
+                }
+            };
+            a.protocol.answered(w, answer);
+        }
+        failure
     }
 
     /// The item one write inserts.
@@ -582,16 +656,14 @@ impl Store {
         }
     }
 
-    /// Wait before retrying a failure, within the budget; say what we are waiting for, without flooding the
-    /// log. Account-wide failures block new work (see [`crate::health`]).
+    /// Wait before retrying a failure, within the budget and the abort (the driver says what we wait for,
+    /// without flooding the log). Account-wide failures block new work (see [`crate::health`]).
     async fn wait(
         &self,
-        waits: &mut Waits,
+        waits: &mut Retry<'_>,
         f: Failure,
         ctx: &CommitContext<'_>,
     ) -> Result<(), StoreError> {
-        let started = *waits.since.get_or_insert_with(Instant::now);
-        let n = waits.failures;
         if f.class == Class::AccountWide {
             self.blocked_by
                 .lock()
@@ -603,23 +675,55 @@ impl Store {
             {
                 tracing::error!(waiting_for = "DynamoDB", code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refuses every write (permissions, table, credentials or KMS): taking no new work, keeping what is held, retrying until it clears");
             }
-        } else if n == 0 || n.is_power_of_two() {
-            tracing::warn!(
-                waiting_for = "DynamoDB",
-                failures = n + 1,
-                waited_s = started.elapsed().as_secs(),
-                class = f.class.as_str(),
-                cause = %f.detail,
-                "DynamoDB write not done; messages stay held (visibility extended) and the write is retried"
-            );
         }
-        let pause = backoff_for(f.class, n);
-        waits.failures += 1;
-        tokio::select! {
-            _ = ctx.abort.cancelled() => Err(StoreError::Aborted),
-            more = ctx.budget.sleep(pause) => if more { Ok(()) } else { Err(StoreError::Aborted) },
-        }
+        // What reaches here is waited out: a 4xx the protocol does not take as a record's verdict included.
+        let class = if f.class.retryable() {
+            f.class
+        } else {
+            Class::Transient
+        };
+        waits
+            .failed(class, &f.detail)
+            .await
+            .map_err(|_| StoreError::Aborted)
     }
+}
+
+/// The driver of one commit's waits for DynamoDB: within its budget and the drain's abort.
+fn waits<'a>(ctx: &CommitContext<'a>) -> Retry<'a> {
+    Retry::new("DynamoDB write")
+        .waiting_for("DynamoDB")
+        .budget(ctx.budget)
+        .cancel(ctx.abort)
+        .says("not done; messages stay held (visibility extended) and the write is retried")
+}
+
+/// One round of a commit: the claims and inserts sent together.
+#[derive(Default)]
+struct Round {
+    claims: Vec<(usize, Claim)>,
+    writes: Vec<(usize, Write)>,
+    /// Each write's key and item, in the order of `writes`.
+    items: Vec<(String, Item)>,
+}
+
+/// What a commit carries from one round to the next.
+#[derive(Default)]
+struct Carry {
+    /// A whole batch refused (one statement in it that DynamoDB cannot take): send one statement a call
+    /// until the refused one is found and replaced by its stand-in.
+    one_by_one: bool,
+    /// Inserts that found their key taken whose read failed: read before anything else.
+    unread: Vec<(usize, Write, String)>,
+}
+
+/// What one round's calls came back with.
+#[derive(Default)]
+struct Sent {
+    /// The first failure to wait out before the next round.
+    failure: Option<Failure>,
+    /// Claims in a row the most contended run found the row moved.
+    contention: u32,
 }
 
 /// What a failed `BatchExecuteStatement` as a whole means for its statements.
@@ -662,12 +766,6 @@ impl BlockedBy {
         self.0.retain(|o| *o != operation);
         self.0.is_empty()
     }
-}
-
-#[derive(Default)]
-struct Waits {
-    failures: u32,
-    since: Option<Instant>,
 }
 
 fn applied(s: Settled) -> Applied {

@@ -1,7 +1,7 @@
 //! A randomized model of the commit protocol: SQS FIFO delivery (one group locked while any of its messages
 //! is in flight, batches of 1-10, redelivery after the visibility timeout, deletes refused for a stale
 //! receipt handle), a table with conditional inserts and the group row's conditional claim, and workers
-//! that run [`RunCommit`] through freezes past the visibility timeout, crashes, drains, throttled and lost
+//! that run [`RunProtocol`] through freezes past the visibility timeout, crashes, drains, throttled and lost
 //! requests (applied at once, later, or never), writes applied in any order, and old orders sent again.
 //! After every run it checks what the guarantees promise: each message has exactly one item (its record or
 //! a marker), positions 1..n dense without repeats and in send order, the first message of an order id is
@@ -20,7 +20,8 @@ struct QMsg {
 }
 
 #[derive(Debug, Clone)]
-struct Item {
+/// An item of the simulated orders table (a record or a marker at its position).
+struct StoredItem {
     seq: Seq,
     position: u64,
     sha: String,
@@ -30,13 +31,13 @@ struct Item {
 #[derive(Debug, Clone)]
 enum Op {
     Claim(Claim),
-    Insert(String, Item),
+    Insert(String, StoredItem),
 }
 
 struct Hold {
     /// Queue index and receipt handle of each held message, in order.
     held: Vec<(usize, u64)>,
-    commit: RunCommit,
+    commit: RunProtocol,
 }
 
 struct Worker {
@@ -53,7 +54,7 @@ struct World {
     visibility: u64,
     queue: Vec<QMsg>,
     next_handle: u64,
-    orders: BTreeMap<String, Item>,
+    orders: BTreeMap<String, StoredItem>,
     row: Option<GroupRow>,
     /// Requests the server applies later (their sender saw no answer).
     late: Vec<(u64, Op)>,
@@ -199,7 +200,7 @@ impl World {
             None => self.row.clone(),
         };
         let msgs = held.iter().map(|(i, _)| self.queue[*i].m.clone()).collect();
-        let commit = RunCommit::new(msgs, row).planted(self.planted);
+        let commit = RunProtocol::new(msgs, row).planted(self.planted);
         self.workers[w].hold = Some(Hold { held, commit });
     }
 
@@ -297,7 +298,7 @@ impl World {
                 for wr in writes {
                     let msgs = hold.commit.msgs();
                     let m = &msgs[wr.idx()];
-                    let item = Item {
+                    let item = StoredItem {
                         seq: m.seq,
                         position: wr.position(),
                         sha: m.sha.clone(),
@@ -362,11 +363,11 @@ impl World {
         for (i, q) in self.queue.iter().enumerate() {
             let m = &q.m;
             let record = self.orders.get(&m.key).filter(|it| it.seq == m.seq);
-            let markers: Vec<&Item> = [MarkerKind::Duplicate, MarkerKind::Conflict]
+            let markers: Vec<&StoredItem> = [MarkerKind::Duplicate, MarkerKind::Conflict]
                 .iter()
                 .filter_map(|k| self.orders.get(&marker_key(*k, &m.message_id)))
                 .collect();
-            let items: Vec<&Item> = record.into_iter().chain(markers).collect();
+            let items: Vec<&StoredItem> = record.into_iter().chain(markers).collect();
             if items.len() != 1 {
                 bad.push(format!(
                     "message {} has {} items",
