@@ -202,34 +202,38 @@ impl ReceiveLoop {
         vis: i32,
         attempt_id: &str,
     ) -> Result<Vec<Received>, SqsError> {
-        let budget = self.budget.get();
-        let mut retry = Retry::new("ReceiveMessage")
-            .budget(budget)
+        let recovered = Retry::new("ReceiveMessage")
+            .budget(self.budget.get())
+            .attempt_limit(RECOVER_ATTEMPT)
             .cancel(&self.abort)
-            .says("asking the ended poll's attempt id again");
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            let limit = budget.attempt_limit(RECOVER_ATTEMPT, Instant::now());
-            let receive = self.queue.receive(max, 0, vis, attempt_id);
-            let last = match tokio::time::timeout(limit, receive).await {
-                Ok(Ok(messages)) => {
-                    tracing::info!(
-                        recovered = messages.len(),
-                        tries,
-                        attempt_id,
-                        "drain: the poll in flight was ended; asked again with its attempt id"
-                    );
-                    return Ok(messages);
-                }
+            .says("asking the ended poll's attempt id again")
+            .run_fn(
+                |_| self.queue.receive(max, 0, vis, attempt_id),
                 // Anything but a transport failure is SQS's answer: this attempt handed out nothing more.
-                Ok(Err(e)) if e.class != Class::Transient => return Err(e),
-                Ok(Err(e)) => e,
-                Err(_) => SqsError::no_answer("ReceiveMessage", limit),
-            };
-            if retry.failed(Class::Transient, &last).await.is_err() {
-                tracing::warn!(cause = %last, tries, "drain: the ended poll could not be asked again within the deadline; what SQS handed it returns when its visibility times out");
-                return Err(last);
+                |e: &SqsError| match e.class {
+                    Class::Transient => Class::Transient,
+                    _ => Class::Request,
+                },
+            )
+            .await;
+        match recovered {
+            Ok(messages) => {
+                tracing::info!(
+                    recovered = messages.len(),
+                    attempt_id,
+                    "drain: the poll in flight was ended; asked again with its attempt id"
+                );
+                Ok(messages)
+            }
+            Err(gave_up) => {
+                let tries = gave_up.attempts;
+                let last = gave_up
+                    .last
+                    .unwrap_or_else(|| SqsError::no_answer("ReceiveMessage", RECOVER_ATTEMPT));
+                if last.class == Class::Transient {
+                    tracing::warn!(cause = %last, tries, "drain: the ended poll could not be asked again within the deadline; what SQS handed it returns when its visibility times out");
+                }
+                Err(last)
             }
         }
     }
