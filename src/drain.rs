@@ -180,7 +180,7 @@ impl Drain<'_> {
     /// Stop taking work by the trigger's deadline, say so, and count the drain.
     fn begin(&self, trigger: &Trigger, started: Instant) -> Instant {
         let deadline = deadline_for(self.cfg, trigger, started, OffsetDateTime::now_utc());
-        self.dispatcher.health().set_ready(false);
+        self.dispatcher.admission().set_ready(false);
         counter!(DRAINS, "trigger" => trigger.label()).increment(1);
         let (groups, messages) = self.dispatcher.held();
         // From here on no held message starts: what has not started waits only to be released.

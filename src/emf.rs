@@ -5,7 +5,7 @@
 //!
 //! Hand-built with `serde_json` from the figures of the one metrics recorder ([`crate::telemetry::snapshot()`]:
 //! read, never changed), so EMF and `/metrics` report the same counts. Readiness comes from
-//! [`crate::health::Health`], whose state it is.
+//! [`crate::admission::Admission`], whose state it is.
 //!
 //! Why not `metrics_cloudwatch_embedded` (0.10, Apache-2.0, EMF from the `metrics` crate): tried in a scratch
 //! build beside our recorder. Its only constructor, `Builder::init`, installs it as the process's global
@@ -48,8 +48,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::drain::{DrainReport, HookOutcome};
-use crate::health::Health;
 use crate::instance::InstanceId;
 use crate::telemetry::{self, Snapshot};
 
@@ -211,11 +211,11 @@ pub struct Gauges {
 
 impl Gauges {
     /// The held counts from a snapshot, readiness from its owner.
-    pub fn read(s: &Snapshot, health: &Health) -> Gauges {
+    pub fn read(s: &Snapshot, admission: &Admission) -> Gauges {
         Gauges {
             messages_held: s.value(telemetry::MESSAGES_IN_FLIGHT, &[]) as u64,
             groups_held: s.value(telemetry::GROUPS_IN_FLIGHT, &[]) as u64,
-            ready: health.ready(),
+            ready: admission.ready(),
         }
     }
 }
@@ -360,7 +360,7 @@ pub struct Emitter {
     /// Named in every record (the id once known, the fallback until then).
     instance_id: Arc<InstanceId>,
     /// Readiness, for the `Ready` gauge.
-    health: Arc<Health>,
+    admission: Arc<Admission>,
     last: Mutex<(Counters, std::time::Instant)>,
 }
 
@@ -369,13 +369,13 @@ impl Emitter {
         namespace: &str,
         queue_url: &str,
         instance_id: Arc<InstanceId>,
-        health: Arc<Health>,
+        admission: Arc<Admission>,
     ) -> Arc<Emitter> {
         Arc::new(Emitter {
             namespace: namespace.to_string(),
             queue_name: queue_name(queue_url),
             instance_id,
-            health,
+            admission,
             last: Mutex::new((
                 Counters::read(&telemetry::snapshot()),
                 std::time::Instant::now(),
@@ -402,7 +402,7 @@ impl Emitter {
             last.1.elapsed(),
             &last.0,
             &cur,
-            &Gauges::read(&snapshot, &self.health),
+            &Gauges::read(&snapshot, &self.admission),
         );
         *last = (cur, std::time::Instant::now());
         write(&record);
@@ -599,11 +599,11 @@ mod tests {
                 latency_sum_s: 0.75,
             }
         );
-        let health = Health::default();
-        assert!(!Gauges::read(&s, &health).ready);
-        health.set_ready(true);
+        let admission = Admission::default();
+        assert!(!Gauges::read(&s, &admission).ready);
+        admission.set_ready(true);
         assert_eq!(
-            Gauges::read(&s, &health),
+            Gauges::read(&s, &admission),
             Gauges {
                 messages_held: 7,
                 groups_held: 2,

@@ -10,13 +10,13 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
+use crate::admission::Admission;
 use crate::telemetry;
 
 /// Serve `/metrics`, `/healthz` and `/readyz` until `stop` fires. Returns the bound address (port 0 works).
 pub async fn serve(
     addr: SocketAddr,
-    health: Arc<Health>,
+    admission: Arc<Admission>,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -25,7 +25,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(health);
+        .with_state(admission);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -37,18 +37,18 @@ pub async fn serve(
     Ok(bound)
 }
 
-/// The exposition, with `order_worker_ready` read from [`Health`] at this instant: readiness is the drain's
+/// The exposition, with `order_worker_ready` read from [`Admission`] at this instant: readiness is the drain's
 /// state, the gauge only shows it.
-async fn metrics(State(health): State<Arc<Health>>) -> String {
-    metrics::gauge!(telemetry::READY).set(if health.ready() { 1.0 } else { 0.0 });
+async fn metrics(State(admission): State<Arc<Admission>>) -> String {
+    metrics::gauge!(telemetry::READY).set(if admission.ready() { 1.0 } else { 0.0 });
     telemetry::render()
 }
 
-async fn readyz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
-    if health.ready() {
+async fn readyz(State(admission): State<Arc<Admission>>) -> (StatusCode, String) {
+    if admission.ready() {
         return (StatusCode::OK, "ready\n".into());
     }
-    let blockers = health.blockers();
+    let blockers = admission.blockers();
     if blockers.is_empty() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -6,7 +6,7 @@
 //! - [`aws`]: one AWS configuration for every client.
 //! - [`retry`]: the one retry vocabulary: error classes (transient, throttled, this request, account-wide),
 //!   the backoff, and the budget every AWS call runs under (until it works, or a drain's deadline).
-//! - [`health`]: readiness (owned by the drain) and the services an account-wide error blocks.
+//! - [`admission`]: readiness (owned by the drain) and the services an account-wide error blocks.
 //! - [`order`]: parse, validate and total one order body (pure).
 //! - [`queue`]: SQS receive / delete / change visibility (knows SQS, nothing about orders).
 //! - [`schema`]: the items in the tables: attribute names, statuses, the record and marker builders.
@@ -25,7 +25,7 @@
 //! - [`drain`]: one drain path for every trigger (signal, interruption, lifecycle) and its report.
 //! - [`telemetry`]: logging, and every metric's name, help and unit (the `metrics` crate, exported by
 //!   `metrics-exporter-prometheus`); `snapshot` reads the figures back for EMF.
-//! - [`http`]: the one port: `/metrics` (the recorder, with readiness read from [`health`]), `/healthz`, `/readyz`.
+//! - [`http`]: the one port: `/metrics` (the recorder, with readiness read from [`admission`]), `/healthz`, `/readyz`.
 //! - [`emf`]: the same figures as CloudWatch Embedded Metric Format records in the JSON log.
 //! - [`repair`]: `order-worker repair`: rebuild a group's row from its records (a dry run by default).
 //! - [`verify`]: the auditor: reads the table and a manifest, reports lost / twice / out-of-order orders.
@@ -33,12 +33,12 @@
 //! Data flows one way: queue -> dispatch -> order -> store -> queue (delete); imds -> drain -> lifecycle.
 //! `main.rs` wires them together.
 
+pub mod admission;
 pub mod aws;
 pub mod config;
 pub mod dispatch;
 pub mod drain;
 pub mod emf;
-pub mod health;
 pub mod http;
 pub mod imds;
 pub mod instance;

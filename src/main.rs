@@ -8,10 +8,10 @@ use clap::Parser;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use order_worker::admission::Admission;
 use order_worker::config::{Cli, Command, Config, LogFormat};
 use order_worker::dispatch::{Control, Dispatcher};
 use order_worker::drain::HookContext;
-use order_worker::health::Health;
 use order_worker::imds::{self, ImdsClient};
 use order_worker::instance::{self, InstanceId};
 use order_worker::queue::Queue;
@@ -62,15 +62,15 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
     let signals = supervisor::signals()?;
     // One try per SDK call: every retry is ours, under a budget (see `retry`).
     let sdk = aws::load(cfg.wait_time, 1).await?;
-    let health = Arc::new(Health::default());
+    let admission = Arc::new(Admission::default());
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let queue = Queue::new(sqs, cfg.queue_url.clone(), health.clone());
+    let queue = Queue::new(sqs, cfg.queue_url.clone(), admission.clone());
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let store = Store::new(ddb, cfg.orders_table.clone(), cfg.groups_table.clone());
     let stop_metrics = CancellationToken::new();
     tokio::spawn(telemetry::upkeep(stop_metrics.clone()));
     if let Some(addr) = cfg.metrics_addr {
-        let bound = order_worker::http::serve(addr, health.clone(), stop_metrics.clone())
+        let bound = order_worker::http::serve(addr, admission.clone(), stop_metrics.clone())
             .await
             .with_context(|| format!("--metrics-addr {addr}: cannot listen"))?;
         tracing::info!(addr = %bound, "metrics on /metrics, /healthz, /readyz");
@@ -111,18 +111,18 @@ async fn run_worker(cfg: Config) -> anyhow::Result<ExitCode> {
         cfg.clone(),
         queue,
         store,
-        health,
+        admission,
         instance_id.clone(),
         Control::default(),
     );
     // EMF records in the JSON log: every --emf-interval, one at exit, one per drain (src/emf.rs).
     let emitter = cfg.emf_interval.map(|every| {
-        let health = dispatcher.health().clone();
+        let admission = dispatcher.admission().clone();
         let e = emf::Emitter::new(
             &cfg.emf_namespace,
             &cfg.queue_url,
             instance_id.clone(),
-            health,
+            admission,
         );
         tokio::spawn(e.clone().run(every, stop_watch.clone()));
         e

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::admission::Admission;
 use crate::aws::{describe, error_code};
-use crate::health::Health;
 use crate::retry::{classify, Budget, Class, Retry};
 use crate::telemetry::request;
 
@@ -104,35 +104,35 @@ pub struct BatchOutcome {
     pub last_error: Option<SqsError>,
 }
 
-/// The queue and the client that talks to it. Every call reports account-wide errors to `health` (and lifts
+/// The queue and the client that talks to it. Every call reports account-wide errors to `admission` (and lifts
 /// the block when SQS answers again), so whichever call meets an IAM mistake first stops new work.
 #[derive(Clone)]
 pub struct Queue {
     client: Client,
     url: String,
-    health: std::sync::Arc<Health>,
+    admission: std::sync::Arc<Admission>,
 }
 
 impl Queue {
-    pub fn new(client: Client, url: String, health: std::sync::Arc<Health>) -> Self {
+    pub fn new(client: Client, url: String, admission: std::sync::Arc<Admission>) -> Self {
         Queue {
             client,
             url,
-            health,
+            admission,
         }
     }
 
-    /// Tell health what a call's outcome says about SQS as a whole.
+    /// Tell admission what a call's outcome says about SQS as a whole.
     fn report<T>(&self, r: &Result<T, SqsError>) {
         match r {
             Ok(_) => {
-                if let Some(b) = self.health.clear("sqs") {
+                if let Some(b) = self.admission.clear("sqs") {
                     tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), "SQS answers again; taking new work");
                 }
             }
             Err(e) if e.class == Class::AccountWide => {
                 if self
-                    .health
+                    .admission
                     .block("sqs", e.code.as_deref().unwrap_or("-"), &e.detail)
                 {
                     tracing::error!(waiting_for = "SQS", code = e.code.as_deref().unwrap_or("-"), operation = e.operation, cause = %e.detail, "SQS refuses this worker (permissions, queue, credentials or KMS): taking no new work, keeping what is held, retrying until it clears");
@@ -227,7 +227,7 @@ impl Queue {
         in_batches(
             handles,
             budget,
-            &self.health_reporter(),
+            &self.admission_reporter(),
             |chunk| async move {
                 let entries = chunk
                     .iter()
@@ -267,7 +267,7 @@ impl Queue {
         in_batches(
             handles,
             budget,
-            &self.health_reporter(),
+            &self.admission_reporter(),
             |chunk| async move {
                 let entries = chunk
                     .iter()
@@ -299,7 +299,7 @@ impl Queue {
 }
 
 impl Queue {
-    fn health_reporter(&self) -> impl Fn(&Result<(), SqsError>) + Sync + '_ {
+    fn admission_reporter(&self) -> impl Fn(&Result<(), SqsError>) + Sync + '_ {
         move |r| self.report(r)
     }
 }

@@ -148,7 +148,7 @@ impl<'a> Supervisor<'a> {
     /// Never waits on AWS before the drain: the supervisor must keep hearing notices and signals whatever SQS
     /// does.
     pub async fn run(mut self, dispatcher: Dispatcher) -> Drained {
-        dispatcher.health().set_ready(true);
+        dispatcher.admission().set_ready(true);
         let mut recover_at: Option<Instant> = None;
         let trigger = loop {
             let recovery = async {
@@ -173,7 +173,7 @@ impl<'a> Supervisor<'a> {
                 _ = recovery => {
                     recover_at = None;
                     dispatcher.set_paused(false);
-                    dispatcher.health().set_ready(true);
+                    dispatcher.admission().set_ready(true);
                     tracing::info!("no interruption followed the rebalance recommendation; taking new work again");
                 }
             }
@@ -198,7 +198,7 @@ impl<'a> Supervisor<'a> {
             return None;
         }
         dispatcher.set_paused(true);
-        dispatcher.health().set_ready(false);
+        dispatcher.admission().set_ready(false);
         if cfg.on_rebalance == RebalancePolicy::Drain {
             dispatcher.release_pending();
         }

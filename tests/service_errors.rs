@@ -58,7 +58,7 @@ async fn an_unknown_4xx_of_a_whole_batch_is_not_an_orders_verdict() {
 /// the delete). Returns the BatchGetItem and BatchExecuteStatement calls the commit made.
 async fn commit_taken(r: &Rig, marked: bool, failed_read: bool) -> (u64, u64) {
     use aws_sdk_dynamodb::types::AttributeValue;
-    use order_worker::health::Health;
+    use order_worker::admission::Admission;
     use order_worker::retry::Budget;
     use order_worker::schema::{Record, Status};
     use order_worker::store::{CommitContext, Run, Store};
@@ -116,12 +116,12 @@ async fn commit_taken(r: &Rig, marked: bool, failed_read: bool) -> (u64, u64) {
         r.fx.orders_table.clone(),
         r.fx.groups_table.clone(),
     );
-    let health = Health::default();
+    let admission = Admission::default();
     let abort = tokio_util::sync::CancellationToken::new();
     let ctx = CommitContext {
         budget: Budget::UntilItWorks,
         abort: &abort,
-        health: &health,
+        admission: &admission,
     };
     // A message below the row's claimed entries (recorded before): settled with no write; the row is cached.
     let warm = Run {

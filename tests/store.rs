@@ -362,7 +362,7 @@ async fn a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another(eng
     // The store itself, on a real engine: two groups' runs in one commit. Group "slow"'s order is already
     // recorded by another message (its insert finds the key, reads it, then writes a marker: three calls more);
     // group "fast" is done after the first round of inserts and must be answered then, alone.
-    use order_worker::health::Health;
+    use order_worker::admission::Admission;
     use order_worker::retry::Budget;
     use order_worker::schema::{Record, Status};
     use order_worker::store::{CommitContext, Run, Store};
@@ -411,12 +411,12 @@ async fn a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another(eng
         fx.orders_table.clone(),
         fx.groups_table.clone(),
     );
-    let health = Health::default();
+    let admission = Admission::default();
     let abort = tokio_util::sync::CancellationToken::new();
     let ctx = CommitContext {
         budget: Budget::UntilItWorks,
         abort: &abort,
-        health: &health,
+        admission: &admission,
     };
     let mut answers: Vec<Vec<(usize, usize)>> = Vec::new();
     store

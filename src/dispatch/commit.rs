@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::held::SharedHeld;
 use super::SharedBudget;
-use crate::health::Health;
+use crate::admission::Admission;
 use crate::queue::Queue;
 use crate::store::{Applied, CommitContext, Run, RunOutcome, Store, MAX_ACTIONS};
 use crate::telemetry::{DELETE_FAILURES, ORDERS, ORDER_LATENCY};
@@ -143,7 +143,7 @@ pub(super) struct Flights {
     pub(super) queue: Queue,
     pub(super) budget: SharedBudget,
     pub(super) abort: CancellationToken,
-    pub(super) health: Arc<Health>,
+    pub(super) admission: Arc<Admission>,
     /// Commits and deletes in flight: the drain waits for them.
     pub(super) tracker: TaskTracker,
     /// Orders committed since start.
@@ -158,7 +158,7 @@ impl Flights {
         let ctx = CommitContext {
             budget: self.budget.get(),
             abort: &self.abort,
-            health: &self.health,
+            admission: &self.admission,
         };
         let mut batch: Vec<Option<Request>> = batch.into_iter().map(Some).collect();
         self.store

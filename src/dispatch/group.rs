@@ -259,7 +259,7 @@ mod tests {
                 queue: queue.clone(),
                 budget: budget.clone(),
                 abort: CancellationToken::new(),
-                health: Arc::default(),
+                admission: Arc::default(),
                 tracker: TaskTracker::new(),
                 finished: Arc::default(),
             })

@@ -48,8 +48,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::config::Config;
-use crate::health::Health;
 use crate::instance::InstanceId;
 use crate::queue::Queue;
 use crate::retry::Budget;
@@ -112,7 +112,7 @@ impl SharedBudget {
 #[derive(Clone)]
 pub struct Dispatcher {
     control: Control,
-    health: Arc<Health>,
+    admission: Arc<Admission>,
     /// The held messages, shared with every loop.
     held: SharedHeld,
     /// Releases (each after any visibility extension in flight), and the count of what they released.
@@ -149,7 +149,7 @@ impl Dispatcher {
         cfg: Config,
         queue: Queue,
         store: Arc<Store>,
-        health: Arc<Health>,
+        admission: Arc<Admission>,
         instance_id: Arc<InstanceId>,
         control: Control,
     ) -> Self {
@@ -169,7 +169,7 @@ impl Dispatcher {
             queue: queue.clone(),
             budget: budget.clone(),
             abort: control.abort.clone(),
-            health: health.clone(),
+            admission: admission.clone(),
             tracker: tasks.flights.clone(),
             finished: finished.clone(),
         });
@@ -193,7 +193,7 @@ impl Dispatcher {
             held: held.clone(),
             groups,
             releaser: releaser.clone(),
-            health: health.clone(),
+            admission: admission.clone(),
             stop: control.stop_receiving.clone(),
             abort: control.abort.clone(),
             paused: paused_rx,
@@ -219,7 +219,7 @@ impl Dispatcher {
         tasks.loops.close();
         Dispatcher {
             control,
-            health,
+            admission,
             held,
             releaser,
             budget,
@@ -235,8 +235,8 @@ impl Dispatcher {
         &self.control
     }
 
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// Pause or resume receiving (the soft rebalance policy). Held groups keep being served.
@@ -359,7 +359,7 @@ pub(crate) fn idle_queue() -> Queue {
     Queue::new(
         aws_sdk_sqs::Client::from_conf(conf),
         "http://localhost:1/q.fifo".into(),
-        Arc::new(Health::default()),
+        Arc::new(Admission::default()),
     )
 }
 

@@ -12,7 +12,7 @@ use super::group::Groups;
 use super::held::{Refuse, SharedHeld};
 use super::visibility::Releaser;
 use super::SharedBudget;
-use crate::health::Health;
+use crate::admission::Admission;
 use crate::queue::{new_attempt_id, Queue, Received, SqsError};
 use crate::retry::{Class, Retry};
 
@@ -72,7 +72,7 @@ pub(super) struct ReceiveLoop {
     /// Releases what a poll brings that may not be taken in.
     pub(super) releaser: Releaser,
     /// Account-wide errors: no poll while one blocks (but a probe now and then).
-    pub(super) health: Arc<Health>,
+    pub(super) admission: Arc<Admission>,
     /// Receiving stops for good (a drain).
     pub(super) stop: CancellationToken,
     /// The drain's deadline passed: the recovery of an ended poll stops.
@@ -146,7 +146,7 @@ impl ReceiveLoop {
             r = async {
                 self.paused.wait_for(|p| !*p).await.map(|_| ())?;
                 held_rx.wait_for(|n| *n < max_groups).await.map(|_| ())?;
-                let _ = tokio::time::timeout(BLOCKED_PROBE, self.health.wait_unblocked()).await;
+                let _ = tokio::time::timeout(BLOCKED_PROBE, self.admission.wait_unblocked()).await;
                 Ok::<(), watch::error::RecvError>(())
             } => r.is_ok(),
         }

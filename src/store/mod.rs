@@ -33,7 +33,7 @@ use futures_util::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::Health;
+use crate::admission::Admission;
 use crate::retry::{Budget, Class, Pace, Retry};
 pub use crate::schema::Record;
 use crate::schema::{Item, Status};
@@ -93,7 +93,7 @@ pub enum StoreError {
 pub struct CommitContext<'a> {
     pub budget: Budget,
     pub abort: &'a CancellationToken,
-    pub health: &'a Health,
+    pub admission: &'a Admission,
 }
 
 /// What became of one run: its settled prefix, and why the rest is not settled (if it is not).
@@ -651,13 +651,13 @@ impl Store {
         {
             return;
         }
-        if let Some(b) = ctx.health.clear("dynamodb") {
+        if let Some(b) = ctx.admission.clear("dynamodb") {
             tracing::warn!(code = %b.code, blocked_s = b.since.elapsed().as_secs(), operation, "DynamoDB answers again; taking new work");
         }
     }
 
     /// Wait before retrying a failure, within the budget and the abort (the driver says what we wait for,
-    /// without flooding the log). Account-wide failures block new work (see [`crate::health`]).
+    /// without flooding the log). Account-wide failures block new work (see [`crate::admission`]).
     async fn wait(
         &self,
         waits: &mut Retry<'_>,
@@ -670,7 +670,7 @@ impl Store {
                 .expect("block lock")
                 .blocked(f.operation);
             if ctx
-                .health
+                .admission
                 .block("dynamodb", f.code.as_deref().unwrap_or("-"), &f.detail)
             {
                 tracing::error!(waiting_for = "DynamoDB", code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refuses every write (permissions, table, credentials or KMS): taking no new work, keeping what is held, retrying until it clears");
@@ -750,7 +750,7 @@ fn whole_call(f: &Failure, statements: usize) -> WholeCall {
 }
 
 /// Which operations an account-wide error blocks: each operation that met one, until that operation answers
-/// again. The health block is lifted only when none is left.
+/// again. The admission block is lifted only when none is left.
 #[derive(Debug, Default)]
 struct BlockedBy(Vec<&'static str>);
 

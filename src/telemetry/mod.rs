@@ -62,7 +62,7 @@ pub const BLOCKED: &str = "order_worker_blocked";
 pub const GROUPS_IN_FLIGHT: &str = "order_worker_groups_in_flight";
 /// Messages held.
 pub const MESSAGES_IN_FLIGHT: &str = "order_worker_messages_in_flight";
-/// 1 while taking new work: set from [`crate::health::Health`] when exported, never kept here.
+/// 1 while taking new work: set from [`crate::admission::Admission`] when exported, never kept here.
 pub const READY: &str = "order_worker_ready";
 /// Duration of the last drain.
 pub const LAST_DRAIN_SECONDS: &str = "order_worker_last_drain_seconds";

@@ -24,7 +24,7 @@ pub struct Blocker {
 
 /// Shared by the engine, the drain and the HTTP endpoint.
 #[derive(Debug)]
-pub struct Health {
+pub struct Admission {
     /// Taking work, as the drain and the rebalance policy decide (false while draining or paused).
     ready: AtomicBool,
     blocked: Mutex<BTreeMap<&'static str, Blocker>>,
@@ -32,9 +32,9 @@ pub struct Health {
     changed: watch::Sender<u64>,
 }
 
-impl Default for Health {
+impl Default for Admission {
     fn default() -> Self {
-        Health {
+        Admission {
             ready: AtomicBool::new(false),
             blocked: Mutex::new(BTreeMap::new()),
             changed: watch::channel(0).0,
@@ -42,7 +42,7 @@ impl Default for Health {
     }
 }
 
-impl Health {
+impl Admission {
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -53,14 +53,14 @@ impl Health {
     }
 
     pub fn is_blocked(&self) -> bool {
-        !self.blocked.lock().expect("health lock").is_empty()
+        !self.blocked.lock().expect("admission lock").is_empty()
     }
 
     /// The blocked services and why, for logs and `/readyz`.
     pub fn blockers(&self) -> Vec<(&'static str, Blocker)> {
         self.blocked
             .lock()
-            .expect("health lock")
+            .expect("admission lock")
             .iter()
             .map(|(s, b)| (*s, b.clone()))
             .collect()
@@ -68,7 +68,7 @@ impl Health {
 
     /// An account-wide error from `service`. Returns true when this newly blocks it (log loudly then).
     pub fn block(&self, service: &'static str, code: &str, detail: &str) -> bool {
-        let mut b = self.blocked.lock().expect("health lock");
+        let mut b = self.blocked.lock().expect("admission lock");
         if b.contains_key(service) {
             return false;
         }
@@ -88,7 +88,7 @@ impl Health {
 
     /// A call to `service` succeeded. Returns the block it lifts, if any.
     pub fn clear(&self, service: &'static str) -> Option<Blocker> {
-        let lifted = self.blocked.lock().expect("health lock").remove(service);
+        let lifted = self.blocked.lock().expect("admission lock").remove(service);
         if lifted.is_some() {
             metrics::gauge!(crate::telemetry::BLOCKED, "service" => service).decrement(1.0);
             self.changed.send_modify(|n| *n += 1);
@@ -115,7 +115,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_block_makes_the_worker_unready_until_the_service_answers() {
-        let h = Arc::new(Health::default());
+        let h = Arc::new(Admission::default());
         h.set_ready(true);
         assert!(h.ready());
         assert!(h.block("dynamodb", "AccessDeniedException", "denied"));
