@@ -23,7 +23,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
 use crate::schema::{self, Item};
-use crate::store::claim::{parse_seq, Seq};
+use crate::store::protocol::{parse_seq, Seq};
 
 /// Most SequenceNumbers a rebuilt row names: more than any run a worker holds (16) times the runs it may have
 /// committed and not yet deleted.

@@ -395,7 +395,7 @@ impl<'a> Retry<'a> {
         self
     }
 
-    /// What the throttled log line says instead of "<what> failed; retrying".
+    /// What the throttled log line says instead of "`<what>`: failed; retrying".
     pub fn says(mut self, message: &'static str) -> Self {
         self.says = Some(message);
         self

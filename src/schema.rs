@@ -28,10 +28,10 @@ pub const MARKER_OF: &str = "MarkerOf";
 pub const GROUP_KEY: &str = "MessageGroupId";
 /// The last position handed out in the group.
 pub const LAST_POSITION: &str = "LastPosition";
-/// The SequenceNumbers (strings) of the last positions handed out, see [`crate::store::claim`].
+/// The SequenceNumbers (strings) of the last positions handed out, see [`crate::store::protocol`].
 pub const CLAIMED: &str = "Claimed";
 pub const UPDATED_AT: &str = "UpdatedAt";
-/// Which store protocol wrote the row (N). See [`crate::store::claim`], "The protocol fence".
+/// Which store protocol wrote the row (N). See [`crate::store::protocol`], "The protocol fence".
 pub const PROTOCOL: &str = "Protocol";
 /// The store protocol this build speaks: claims by SequenceNumber (`LastPosition` and `Claimed`). Rows it
 /// writes carry `Protocol: 2` and `LastPosition` as a string of digits (S), which no earlier build's

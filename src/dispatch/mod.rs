@@ -31,7 +31,7 @@
 //! drain (take nothing new, release what has not started) and abort (the deadline passed: abandon in-flight
 //! runs and release them). An abandoned run may leave a claim whose records are not all written: its messages
 //! are not deleted, so whoever receives them next writes them at the positions the claim gave them (see
-//! [`crate::store::claim`]); nothing is applied twice and no position stays empty.
+//! [`crate::store::protocol`]); nothing is applied twice and no position stays empty.
 
 mod commit;
 mod group;

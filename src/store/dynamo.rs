@@ -17,7 +17,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use tokio::time::Instant;
 
-use super::claim::{parse_seq, Claim, ClaimAnswer, Existing, GroupRow};
+use super::protocol::{parse_seq, Claim, ClaimAnswer, Existing, GroupRow};
 use super::{CommitContext, Record};
 use crate::aws::{describe, error_code};
 use crate::retry::{Class, Pace, Retry, Stop};

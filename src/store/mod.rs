@@ -2,7 +2,7 @@
 //! beyond a message's SequenceNumber.
 //!
 //! A run of a group's messages is committed by a **claim** on the group's row, then plain inserts of the
-//! records: the protocol and the argument that it keeps every guarantee are in [`claim`] (pure, with unit
+//! records: the protocol and the argument that it keeps every guarantee are in [`protocol`] (pure, with unit
 //! tests and a randomized model in `model.rs`); this module carries its steps out on DynamoDB:
 //! - claims are conditional `UpdateItem`s with `ReturnValuesOnConditionCheckFailure: ALL_OLD`, one per run,
 //!   the runs of several groups at once; a failed condition brings the row back, so a stale cache costs
@@ -10,7 +10,7 @@
 //! - records go out as PartiQL `INSERT`s in `BatchExecuteStatement`s of up to 25, the runs of several groups
 //!   together, each statement with its own answer; an insert that finds its key taken reads the item
 //!   (neither engine returns it with the error) and the protocol decides: done, or a marker;
-//! - each group's row is cached across holds (positions read from an old row stay right; see [`claim`]).
+//! - each group's row is cached across holds (positions read from an old row stay right; see [`protocol`]).
 //!
 //! A commit goes in rounds (`Store::rounds`): `plan` takes each run's next step, `send` sends the round's
 //! claims and inserts together, `settle_claims` / `per_statement` / `settle_writes` give each run its answers,
@@ -20,10 +20,10 @@
 //! Costs (on-demand): one write unit per record, one per run's claim (a row under 1 KB), one per failed claim
 //! (AWS bills a failed condition), one read unit per existing item read back.
 
-pub mod claim;
 mod dynamo;
 #[cfg(test)]
 mod model;
+pub mod protocol;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -37,11 +37,11 @@ use crate::admission::Admission;
 use crate::retry::{Budget, Class, Pace, Retry};
 pub use crate::schema::Record;
 use crate::schema::{Item, Status};
-use claim::{
-    parse_seq, Claim, GroupRow, MarkerKind, Msg, RunProtocol, Settled, Step, Write, WriteAnswer,
-};
 use dynamo::{ClaimResult, Failure, InsertResult};
 pub use dynamo::{TableError, ATTEMPT_TIMEOUT};
+use protocol::{
+    parse_seq, Claim, GroupRow, MarkerKind, Msg, RunProtocol, Settled, Step, Write, WriteAnswer,
+};
 
 /// Most records (plus one per run) one commit takes: four `BatchExecuteStatement`s.
 pub const MAX_ACTIONS: usize = 100;
@@ -465,7 +465,7 @@ impl Store {
             match r {
                 ClaimResult::Answer(answer) => {
                     self.answered(ctx, "UpdateItem");
-                    if matches!(answer, claim::ClaimAnswer::Stale(_)) {
+                    if matches!(answer, protocol::ClaimAnswer::Stale(_)) {
                         a.stale_claims += 1;
                         sent.contention = sent.contention.max(a.stale_claims);
                     } else {
@@ -485,7 +485,7 @@ impl Store {
                     if f.class == Class::Request {
                         a.error = Some(StoreError::Permanent(f.detail.clone()));
                     } else {
-                        a.protocol.claimed(c, claim::ClaimAnswer::Unknown);
+                        a.protocol.claimed(c, protocol::ClaimAnswer::Unknown);
                         sent.failure.get_or_insert(f);
                     }
                 }
@@ -632,7 +632,7 @@ impl Store {
                 };
                 crate::schema::marker_item(
                     r,
-                    &claim::marker_key(*kind, &r.sqs_message_id),
+                    &protocol::marker_key(*kind, &r.sqs_message_id),
                     status,
                     *position,
                 )

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::claim::*;
+use super::protocol::*;
 
 #[derive(Debug, Clone)]
 struct QMsg {
