@@ -25,7 +25,6 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from runs import PROCS, Baseline, BenchError, Emulator, Fixture, Worker, audit_baseline, stop_all, verify_worker_run
 
 from harness import REPO, http_json, parse_time, sim, tail, wait_for

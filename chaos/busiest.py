@@ -25,9 +25,7 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import sim_status, utc_now
 from harness.metrics import metric_sum, scrape
 

@@ -18,9 +18,7 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import DYNAMODB_BACKENDS, LocalRegion, http_json, log, sim_status
 from harness.gate import denial_text
 

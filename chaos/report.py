@@ -25,7 +25,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `harness`
 from runreport.audit import problems
 from runreport.inputs import emf_figures, instance_story, read_jsonl, scan_table
 from runreport.model import applied_per_instance, attribute_unknown_workers, handover, interrupted_instances

@@ -59,10 +59,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-# The repository root for `harness` (soakrun, in this script's folder, imports it too); the imports follow.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import DYNAMODB_BACKENDS, target_dir
 from soakrun.faults import FAULT_KINDS
 from soakrun.run import run

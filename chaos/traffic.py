@@ -26,14 +26,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repository root: `harness`
-sys.path.insert(0, str(HERE))  # chaos/: `trafficrun`, `soakrun`
-
-from trafficrun import shape  # noqa: E402
-from trafficrun.run import run  # noqa: E402
+from trafficrun import shape
+from trafficrun.run import run
 
 
 def main() -> int:

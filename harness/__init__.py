@@ -1,6 +1,6 @@
 """The Python harness for the local region, shared by the chaos soak, the demo's report, the benchmark and the
-shell scripts. Importable from chaos/ and bench/ (each entry point puts the repository root on sys.path; there
-is nothing to install, so every clone and worktree uses its own copy).
+shell scripts. Importable by name from the project's .venv (scripts/bootstrap installs ../pyproject.toml into it,
+editable: every clone and worktree, with its own .venv, uses its own copy).
 
 # Layout
 - `paths`: the repository, the binaries ($ORDER_WORKER_BIN / $SPOT_SIM_BIN), the virtual environment's tools.

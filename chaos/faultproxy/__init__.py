@@ -7,6 +7,6 @@
 - `http1`: HTTP/1.1 framing: requests and responses read whole (`Stream`, `Message`, `read_request`, ...).
 - `server`: the proxy (`Proxy`: whole-endpoint faults, rules, the data path, the control port) and `serve`.
 
-Standard library only: the Rust tests start chaos/proxy.py with any python3 (tests/common/proxy.rs).
+Standard library only: the Rust tests start chaos/proxy.py with any python3 (tests/it/common/proxy.rs).
 chaos/tests/ has the unit tests of `rules` and `aws`.
 """

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import prices
 from harness import LocalRegion, binary, log, parse_time, scaling, terraform_defaults
 from harness.sim import events
 from soakrun import checks
@@ -20,8 +21,6 @@ from soakrun.planted import plant_bug
 
 from . import chart, figures, shape
 from .text import render
-
-PRICES_DIR = Path(__file__).resolve().parents[2] / "terraform" / "tools"
 
 
 class TrafficRegion(LocalRegion):
@@ -329,11 +328,6 @@ def run(a: argparse.Namespace) -> int:
     fleet["backlog_clear_minute"] = (backlog_clear - t0) / scale / 60
     times = [s["t"] for s in sampler.samples]
     ages = figures.oldest_age_series(producer.sent_at, processed, times)
-    import sys
-
-    sys.path.insert(0, str(PRICES_DIR))
-    import prices
-
     itype = scaling.instance_types()[0]
     spot_h, od_h = prices.spot_hourly(itype), prices.on_demand_hourly(itype)
     hours, fixed_hours = fleet["instance_minutes"] / 60, fleet["fixed_fleet_instance_minutes"] / 60

@@ -304,14 +304,11 @@ def test_worker_policy_is_exact(tf):
 def test_every_template_value_is_given_by_terraform(tf):
     """The templates' placeholders are exactly the names Terraform passes (local.policy_values), and the local
     region's renderer gives the same names (chaos/iamgate/stack.py): one copy of each document."""
-    import sys
-
     given = set(tf.locals["policy_values"])
     used = set()
     for path in (tf.dir / "policies").glob("*.json.tftpl"):
         used |= set(re.findall(r"\$\{(\w+)\}", path.read_text()))
     assert used <= given, f"placeholders Terraform does not give: {sorted(used - given)}"
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "chaos"))
     from iamgate.stack import Stack
 
     local = set(Stack(queue_name="q.fifo", orders_table="o", groups_table="g").values())

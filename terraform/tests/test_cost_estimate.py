@@ -17,9 +17,10 @@ SCRIPT = TF_DIR / "tools" / "cost-estimate.py"
 
 
 def run(*args):
-    # -I -S: no site-packages, no user site, no PYTHON* variables: the standard library only.
+    # -E -s -S: no PYTHON* variables, no user site, no site-packages (not the .venv's editable install either):
+    # the standard library and prices.py beside the script (a script's folder is sys.path[0]; -I would drop it).
     result = subprocess.run(
-        [sys.executable, "-I", "-S", str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=60
+        [sys.executable, "-E", "-s", "-S", str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

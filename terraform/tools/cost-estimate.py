@@ -22,10 +22,10 @@ import re
 import sys
 from pathlib import Path
 
+from prices import PRICES, REGION, on_demand_hourly, price  # beside this script: its folder is sys.path[0]
+
 HERE = Path(__file__).resolve().parent
 TF_DIR = HERE.parent
-sys.path.insert(0, str(HERE))
-from prices import PRICES, REGION, on_demand_hourly, price  # noqa: E402
 
 HOURS_PER_MONTH = 730  # AWS's pricing pages use 730 hours a month
 MB = 1_000_000

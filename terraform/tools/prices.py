@@ -1,9 +1,9 @@
 """AWS list prices the project's cost estimates use, in one place (us-east-1, USD).
 
-terraform/tools/cost-estimate.py prices the Terraform defaults with them; the benchmark's cost table can
-import the same figures instead of writing its own:
+terraform/tools/cost-estimate.py prices the Terraform defaults with them, and the traffic run its compute; the
+benchmark's cost table reads the same figures instead of writing its own. In the project's .venv (scripts/bootstrap
+installs ../../pyproject.toml) it is the top-level module `prices`:
 
-    import sys; sys.path.insert(0, str(REPO / "terraform" / "tools"))
     from prices import PRICES, price
     PRICES["dynamodb_write_unit"].usd      # 0.625 (per million write request units)
     price("sqs_fifo_request")               # the same as PRICES[...].usd

@@ -1,10 +1,8 @@
 //! Real worker processes: endpoints in the environment, SIGTERM on termination, replacements, no orphans.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn alive(pid: u64) -> bool {

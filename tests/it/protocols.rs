@@ -8,16 +8,14 @@
 //! of its group behind it); one whose record condition alone failed is a duplicate (deleted). It writes every
 //! attribute the real one did that verify reads. The newer build is the real `order-worker`.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
-use common::*;
 use order_worker::verify::Sent;
 
 /// What the transactional worker did with one message.
@@ -410,7 +408,7 @@ async fn a_run_claimed_by_a_killed_worker_is_not_overwritten_by_the_transactiona
     // build writes the run at its claimed positions.
     let emu = Emulator::start("fence-killed").await;
     let fx = Arc::new(Fixture::new(&emu, "fence-killed").await);
-    let proxy = common::proxy::FaultProxy::start("fence-killed", &emu.endpoint).await;
+    let proxy = crate::common::proxy::FaultProxy::start("fence-killed", &emu.endpoint).await;
     let via = fx.through(proxy.url());
     let g = "cust-killed";
     let orders = ids("k", 5);

@@ -1,11 +1,9 @@
 //! Spot interruptions and the lifecycle hook, against spot-sim (metadata + Auto Scaling) and the emulator.
 
-mod common;
-
 use std::time::Duration;
 
-use common::proxy::FaultProxy;
-use common::*;
+use crate::common::proxy::FaultProxy;
+use crate::common::*;
 
 /// The emulator's queue and tables, reached by the workers through the fault proxy with no rules: the local
 /// region's SQS honours ReceiveRequestAttemptId and ends a poll whose caller hung up, as SQS does (a drain ends

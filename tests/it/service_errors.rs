@@ -3,12 +3,10 @@
 //! a whole `BatchExecuteStatement` refused with a 4xx the worker does not know is waited out, never recorded as
 //! the order's REJECTED verdict (it was, with one statement in the batch).
 
-mod common;
-
 use std::time::Duration;
 
-use common::proxy::{rig, Rig};
-use common::*;
+use crate::common::proxy::{rig, Rig};
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,8 @@
 //! IMDSv2 as a Spot instance sees it: token rules, notices, target lifecycle state, tags, faults.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const SPOT: &str = "/latest/meta-data/spot/instance-action";

@@ -1,5 +1,4 @@
 //! Shared test harness: each test starts its own spot-sim binary on port 0 and talks to it over HTTP.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -2,16 +2,14 @@
 //! which makes one service and one operation fail the way AWS fails (error shapes, stalls, resets).
 //! Each test is one observed failure of the guarantees; it failed before the engine was reworked.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 
-use common::proxy::rig;
-use common::*;
+use crate::common::proxy::rig;
+use crate::common::*;
 
 /// A `key=value` field of the worker's `drain complete` line.
 fn drain_field(log: &str, key: &str) -> String {

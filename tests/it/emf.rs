@@ -1,11 +1,9 @@
 //! The worker's CloudWatch Embedded Metric Format records, read from its real JSON log after a run against
 //! the emulator, checked against the format's rules, and against what the worker really did.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// CloudWatch's unit names (the EMF specification's list).

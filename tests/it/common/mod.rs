@@ -1,11 +1,9 @@
 //! Test harness: real servers on 127.0.0.1 and the real binaries. Every test gets its own emulator on its own
 //! port, its own queue and tables, and its own worker processes; everything is stopped on drop.
-#![allow(dead_code)]
 
 pub mod dynamodb_local;
 pub mod proxy;
 
-#[allow(unused_imports)]
 pub use dynamodb_local::{DynamoLocal, Engine, Region};
 
 use std::collections::HashMap;
@@ -68,10 +66,6 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
@@ -131,9 +125,7 @@ pub fn spawn_logged(mut cmd: Command, log: &Path) -> Proc {
 /// Terraform deploys (terraform/policies/), as its principal, before ministack sees it. `endpoint` is the gate's.
 pub struct Emulator {
     pub endpoint: String,
-    pub port: u16,
     /// ministack itself, behind the gate.
-    pub raw_endpoint: String,
     proc: Proc,
     pub gate: proxy::FaultProxy,
     test: String,
@@ -220,8 +212,6 @@ impl Emulator {
         .await;
         let emu = Emulator {
             endpoint: gate.url().to_owned(),
-            port,
-            raw_endpoint,
             proc,
             gate,
             test: test.to_owned(),
@@ -796,7 +786,8 @@ pub fn spot_sim_bin() -> PathBuf {
 /// A running spot-sim: the local Spot region (metadata, Auto Scaling, FIS).
 pub struct Sim {
     pub api: String,
-    pub proc: Proc,
+    /// spot-sim itself, stopped when the `Sim` is dropped.
+    _proc: Proc,
     http: reqwest::Client,
 }
 
@@ -830,7 +821,7 @@ impl Sim {
         .await;
         Sim {
             api,
-            proc,
+            _proc: proc,
             http: reqwest::Client::new(),
         }
     }

@@ -4,14 +4,12 @@
 //! and their planted states are in `src/verify.rs`; this shows the binary reads the table the way the audit
 //! expects (every attribute it judges by).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::*;
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::*;
 
 /// One item as the worker writes it (the attributes verify reads).
 struct It {

@@ -1,12 +1,10 @@
 //! The Auto Scaling lifecycle through the real aws-sdk-autoscaling client.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use aws_sdk_autoscaling::types::LifecycleState;
-use common::*;
 use serde_json::json;
 
 /// The code of a refused call.

@@ -2,12 +2,10 @@
 //! engine). SQS stays on ministack; the real worker commits through claims and PartiQL inserts, and the
 //! table is audited. Each test runs once per engine.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::*;
 
 /// One test per engine, named `<test>::ministack` and `<test>::dynamodb_local`.
 macro_rules! on_both_engines {

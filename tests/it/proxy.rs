@@ -2,8 +2,6 @@
 //! failure does (the same error code, the same retry classification, the same transport error), for exactly
 //! the service and operation a rule names.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
@@ -11,8 +9,8 @@ use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use serde_json::json;
 
-use common::proxy::FaultProxy;
-use common::*;
+use crate::common::proxy::FaultProxy;
+use crate::common::*;
 
 /// One test's emulator, the proxy in front of it, and a fixture whose own clients talk to the emulator directly
 /// (setup and checks are not under test).
@@ -133,7 +131,7 @@ async fn put(
 }
 
 /// A conditional Put in a transaction with a ClientRequestToken: an idempotent write whose replay shows whether a
-/// lost answer's request was applied (the worker's own writes are claims and PartiQL inserts; see tests/faults.rs).
+/// lost answer's request was applied (the worker's own writes are claims and PartiQL inserts; see faults.rs).
 async fn transact(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,

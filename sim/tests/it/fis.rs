@@ -1,10 +1,8 @@
 //! FIS over raw REST-JSON: templates, experiments, target selection and the timing of the interruption.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 fn template(target: Value, duration: &str) -> Value {

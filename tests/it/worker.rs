@@ -1,10 +1,8 @@
 //! The worker against the real emulator: exactly once, in exact order, nothing lost.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_orders_over_five_groups_applied_once_in_send_order() {
@@ -137,8 +135,8 @@ async fn malformed_and_hostile_bodies_are_rejected_without_blocking_their_group(
 async fn sigterm_finishes_in_flight_and_releases_held_messages_at_once() {
     let emu = Emulator::start("sigterm").await;
     // Through the fault proxy: the local region's SQS ends a poll whose caller hung up and honours
-    // ReceiveRequestAttemptId, as SQS does; the drain ends its poll and asks again (see tests/spot.rs).
-    let proxy = common::proxy::FaultProxy::start("sigterm", &emu.endpoint).await;
+    // ReceiveRequestAttemptId, as SQS does; the drain ends its poll and asks again (see spot.rs).
+    let proxy = crate::common::proxy::FaultProxy::start("sigterm", &emu.endpoint).await;
     let fx = Fixture::new(&emu, "sigterm").await.through(proxy.url());
     let g = "cust-1";
     let orders = ids("ord", 10);

@@ -2,13 +2,11 @@
 //! command line), StartInstanceRefresh with terraform's preferences, DescribeInstanceRefreshes until it is
 //! Successful, every old instance through the termination hook, the minimum healthy share kept throughout.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use aws_sdk_autoscaling::types::{InstanceRefreshStatus, LifecycleState, RefreshPreferences};
-use common::*;
 use serde_json::json;
 
 /// The command line of a live process.

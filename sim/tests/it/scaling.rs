@@ -1,11 +1,9 @@
 //! The scaling policy wired to its queue: a backlog that cannot be read is no datapoint, never a zero, so a
 //! group whose SQS endpoint is down keeps its capacity (a zero would scale it in after 15 periods).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn an_unreadable_backlog_is_a_missing_datapoint_and_scales_nothing_in() {
