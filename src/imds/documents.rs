@@ -1,5 +1,5 @@
 //! The documents instance metadata serves and their parsers (pure: no I/O, property-tested in
-//! `tests/fuzz_parsers.rs`).
+//! `tests/it/fuzz_parsers.rs`).
 
 use std::fmt;
 
