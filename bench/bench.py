@@ -80,7 +80,14 @@ TARGETS = {
     "rcu_per_order": 0.2,  # at most, either shape
     "cost_vs_baseline": {10: 0.75, 1: 1.2},  # $ per million orders, at most this times the baseline's
     "hot_group_vs_before": 0.75,  # one group, 1,000 orders: at least this times HOT_GROUP_BEFORE
+    # Issue 23: the worker's own CPU (utime + stime) per 1,000 orders, one worker, either shape, release build;
+    # 0.16-0.18 before the claim store, 0.33 with it (runs of 1). The goal is 0.1.
+    "worker_cpu_s_per_1000": 0.17,
 }
+WORKER_CPU_GOAL = 0.1
+# `--perf`: each worker drain sampled by `perf record` at this rate, with DWARF call graphs (the release
+# profile keeps line tables; the binary has no frame pointers). See bench/README.md, "Profiling the worker".
+PERF_HZ = 999
 # The hot-group figure before issue 15's store (TransactWriteItems per run): the scale row of 1 group in this
 # full run's results (release build of 1844e12). The short run compares with it too (indicative only: debug
 # build, 100 orders).
@@ -144,8 +151,17 @@ def log(msg: str):
 
 
 class Bench:
-    def __init__(self, mode: str, binary: Path, spot_sim: Path | None, outdir: Path, prices: dict | None = None):
+    def __init__(
+        self,
+        mode: str,
+        binary: Path,
+        spot_sim: Path | None,
+        outdir: Path,
+        prices: dict | None = None,
+        perf_dir: Path | None = None,
+    ):
         self.mode = mode
+        self.perf_dir = perf_dir
         self.prices = prices
         self.cfg = MODES[mode]
         self.binary = binary
@@ -182,8 +198,10 @@ class Bench:
                 for c in consumers:
                     c.check_alive()
 
+            perfs = self.start_perf(consumers, label, logdir) if kind == "worker" else []
             t_end = fx.wait_drained(self.cfg["timeout"], check)
             usage = [c.usage() for c in consumers]
+            self.stop_perf(perfs)
             emu1 = emu.usage()["cpu_s"] or 0.0
             row: dict = {
                 "label": label,
@@ -273,12 +291,29 @@ class Bench:
             log(
                 f"{label}: {row['orders_per_s']} orders/s, {row['sqs_per_order']} SQS req/order, "
                 f"{row['wcu_per_order']} WCU/order, {row['rcu_per_order']} RCU/order, "
-                f"RSS {row['rss_peak_mib']} MiB, audit ok"
+                f"RSS {row['rss_peak_mib']} MiB, worker CPU {row['cpu_s_per_1000']} s / 1,000 orders, audit ok"
             )
             return row
         finally:
             stop_all()
             emu.stop()
+
+    def start_perf(self, workers: list, label: str, logdir: Path) -> list:
+        """`--perf`: sample each worker of a drain with `perf record` until the queue is drained."""
+        if not self.perf_dir:
+            return []
+        self.perf_dir.mkdir(parents=True, exist_ok=True)
+        out = []
+        for w in workers:
+            data = self.perf_dir / f"{label}-{w.name}.perf.data"
+            argv = ["perf", "record", "-F", PERF_HZ, "--call-graph", "dwarf,65528", "-p", w.proc.pid, "-o", data]
+            out.append(PROCS.spawn(f"perf-{w.name}", argv, logdir / f"perf-{w.name}.log"))
+        return out
+
+    def stop_perf(self, perfs: list) -> None:
+        for p in perfs:
+            PROCS.stop(p, signal.SIGINT, 60)  # perf writes its data on SIGINT
+            log(f"perf data: {self.perf_dir} ({p.log_path})")
 
     # ---- latency under steady load -----------------------------------------------------------------------
 
@@ -513,6 +548,14 @@ class Bench:
         c = self.cfg
         if only == "interruption":
             self.interruptions()
+            return
+        if only == "cpu":
+            # One worker, one drain of each shape (issue 23): the CPU figure and, with --perf, its profile.
+            for run in (1, *c["other_shapes"]):
+                sfx = "" if run == 1 else f"-run{run}"
+                self.attempt(
+                    "throughput", self.drain_run, f"drain-worker-x1{sfx}", "worker", c["backlog"], c["groups"], 1, run
+                )
             return
         # The headline pair (baseline, one worker) runs `rounds` times, alternating, so a burst of load from
         # elsewhere on the machine shows up as a spread instead of a skewed ratio.
@@ -1053,6 +1096,32 @@ def shape_targets(d: Drains) -> list[list]:
     return t
 
 
+def worker_cpu_figures(thr: list[dict]) -> dict[str, list[float]]:
+    """Issue 23's figure: one worker's CPU seconds (utime + stime) per 1,000 orders, by shape, one per drain."""
+    out: dict[str, list[float]] = {}
+    for r in sorted(thr, key=lambda r: r.get("run", 1)):
+        if r["consumer"] == "worker" and r["workers"] == 1 and r.get("cpu_s_per_1000") is not None:
+            out.setdefault(shape_of(r), []).append(r["cpu_s_per_1000"])
+    return out
+
+
+def cpu_targets(res: dict, d: Drains) -> list[list]:
+    """Worker CPU s / 1,000 orders, per shape, one worker: judged on a release build only (a debug build's
+    figure is printed, indicative)."""
+    t: list[list] = []
+    limit = TARGETS["worker_cpu_s_per_1000"]
+    for shape, vals in worker_cpu_figures(d.thr).items():
+        what = f"worker CPU s / 1,000 orders, {shape}, one worker"
+        wanted = f"<= {limit:g} s (goal {WORKER_CPU_GOAL:g})"
+        v = max(vals)
+        shown = f"{v:.3f} s" + (f" (drains: {', '.join(f'{x:.3f}' for x in vals)})" if len(vals) > 1 else "")
+        if res.get("profile") == "debug":
+            t.append([what, wanted, shown, "indicative (debug build)"])
+        else:
+            t.append([what, wanted, shown, verdict(v <= limit, f"+{v - limit:.3f} s")])
+    return t
+
+
 def hot_group_and_rss_targets(res: dict, d: Drains) -> list[list]:
     t: list[list] = []
     hot = next((r for r in res["scale"] if r["groups"] == 1), None)
@@ -1098,7 +1167,7 @@ def interruption_targets(interruption: list[dict]) -> list[list]:
 
 
 def targets_section(res: dict, d: Drains) -> list[str]:
-    t = throughput_target(d) + shape_targets(d) + hot_group_and_rss_targets(res, d)
+    t = throughput_target(d) + shape_targets(d) + cpu_targets(res, d) + hot_group_and_rss_targets(res, d)
     t += interruption_targets(res["interruption"])
     return ["### Targets", "", table(["target", "wanted", "measured", "verdict"], t), ""]
 
@@ -1140,8 +1209,16 @@ def main() -> int:
     )
     ap.add_argument(
         "--only",
-        choices=["interruption"],
-        help="run only this section (the interruption runs: a few minutes; the other tables stay empty)",
+        choices=["interruption", "cpu"],
+        help="run only this section (interruption: the interruption runs, a few minutes; cpu: one worker's drain "
+        "of each shape, for its CPU figure; the other tables stay empty)",
+    )
+    ap.add_argument("--orders", type=int, help="the backlog of each worker drain (default: the mode's)")
+    ap.add_argument(
+        "--perf",
+        type=Path,
+        metavar="DIR",
+        help="record each worker drain with `perf record` (DWARF call graphs) into DIR/<run>-<worker>.perf.data",
     )
     args = ap.parse_args()
     profile = args.profile or ("release" if args.mode == "full" else "debug")
@@ -1170,7 +1247,9 @@ def main() -> int:
     except (ValueError, KeyError, AttributeError) as e:
         print(f"bench: the prices module does not give what the cost table needs: {e!r}", file=sys.stderr)
         return 2
-    bench = Bench(args.mode, binary, spot, run_dir, prices)
+    bench = Bench(args.mode, binary, spot, run_dir, prices, args.perf.resolve() if args.perf else None)
+    if args.orders:
+        bench.cfg = dict(bench.cfg, backlog=args.orders)
     res = bench.results
     res.update(
         mode=args.mode,
@@ -1192,6 +1271,7 @@ def main() -> int:
         stop_all()
     res["duration_s"] = round(time.monotonic() - t0, 1)
     res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["worker_cpu_s_per_1000"] = worker_cpu_figures(res["throughput"])
     md = report(res) + f"\nTotal benchmark time {res['duration_s']} s; logs in {run_dir}.\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stamp}.json").write_text(json.dumps(res, indent=2, default=str))
