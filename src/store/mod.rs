@@ -4,9 +4,11 @@
 //! A run of a group's messages is committed by a **claim** on the group's row, then plain inserts of the
 //! records: the protocol and the argument that it keeps every guarantee are in [`claim`] (pure, with unit
 //! tests and a randomized model in `model.rs`); this module carries its steps out on DynamoDB:
-//! - claims are conditional `UpdateItem`s with `ReturnValuesOnConditionCheckFailure: ALL_OLD`, one per run,
-//!   the runs of several groups at once; a failed condition brings the row back, so a stale cache costs
-//!   one failed write and no read;
+//! - claims are conditional updates with `ReturnValuesOnConditionCheckFailure: ALL_OLD`, one per run: those of
+//!   one commit together, as PartiQL `UPDATE`s in `BatchExecuteStatement`s of up to 25 (one call per commit,
+//!   not per run: issue 23), a group's first claim (no row yet) alone as an `UpdateItem`; a failed condition
+//!   brings the row back, so a stale cache costs one failed write and no read (a batched claim refused without
+//!   a row it can use is sent again alone, see [`dynamo::claim_batch`]);
 //! - records go out as PartiQL `INSERT`s in `BatchExecuteStatement`s of up to 25, the runs of several groups
 //!   together, each statement with its own answer; an insert that finds its key taken reads the item
 //!   (neither engine returns it with the error) and the protocol decides: done, or a marker;
@@ -33,8 +35,11 @@ use crate::health::Health;
 use crate::retry::{backoff, backoff_for, Budget, Class};
 pub use crate::schema::Record;
 use crate::schema::{Item, Status};
-use claim::{parse_seq, GroupRow, MarkerKind, Msg, RunCommit, Settled, Step, Write, WriteAnswer};
-use dynamo::{ClaimResult, Failure, InsertResult};
+use claim::{
+    parse_seq, Claim, ClaimAnswer, GroupRow, MarkerKind, Msg, RunCommit, Settled, Step, Write,
+    WriteAnswer,
+};
+use dynamo::{BatchClaim, ClaimResult, Failure, InsertResult, CLAIM_BATCH};
 pub use dynamo::{TableError, ATTEMPT_TIMEOUT};
 
 /// Most records (plus one per run) one commit takes: four `BatchExecuteStatement`s.
@@ -115,6 +120,9 @@ struct Active {
     error: Option<StoreError>,
     /// Claims in a row that found the row moved: another worker on the same group.
     stale_claims: u32,
+    /// Its claims go alone (`UpdateItem`), not in a batch: a batched one was refused without deciding
+    /// anything (see [`BatchClaim::Alone`]).
+    alone: bool,
     /// Its outcome went to the caller.
     reported: bool,
 }
@@ -293,6 +301,7 @@ impl Store {
                     commit: RunCommit::new(if active { msgs } else { Vec::new() }, row),
                     error,
                     stale_claims: 0,
+                    alone: false,
                     reported: false,
                 }
             })
@@ -371,6 +380,27 @@ impl Store {
             }
             let mut failure: Option<Failure> = None;
             let mut contention = 0u32;
+            // Claims based on a row go out together, one BatchExecuteStatement per 25 (issue 23: with runs of
+            // one order, an UpdateItem per run was a call per order and most of the worker's CPU); a group's
+            // first claim (no row: the batch's UPDATE needs one) and a claim the batch could not decide go
+            // alone, as an UpdateItem.
+            let (batched, claims): (Vec<_>, Vec<_>) = claims
+                .into_iter()
+                .partition(|(i, c): &(usize, Claim)| c.expect.is_some() && !active[*i].alone);
+            let batch_args: Vec<(&str, &Claim, &str)> = batched
+                .iter()
+                .map(|(i, c)| {
+                    let run = &runs[*i];
+                    (
+                        run.group_id.as_str(),
+                        c,
+                        run.records[0].processed_at.as_str(),
+                    )
+                })
+                .collect();
+            let batch_calls = batch_args
+                .chunks(MAX_STATEMENTS)
+                .map(|b| dynamo::claim_batch(&self.client, &self.groups_table, b, ctx));
             let claim_calls = claims.iter().map(|(i, c)| {
                 dynamo::claim(
                     &self.client,
@@ -388,14 +418,54 @@ impl Store {
             let insert_calls = items
                 .chunks(MAX_STATEMENTS)
                 .map(|c| dynamo::insert(&self.client, &self.orders_table, c, ctx));
-            let (claim_results, insert_results) =
-                tokio::join!(join_all(claim_calls), join_all(insert_calls));
+            let (claim_results, batch_results, insert_results) = tokio::join!(
+                join_all(claim_calls),
+                join_all(batch_calls),
+                join_all(insert_calls)
+            );
+            let mut results: Vec<(usize, &Claim, ClaimResult)> = Vec::new();
             for ((i, c), r) in claims.iter().zip(claim_results) {
-                let a = &mut active[*i];
+                if matches!(r, ClaimResult::Answer(_)) {
+                    self.answered(ctx, "UpdateItem");
+                }
+                results.push((*i, c, r));
+            }
+            for (chunk, r) in batched.chunks(MAX_STATEMENTS).zip(batch_results) {
+                let per: Vec<BatchClaim> = match r {
+                    Ok(per) => {
+                        self.answered(ctx, CLAIM_BATCH);
+                        per
+                    }
+                    // DynamoDB refused the call itself: not applied; each claim goes alone, and its own
+                    // answer says what is wrong.
+                    Err(f) if f.class == Class::Request => {
+                        chunk.iter().map(|_| BatchClaim::Alone).collect()
+                    }
+                    Err(f) => chunk
+                        .iter()
+                        .map(|_| BatchClaim::Failed(f.clone()))
+                        .collect(),
+                };
+                for ((i, c), b) in chunk.iter().zip(per) {
+                    let r = match b {
+                        BatchClaim::Answer(answer) => ClaimResult::Answer(answer),
+                        BatchClaim::BadRow(detail) => ClaimResult::BadRow(detail),
+                        BatchClaim::Failed(f) if f.class != Class::Request => {
+                            ClaimResult::Failed(f)
+                        }
+                        BatchClaim::Failed(_) | BatchClaim::Alone => {
+                            active[*i].alone = true;
+                            ClaimResult::Answer(ClaimAnswer::NotApplied)
+                        }
+                    };
+                    results.push((*i, c, r));
+                }
+            }
+            for (i, c, r) in results {
+                let a = &mut active[i];
                 match r {
                     ClaimResult::Answer(answer) => {
-                        self.answered(ctx, "UpdateItem");
-                        if matches!(answer, claim::ClaimAnswer::Stale(_)) {
+                        if matches!(answer, ClaimAnswer::Stale(_)) {
                             a.stale_claims += 1;
                             contention = contention.max(a.stale_claims);
                         } else {
@@ -404,18 +474,18 @@ impl Store {
                         a.commit.claimed(c, answer);
                     }
                     ClaimResult::BadRow(detail) => {
-                        tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
+                        tracing::error!(group = %runs[i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
                         self.rows
                             .lock()
                             .expect("cache lock")
-                            .remove(&runs[*i].group_id);
+                            .remove(&runs[i].group_id);
                         a.error = Some(StoreError::Deferred(detail));
                     }
                     ClaimResult::Failed(f) => {
                         if f.class == Class::Request {
                             a.error = Some(StoreError::Permanent(f.detail.clone()));
                         } else {
-                            a.commit.claimed(c, claim::ClaimAnswer::Unknown);
+                            a.commit.claimed(c, ClaimAnswer::Unknown);
                             failure.get_or_insert(f);
                         }
                     }
