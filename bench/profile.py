@@ -92,14 +92,29 @@ def crate_of(frame: str) -> str:
     return name or frame
 
 
+def owner_of(frames: list[str]) -> str:
+    """The worker's own innermost function on the stack (what the SDK, tokio or libc below it worked for), or
+    what the sample was doing outside the worker's code."""
+    ours = [f for f in frames if f.startswith(("order_worker::", "<order_worker::"))]
+    if ours:
+        return ours[-1]
+    if any(f.startswith("hyper::proto::h1::dispatch::Dispatcher") for f in frames):
+        return "(hyper's connection task: sending and reading every AWS call)"
+    if any("park" in f for f in frames):
+        return "(tokio: a worker thread parking, waking, waiting on epoll)"
+    return "(other: runtime, SDK tasks without a worker frame, unwinding cut short)"
+
+
 def summary(stacks: collections.Counter, total: int, period: float, orders: int | None, top: int) -> str:
     selfs: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
     crates: collections.Counter = collections.Counter()
+    owners: collections.Counter = collections.Counter()
     for stack, n in stacks.items():
         frames = stack.split(";")
         selfs[frames[-1]] += n
         crates[crate_of(frames[-1])] += n
+        owners[owner_of(frames)] += n
         for f in set(frames):
             incl[f] += n
 
@@ -116,6 +131,11 @@ def summary(stacks: collections.Counter, total: int, period: float, orders: int 
     return "\n".join(
         [
             f"{total} samples ({cpu}" + (f", {orders} orders" if orders else "") + ")",
+            "",
+            "#### By the worker's own innermost function on the stack",
+            "",
+            head.replace("frame", "function"),
+            rows(owners, 25),
             "",
             "#### Self time by crate (the leaf frame's)",
             "",
