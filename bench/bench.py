@@ -297,7 +297,7 @@ class Bench:
             log(
                 f"{label}: {row['orders_per_s']} orders/s, {row['sqs_per_order']} SQS req/order, "
                 f"{row['wcu_per_order']} WCU/order, {row['rcu_per_order']} RCU/order, "
-                f"RSS {row['rss_peak_mib']} MiB, worker CPU {row['cpu_s_per_1000']} s / 1,000 orders, audit ok"
+                f"RSS {row['rss_peak_mib']} MiB, {kind} CPU {row['cpu_s_per_1000']} s / 1,000 orders, audit ok"
             )
             return row
         finally:
