@@ -23,6 +23,7 @@ mod dynamo;
 mod model;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -111,6 +112,8 @@ pub struct Store {
     rows: Mutex<HashMap<String, Option<GroupRow>>>,
     /// The operation whose account-wide error blocks DynamoDB work (see [`BlockedBy`]).
     blocked_by: Mutex<BlockedBy>,
+    /// The batched claims met an account-wide refusal once (said once in the log).
+    batch_denied: AtomicBool,
 }
 
 /// One run being committed.
@@ -135,6 +138,7 @@ impl Store {
             groups_table,
             rows: Mutex::new(HashMap::new()),
             blocked_by: Mutex::new(BlockedBy::default()),
+            batch_denied: AtomicBool::new(false),
         }
     }
 
@@ -437,8 +441,10 @@ impl Store {
                         per
                     }
                     // DynamoDB refused the call itself: not applied; each claim goes alone, and its own
-                    // answer says what is wrong.
-                    Err(f) if f.class == Class::Request => {
+                    // answer says what is wrong (an UpdateItem that is refused too blocks new work, as
+                    // before batching; one that works carries on: a role without PartiQLUpdate).
+                    Err(f) if refused_alone(&f) => {
+                        self.batch_refused(&f);
                         chunk.iter().map(|_| BatchClaim::Alone).collect()
                     }
                     Err(f) => chunk
@@ -450,10 +456,13 @@ impl Store {
                     let r = match b {
                         BatchClaim::Answer(answer) => ClaimResult::Answer(answer),
                         BatchClaim::BadRow(detail) => ClaimResult::BadRow(detail),
-                        BatchClaim::Failed(f) if f.class != Class::Request => {
-                            ClaimResult::Failed(f)
+                        BatchClaim::Failed(f) if !refused_alone(&f) => ClaimResult::Failed(f),
+                        BatchClaim::Failed(f) => {
+                            self.batch_refused(&f);
+                            active[*i].alone = true;
+                            ClaimResult::Answer(ClaimAnswer::NotApplied)
                         }
-                        BatchClaim::Failed(_) | BatchClaim::Alone => {
+                        BatchClaim::Alone => {
                             active[*i].alone = true;
                             ClaimResult::Answer(ClaimAnswer::NotApplied)
                         }
@@ -613,6 +622,13 @@ impl Store {
         }
     }
 
+    /// A batch of claims refused account-wide: say so once (the claims go alone, as UpdateItem).
+    fn batch_refused(&self, f: &Failure) {
+        if f.class == Class::AccountWide && !self.batch_denied.swap(true, Ordering::Relaxed) {
+            tracing::warn!(code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refused the batched claims (PartiQL UPDATE: is dynamodb:PartiQLUpdate granted on the groups table?); claims go one by one as UpdateItem, a call per run");
+        }
+    }
+
     /// The item one write inserts.
     fn item(&self, run: &Run, w: &Write) -> Item {
         let r = &run.records[w.idx()];
@@ -690,6 +706,13 @@ impl Store {
             more = ctx.budget.sleep(pause) => if more { Ok(()) } else { Err(StoreError::Aborted) },
         }
     }
+}
+
+/// A batched claim refused for what DynamoDB says of the request or of the caller (validation, access): not
+/// applied; sent again alone, whose own answer decides (waited out and blocking new work if the `UpdateItem`
+/// is refused too; carrying on if not, e.g. a role granted `UpdateItem` but not `PartiQLUpdate`).
+fn refused_alone(f: &Failure) -> bool {
+    matches!(f.class, Class::Request | Class::AccountWide)
 }
 
 /// What a failed `BatchExecuteStatement` as a whole means for its statements.
