@@ -79,7 +79,14 @@ TARGETS = {
     "rcu_per_order": 0.2,  # at most, either shape
     "cost_vs_baseline": {10: 0.75, 1: 1.2},  # $ per million orders, at most this times the baseline's
     "hot_group_vs_before": 0.75,  # one group, 1,000 orders: at least this times HOT_GROUP_BEFORE
+    # Issue 23: the worker's own CPU (utime + stime) per 1,000 orders, one worker, either shape, release build;
+    # 0.16-0.18 before the claim store, 0.33 with it (runs of 1). The goal is 0.1.
+    "worker_cpu_s_per_1000": 0.17,
 }
+WORKER_CPU_GOAL = 0.1
+# `--perf`: each worker drain sampled by `perf record` at this rate, with DWARF call graphs (the release
+# profile keeps line tables; the binary has no frame pointers). See bench/README.md, "Profiling the worker".
+PERF_HZ = 999
 # The hot-group figure before issue 15's store (TransactWriteItems per run): the scale row of 1 group in this
 # full run's results (release build of 1844e12). The short run compares with it too (indicative only: debug
 # build, 100 orders).
@@ -143,8 +150,17 @@ def log(msg: str):
 
 
 class Bench:
-    def __init__(self, mode: str, binary: Path, spot_sim: Path | None, outdir: Path, prices: dict | None = None):
+    def __init__(
+        self,
+        mode: str,
+        binary: Path,
+        spot_sim: Path | None,
+        outdir: Path,
+        prices: dict | None = None,
+        perf_dir: Path | None = None,
+    ):
         self.mode = mode
+        self.perf_dir = perf_dir
         self.prices = prices
         self.cfg = MODES[mode]
         self.binary = binary
@@ -181,8 +197,10 @@ class Bench:
                 for c in consumers:
                     c.check_alive()
 
+            perfs = self.start_perf(consumers, label, logdir) if kind == "worker" else []
             t_end = fx.wait_drained(self.cfg["timeout"], check)
             usage = [c.usage() for c in consumers]
+            self.stop_perf(perfs)
             emu1 = emu.usage()["cpu_s"] or 0.0
             row: dict = {
                 "label": label,
@@ -225,9 +243,15 @@ class Bench:
                     for (name, lb), v in m.items()
                     if name == "order_worker_request_errors_total" and v
                 }
-                claims = dreqs.get("UpdateItem", 0)
-                failed_claims = row["failed_requests"].get("UpdateItem", 0)
+                # Claims go alone (UpdateItem) or batched (BatchExecuteStatement): the worker counts them by result
+                # (order_worker_claims_total); a binary from before counted them as its UpdateItem requests only.
+                claims = metric_sum(m, "order_worker_claims_total")
+                failed_claims = metric_sum(m, "order_worker_claims_total", result="refused")
+                if not claims:
+                    claims = dreqs.get("UpdateItem", 0)
+                    failed_claims = row["failed_requests"].get("UpdateItem", 0)
                 row.update(
+                    claims=claims,
                     write_units=metric_sum(m, "order_worker_dynamodb_write_units_total"),
                     read_units=metric_sum(m, "order_worker_dynamodb_read_units_total"),
                     # A claim refused by its condition (a stale cached row, or a group another worker moved):
@@ -272,12 +296,29 @@ class Bench:
             log(
                 f"{label}: {row['orders_per_s']} orders/s, {row['sqs_per_order']} SQS req/order, "
                 f"{row['wcu_per_order']} WCU/order, {row['rcu_per_order']} RCU/order, "
-                f"RSS {row['rss_peak_mib']} MiB, audit ok"
+                f"RSS {row['rss_peak_mib']} MiB, {kind} CPU {row['cpu_s_per_1000']} s / 1,000 orders, audit ok"
             )
             return row
         finally:
             stop_all()
             emu.stop()
+
+    def start_perf(self, workers: list, label: str, logdir: Path) -> list:
+        """`--perf`: sample each worker of a drain with `perf record` until the queue is drained."""
+        if not self.perf_dir:
+            return []
+        self.perf_dir.mkdir(parents=True, exist_ok=True)
+        out = []
+        for w in workers:
+            data = self.perf_dir / f"{label}-{w.name}.perf.data"
+            argv = ["perf", "record", "-F", PERF_HZ, "--call-graph", "dwarf,65528", "-p", w.proc.pid, "-o", data]
+            out.append(PROCS.spawn(f"perf-{w.name}", argv, logdir / f"perf-{w.name}.log"))
+        return out
+
+    def stop_perf(self, perfs: list) -> None:
+        for p in perfs:
+            PROCS.stop(p, signal.SIGINT, 60)  # perf writes its data on SIGINT
+            log(f"perf data: {self.perf_dir} ({p.log_path})")
 
     # ---- latency under steady load -----------------------------------------------------------------------
 
@@ -513,6 +554,14 @@ class Bench:
         if only == "interruption":
             self.interruptions()
             return
+        if only == "cpu":
+            # One worker, one drain of each shape (issue 23): the CPU figure and, with --perf, its profile.
+            for run in (1, *c["other_shapes"]):
+                sfx = "" if run == 1 else f"-run{run}"
+                self.attempt(
+                    "throughput", self.drain_run, f"drain-worker-x1{sfx}", "worker", c["backlog"], c["groups"], 1, run
+                )
+            return
         # The headline pair (baseline, one worker) runs `rounds` times, alternating, so a burst of load from
         # elsewhere on the machine shows up as a spread instead of a skewed ratio.
         bases = []
@@ -644,46 +693,56 @@ def shape_of(r: dict) -> str:
     return SHAPES.get(r.get("run", 1), f"runs of {r.get('run', 1)}")
 
 
-def report(res: dict) -> str:
-    thr = res["throughput"]
-    prices = res.get("prices")
-    # Baselines by (shape, round): each worker row is compared with the baseline of its shape and round, or the
-    # mean of its shape's rounds.
-    bases: dict[int, dict[int, dict]] = {}
-    for r in thr:
-        if r["consumer"] == "baseline":
-            bases.setdefault(r.get("run", 1), {})[r.get("round", 1)] = r
-    several_rounds = any(len(v) > 1 for v in bases.values())
-    w1s = [r for r in thr if r["consumer"] == "worker" and r["workers"] == 1 and r.get("run", 1) == 1]
+class Drains:
+    """The drain rows of one results file and how each compares: each worker row with the baseline of its shape
+    and round, or the mean of its shape's rounds."""
 
-    def base_of(r, key):
-        same = bases.get(r.get("run", 1)) or {}
+    def __init__(self, thr: list[dict]):
+        self.thr = thr
+        self.bases: dict[int, dict[int, dict]] = {}
+        for r in thr:
+            if r["consumer"] == "baseline":
+                self.bases.setdefault(r.get("run", 1), {})[r.get("round", 1)] = r
+        self.several_rounds = any(len(v) > 1 for v in self.bases.values())
+        # One worker on runs of 1: the headline rows (one per round).
+        self.w1s = [r for r in thr if r["consumer"] == "worker" and r["workers"] == 1 and r.get("run", 1) == 1]
+        self.workers = [r for r in thr if r["consumer"] == "worker"]
+
+    def base_of(self, r: dict, key: str):
+        same = self.bases.get(r.get("run", 1)) or {}
         vals = [b[key] for b in same.values() if b.get(key) is not None]
         if r.get("round") in same and same[r["round"]].get(key) is not None:
             return same[r["round"]][key]
         return statistics.mean(vals) if vals else None
 
-    def ratio_of(r):
-        b = base_of(r, "orders_per_s")
+    def ratio_of(self, r: dict):
+        b = self.base_of(r, "orders_per_s")
         return r["orders_per_s"] / b if b else None
 
-    def usd(r, part="total"):
-        c = r.get("usd_per_million_orders")
-        return c[part] if c else None
-
-    def cost_ratio(r):
+    def cost_ratio(self, r: dict):
         mine = usd(r)
-        same = bases.get(r.get("run", 1)) or {}
+        same = self.bases.get(r.get("run", 1)) or {}
         b = same.get(r.get("round")) or next(iter(same.values()), None)
         theirs = usd(b) if b else None
         return mine / theirs if mine is not None and theirs else None
 
-    def name_of(r):
+    def name_of(self, r: dict) -> str:
         return f"{r['consumer']} x{r['workers']}" + (
-            f" (round {r['round']})" if several_rounds and "round" in r and r.get("run", 1) == 1 else ""
+            f" (round {r['round']})" if self.several_rounds and "round" in r and r.get("run", 1) == 1 else ""
         )
 
-    parts = [
+
+def usd(r: dict, part: str = "total"):
+    c = r.get("usd_per_million_orders")
+    return c[part] if c else None
+
+
+def audit_cell(r: dict) -> str:
+    return "ok" if r["audit"]["ok"] else "FAILED"
+
+
+def header_section(res: dict) -> list[str]:
+    return [
         f"## Benchmark ({res['mode']}) — {res['started']}",
         "",
         "Machine: {nproc} CPUs ({cpu_model}), {memory_gib} GiB RAM, kernel {kernel}; load average at start "
@@ -692,12 +751,16 @@ def report(res: dict) -> str:
         ),
         "",
     ]
+
+
+def throughput_section(d: Drains) -> list[str]:
+    """The drains: throughput, requests, units, footprint, audit; one row per drain."""
     rows = []
-    for r in thr:
-        ratio = ratio_of(r)
+    for r in d.thr:
+        ratio = d.ratio_of(r)
         rows.append(
             [
-                name_of(r),
+                d.name_of(r),
                 shape_of(r),
                 r["orders"],
                 r["groups"],
@@ -712,10 +775,10 @@ def report(res: dict) -> str:
                 r["rss_peak_mib"],
                 r["cpu_s_per_1000"],
                 r["emulator_cpu_s_per_1000"],
-                "ok" if r["audit"]["ok"] else "FAILED",
+                audit_cell(r),
             ]
         )
-    parts += [
+    return [
         "### Throughput and requests per order (drain of a pre-loaded backlog)",
         "",
         "Shapes: *runs of 1*, the groups interleaved one order at a time (a receive finds one order of a group: "
@@ -745,16 +808,30 @@ def report(res: dict) -> str:
         ),
         "",
     ]
-    per_k = lambda r, d, *ops: round(sum(r[d].get(o, 0) for o in ops) / r["orders"] * 1000)  # noqa: E731
+
+
+def requests_section(d: Drains) -> list[str]:
+    """Requests per 1,000 orders, by operation."""
+
+    def per_k(r, field, *ops):
+        return round(sum(r[field].get(o, 0) for o in ops) / r["orders"] * 1000)
+
+    def writes_per_k(r):
+        """The baseline's puts, the worker's claims (alone or batched; its UpdateItems before claims were
+        counted)."""
+        if r.get("claims") is not None:
+            return round(r["claims"] / r["orders"] * 1000)
+        return per_k(r, "dynamodb_requests", "PutItem", "UpdateItem")
 
     def other_failures(r):
         failed = dict(r.get("failed_requests") or {})
         failed.pop("UpdateItem", None)  # failed claims have their own column
         return round(sum(failed.values()) / r["orders"] * 1000)
 
-    parts += [
-        "Requests per 1,000 orders, by operation (the baseline writes with PutItem; the worker claims a run with "
-        "UpdateItem and inserts its records in BatchExecuteStatement, up to 25 each):",
+    return [
+        "Requests per 1,000 orders, by operation (the baseline writes with PutItem; the worker claims each run "
+        "(a group's first claim alone, with UpdateItem; the claims of one commit together, as PartiQL UPDATEs in "
+        "BatchExecuteStatement, up to 25 each) and inserts its records in BatchExecuteStatement, up to 25 each):",
         "",
         table(
             [
@@ -762,8 +839,8 @@ def report(res: dict) -> str:
                 "backlog",
                 "ReceiveMessage",
                 "DeleteMessage(Batch)",
-                "PutItem / UpdateItem (claims)",
-                "BatchExecuteStatement (inserts)",
+                "PutItem / claims",
+                "BatchExecuteStatement (claims, inserts)",
                 "BatchGetItem",
                 "failed conditional writes (puts / claims)",
                 "other failed calls",
@@ -771,42 +848,51 @@ def report(res: dict) -> str:
             ],
             [
                 [
-                    name_of(r),
+                    d.name_of(r),
                     shape_of(r),
                     per_k(r, "sqs_requests", "ReceiveMessage"),
                     per_k(r, "sqs_requests", "DeleteMessage", "DeleteMessageBatch"),
-                    per_k(r, "dynamodb_requests", "PutItem", "UpdateItem"),
+                    writes_per_k(r),
                     per_k(r, "dynamodb_requests", "BatchExecuteStatement"),
                     per_k(r, "dynamodb_requests", "BatchGetItem"),
                     round((r.get("failed_conditional_writes") or 0) / r["orders"] * 1000),
                     other_failures(r),
                     per_k(r, "sqs_requests", "GetQueueAttributes") + per_k(r, "dynamodb_requests", "DescribeTable"),
                 ]
-                for r in thr
+                for r in d.thr
             ],
         ),
         "",
     ]
-    parts += ["### Cost per order (AWS on-demand list prices)", ""]
-    if prices:
-        sqs_p, w_p, r_p = (prices[k] for k in PRICE_KEYS)
-        parts += [
-            f"Prices from `{Path(prices['module']).relative_to(REPO) if Path(prices['module']).is_relative_to(REPO) else prices['module']}` "
-            f"({prices['region']}): SQS FIFO ${sqs_p['usd_per_million']:g} per million requests "
-            f"(as of {sqs_p['as_of']}, {sqs_p['source']}), DynamoDB on-demand ${w_p['usd_per_million']:g} per "
-            f"million write units and ${r_p['usd_per_million']:g} per million read units (as of {w_p['as_of']}, "
-            f"{w_p['source']}). Units and requests as measured: the worker's own counters, the baseline's boto3 "
-            "hooks; $ per million orders = per-order count x price per million."
-            + "".join(
-                f" The module marks {k} `verify` (not read off its page when it was written down)."
-                for k in PRICE_KEYS
-                if prices[k]["verify"]
-            ),
-            "",
-        ]
-    else:
-        parts += [f"No prices module at {PRICES_PY}: units and requests only, no dollars.", ""]
-    parts += [
+
+
+def prices_note(prices: dict | None) -> list[str]:
+    """Where the cost table's prices come from (or that there are none)."""
+    if not prices:
+        return [f"No prices module at {PRICES_PY}: units and requests only, no dollars.", ""]
+    sqs_p, w_p, r_p = (prices[k] for k in PRICE_KEYS)
+    return [
+        f"Prices from `{Path(prices['module']).relative_to(REPO) if Path(prices['module']).is_relative_to(REPO) else prices['module']}` "
+        f"({prices['region']}): SQS FIFO ${sqs_p['usd_per_million']:g} per million requests "
+        f"(as of {sqs_p['as_of']}, {sqs_p['source']}), DynamoDB on-demand ${w_p['usd_per_million']:g} per "
+        f"million write units and ${r_p['usd_per_million']:g} per million read units (as of {w_p['as_of']}, "
+        f"{w_p['source']}). Units and requests as measured: the worker's own counters, the baseline's boto3 "
+        "hooks; $ per million orders = per-order count x price per million."
+        + "".join(
+            f" The module marks {k} `verify` (not read off its page when it was written down)."
+            for k in PRICE_KEYS
+            if prices[k]["verify"]
+        ),
+        "",
+    ]
+
+
+def cost_section(d: Drains, prices: dict | None) -> list[str]:
+    """$ per million orders, each drain against the baseline of its shape."""
+    return [
+        "### Cost per order (AWS on-demand list prices)",
+        "",
+        *prices_note(prices),
         table(
             [
                 "consumer",
@@ -823,7 +909,7 @@ def report(res: dict) -> str:
             ],
             [
                 [
-                    name_of(r),
+                    d.name_of(r),
                     shape_of(r),
                     r.get("orders_per_claim") if r["consumer"] == "worker" else "-",
                     fmt(r["sqs_requests_per_order_exact"], 3),
@@ -833,179 +919,225 @@ def report(res: dict) -> str:
                     fmt(usd(r, "writes"), 3),
                     fmt(usd(r, "reads"), 4),
                     fmt(usd(r, "total"), 3),
-                    fmt(cost_ratio(r), 2) + "x" if cost_ratio(r) else "-",
+                    fmt(d.cost_ratio(r), 2) + "x" if d.cost_ratio(r) else "-",
                 ]
-                for r in sorted(thr, key=lambda r: (-r.get("run", 1), r["consumer"] != "baseline"))
+                for r in sorted(d.thr, key=lambda r: (-r.get("run", 1), r["consumer"] != "baseline"))
             ],
         ),
         "",
     ]
-    lat = res["latency"]
-    if lat:
-        parts += [
-            f"### Latency, send to record, steady load ({lat[0]['rate']:g} orders/s for {lat[0]['seconds']} s "
-            f"over {lat[0]['groups']} groups)",
-            "",
-            table(
-                ["consumer", "orders", "p50 ms", "p99 ms", "max ms", "worker receive->delete p50/p99 s"],
+
+
+def latency_section(lat: list[dict]) -> list[str]:
+    if not lat:
+        return []
+    return [
+        f"### Latency, send to record, steady load ({lat[0]['rate']:g} orders/s for {lat[0]['seconds']} s "
+        f"over {lat[0]['groups']} groups)",
+        "",
+        table(
+            ["consumer", "orders", "p50 ms", "p99 ms", "max ms", "worker receive->delete p50/p99 s"],
+            [
                 [
-                    [
-                        r["consumer"],
-                        r["sent"],
-                        r["p50_ms"],
-                        r["p99_ms"],
-                        r["max_ms"],
-                        f"{fmt(r.get('receive_to_delete_p50_s'), 3)} / {fmt(r.get('receive_to_delete_p99_s'), 3)}"
-                        if r["consumer"] == "worker"
-                        else "-",
-                    ]
-                    for r in lat
-                ],
-            ),
-            "",
-        ]
-    parts += [
+                    r["consumer"],
+                    r["sent"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["max_ms"],
+                    f"{fmt(r.get('receive_to_delete_p50_s'), 3)} / {fmt(r.get('receive_to_delete_p99_s'), 3)}"
+                    if r["consumer"] == "worker"
+                    else "-",
+                ]
+                for r in lat
+            ],
+        ),
+        "",
+    ]
+
+
+def interruption_section(res: dict) -> list[str]:
+    heading = [
         "### Interruption (spot-sim: a Spot notice, or a scale-in to target lifecycle state Terminated; default "
         "--imds-poll 1s and --wait-time 20s; times from spot-sim's event)",
         "",
     ]
-    if res["interruption"]:
-        parts += [
-            table(
-                [
-                    "trigger",
-                    "worker",
-                    "held at notice",
-                    "released by the drain",
-                    "-> worker draining s",
-                    "-> first release s",
-                    "-> every unstarted message visible s",
-                    "-> nothing held s",
-                    "-> hook completed s",
-                    "-> process exit s",
-                    "hook",
-                    "audit",
-                ],
-                [
-                    [
-                        r.get("trigger", "notice"),
-                        r["state"],
-                        r["held_at_notice"],
-                        r.get("released_by_drain"),
-                        r.get("notice_to_drain_started_s"),
-                        r["notice_to_released_s"],
-                        r.get("notice_to_all_visible_s"),
-                        r["notice_to_nothing_held_s"],
-                        r["notice_to_hook_completed_s"],
-                        r.get("notice_to_exit_s"),
-                        r["hook_result"],
-                        ("ok" if r["audit"]["ok"] else "FAILED") if "audit" in r else "-",
-                    ]
-                    for r in res["interruption"]
-                ],
-            ),
-            "",
-        ]
-    else:
-        parts += [res.get("interruption_note", "not measured yet"), ""]
-    sc = res["scale"]
-    if sc:
-        allrows = sorted(sc + w1s[:1], key=lambda r: r["groups"])
-        parts += [
-            "### Scale (one worker, runs of 1)",
-            "",
-            table(
-                [
-                    "groups",
-                    "orders",
-                    "orders/s",
-                    "SQS req/order",
-                    "DDB write calls/order",
-                    "WCU/order",
-                    "RCU/order",
-                    "orders per claim",
-                    "peak RSS MiB",
-                    "CPU s/1000 orders",
-                    "audit",
-                ],
-                [
-                    [
-                        r["groups"],
-                        r["orders"],
-                        r["orders_per_s"],
-                        r["sqs_per_order"],
-                        r["ddb_writes_per_order"],
-                        r.get("wcu_per_order"),
-                        r.get("rcu_per_order"),
-                        r.get("orders_per_claim"),
-                        r["rss_peak_mib"],
-                        r["cpu_s_per_1000"],
-                        "ok" if r["audit"]["ok"] else "FAILED",
-                    ]
-                    for r in allrows
-                ],
-            ),
-            "",
-        ]
-    # Targets
-    t = []
-    ratios = [x for x in (ratio_of(r) for r in w1s) if x]
-    if bases.get(1) and ratios:
-        ratio = statistics.median(ratios)
-        shown = f"{ratio:.1f}x" + (
-            f" (median of rounds: {', '.join(f'{x:.1f}x' for x in ratios)})" if len(ratios) > 1 else ""
-        )
-        t.append(
+    if not res["interruption"]:
+        return [*heading, res.get("interruption_note", "not measured yet"), ""]
+    return [
+        *heading,
+        table(
             [
-                "throughput vs baseline, 50 groups, runs of 1, one worker",
-                f">= {TARGETS['ratio']:g}x",
-                shown,
-                verdict(ratio >= TARGETS["ratio"], f"short by a factor {TARGETS['ratio'] / ratio:.2f}"),
-            ]
-        )
-
-    def at_most(what: str, rows: list[dict], value, limit: float, unit: str = "", d: int = 3):
-        """One 'at most' goal judged on the worst of `rows` (each round, each number of workers it covers)."""
-        vals = [v for v in (value(r) for r in rows) if v is not None]
-        if not vals:
-            t.append([what, f"<= {limit:g}{unit}", "-", "not measured"])
-            return
-        v = max(vals)
-        # A miss smaller than the shown precision still shows its size: more digits until it is not zero.
-        places = next((k for k in range(d, d + 4) if round(v - limit, k) != 0), d + 4)
-        t.append(
+                "trigger",
+                "worker",
+                "held at notice",
+                "released by the drain",
+                "-> worker draining s",
+                "-> first release s",
+                "-> every unstarted message visible s",
+                "-> nothing held s",
+                "-> hook completed s",
+                "-> process exit s",
+                "hook",
+                "audit",
+            ],
             [
-                what,
-                f"<= {limit:g}{unit}",
-                f"{v:.{places}f}{unit}",
-                verdict(v <= limit, f"+{v - limit:.{places}f}{unit}"),
-            ]
-        )
+                [
+                    r.get("trigger", "notice"),
+                    r["state"],
+                    r["held_at_notice"],
+                    r.get("released_by_drain"),
+                    r.get("notice_to_drain_started_s"),
+                    r["notice_to_released_s"],
+                    r.get("notice_to_all_visible_s"),
+                    r["notice_to_nothing_held_s"],
+                    r["notice_to_hook_completed_s"],
+                    r.get("notice_to_exit_s"),
+                    r["hook_result"],
+                    audit_cell(r) if "audit" in r else "-",
+                ]
+                for r in res["interruption"]
+            ],
+        ),
+        "",
+    ]
 
-    workers = [r for r in thr if r["consumer"] == "worker"]
-    for run in sorted({r.get("run", 1) for r in workers}, reverse=True):
-        one = [r for r in workers if r.get("run", 1) == run and r["workers"] == 1]
-        many = [r for r in workers if r.get("run", 1) == run and r["workers"] > 1]
+
+def scale_section(sc: list[dict], d: Drains) -> list[str]:
+    """One worker over 1 to 1,000 groups, with the headline 50-group drain among them."""
+    if not sc:
+        return []
+    allrows = sorted(sc + d.w1s[:1], key=lambda r: r["groups"])
+    return [
+        "### Scale (one worker, runs of 1)",
+        "",
+        table(
+            [
+                "groups",
+                "orders",
+                "orders/s",
+                "SQS req/order",
+                "DDB write calls/order",
+                "WCU/order",
+                "RCU/order",
+                "orders per claim",
+                "peak RSS MiB",
+                "CPU s/1000 orders",
+                "audit",
+            ],
+            [
+                [
+                    r["groups"],
+                    r["orders"],
+                    r["orders_per_s"],
+                    r["sqs_per_order"],
+                    r["ddb_writes_per_order"],
+                    r.get("wcu_per_order"),
+                    r.get("rcu_per_order"),
+                    r.get("orders_per_claim"),
+                    r["rss_peak_mib"],
+                    r["cpu_s_per_1000"],
+                    audit_cell(r),
+                ]
+                for r in allrows
+            ],
+        ),
+        "",
+    ]
+
+
+def at_most(t: list[list], what: str, rows: list[dict], value, limit: float, unit: str = "", d: int = 3):
+    """One 'at most' goal judged on the worst of `rows` (each round, each number of workers it covers),
+    appended to the targets `t`."""
+    vals = [v for v in (value(r) for r in rows) if v is not None]
+    if not vals:
+        t.append([what, f"<= {limit:g}{unit}", "-", "not measured"])
+        return
+    v = max(vals)
+    # A miss smaller than the shown precision still shows its size: more digits until it is not zero.
+    places = next((k for k in range(d, d + 4) if round(v - limit, k) != 0), d + 4)
+    t.append(
+        [what, f"<= {limit:g}{unit}", f"{v:.{places}f}{unit}", verdict(v <= limit, f"+{v - limit:.{places}f}{unit}")]
+    )
+
+
+def throughput_target(d: Drains) -> list[list]:
+    """The headline: one worker against the baseline, runs of 1, the median of the rounds."""
+    ratios = [x for x in (d.ratio_of(r) for r in d.w1s) if x]
+    if not (d.bases.get(1) and ratios):
+        return []
+    ratio = statistics.median(ratios)
+    shown = f"{ratio:.1f}x" + (
+        f" (median of rounds: {', '.join(f'{x:.1f}x' for x in ratios)})" if len(ratios) > 1 else ""
+    )
+    return [
+        [
+            "throughput vs baseline, 50 groups, runs of 1, one worker",
+            f">= {TARGETS['ratio']:g}x",
+            shown,
+            verdict(ratio >= TARGETS["ratio"], f"short by a factor {TARGETS['ratio'] / ratio:.2f}"),
+        ]
+    ]
+
+
+def shape_targets(d: Drains) -> list[list]:
+    """Requests, units and dollars per order, per shape of backlog; write calls (issue 8)."""
+    t: list[list] = []
+    for run in sorted({r.get("run", 1) for r in d.workers}, reverse=True):
+        one = [r for r in d.workers if r.get("run", 1) == run and r["workers"] == 1]
+        many = [r for r in d.workers if r.get("run", 1) == run and r["workers"] > 1]
         shape = SHAPES.get(run, f"runs of {run}")
-        at_most(f"SQS requests per order, {shape}, one worker", one, lambda r: r["sqs_per_order"],
+        at_most(t, f"SQS requests per order, {shape}, one worker", one, lambda r: r["sqs_per_order"],
                 TARGETS["sqs_per_order"])  # fmt: skip
         if run in TARGETS["wcu_per_order"]:
             limit = TARGETS["wcu_per_order"][run]
-            at_most(f"DynamoDB write units per order, {shape}, one worker", one, lambda r: r["wcu_per_order"], limit)
+            at_most(t, f"DynamoDB write units per order, {shape}, one worker", one, lambda r: r["wcu_per_order"],
+                    limit)  # fmt: skip
             if many:
-                at_most(f"DynamoDB write units per order, {shape}, 2-4 workers", many,
+                at_most(t, f"DynamoDB write units per order, {shape}, 2-4 workers", many,
                         lambda r: r["wcu_per_order"], limit)  # fmt: skip
-        at_most(f"DynamoDB read units per order, {shape}, one worker", one, lambda r: r.get("rcu_per_order"),
+        at_most(t, f"DynamoDB read units per order, {shape}, one worker", one, lambda r: r.get("rcu_per_order"),
                 TARGETS["rcu_per_order"])  # fmt: skip
         if run in TARGETS["cost_vs_baseline"]:
             limit = TARGETS["cost_vs_baseline"][run]
-            at_most(f"$ per million orders vs baseline, {shape}, one worker", one, cost_ratio, limit, "x", 2)
+            at_most(t, f"$ per million orders vs baseline, {shape}, one worker", one, d.cost_ratio, limit, "x", 2)
             if many:
-                at_most(f"$ per million orders vs baseline, {shape}, 2-4 workers", many, cost_ratio, limit, "x", 2)
-    if w1s:
-        at_most("DynamoDB write calls per order (issue 8), runs of 1, one worker", w1s,
+                at_most(t, f"$ per million orders vs baseline, {shape}, 2-4 workers", many, d.cost_ratio, limit,
+                        "x", 2)  # fmt: skip
+    if d.w1s:
+        at_most(t, "DynamoDB write calls per order (issue 8), runs of 1, one worker", d.w1s,
                 lambda r: r["ddb_writes_per_order"], TARGETS["ddb_writes_per_order"])  # fmt: skip
-    hot = next((r for r in sc if r["groups"] == 1), None)
+    return t
+
+
+def worker_cpu_figures(thr: list[dict]) -> dict[str, list[float]]:
+    """Issue 23's figure: one worker's CPU seconds (utime + stime) per 1,000 orders, by shape, one per drain."""
+    out: dict[str, list[float]] = {}
+    for r in sorted(thr, key=lambda r: r.get("run", 1)):
+        if r["consumer"] == "worker" and r["workers"] == 1 and r.get("cpu_s_per_1000") is not None:
+            out.setdefault(shape_of(r), []).append(r["cpu_s_per_1000"])
+    return out
+
+
+def cpu_targets(res: dict, d: Drains) -> list[list]:
+    """Worker CPU s / 1,000 orders, per shape, one worker: judged on a release build only (a debug build's
+    figure is printed, indicative)."""
+    t: list[list] = []
+    limit = TARGETS["worker_cpu_s_per_1000"]
+    for shape, vals in worker_cpu_figures(d.thr).items():
+        what = f"worker CPU s / 1,000 orders, {shape}, one worker"
+        wanted = f"<= {limit:g} s (goal {WORKER_CPU_GOAL:g})"
+        v = max(vals)
+        shown = f"{v:.3f} s" + (f" (drains: {', '.join(f'{x:.3f}' for x in vals)})" if len(vals) > 1 else "")
+        if res.get("profile") == "debug":
+            t.append([what, wanted, shown, "indicative (debug build)"])
+        else:
+            t.append([what, wanted, shown, verdict(v <= limit, f"+{v - limit:.3f} s")])
+    return t
+
+
+def hot_group_and_rss_targets(res: dict, d: Drains) -> list[list]:
+    t: list[list] = []
+    hot = next((r for r in res["scale"] if r["groups"] == 1), None)
     before = res.get("hot_group_before")
     if hot and before:
         want = TARGETS["hot_group_vs_before"] * before["orders_per_s"]
@@ -1019,17 +1151,16 @@ def report(res: dict) -> str:
                 verdict(v >= want, f"short by {want - v:.1f} orders/s"),
             ]
         )
-    if workers:
-        v = max(r["rss_peak_mib"] for r in workers + sc)
-        t.append(
-            [
-                "worker peak RSS (any run)",
-                f"< {TARGETS['rss_mib']:g} MiB",
-                v,
-                verdict(v < TARGETS["rss_mib"], f"+{v - TARGETS['rss_mib']:.1f} MiB"),
-            ]
-        )
-    for r in res["interruption"]:
+    if d.workers:
+        v = max(r["rss_peak_mib"] for r in d.workers + res["scale"])
+        lim = TARGETS["rss_mib"]
+        t.append(["worker peak RSS (any run)", f"< {lim:g} MiB", v, verdict(v < lim, f"+{v - lim:.1f} MiB")])
+    return t
+
+
+def interruption_targets(interruption: list[dict]) -> list[list]:
+    t: list[list] = []
+    for r in interruption:
         what = f"{r.get('trigger', 'notice')}, {r['state']}"
         v = r["notice_to_hook_completed_s"]
         if v is not None:
@@ -1038,26 +1169,39 @@ def report(res: dict) -> str:
         v = r.get("notice_to_all_visible_s")
         if r["state"] == "busy":
             lim = TARGETS["visible_s"]
+            name = f"notice -> unstarted messages visible ({what})"
             if v is None:
-                t.append([f"notice -> unstarted messages visible ({what})", f"<= {lim:g} s", "-", "not measured"])
+                t.append([name, f"<= {lim:g} s", "-", "not measured"])
             else:
-                t.append(
-                    [
-                        f"notice -> unstarted messages visible ({what})",
-                        f"<= {lim:g} s",
-                        v,
-                        verdict(v <= lim, f"+{v - lim:.2f} s"),
-                    ]
-                )
-    if not res["interruption"]:
+                t.append([name, f"<= {lim:g} s", v, verdict(v <= lim, f"+{v - lim:.2f} s")])
+    if not interruption:
         t.append(["notice -> hook completed", f"<= {TARGETS['hook_s']:g} s", "-", "not measured"])
-    parts += ["### Targets", "", table(["target", "wanted", "measured", "verdict"], t), ""]
-    if res["errors"]:
-        parts += (
-            ["### ERRORS (runs that broke)", ""]
-            + [f"- {e['run']}: {e['error'].splitlines()[0]}" for e in res["errors"]]
-            + [""]
-        )
+    return t
+
+
+def targets_section(res: dict, d: Drains) -> list[str]:
+    t = throughput_target(d) + shape_targets(d) + cpu_targets(res, d) + hot_group_and_rss_targets(res, d)
+    t += interruption_targets(res["interruption"])
+    return ["### Targets", "", table(["target", "wanted", "measured", "verdict"], t), ""]
+
+
+def errors_section(errors: list[dict]) -> list[str]:
+    if not errors:
+        return []
+    return ["### ERRORS (runs that broke)", ""] + [f"- {e['run']}: {e['error'].splitlines()[0]}" for e in errors] + [""]
+
+
+def report(res: dict) -> str:
+    d = Drains(res["throughput"])
+    parts = header_section(res)
+    parts += throughput_section(d)
+    parts += requests_section(d)
+    parts += cost_section(d, res.get("prices"))
+    parts += latency_section(res["latency"])
+    parts += interruption_section(res)
+    parts += scale_section(res["scale"], d)
+    parts += targets_section(res, d)
+    parts += errors_section(res["errors"])
     return "\n".join(parts)
 
 
@@ -1078,8 +1222,16 @@ def main() -> int:
     )
     ap.add_argument(
         "--only",
-        choices=["interruption"],
-        help="run only this section (the interruption runs: a few minutes; the other tables stay empty)",
+        choices=["interruption", "cpu"],
+        help="run only this section (interruption: the interruption runs, a few minutes; cpu: one worker's drain "
+        "of each shape, for its CPU figure; the other tables stay empty)",
+    )
+    ap.add_argument("--orders", type=int, help="the backlog of each worker drain (default: the mode's)")
+    ap.add_argument(
+        "--perf",
+        type=Path,
+        metavar="DIR",
+        help="record each worker drain with `perf record` (DWARF call graphs) into DIR/<run>-<worker>.perf.data",
     )
     args = ap.parse_args()
     profile = args.profile or ("release" if args.mode == "full" else "debug")
@@ -1108,7 +1260,9 @@ def main() -> int:
     except (ValueError, KeyError, AttributeError) as e:
         print(f"bench: the prices module does not give what the cost table needs: {e!r}", file=sys.stderr)
         return 2
-    bench = Bench(args.mode, binary, spot, run_dir, prices)
+    bench = Bench(args.mode, binary, spot, run_dir, prices, args.perf.resolve() if args.perf else None)
+    if args.orders:
+        bench.cfg = dict(bench.cfg, backlog=args.orders)
     res = bench.results
     res.update(
         mode=args.mode,
@@ -1130,6 +1284,7 @@ def main() -> int:
         stop_all()
     res["duration_s"] = round(time.monotonic() - t0, 1)
     res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["worker_cpu_s_per_1000"] = worker_cpu_figures(res["throughput"])
     md = report(res) + f"\nTotal benchmark time {res['duration_s']} s; logs in {run_dir}.\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stamp}.json").write_text(json.dumps(res, indent=2, default=str))

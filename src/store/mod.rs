@@ -4,9 +4,11 @@
 //! A run of a group's messages is committed by a **claim** on the group's row, then plain inserts of the
 //! records: the protocol and the argument that it keeps every guarantee are in [`protocol`] (pure, with unit
 //! tests and a randomized model in `model.rs`); this module carries its steps out on DynamoDB:
-//! - claims are conditional `UpdateItem`s with `ReturnValuesOnConditionCheckFailure: ALL_OLD`, one per run,
-//!   the runs of several groups at once; a failed condition brings the row back, so a stale cache costs
-//!   one failed write and no read;
+//! - claims are conditional updates with `ReturnValuesOnConditionCheckFailure: ALL_OLD`, one per run: those of
+//!   one commit together, as PartiQL `UPDATE`s in `BatchExecuteStatement`s of up to 25 (one call per commit,
+//!   not per run: issue 23), a group's first claim (no row yet) alone as an `UpdateItem`; a failed condition
+//!   brings the row back, so a stale cache costs one failed write and no read (a batched claim refused without
+//!   a row it can use is sent again alone, see [`dynamo::claim_batch`]);
 //! - records go out as PartiQL `INSERT`s in `BatchExecuteStatement`s of up to 25, the runs of several groups
 //!   together, each statement with its own answer; an insert that finds its key taken reads the item
 //!   (neither engine returns it with the error) and the protocol decides: done, or a marker;
@@ -26,6 +28,7 @@ mod model;
 pub mod protocol;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use aws_sdk_dynamodb::Client;
@@ -37,10 +40,11 @@ use crate::admission::Admission;
 use crate::retry::{Budget, Class, Pace, Retry};
 pub use crate::schema::Record;
 use crate::schema::{Item, Status};
-use dynamo::{ClaimResult, Failure, InsertResult};
+use dynamo::{BatchClaim, ClaimResult, Failure, InsertResult, CLAIM_BATCH};
 pub use dynamo::{TableError, ATTEMPT_TIMEOUT};
 use protocol::{
-    parse_seq, Claim, GroupRow, MarkerKind, Msg, RunProtocol, Settled, Step, Write, WriteAnswer,
+    parse_seq, Claim, ClaimAnswer, GroupRow, MarkerKind, Msg, RunProtocol, Settled, Step, Write,
+    WriteAnswer,
 };
 
 /// Most records (plus one per run) one commit takes: four `BatchExecuteStatement`s.
@@ -112,6 +116,8 @@ pub struct Store {
     rows: Mutex<HashMap<String, Option<GroupRow>>>,
     /// The operation whose account-wide error blocks DynamoDB work (see [`BlockedBy`]).
     blocked_by: Mutex<BlockedBy>,
+    /// The batched claims met an account-wide refusal once (said once in the log).
+    batch_denied: AtomicBool,
 }
 
 /// One run being committed: where it stands in the protocol, and why it stopped short (if it did).
@@ -121,6 +127,9 @@ struct Committing {
     error: Option<StoreError>,
     /// Claims in a row that found the row moved: another worker on the same group.
     stale_claims: u32,
+    /// Its claims go alone (`UpdateItem`), not in a batch: a batched one was refused without deciding
+    /// anything (see [`BatchClaim::Alone`]).
+    alone: bool,
     /// Its outcome went to the caller.
     reported: bool,
 }
@@ -133,6 +142,7 @@ impl Store {
             groups_table,
             rows: Mutex::new(HashMap::new()),
             blocked_by: Mutex::new(BlockedBy::default()),
+            batch_denied: AtomicBool::new(false),
         }
     }
 
@@ -299,6 +309,7 @@ impl Store {
                     protocol: RunProtocol::new(if active { msgs } else { Vec::new() }, row),
                     error,
                     stale_claims: 0,
+                    alone: false,
                     reported: false,
                 }
             })
@@ -423,7 +434,29 @@ impl Store {
         carry: &mut Carry,
         ctx: &CommitContext<'_>,
     ) -> Sent {
-        let claim_calls = round.claims.iter().map(|(i, c)| {
+        // Claims based on a row go out together, one BatchExecuteStatement per 25 (issue 23: with runs of one
+        // order, an UpdateItem per run was a call per order and most of the worker's CPU); a group's first
+        // claim (no row: the batch's UPDATE needs one) and a claim the batch could not decide go alone, as an
+        // UpdateItem.
+        let (batched, alone): (Vec<_>, Vec<_>) = round
+            .claims
+            .iter()
+            .partition(|(i, c)| c.expect.is_some() && !active[*i].alone);
+        let batch_args: Vec<(&str, &Claim, &str)> = batched
+            .iter()
+            .map(|(i, c)| {
+                let run = &runs[*i];
+                (
+                    run.group_id.as_str(),
+                    c,
+                    run.records[0].processed_at.as_str(),
+                )
+            })
+            .collect();
+        let batch_calls = batch_args
+            .chunks(MAX_STATEMENTS)
+            .map(|b| dynamo::claim_batch(&self.client, &self.groups_table, b, ctx));
+        let claim_calls = alone.iter().map(|(i, c)| {
             dynamo::claim(
                 &self.client,
                 &self.groups_table,
@@ -437,9 +470,22 @@ impl Store {
             .items
             .chunks(MAX_STATEMENTS)
             .map(|c| dynamo::insert(&self.client, &self.orders_table, c, ctx));
-        let (claim_results, insert_results) =
-            tokio::join!(join_all(claim_calls), join_all(insert_calls));
-        let mut sent = self.settle_claims(runs, active, &round.claims, claim_results, ctx);
+        let (claim_results, batch_results, insert_results) = tokio::join!(
+            join_all(claim_calls),
+            join_all(batch_calls),
+            join_all(insert_calls)
+        );
+        let mut results: Vec<(usize, &Claim, ClaimResult)> = Vec::new();
+        for ((i, c), r) in alone.into_iter().zip(claim_results) {
+            if matches!(r, ClaimResult::Answer(_)) {
+                self.answered(ctx, "UpdateItem");
+            }
+            results.push((*i, c, r));
+        }
+        for (chunk, r) in batched.chunks(MAX_STATEMENTS).zip(batch_results) {
+            results.extend(self.per_claim(active, chunk, r, ctx));
+        }
+        let mut sent = self.settle_claims(runs, active, results);
         let answers = self.per_statement(&round.items, insert_results, carry, &mut sent, ctx);
         if let Some(f) = self
             .settle_writes(runs, active, round, answers, carry, ctx)
@@ -450,22 +496,72 @@ impl Store {
         sent
     }
 
+    /// One answer per claim of a batch of claims. DynamoDB refusing the call itself (or a statement) for the
+    /// request or the caller decides nothing: not applied, and each claim goes alone next round, whose own
+    /// answer says what is wrong (an `UpdateItem` refused too blocks new work, as before batching; one that
+    /// works carries on: a role without PartiQLUpdate).
+    fn per_claim<'c>(
+        &self,
+        active: &mut [Committing],
+        chunk: &[&'c (usize, Claim)],
+        result: Result<Vec<BatchClaim>, Failure>,
+        ctx: &CommitContext<'_>,
+    ) -> Vec<(usize, &'c Claim, ClaimResult)> {
+        let per: Vec<BatchClaim> = match result {
+            Ok(per) => {
+                self.answered(ctx, CLAIM_BATCH);
+                per
+            }
+            Err(f) if refused_alone(&f) => {
+                self.batch_refused(&f);
+                chunk.iter().map(|_| BatchClaim::Alone).collect()
+            }
+            Err(f) => chunk
+                .iter()
+                .map(|_| BatchClaim::Failed(f.clone()))
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for ((i, c), b) in chunk.iter().map(|x| (x.0, &x.1)).zip(per) {
+            let r = match b {
+                BatchClaim::Answer(answer) => ClaimResult::Answer(answer),
+                BatchClaim::BadRow(detail) => ClaimResult::BadRow(detail),
+                BatchClaim::Failed(f) if !refused_alone(&f) => ClaimResult::Failed(f),
+                BatchClaim::Failed(f) => {
+                    self.batch_refused(&f);
+                    active[i].alone = true;
+                    ClaimResult::Answer(ClaimAnswer::NotApplied)
+                }
+                BatchClaim::Alone => {
+                    active[i].alone = true;
+                    ClaimResult::Answer(ClaimAnswer::NotApplied)
+                }
+            };
+            out.push((i, c, r));
+        }
+        out
+    }
+
+    /// A batch of claims refused account-wide: say so once (the claims go alone, as UpdateItem).
+    fn batch_refused(&self, f: &Failure) {
+        if f.class == Class::AccountWide && !self.batch_denied.swap(true, Ordering::Relaxed) {
+            tracing::warn!(code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refused the batched claims (PartiQL UPDATE: is dynamodb:PartiQLUpdate granted on the groups table?); claims go one by one as UpdateItem, a call per run");
+        }
+    }
+
     /// Give each run its claim's answer; how many claims in a row the most contended run found the row moved.
     fn settle_claims(
         &self,
         runs: &[Run],
         active: &mut [Committing],
-        claims: &[(usize, Claim)],
-        results: Vec<ClaimResult>,
-        ctx: &CommitContext<'_>,
+        results: Vec<(usize, &Claim, ClaimResult)>,
     ) -> Sent {
         let mut sent = Sent::default();
-        for ((i, c), r) in claims.iter().zip(results) {
-            let a = &mut active[*i];
+        for (i, c, r) in results {
+            let a = &mut active[i];
             match r {
                 ClaimResult::Answer(answer) => {
-                    self.answered(ctx, "UpdateItem");
-                    if matches!(answer, protocol::ClaimAnswer::Stale(_)) {
+                    if matches!(answer, ClaimAnswer::Stale(_)) {
                         a.stale_claims += 1;
                         sent.contention = sent.contention.max(a.stale_claims);
                     } else {
@@ -474,18 +570,18 @@ impl Store {
                     a.protocol.claimed(c, answer);
                 }
                 ClaimResult::BadRow(detail) => {
-                    tracing::error!(group = %runs[*i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
+                    tracing::error!(group = %runs[i].group_id, cause = %detail, "group row is not one this build writes on; its orders stay held until it is (see `order-worker repair`)");
                     self.rows
                         .lock()
                         .expect("cache lock")
-                        .remove(&runs[*i].group_id);
+                        .remove(&runs[i].group_id);
                     a.error = Some(StoreError::Deferred(detail));
                 }
                 ClaimResult::Failed(f) => {
                     if f.class == Class::Request {
                         a.error = Some(StoreError::Permanent(f.detail.clone()));
                     } else {
-                        a.protocol.claimed(c, protocol::ClaimAnswer::Unknown);
+                        a.protocol.claimed(c, ClaimAnswer::Unknown);
                         sent.failure.get_or_insert(f);
                     }
                 }
@@ -724,6 +820,13 @@ struct Sent {
     failure: Option<Failure>,
     /// Claims in a row the most contended run found the row moved.
     contention: u32,
+}
+
+/// A batched claim refused for what DynamoDB says of the request or of the caller (validation, access): not
+/// applied; sent again alone, whose own answer decides (waited out and blocking new work if the `UpdateItem`
+/// is refused too; carrying on if not, e.g. a role granted `UpdateItem` but not `PartiQLUpdate`).
+fn refused_alone(f: &Failure) -> bool {
+    matches!(f.class, Class::Request | Class::AccountWide)
 }
 
 /// What a failed `BatchExecuteStatement` as a whole means for its statements.

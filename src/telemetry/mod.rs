@@ -40,6 +40,10 @@ pub const DELETE_FAILURES: &str = "order_worker_delete_failures_total";
 pub const WRITE_UNITS: &str = "order_worker_dynamodb_write_units_total";
 /// DynamoDB read capacity units consumed (by the billing rule: neither engine reports all of them).
 pub const READ_UNITS: &str = "order_worker_dynamodb_read_units_total";
+/// Claims of a run's positions that DynamoDB answered, by `result`: `applied`, or `refused` (the group row had
+/// moved: a stale cached row, or another worker). Sent alone (`UpdateItem`) or together with other groups'
+/// (`BatchExecuteStatement`), so the request counters do not tell them apart.
+pub const CLAIMS: &str = "order_worker_claims_total";
 /// Notices acted on, by `kind`.
 pub const NOTICES: &str = "order_worker_notices_total";
 /// Drains, by `trigger`.
@@ -132,7 +136,7 @@ pub fn snapshot() -> Snapshot {
 /// Help text and unit of every figure, and the series that exist from the start: the gauges (a scraper sees 0,
 /// not nothing, before the first message) and the latency histogram (its buckets at 0).
 fn describe() {
-    let counters: [(&'static str, &'static str); 16] = [
+    let counters: [(&'static str, &'static str); 17] = [
         (ORDERS, "Orders handled, by outcome."),
         (RELEASES, "Messages released (visibility 0), by reason."),
         (REQUESTS, "AWS requests, by service and operation."),
@@ -154,6 +158,10 @@ fn describe() {
         ),
         (WRITE_UNITS, "DynamoDB write capacity units consumed."),
         (READ_UNITS, "DynamoDB read capacity units consumed."),
+        (
+            CLAIMS,
+            "Claims of a run's positions DynamoDB answered, by result: applied or refused.",
+        ),
         (NOTICES, "Notices acted on, by kind."),
         (DRAINS, "Drains, by trigger."),
         (DRAIN_ORDERS, "Orders during drains: finished or released."),

@@ -350,3 +350,48 @@ async fn a_worker_role_without_partiql_insert_is_refused_naming_the_action() {
     wait_log(&w, "AccessDenied", Duration::from_secs(20)).await;
     assert!(fx.records().await.is_empty(), "nothing may be recorded");
 }
+
+/// A role granted the claim's UpdateItem but not dynamodb:PartiQLUpdate (the batched claims: a binary
+/// deployed before its policy, issue 23): the batched claims are refused, go one by one as UpdateItem, and
+/// every order is recorded once, in order; the log says what is missing, once.
+#[tokio::test]
+async fn a_worker_role_without_partiql_update_claims_one_by_one_and_records_everything() {
+    if iam_mode() != "strict" {
+        eprintln!(
+            "LOCAL_IAM={}: nothing is refused, nothing to check",
+            iam_mode()
+        );
+        return;
+    }
+    let test = "iam-noupdate";
+    let emu = Emulator::start(test).await;
+    emu.expect_denial("action=dynamodb:PartiQLUpdate");
+    let dir = planted_policies(test, "worker", |t| {
+        t.replace(",\n        \"dynamodb:PartiQLUpdate\"", "")
+    });
+    let fx = Fixture::with_policies(&emu, test, &dir).await;
+    let mut manifest = Vec::new();
+    // More orders per group than one run takes (16): every group needs a claim on its row, a batched one.
+    for g in ["g1", "g2", "g3"] {
+        let orders = ids(&format!("{g}-noupd"), 25);
+        fx.send_orders(g, &orders).await;
+        manifest.extend(orders.iter().map(|id| sent(id, g, "accepted")));
+    }
+    let w = fx.worker("w1", &[]);
+    fx.wait_records(75, Duration::from_secs(90)).await;
+    let report = fx.audit(&manifest).await;
+    assert!(report.ok(), "{}", report.summary());
+    assert_eq!((report.records, report.markers), (75, 0));
+    assert!(
+        emu.denials()
+            .iter()
+            .any(|l| l.contains("action=dynamodb:PartiQLUpdate")),
+        "no batched claim was sent"
+    );
+    let log = w.log_text();
+    assert_eq!(
+        log.matches("is dynamodb:PartiQLUpdate granted").count(),
+        1,
+        "{log}"
+    );
+}
