@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementOutput;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes,
@@ -252,36 +253,8 @@ pub(super) async fn claim_batch(
                 .expect("statement is set")
         })
         .collect();
-    let call = client
-        .batch_execute_statement()
-        .set_statements(Some(statements))
-        .return_consumed_capacity(ReturnConsumedCapacity::Total)
-        .send();
-    let out = match bounded(call, ctx).await {
-        None => {
-            request("dynamodb", "BatchExecuteStatement", false);
-            return Err(Failure::timeout(CLAIM_BATCH));
-        }
-        Some(Err(e)) => {
-            request("dynamodb", "BatchExecuteStatement", false);
-            return Err(Failure::of(&e, CLAIM_BATCH));
-        }
-        Some(Ok(out)) => out,
-    };
-    request("dynamodb", "BatchExecuteStatement", true);
+    let out = send_statements(client, statements, CLAIM_BATCH, ctx).await?;
     let responses = out.responses();
-    if responses.len() != claims.len() {
-        return Err(Failure {
-            operation: CLAIM_BATCH,
-            class: Class::Transient,
-            code: None,
-            detail: format!(
-                "{CLAIM_BATCH}: {} answers to {} claims",
-                responses.len(),
-                claims.len()
-            ),
-        });
-    }
     let mut billed = 0usize;
     let results: Vec<BatchClaim> = responses
         .iter()
@@ -446,36 +419,8 @@ pub(super) async fn insert(
         .iter()
         .map(|(_, item)| insert_statement(table, item))
         .collect();
-    let call = client
-        .batch_execute_statement()
-        .set_statements(Some(statements))
-        .return_consumed_capacity(ReturnConsumedCapacity::Total)
-        .send();
-    let out = match bounded(call, ctx).await {
-        None => {
-            request("dynamodb", "BatchExecuteStatement", false);
-            return Err(Failure::timeout("BatchExecuteStatement"));
-        }
-        Some(Err(e)) => {
-            request("dynamodb", "BatchExecuteStatement", false);
-            return Err(Failure::of(&e, "BatchExecuteStatement"));
-        }
-        Some(Ok(out)) => out,
-    };
-    request("dynamodb", "BatchExecuteStatement", true);
+    let out = send_statements(client, statements, "BatchExecuteStatement", ctx).await?;
     let responses = out.responses();
-    if responses.len() != items.len() {
-        return Err(Failure {
-            operation: "BatchExecuteStatement",
-            class: Class::Transient,
-            code: None,
-            detail: format!(
-                "BatchExecuteStatement: {} answers to {} statements",
-                responses.len(),
-                items.len()
-            ),
-        });
-    }
     let results: Vec<InsertResult> = responses
         .iter()
         .map(|r| {
@@ -742,6 +687,44 @@ pub(super) async fn check_tables(
         }
     }
     Ok(())
+}
+
+/// One `BatchExecuteStatement` (claims or inserts, `operation` names which in failures), bounded by the
+/// attempt limit and the budget, counted; its answer has one response per statement, or it is a failure.
+async fn send_statements(
+    client: &Client,
+    statements: Vec<BatchStatementRequest>,
+    operation: &'static str,
+    ctx: &CommitContext<'_>,
+) -> Result<BatchExecuteStatementOutput, Failure> {
+    let sent = statements.len();
+    let call = client
+        .batch_execute_statement()
+        .set_statements(Some(statements))
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send();
+    let out = match bounded(call, ctx).await {
+        None => {
+            request("dynamodb", "BatchExecuteStatement", false);
+            return Err(Failure::timeout(operation));
+        }
+        Some(Err(e)) => {
+            request("dynamodb", "BatchExecuteStatement", false);
+            return Err(Failure::of(&e, operation));
+        }
+        Some(Ok(out)) => out,
+    };
+    request("dynamodb", "BatchExecuteStatement", true);
+    let answered = out.responses().len();
+    if answered != sent {
+        return Err(Failure {
+            operation,
+            class: Class::Transient,
+            code: None,
+            detail: format!("{operation}: {answered} answers to {sent} statements"),
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
