@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,31 @@ class Timeout(HarnessError, TimeoutError):
     """A condition was not met by its deadline."""
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nobody listens on now (the kernel's choice), for a server that cannot take port 0."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on now, for a server that cannot take port 0: below the kernel's ephemeral range,
+    since a port the kernel picked is the kind it also hands out as the source port of a new outgoing
+    connection, which could take it before the server binds ("address already in use"). Never the same port
+    twice in this process."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = min(int(f.read().split()[0]), 32768)
+    except (OSError, ValueError, IndexError):
+        high = 32768
+    for _ in range(1000):
+        port = random.randrange(15000, high)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise HarnessError(f"no free port in 15000..{high}")
 
 
 def wait_for(what: str, timeout: float, f: Callable[[], Any], every: float = 0.2) -> Any:

@@ -21,13 +21,34 @@ use serde_json::json;
 
 pub const REGION: &str = "us-east-1";
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+/// A free TCP port on 127.0.0.1 for a server that cannot take port 0 (bound, then released for it to take),
+/// below the kernel's ephemeral range: a port the kernel picked for us is the kind it also hands out as the
+/// source port of a new outgoing connection, which could take it before the server binds ("address already
+/// in use": seen once the suite's tests ran in one binary, side by side). Never the same port twice in
+/// this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let (low, high) = (15_000u16, ephemeral_start().min(32_768));
+    for _ in 0..1_000 {
+        let port = fastrand::u16(low..high);
+        let mut given = GIVEN.lock().unwrap();
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 pub fn repo() -> PathBuf {
