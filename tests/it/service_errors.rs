@@ -56,10 +56,8 @@ async fn an_unknown_4xx_of_a_whole_batch_is_not_an_orders_verdict() {
 /// the delete). Returns the BatchGetItem and BatchExecuteStatement calls the commit made.
 async fn commit_taken(r: &Rig, marked: bool, failed_read: bool) -> (u64, u64) {
     use aws_sdk_dynamodb::types::AttributeValue;
-    use order_worker::admission::Admission;
-    use order_worker::retry::Budget;
-    use order_worker::schema::{Record, Status};
-    use order_worker::store::{CommitContext, Run, Store};
+    use order_worker::schema::Record;
+    use order_worker::store::Run;
     let put = |key: &str, pos: &str, mid: &str, seq: &str| {
         r.fx.ddb
             .put_item()
@@ -78,19 +76,8 @@ async fn commit_taken(r: &Rig, marked: bool, failed_read: bool) -> (u64, u64) {
         put("duplicate:m-2", "2", "m-2", "2").await.unwrap();
     }
     let record = |key: &str, mid: &str, seq: &str| Record {
-        order_key: key.into(),
-        group_id: "g".into(),
-        status: Status::Accepted,
-        reason: None,
-        total_cents: Some(1),
-        currency: Some("EUR".into()),
-        item_count: 1,
-        payload_sha256: "sha".into(),
-        sqs_message_id: mid.into(),
-        sqs_sequence_number: Some(seq.into()),
         receive_count: 2,
-        processed_by: "i-test".into(),
-        processed_at: "2026-12-06T12:00:00.000Z".into(),
+        ..accepted_record(key, "g", mid, seq)
     };
     // The row as the claim that placed m-2 at 2 left it.
     r.fx.ddb
@@ -109,18 +96,10 @@ async fn commit_taken(r: &Rig, marked: bool, failed_read: bool) -> (u64, u64) {
         .send()
         .await
         .unwrap();
-    let store = Store::new(
-        aws_sdk_dynamodb::Client::new(&r.proxy.sdk(1, None).await),
-        r.fx.orders_table.clone(),
-        r.fx.groups_table.clone(),
-    );
-    let admission = Admission::default();
-    let abort = tokio_util::sync::CancellationToken::new();
-    let ctx = CommitContext {
-        budget: Budget::UntilItWorks,
-        abort: &abort,
-        admission: &admission,
-    };
+    let store =
+        r.fx.store_via(aws_sdk_dynamodb::Client::new(&r.proxy.sdk(1, None).await));
+    let env = CommitEnv::default();
+    let ctx = env.ctx();
     // A message below the row's claimed entries (recorded before): settled with no write; the row is cached.
     let warm = Run {
         group_id: "g".into(),

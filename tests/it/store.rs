@@ -367,10 +367,7 @@ async fn a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another(eng
     // The store itself, on a real engine: two groups' runs in one commit. Group "slow"'s order is already
     // recorded by another message (its insert finds the key, reads it, then writes a marker: three calls more);
     // group "fast" is done after the first round of inserts and must be answered then, alone.
-    use order_worker::admission::Admission;
-    use order_worker::retry::Budget;
-    use order_worker::schema::{Record, Status};
-    use order_worker::store::{CommitContext, Run, Store};
+    use order_worker::store::Run;
     let region = Region::start("perrun", engine).await;
     let fx = region.fixture().await;
     fx.ddb
@@ -386,20 +383,8 @@ async fn a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another(eng
         .send()
         .await
         .unwrap();
-    let record = |key: &str, group: &str, seq: &str| Record {
-        order_key: key.into(),
-        group_id: group.into(),
-        status: Status::Accepted,
-        reason: None,
-        total_cents: Some(1),
-        currency: Some("EUR".into()),
-        item_count: 1,
-        payload_sha256: "sha".into(),
-        sqs_message_id: format!("m-{key}-{group}"),
-        sqs_sequence_number: Some(seq.into()),
-        receive_count: 1,
-        processed_by: "i-test".into(),
-        processed_at: "2026-12-06T12:00:00.000Z".into(),
+    let record = |key: &str, group: &str, seq: &str| {
+        accepted_record(key, group, &format!("m-{key}-{group}"), seq)
     };
     let runs = vec![
         Run {
@@ -411,18 +396,9 @@ async fn a_run_that_needs_more_rounds_does_not_hold_up_the_answer_of_another(eng
             records: vec![record("fresh", "fast", "11")],
         },
     ];
-    let store = Store::new(
-        fx.ddb.clone(),
-        fx.orders_table.clone(),
-        fx.groups_table.clone(),
-    );
-    let admission = Admission::default();
-    let abort = tokio_util::sync::CancellationToken::new();
-    let ctx = CommitContext {
-        budget: Budget::UntilItWorks,
-        abort: &abort,
-        admission: &admission,
-    };
+    let store = fx.store_via(fx.ddb.clone());
+    let env = CommitEnv::default();
+    let ctx = env.ctx();
     let mut answers: Vec<Vec<(usize, usize)>> = Vec::new();
     store
         .commit_each(&runs, &ctx, &mut |done| {
@@ -448,43 +424,21 @@ async fn batched_claims_on_a_moved_row_or_one_from_before_the_fence_land_at_the_
     // alone, as an UpdateItem, whose refusal does); group "old" holds a claim row of a build from before the
     // fence (LastPosition a number, no Protocol) at the cached base, which only the UpdateItem's condition
     // takes. Both must end at the right positions, and "old" fenced.
-    use order_worker::admission::Admission;
-    use order_worker::retry::Budget;
-    use order_worker::schema::{Record, Status};
-    use order_worker::store::{Applied, CommitContext, Run, Store};
+    use order_worker::schema::Record;
+    use order_worker::store::{Applied, Run};
     let region = Region::start("claimbatch", engine).await;
     let fx = region.fixture().await;
     let record = |key: &str, group: &str, seq: &str| Record {
-        order_key: key.into(),
-        group_id: group.into(),
-        status: Status::Accepted,
-        reason: None,
-        total_cents: Some(1),
-        currency: Some("EUR".into()),
-        item_count: 1,
         payload_sha256: format!("sha-{key}"),
-        sqs_message_id: format!("m-{key}"),
-        sqs_sequence_number: Some(seq.into()),
-        receive_count: 1,
-        processed_by: "i-test".into(),
-        processed_at: "2026-12-06T12:00:00.000Z".into(),
+        ..accepted_record(key, group, &format!("m-{key}"), seq)
     };
     let run = |group: &str, key: &str, seq: &str| Run {
         group_id: group.into(),
         records: vec![record(key, group, seq)],
     };
-    let store = Store::new(
-        fx.ddb.clone(),
-        fx.orders_table.clone(),
-        fx.groups_table.clone(),
-    );
-    let admission = Admission::default();
-    let abort = tokio_util::sync::CancellationToken::new();
-    let ctx = CommitContext {
-        budget: Budget::UntilItWorks,
-        abort: &abort,
-        admission: &admission,
-    };
+    let store = fx.store_via(fx.ddb.clone());
+    let env = CommitEnv::default();
+    let ctx = env.ctx();
     // First runs: no rows yet (each claim alone); both rows cached at LastPosition 1.
     let out = store
         .commit(&[run("moved", "a1", "10"), run("old", "b1", "10")], &ctx)

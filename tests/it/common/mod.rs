@@ -1002,3 +1002,57 @@ pub async fn readyz(proc: &Proc) -> u16 {
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
 }
+
+/// An accepted order's record as a group task would hand it to the store (tests that call the store
+/// directly; change a field with `Record { receive_count: 2, ..accepted_record(..) }`).
+pub fn accepted_record(
+    key: &str,
+    group: &str,
+    message_id: &str,
+    seq: &str,
+) -> order_worker::schema::Record {
+    order_worker::schema::Record {
+        order_key: key.into(),
+        group_id: group.into(),
+        status: order_worker::schema::Status::Accepted,
+        reason: None,
+        total_cents: Some(1),
+        currency: Some("EUR".into()),
+        item_count: 1,
+        payload_sha256: "sha".into(),
+        sqs_message_id: message_id.into(),
+        sqs_sequence_number: Some(seq.into()),
+        receive_count: 1,
+        processed_by: "i-test".into(),
+        processed_at: "2026-12-06T12:00:00.000Z".into(),
+    }
+}
+
+/// What a store commit borrows besides the store (admission and abort), for tests that call the store
+/// directly; `ctx()` is a commit that may retry until it works.
+#[derive(Default)]
+pub struct CommitEnv {
+    pub admission: order_worker::admission::Admission,
+    pub abort: tokio_util::sync::CancellationToken,
+}
+
+impl CommitEnv {
+    pub fn ctx(&self) -> order_worker::store::CommitContext<'_> {
+        order_worker::store::CommitContext {
+            budget: order_worker::retry::Budget::UntilItWorks,
+            abort: &self.abort,
+            admission: &self.admission,
+        }
+    }
+}
+
+impl Fixture {
+    /// A store on this fixture's tables, through `client` (the fixture's own, or one through a fault proxy).
+    pub fn store_via(&self, client: aws_sdk_dynamodb::Client) -> order_worker::store::Store {
+        order_worker::store::Store::new(
+            client,
+            self.orders_table.clone(),
+            self.groups_table.clone(),
+        )
+    }
+}
