@@ -186,18 +186,6 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
     backoff_with(attempt, base, max, fastrand::f64())
 }
 
-/// Base and cap of the backoff for a class: throttling and account-wide errors back off further (retrying an
-/// access denial every 100 ms helps nobody and floods CloudTrail).
-pub fn backoff_for(class: Class, attempt: u32) -> Duration {
-    match class {
-        Class::Transient | Class::Request => {
-            backoff(attempt, Duration::from_millis(100), Duration::from_secs(10))
-        }
-        Class::Throttled => backoff(attempt, Duration::from_millis(200), Duration::from_secs(10)),
-        Class::AccountWide => backoff(attempt, Duration::from_secs(1), Duration::from_secs(30)),
-    }
-}
-
 /// How long a caller may keep trying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
@@ -721,8 +709,8 @@ mod tests {
             let d = backoff(attempt, base, max);
             assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
         }
-        assert!(backoff_for(Class::AccountWide, 0) >= Duration::from_millis(500));
-        assert!(backoff_for(Class::AccountWide, 30) <= Duration::from_secs(30));
+        assert!(Pace::CALL.pause(Class::AccountWide, 0) >= Duration::from_millis(500));
+        assert!(Pace::CALL.pause(Class::AccountWide, 30) <= Duration::from_secs(30));
     }
 
     #[tokio::test]
