@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,14 +15,20 @@ use super::held::SharedHeld;
 use super::SharedBudget;
 use crate::admission::Admission;
 use crate::queue::Queue;
-use crate::store::{Applied, CommitContext, Run, RunOutcome, Store, MAX_ACTIONS};
+use crate::store::{Applied, CommitContext, Run, RunOutcome, Store, MAX_ACTIONS, MAX_STATEMENTS};
 use crate::telemetry::{DELETE_FAILURES, ORDERS, ORDER_LATENCY};
 
-/// Longest the committer waits for more groups' runs to fill a commit (and its delete batch).
+/// Longest the committer waits for more groups' runs to fill a commit (and its delete batch) when no commit is
+/// in flight.
 const COMMIT_LINGER: Duration = Duration::from_millis(3);
 
-/// Orders after which a commit goes out without lingering: one full DeleteMessageBatch.
+/// Orders after which a commit goes out without lingering when no commit is in flight: one full
+/// DeleteMessageBatch.
 const COMMIT_ORDERS: usize = 10;
+
+/// Actions (claims and records) that make a commit worth sending beside another in flight: two full
+/// `BatchExecuteStatement`s (25 claims of runs of 1 and their 25 records, or five runs of 10).
+const FULL_COMMIT: usize = 2 * MAX_STATEMENTS;
 
 /// A run on its way to the commit loop, and where its answer goes.
 struct Request {
@@ -52,19 +58,84 @@ impl Committer {
     }
 }
 
-/// Puts the runs that wait into commits.
+/// How many commits are in flight, and a wait for none to be.
+#[derive(Clone)]
+struct InFlight(watch::Sender<usize>);
+
+impl InFlight {
+    fn new() -> InFlight {
+        InFlight(watch::Sender::new(0))
+    }
+
+    fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// One more commit in flight, until the guard is dropped.
+    fn enter(&self) -> FlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        FlightGuard(self.0.clone())
+    }
+
+    async fn none(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+struct FlightGuard(watch::Sender<usize>);
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// The runs of one commit being gathered.
+struct Batch {
+    requests: Vec<Request>,
+    /// Claims (one per run) and records.
+    actions: usize,
+    orders: usize,
+}
+
+impl Batch {
+    fn new(first: Request) -> Batch {
+        let mut batch = Batch {
+            requests: Vec::new(),
+            actions: 0,
+            orders: 0,
+        };
+        batch.push(first);
+        batch
+    }
+
+    fn push(&mut self, r: Request) {
+        self.actions += r.run.records.len() + 1;
+        self.orders += r.run.records.len();
+        self.requests.push(r);
+    }
+
+    fn fits(&self, r: &Request) -> bool {
+        self.actions + r.run.records.len() + 1 <= MAX_ACTIONS
+    }
+}
+
+/// Puts the runs that wait into commits, the way Nagle's algorithm puts bytes into segments: while no commit
+/// is in flight a commit goes out at once (after [`COMMIT_LINGER`] for the other runs of the same receive,
+/// whose groups' tasks submit microseconds apart, until [`COMMIT_ORDERS`] are in); while one is in flight the
+/// runs wait for it to finish, unless they fill a commit ([`FULL_COMMIT`]). Idle, nothing waits; under load
+/// the commits grow by themselves, up to [`MAX_ACTIONS`], and with them the statements per call: each AWS call
+/// costs the worker CPU (signing, JSON, HTTP) and the service a request, whatever it carries (issue 23).
 struct Gather {
     requests: mpsc::UnboundedReceiver<Request>,
     /// A run that did not fit the last commit: the first of the next.
     carry: Option<Request>,
+    in_flight: InFlight,
 }
 
 impl Gather {
-    /// The next commit: everything that queued up while the permits were busy, and the runs of one receive
-    /// (its groups' tasks submit microseconds apart) gathered for up to [`COMMIT_LINGER`] until
-    /// [`COMMIT_ORDERS`] orders are in: one batch of inserts and one full DeleteMessageBatch instead of several
-    /// small ones. Under load the batches grow by themselves, up to [`MAX_ACTIONS`]. None: no group task is
-    /// left, or the engine shuts down.
+    /// The next commit. None: no group task is left, or the engine shuts down.
     async fn next(&mut self, shutdown: &CancellationToken) -> Option<Vec<Request>> {
         let first = match self.carry.take() {
             Some(c) => c,
@@ -73,29 +144,33 @@ impl Gather {
                 _ = shutdown.cancelled() => return None,
             },
         };
-        let mut actions = first.run.records.len() + 1;
-        let mut orders = first.run.records.len();
-        let mut batch = vec![first];
+        let mut batch = Batch::new(first);
         let linger_until = Instant::now() + COMMIT_LINGER;
         loop {
             let next = match self.requests.try_recv() {
                 Ok(next) => next,
-                Err(_) if orders >= COMMIT_ORDERS => break,
+                Err(_) if batch.actions >= FULL_COMMIT => break,
+                Err(_) if self.in_flight.count() > 0 => tokio::select! {
+                    next = self.requests.recv() => match next {
+                        Some(next) => next,
+                        None => break,
+                    },
+                    // The flight ended: this batch goes by the idle rule, from the top.
+                    _ = self.in_flight.none() => continue,
+                },
+                Err(_) if batch.orders >= COMMIT_ORDERS => break,
                 Err(_) => match tokio::time::timeout_at(linger_until, self.requests.recv()).await {
                     Ok(Some(next)) => next,
                     _ => break,
                 },
             };
-            let size = next.run.records.len() + 1;
-            if actions + size > MAX_ACTIONS {
+            if !batch.fits(&next) {
                 self.carry = Some(next);
                 break;
             }
-            actions += size;
-            orders += next.run.records.len();
             batch.push(next);
         }
-        Some(batch)
+        Some(batch.requests)
     }
 }
 
@@ -112,6 +187,7 @@ impl CommitLoop {
         let gather = Gather {
             requests: rx,
             carry: None,
+            in_flight: InFlight::new(),
         };
         (Committer { requests }, CommitLoop { gather, flights })
     }
@@ -126,9 +202,11 @@ impl CommitLoop {
                 break;
             };
             let flights = self.flights.clone();
+            let flight = self.gather.in_flight.enter();
             self.flights.tracker.spawn(async move {
                 flights.commit(batch).await;
-                // The permit bounds commits in flight, not deletes.
+                // The permit and the count are of commits in flight, not deletes.
+                drop(flight);
                 drop(permit);
             });
         }
@@ -254,25 +332,33 @@ mod tests {
         batch.iter().map(|r| r.run.group_id.as_str()).collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn runs_that_wait_together_go_into_one_commit_and_what_does_not_fit_starts_the_next() {
+    fn gather() -> (Gather, mpsc::UnboundedSender<Request>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut gather = Gather {
+        let gather = Gather {
             requests: rx,
             carry: None,
+            in_flight: InFlight::new(),
         };
-        let committer = Committer { requests: tx };
-        // 6 runs of 16 orders: 6 x 17 actions is more than one commit takes.
-        let mut answers = Vec::new();
-        for g in ["a", "b", "c", "d", "e", "f"] {
-            let (reply, answer) = oneshot::channel();
-            answers.push(answer);
+        (gather, tx)
+    }
+
+    /// Sends a run of `orders` for each group; the answers are dropped (the gather never answers).
+    fn submit<S: AsRef<str>>(tx: &mpsc::UnboundedSender<Request>, groups: &[S], orders: usize) {
+        for g in groups.iter().map(AsRef::as_ref) {
+            let (reply, _) = oneshot::channel();
             let request = Request {
-                run: run(g, 16),
+                run: run(g, orders),
                 reply,
             };
-            committer.requests.send(request).map_err(|_| Gone).unwrap();
+            tx.send(request).map_err(|_| Gone).unwrap();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_that_wait_together_go_into_one_commit_and_what_does_not_fit_starts_the_next() {
+        let (mut gather, tx) = gather();
+        // 6 runs of 16 orders: 6 x 17 actions is more than one commit takes.
+        submit(&tx, &["a", "b", "c", "d", "e", "f"], 16);
         let shutdown = CancellationToken::new();
         let first = gather.next(&shutdown).await.unwrap();
         assert_eq!(groups(&first), ["a", "b", "c", "d", "e"]);
@@ -286,6 +372,55 @@ mod tests {
         shutdown.cancel();
         assert!(gather.next(&shutdown).await.is_none());
         drop(gather);
+        let committer = Committer { requests: tx };
         assert!(committer.commit(run("g", 1)).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_a_receive_goes_at_once_busy_runs_wait_for_the_flight_or_a_full_commit() {
+        let (mut gather, tx) = gather();
+        let shutdown = CancellationToken::new();
+        let groups_of =
+            |n: usize, tag: &str| -> Vec<String> { (0..n).map(|i| format!("{tag}{i}")).collect() };
+
+        // Nothing in flight: one receive's ten runs of 1 go as they are, without lingering.
+        let ten = groups_of(10, "a");
+        submit(&tx, &ten, 1);
+        let start = Instant::now();
+        assert_eq!(gather.next(&shutdown).await.unwrap().len(), 10);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        // A commit in flight: the next receive's runs wait for more, until the flight ends.
+        let flight = gather.in_flight.enter();
+        let ten = groups_of(10, "b");
+        submit(&tx, &ten, 1);
+        let tx2 = tx.clone();
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            submit(&tx2, &["c0", "c1", "c2", "c3", "c4"], 1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(flight);
+        });
+        let start = Instant::now();
+        let batch = gather.next(&shutdown).await.unwrap();
+        assert_eq!(
+            batch.len(),
+            15,
+            "the runs that came while the flight was out went in too"
+        );
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(40),
+            "it went when the flight ended"
+        );
+        later.await.unwrap();
+
+        // In flight, but the waiting runs fill a commit: it goes beside the other.
+        let _flight = gather.in_flight.enter();
+        let many = groups_of(FULL_COMMIT / 2, "d");
+        submit(&tx, &many, 1);
+        let start = Instant::now();
+        assert_eq!(gather.next(&shutdown).await.unwrap().len(), FULL_COMMIT / 2);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

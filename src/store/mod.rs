@@ -50,7 +50,7 @@ use protocol::{
 /// Most records (plus one per run) one commit takes: four `BatchExecuteStatement`s.
 pub const MAX_ACTIONS: usize = 100;
 /// Most statements DynamoDB takes in one `BatchExecuteStatement`.
-const MAX_STATEMENTS: usize = 25;
+pub const MAX_STATEMENTS: usize = 25;
 /// Cached group rows kept before the cache starts over (a row is ~200 bytes: a few MiB at most).
 const MAX_CACHED_ROWS: usize = 50_000;
 
