@@ -830,8 +830,8 @@ def requests_section(d: Drains) -> list[str]:
 
     return [
         "Requests per 1,000 orders, by operation (the baseline writes with PutItem; the worker claims each run "
-        "(a group's first claim alone, with UpdateItem; the claims of one commit together, as PartiQL UPDATEs in "
-        "BatchExecuteStatement, up to 25 each) and inserts its records in BatchExecuteStatement, up to 25 each):",
+        "(the claims of one commit together in BatchExecuteStatement, up to 25 each: PartiQL UPDATEs, a group's "
+        "first claim an INSERT of its row; one the batch could not decide alone, with UpdateItem) and inserts its records in BatchExecuteStatement, up to 25 each):",
         "",
         table(
             [

@@ -117,7 +117,8 @@ impl Batch {
     }
 
     fn fits(&self, r: &Request) -> bool {
-        self.actions + r.run.records.len() + 1 <= MAX_ACTIONS
+        let claim_and_records = r.run.records.len() + 1;
+        self.actions + claim_and_records <= MAX_ACTIONS
     }
 }
 

@@ -205,21 +205,34 @@ pub(super) enum BatchClaim {
 /// error of one is lifted only by an answer of the same (see `BlockedBy`).
 pub(super) const CLAIM_BATCH: &str = "BatchExecuteStatement(claims)";
 
-/// Claims of several groups, each based on a row of this protocol (`expect` is set), in one
-/// `BatchExecuteStatement` of PartiQL `UPDATE`s (up to 25): each is conditional on its base as this protocol
-/// writes it (`LastPosition` = the base as a string, `Protocol` = 2) and answers on its own, exactly as the
-/// `UpdateItem` of [`claim`] would (one write unit each; a refused condition returns the row with
-/// `ReturnValuesOnConditionCheckFailure: ALL_OLD`). One call per commit instead of one per run: with runs
-/// of one order, a call per order was most of the worker's CPU (issue 23). Err: the call as a whole failed
-/// (nothing known of any claim).
+/// Claims of several groups in one `BatchExecuteStatement` (up to 25), each answering on its own, exactly as
+/// the `UpdateItem` of [`claim`] would (one write unit each):
+/// - a claim based on a row of this protocol (`expect` is set) is a PartiQL `UPDATE` conditional on its base as
+///   this protocol writes it (`LastPosition` = the base as a string, `Protocol` = 2); a refused condition
+///   returns the row (`ReturnValuesOnConditionCheckFailure: ALL_OLD`);
+/// - a group's first claim (no row) is a PartiQL `INSERT` of the row, refused (`DuplicateItem`) when any item
+///   has the key: stricter than the `UpdateItem`'s condition (no `LastPosition`, no `Protocol`), so a refusal
+///   decides nothing and the claim goes alone. With many groups, most claims are first claims (a group per
+///   customer, each ordering now and then): alone, they were a call per run.
+///
+/// One call per commit instead of one per run: with runs of one order, a call per order was most of the
+/// worker's CPU (issue 23). Err: the call as a whole failed (nothing known of any claim).
 pub(super) async fn claim_batch(
     client: &Client,
     table: &str,
     claims: &[(&str, &Claim, &str)],
     ctx: &CommitContext<'_>,
 ) -> Result<Vec<BatchClaim>, Failure> {
-    let statement = format!(
+    let update = format!(
         "UPDATE \"{table}\" SET {last} = ? SET {claimed} = ? SET {at} = ? WHERE {key} = ? AND {last} = ? AND {proto} = ?",
+        last = schema::LAST_POSITION,
+        claimed = schema::CLAIMED,
+        at = schema::UPDATED_AT,
+        key = schema::GROUP_KEY,
+        proto = schema::PROTOCOL,
+    );
+    let insert = format!(
+        "INSERT INTO \"{table}\" VALUE {{'{key}': ?, '{last}': ?, '{claimed}': ?, '{at}': ?, '{proto}': ?}}",
         last = schema::LAST_POSITION,
         claimed = schema::CLAIMED,
         at = schema::UPDATED_AT,
@@ -235,22 +248,29 @@ pub(super) async fn claim_batch(
                 .iter()
                 .map(|s| AttributeValue::S(s.to_string()))
                 .collect();
-            let base = c.expect.expect("a batched claim is based on a row");
-            BatchStatementRequest::builder()
-                .statement(statement.clone())
-                .set_parameters(Some(vec![
-                    AttributeValue::S(c.row.last.to_string()),
-                    AttributeValue::L(claimed),
-                    AttributeValue::S((*at).to_owned()),
-                    AttributeValue::S((*group).to_owned()),
-                    AttributeValue::S(base.to_string()),
-                    protocol_value(),
-                ]))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                )
-                .build()
-                .expect("statement is set")
+            let last = AttributeValue::S(c.row.last.to_string());
+            let at = AttributeValue::S((*at).to_owned());
+            let group = AttributeValue::S((*group).to_owned());
+            let claimed = AttributeValue::L(claimed);
+            let statement = match c.expect {
+                Some(base) => BatchStatementRequest::builder()
+                    .statement(update.clone())
+                    .set_parameters(Some(vec![
+                        last,
+                        claimed,
+                        at,
+                        group,
+                        AttributeValue::S(base.to_string()),
+                        protocol_value(),
+                    ]))
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    ),
+                None => BatchStatementRequest::builder()
+                    .statement(insert.clone())
+                    .set_parameters(Some(vec![group, last, claimed, at, protocol_value()])),
+            };
+            statement.build().expect("statement is set")
         })
         .collect();
     let out = send_statements(client, statements, CLAIM_BATCH, ctx).await?;
@@ -276,6 +296,13 @@ pub(super) async fn claim_batch(
                         Some(Err(bad)) => BatchClaim::BadRow(bad),
                         _ => BatchClaim::Alone,
                     }
+                }
+                // A first claim found an item with its key: who wrote it and what it holds, the claim
+                // alone finds out (its refusal returns the row).
+                Some(BatchStatementErrorCodeEnum::DuplicateItem) => {
+                    billed += 1;
+                    count_claim(false);
+                    BatchClaim::Alone
                 }
                 Some(BatchStatementErrorCodeEnum::ValidationError) => BatchClaim::Alone,
                 code => BatchClaim::Failed(Failure {

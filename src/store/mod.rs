@@ -4,11 +4,12 @@
 //! A run of a group's messages is committed by a **claim** on the group's row, then plain inserts of the
 //! records: the protocol and the argument that it keeps every guarantee are in [`protocol`] (pure, with unit
 //! tests and a randomized model in `model.rs`); this module carries its steps out on DynamoDB:
-//! - claims are conditional updates with `ReturnValuesOnConditionCheckFailure: ALL_OLD`, one per run: those of
-//!   one commit together, as PartiQL `UPDATE`s in `BatchExecuteStatement`s of up to 25 (one call per commit,
-//!   not per run: issue 23), a group's first claim (no row yet) alone as an `UpdateItem`; a failed condition
-//!   brings the row back, so a stale cache costs one failed write and no read (a batched claim refused without
-//!   a row it can use is sent again alone, see [`dynamo::claim_batch`]);
+//! - claims are conditional writes of the group's row, one per run, those of one commit together in
+//!   `BatchExecuteStatement`s of up to 25 (one call per commit, not per run: issue 23): a PartiQL `UPDATE` with
+//!   `ReturnValuesOnConditionCheckFailure: ALL_OLD` on a row, a PartiQL `INSERT` for a group's first claim (no
+//!   row yet); a failed condition brings the row back, so a stale cache costs one failed write and no read (a
+//!   batched claim refused without a row it can use is sent again alone, as an `UpdateItem`, see
+//!   [`dynamo::claim_batch`]);
 //! - records go out as PartiQL `INSERT`s in `BatchExecuteStatement`s of up to 25, the runs of several groups
 //!   together, each statement with its own answer; an insert that finds its key taken reads the item
 //!   (neither engine returns it with the error) and the protocol decides: done, or a marker;
@@ -434,14 +435,11 @@ impl Store {
         carry: &mut Carry,
         ctx: &CommitContext<'_>,
     ) -> Sent {
-        // Claims based on a row go out together, one BatchExecuteStatement per 25 (issue 23: with runs of one
-        // order, an UpdateItem per run was a call per order and most of the worker's CPU); a group's first
-        // claim (no row: the batch's UPDATE needs one) and a claim the batch could not decide go alone, as an
-        // UpdateItem.
-        let (batched, alone): (Vec<_>, Vec<_>) = round
-            .claims
-            .iter()
-            .partition(|(i, c)| c.expect.is_some() && !active[*i].alone);
+        // Claims go out together, one BatchExecuteStatement per 25 (issue 23: with runs of one order, an
+        // UpdateItem per run was a call per order and most of the worker's CPU); a claim the batch could not
+        // decide goes alone, as an UpdateItem.
+        let (batched, alone): (Vec<_>, Vec<_>) =
+            round.claims.iter().partition(|(i, _)| !active[*i].alone);
         let batch_args: Vec<(&str, &Claim, &str)> = batched
             .iter()
             .map(|(i, c)| {
@@ -499,7 +497,7 @@ impl Store {
     /// One answer per claim of a batch of claims. DynamoDB refusing the call itself (or a statement) for the
     /// request or the caller decides nothing: not applied, and each claim goes alone next round, whose own
     /// answer says what is wrong (an `UpdateItem` refused too blocks new work, as before batching; one that
-    /// works carries on: a role without PartiQLUpdate).
+    /// works carries on: a role without PartiQLUpdate or PartiQLInsert on the groups table).
     fn per_claim<'c>(
         &self,
         active: &mut [Committing],
@@ -545,7 +543,7 @@ impl Store {
     /// A batch of claims refused account-wide: say so once (the claims go alone, as UpdateItem).
     fn batch_refused(&self, f: &Failure) {
         if f.class == Class::AccountWide && !self.batch_denied.swap(true, Ordering::Relaxed) {
-            tracing::warn!(code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refused the batched claims (PartiQL UPDATE: is dynamodb:PartiQLUpdate granted on the groups table?); claims go one by one as UpdateItem, a call per run");
+            tracing::warn!(code = f.code.as_deref().unwrap_or("-"), cause = %f.detail, "DynamoDB refused the batched claims (PartiQL UPDATE and INSERT on the groups table: are dynamodb:PartiQLUpdate and dynamodb:PartiQLInsert granted on it?); the refused claims go one by one as UpdateItem, a call per run");
         }
     }
 

@@ -66,8 +66,8 @@ async fn runs_sent_back_to_back_are_claimed_once_per_run_at_dense_positions(engi
             "{g}: {claimed:?}"
         );
     }
-    // A receive returns several orders of one group: a claim covers a run, not an order. A group's first
-    // claim goes alone (UpdateItem), later ones in a batch with the other groups' (BatchExecuteStatement).
+    // A receive returns several orders of one group: a claim covers a run, not an order. Claims go in a batch
+    // with the other groups' (BatchExecuteStatement), a group's first claim too (a PartiQL INSERT).
     let claims = metric(&w, "order_worker_claims_total{result=\"applied\"}").await;
     assert!(
         (3.0..60.0).contains(&claims),
@@ -75,8 +75,8 @@ async fn runs_sent_back_to_back_are_claimed_once_per_run_at_dense_positions(engi
     );
     assert_eq!(
         metric_of(&w, "UpdateItem").await,
-        3.0,
-        "one first claim per group"
+        0.0,
+        "no claim alone: first claims are batched too"
     );
     assert_eq!(metric_of(&w, "TransactWriteItems").await, 0.0);
 }
@@ -439,11 +439,42 @@ async fn batched_claims_on_a_moved_row_or_one_from_before_the_fence_land_at_the_
     let store = fx.store_via(fx.ddb.clone());
     let env = CommitEnv::default();
     let ctx = env.ctx();
-    // First runs: no rows yet (each claim alone); both rows cached at LastPosition 1.
-    let out = store
-        .commit(&[run("moved", "a1", "10"), run("old", "b1", "10")], &ctx)
-        .await;
+    // Group "bare" has an item with its key and neither LastPosition nor Protocol (made by hand): no row as the
+    // claim's condition sees it, so its first claim, a batched INSERT, is refused (DuplicateItem) and goes
+    // alone (UpdateItem), whose condition takes the item.
+    fx.ddb
+        .put_item()
+        .table_name(&fx.groups_table)
+        .item("MessageGroupId", AttributeValue::S("bare".into()))
+        .item("Note", AttributeValue::S("made by hand".into()))
+        .send()
+        .await
+        .unwrap();
+    // First runs: no rows yet (first claims, batched INSERTs); the rows cached at LastPosition 1.
+    let first = [
+        run("moved", "a1", "10"),
+        run("old", "b1", "10"),
+        run("bare", "c1", "10"),
+    ];
+    let out = tokio::time::timeout(Duration::from_secs(30), store.commit(&first, &ctx))
+        .await
+        .expect(
+        "the first claims are decided (a refused INSERT goes alone, it is not retried as it was)",
+    );
     assert!(out.iter().all(|o| o.error.is_none()), "{out:?}");
+    assert_eq!(out[2].applied, vec![Applied::New { position: 1 }]);
+    let bare = fx.group_row("bare").await;
+    let bare = bare.item().expect("a group row");
+    assert_eq!(
+        bare["LastPosition"],
+        AttributeValue::S("1".into()),
+        "{bare:?}"
+    );
+    assert_eq!(
+        bare["Note"],
+        AttributeValue::S("made by hand".into()),
+        "{bare:?}"
+    );
     let row = |last: AttributeValue, claimed: &[&str], fenced: bool| {
         let mut req = fx
             .ddb
