@@ -555,12 +555,16 @@ class Bench:
             self.interruptions()
             return
         if only == "cpu":
-            # One worker, one drain of each shape (issue 23): the CPU figure and, with --perf, its profile.
+            # One worker, one drain of each shape (issue 23): the CPU figure and, with --perf, its profile. And
+            # one where every order has a group of its own (every claim a group's first: a customer per group,
+            # each ordering now and then), in the scale table.
             for run in (1, *c["other_shapes"]):
                 sfx = "" if run == 1 else f"-run{run}"
                 self.attempt(
                     "throughput", self.drain_run, f"drain-worker-x1{sfx}", "worker", c["backlog"], c["groups"], 1, run
                 )
+            n = c["backlog"]
+            self.attempt("scale", self.drain_run, f"scale-{n}-groups", "worker", n, n)
             return
         # The headline pair (baseline, one worker) runs `rounds` times, alternating, so a burst of load from
         # elsewhere on the machine shows up as a spread instead of a skewed ratio.
@@ -1224,7 +1228,8 @@ def main() -> int:
         "--only",
         choices=["interruption", "cpu"],
         help="run only this section (interruption: the interruption runs, a few minutes; cpu: one worker's drain "
-        "of each shape, for its CPU figure; the other tables stay empty)",
+        "of each shape, for its CPU figure, and one with a group per order, in the scale table; the other tables "
+        "stay empty)",
     )
     ap.add_argument("--orders", type=int, help="the backlog of each worker drain (default: the mode's)")
     ap.add_argument(

@@ -390,7 +390,8 @@ async fn a_worker_role_without_partiql_update_claims_one_by_one_and_records_ever
     );
     let log = w.log_text();
     assert_eq!(
-        log.matches("are dynamodb:PartiQLUpdate and dynamodb:PartiQLInsert granted").count(),
+        log.matches("are dynamodb:PartiQLUpdate and dynamodb:PartiQLInsert granted")
+            .count(),
         1,
         "{log}"
     );
