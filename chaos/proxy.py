@@ -40,6 +40,9 @@ Per service / operation rules:
         -> the rule as stored, with its "id"
       service      required: sqs | dynamodb | autoscaling
       operation    optional: the operation name; absent = every operation of the service
+      table        optional, dynamodb only: only requests that name this table (TableName, RequestItems, a
+                   transaction's items, a PartiQL statement's table): e.g. the claims of a
+                   BatchExecuteStatement (the groups table) apart from the inserts (the orders table)
       action       required:
                    error            answer with the service's own error shape (faultproxy/aws.py) and `code`
                    stall            accept the request and never answer while the rule lasts (its `seconds`, or

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
+from iamgate import operations
 from iamgate.operations import fis_operation
 
 if TYPE_CHECKING:  # for the annotations only: this module needs neither at run time
@@ -48,6 +49,23 @@ def identify(req: Message) -> tuple[str, str]:
         if not service and params.get("Version"):
             service = QUERY_VERSION.get(params["Version"][0])
     return service or "unknown", operation or "unknown"
+
+
+# Only the table part of the ARNs the gate's reading of a request gives is used here.
+_ANY_REGION = operations.Arns("-", "-")
+
+
+def tables(service: str, operation: str, req: Message) -> frozenset[str]:
+    """The DynamoDB tables a request names (TableName, RequestItems, a transaction's items, each PartiQL
+    statement's table), read as the IAM gate reads them; empty for other services or what cannot be read."""
+    if service != "dynamodb":
+        return frozenset()
+    r = operations.Request(req.start.split(" ")[0], req.start.split(" ")[1], req.body or b"", req.get("content-type"))
+    try:
+        needs = operations.needs(service, operation, r, _ANY_REGION)
+    except operations.UnknownOperation:
+        return frozenset()
+    return frozenset(n.resource.split(":table/", 1)[1].split("/")[0] for n in needs if ":table/" in n.resource)
 
 
 # The error shapes, per service: code -> (HTTP status, what the wire carries, default message).

@@ -11,8 +11,8 @@ import time
 SERVICES = ("sqs", "dynamodb", "autoscaling", "fis")
 ACTIONS = ("error", "stall", "reset", "delay", "pass-then-reset")
 # What a rule may say, in the order /rules shows it.
-RULE_FIELDS = ("service", "operation", "action", "code", "status", "message", "type", "delay_seconds", "count",
-               "seconds", "probability")  # fmt: skip
+RULE_FIELDS = ("service", "operation", "table", "action", "code", "status", "message", "type", "delay_seconds",
+               "count", "seconds", "probability")  # fmt: skip
 
 
 def _number(req: dict, key: str, lo: float, hi: float, integer: bool = False) -> float | None:
@@ -36,6 +36,9 @@ class Rule:
         if self.service not in SERVICES:
             raise ValueError(f"service must be one of {SERVICES}")
         self.operation: str | None = req.get("operation") or None
+        self.table: str | None = req.get("table") or None
+        if self.table and self.service != "dynamodb":
+            raise ValueError("table is for dynamodb rules only")
         self.action = req.get("action")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}")
@@ -72,9 +75,11 @@ class Rule:
             and (self.remaining is None or self.remaining > 0)
         )
 
-    def take(self, service: str, operation: str, now: float) -> bool:
-        """Whether this rule affects this request (and count it if so)."""
+    def take(self, service: str, operation: str, now: float, tables: frozenset[str] = frozenset()) -> bool:
+        """Whether this rule affects this request, which names `tables` (and count it if so)."""
         if service != self.service or (self.operation and operation != self.operation):
+            return False
+        if self.table and self.table not in tables:
             return False
         if not self.in_force(now):
             return False
@@ -100,9 +105,11 @@ class Rule:
         return out
 
 
-def decide(rules: list[Rule], service: str, operation: str, now: float) -> Rule | None:
+def decide(
+    rules: list[Rule], service: str, operation: str, now: float, tables: frozenset[str] = frozenset()
+) -> Rule | None:
     """The rule that decides a request: the first in force that matches, in the order the rules were added."""
     for r in rules:
-        if r.take(service, operation, now):
+        if r.take(service, operation, now, tables):
             return r
     return None

@@ -19,7 +19,7 @@ from iamgate.stack import Stack
 
 from . import partiql
 from .attempts import Attempts
-from .aws import error_for, error_response, identify
+from .aws import error_for, error_response, identify, tables
 from .http1 import Message, ProtocolError, Stream, host_port, read_request, read_response
 from .rules import ACTIONS, Rule, decide
 
@@ -143,8 +143,10 @@ class Proxy:
         self.rules = keep
         return {"rules": [r.view() for r in self.rules]}
 
-    def pick(self, service: str, operation: str) -> Rule | None:
-        return decide(self.rules, service, operation, time.monotonic())
+    def pick(self, service: str, operation: str, req: Message) -> Rule | None:
+        # The tables are read only when a rule asks for one (the reading parses the body).
+        named = tables(service, operation, req) if any(r.table for r in self.rules) else frozenset()
+        return decide(self.rules, service, operation, time.monotonic(), named)
 
     def status(self) -> dict:
         left = max(0.0, self.until - time.monotonic()) if self.mode != "pass" else 0.0
@@ -196,7 +198,7 @@ class Proxy:
         per = self.requests.setdefault(service, {})
         per[operation] = per.get(operation, 0) + 1
         keep_alive = not req.has_token("connection", "close")
-        rule = self.pick(service, operation)
+        rule = self.pick(service, operation, req)
         action = rule.action if rule else "pass"
         if rule:
             self.stats["injected"][action] += 1

@@ -6,7 +6,7 @@ import zlib
 
 import pytest
 
-from faultproxy.aws import error_response, identify
+from faultproxy.aws import error_response, identify, tables
 from faultproxy.http1 import Message
 from faultproxy.rules import Rule
 
@@ -39,6 +39,22 @@ def test_the_query_protocol_names_both_in_its_form():
     m = request("POST / HTTP/1.1", {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, body)
     assert identify(m) == ("autoscaling", "CompleteLifecycleAction")
     assert identify(request("GET /?Action=ListQueues&Version=2012-11-05 HTTP/1.1", {})) == ("sqs", "ListQueues")
+
+
+def test_the_tables_a_dynamodb_request_names_are_read_as_the_gate_reads_them():
+    def ddb(op: str, body: dict) -> Message:
+        headers = {"X-Amz-Target": f"DynamoDB_20120810.{op}", "Content-Type": "application/x-amz-json-1.0"}
+        return request("POST / HTTP/1.1", headers, json.dumps(body).encode())
+
+    stmts = [{"Statement": 'UPDATE "groups" SET a = ? WHERE k = ?'}, {"Statement": 'INSERT INTO "orders" VALUE {}'}]
+    assert tables("dynamodb", "BatchExecuteStatement", ddb("BatchExecuteStatement", {"Statements": stmts})) == {
+        "groups",
+        "orders",
+    }
+    assert tables("dynamodb", "UpdateItem", ddb("UpdateItem", {"TableName": "groups"})) == {"groups"}
+    assert tables("dynamodb", "BatchGetItem", ddb("BatchGetItem", {"RequestItems": {"orders": {}}})) == {"orders"}
+    assert tables("dynamodb", "UpdateItem", ddb("UpdateItem", {})) == frozenset()  # unreadable: names nothing
+    assert tables("sqs", "ReceiveMessage", request("POST / HTTP/1.1", {})) == frozenset()
 
 
 def test_an_unknown_request_is_unknown():

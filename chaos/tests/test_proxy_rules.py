@@ -98,3 +98,13 @@ def test_the_first_rule_in_force_that_matches_decides():
     assert decide(rules, "dynamodb", "UpdateItem", 0) is other_service
     assert decide(rules, "autoscaling", "CompleteLifecycleAction", 0) is None
     assert second.matched == 0  # a rule after the one that decided never sees the request
+
+
+def test_a_table_rule_takes_only_the_requests_that_name_its_table():
+    with pytest.raises(ValueError, match="table is for dynamodb rules only"):
+        Rule(1, {"service": "sqs", "action": "reset", "table": "orders"})
+    groups = Rule(2, {"service": "dynamodb", "operation": "BatchExecuteStatement", "action": "reset", "table": "g"})
+    assert not groups.take("dynamodb", "BatchExecuteStatement", 0, frozenset({"orders"}))
+    assert not groups.take("dynamodb", "BatchExecuteStatement", 0)
+    assert groups.take("dynamodb", "BatchExecuteStatement", 0, frozenset({"g", "orders"}))
+    assert rule(3).take("sqs", "ReceiveMessage", 0)  # no table: as before

@@ -184,7 +184,14 @@ MUTATIONS = [
     ),
     ("worker-logs-anywhere", "policies/worker.json.tftpl", '"${log_group_arn}:log-stream:*"', '"*"', ["hcl"]),
     # The grant issue 19 found missing: the worker records with PartiQL INSERTs.
-    ("worker-cannot-insert", "policies/worker.json.tftpl", '"dynamodb:PartiQLInsert"', '"dynamodb:PutItem"', ["hcl"]),
+    # (InsertRecords' grant, on the orders table; ClaimPositions grants PartiQLInsert on the groups table.)
+    (
+        "worker-cannot-insert",
+        "policies/worker.json.tftpl",
+        '"Action": "dynamodb:PartiQLInsert"',
+        '"Action": "dynamodb:PutItem"',
+        ["hcl"],
+    ),
 ]
 
 

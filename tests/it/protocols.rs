@@ -419,7 +419,7 @@ async fn a_run_claimed_by_a_killed_worker_is_not_overwritten_by_the_transactiona
     proxy
         .rule(
             serde_json::json!({"service": "dynamodb", "operation": "BatchExecuteStatement",
-                                 "action": "error", "code": "InternalServerError", "status": 500,
+                                 "table": fx.orders_table, "action": "error", "code": "InternalServerError", "status": 500,
                                  "count": 100000}),
         )
         .await;

@@ -12,13 +12,26 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_meets_a_transaction_is_retried_not_released() {
     let r = rig("claim-txconflict").await;
-    r.proxy
+    let rule = r
+        .proxy
         .rule(
             json!({"service": "dynamodb", "operation": "UpdateItem", "action": "error",
                      "code": "TransactionConflictException", "status": 400, "count": 2}),
         )
         .await;
     let g = "cust-tx";
+    // An item with the group's key and no row in it (made by hand): the batched first claim (an INSERT) is
+    // refused and the claim goes alone, as the UpdateItem that meets the transaction.
+    r.fx.ddb
+        .put_item()
+        .table_name(&r.fx.groups_table)
+        .item(
+            "MessageGroupId",
+            aws_sdk_dynamodb::types::AttributeValue::S(g.into()),
+        )
+        .send()
+        .await
+        .unwrap();
     let order_ids = ids("tx", 3);
     r.fx.send_orders(g, &order_ids).await;
     let w = r.via.worker("w-tx", &[]);
@@ -28,6 +41,10 @@ async fn a_claim_that_meets_a_transaction_is_retried_not_released() {
     let report = r.fx.audit(&manifest).await;
     assert!(report.ok(), "{}", report.summary());
     assert!(!w.log_text().contains("commit-failed"), "{}", w.log_text());
+    assert_eq!(
+        r.proxy.rule_status(rule["id"].as_u64().unwrap()).await["hits"],
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,7 +53,7 @@ async fn an_unknown_4xx_of_a_whole_batch_is_not_an_orders_verdict() {
     r.proxy
         .rule(
             json!({"service": "dynamodb", "operation": "BatchExecuteStatement", "action": "error",
-                     "code": "SomeNewServiceException", "status": 400, "count": 1,
+                     "table": r.fx.orders_table, "code": "SomeNewServiceException", "status": 400, "count": 1,
                      "message": "a service error this build has never seen"}),
         )
         .await;

@@ -326,7 +326,11 @@ async fn a_worker_role_without_partiql_insert_is_refused_naming_the_action() {
     let emu = Emulator::start(test).await;
     emu.expect_denial("action=dynamodb:PartiQLInsert");
     let dir = planted_policies(test, "worker", |t| {
-        t.replace("\"dynamodb:PartiQLInsert\"", "\"dynamodb:PartiQLSelect\"")
+        // InsertRecords' grant (on the orders table), not ClaimPositions' (the first claims, groups table).
+        t.replace(
+            "\"Action\": \"dynamodb:PartiQLInsert\"",
+            "\"Action\": \"dynamodb:PartiQLSelect\"",
+        )
     });
     let fx = Fixture::with_policies(&emu, test, &dir).await;
     let w = fx.worker("w1", &[]);
