@@ -227,7 +227,8 @@ def test_the_worker_is_refused_what_its_policy_lacks_and_a_batch_per_statement()
         try:
             await g.add_stack(Stack(queue_name="o.fifo", orders_table="o", groups_table="g", keys={"K": "worker"}))
             h = {"authorization": "AWS4-HMAC-SHA256 Credential=K/20261206/us-east-1/dynamodb/aws4_request"}
-            stmts = [{"Statement": 'INSERT INTO "o" VALUE {}'}, {"Statement": 'INSERT INTO "g" VALUE {}'}]
+            # The worker inserts records in "o" and claims (UPDATE, or INSERT a first row) in "g", never updates "o".
+            stmts = [{"Statement": 'INSERT INTO "o" VALUE {}'}, {"Statement": 'UPDATE "o" SET a = ? WHERE k = ?'}]
             batch = await g.authorize("dynamodb", "BatchExecuteStatement", "POST", "/", lambda n: h.get(n, ""),
                                       json.dumps({"Statements": stmts}).encode())  # fmt: skip
             send = await g.authorize("sqs", "SendMessage", "POST", "/", lambda n: h.get(n, ""),
@@ -239,7 +240,7 @@ def test_the_worker_is_refused_what_its_policy_lacks_and_a_batch_per_statement()
 
     batch, send, unknown = run(go())
     assert isinstance(batch, StatementDenials)
-    assert batch.verdicts[0] is None and batch.verdicts[1].action == "dynamodb:PartiQLInsert"
+    assert batch.verdicts[0] is None and batch.verdicts[1].action == "dynamodb:PartiQLUpdate"
     assert send.code == "AccessDenied" and send.action == "sqs:SendMessage"
     assert unknown.code == "MissingAuthenticationToken"
 
