@@ -9,7 +9,8 @@
 //! - `group`: one `GroupTask` per held group takes its messages strictly one after another; its processed
 //!   messages form a run, which it commits with `committer.commit(run).await`.
 //! - `commit`: the `Committer` handle and the `CommitLoop` behind it, which gathers the runs of many groups into
-//!   one store commit (their claims and inserts go out together; at most `max_commits` in flight), answers the
+//!   one store commit (their claims and inserts go out together; while a commit is in flight the next waits for
+//!   it or for a full commit, as Nagle's algorithm does; at most `max_commits` in flight), answers the
 //!   groups as soon as the records are written, then deletes in the background: an SQS brownout slows deletes,
 //!   not the next run.
 //! - `visibility`: the `Heartbeat` that extends held messages before half the timeout has passed, and the

@@ -9,8 +9,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::operation::batch_execute_statement::BatchExecuteStatementOutput;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, KeysAndAttributes,
-    ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
+    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, BatchStatementResponse,
+    KeysAndAttributes, ReturnConsumedCapacity, ReturnValuesOnConditionCheckFailure,
 };
 use aws_sdk_dynamodb::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -223,6 +223,32 @@ pub(super) async fn claim_batch(
     claims: &[(&str, &Claim, &str)],
     ctx: &CommitContext<'_>,
 ) -> Result<Vec<BatchClaim>, Failure> {
+    let out = send_statements(client, claim_statements(table, claims), CLAIM_BATCH, ctx).await?;
+    let mut billed = 0usize;
+    let results: Vec<BatchClaim> = out
+        .responses()
+        .iter()
+        .zip(claims)
+        .map(|(r, (group, c, _))| {
+            let (answer, bills) = batch_claim_answer(table, group, c, r);
+            billed += usize::from(bills);
+            answer
+        })
+        .collect();
+    let reported: Option<f64> = out
+        .consumed_capacity()
+        .iter()
+        .filter_map(|c| c.capacity_units())
+        .reduce(|a, b| a + b);
+    // DynamoDB Local reports no capacity for PartiQL, and a refused condition may not be in what an engine
+    // reports (the UpdateItem path adds it itself): at least the billing rule's count, a claim applied or
+    // refused by its condition being one unit (the row is under 1 KB).
+    add_write_units(reported.unwrap_or(0.0).max(billed as f64));
+    Ok(results)
+}
+
+/// The statements of [`claim_batch`]: an `UPDATE` of a claim based on a row, an `INSERT` of a first claim.
+fn claim_statements(table: &str, claims: &[(&str, &Claim, &str)]) -> Vec<BatchStatementRequest> {
     let update = format!(
         "UPDATE \"{table}\" SET {last} = ? SET {claimed} = ? SET {at} = ? WHERE {key} = ? AND {last} = ? AND {proto} = ?",
         last = schema::LAST_POSITION,
@@ -239,7 +265,7 @@ pub(super) async fn claim_batch(
         key = schema::GROUP_KEY,
         proto = schema::PROTOCOL,
     );
-    let statements: Vec<BatchStatementRequest> = claims
+    claims
         .iter()
         .map(|(group, c, at)| {
             let claimed = c
@@ -272,59 +298,51 @@ pub(super) async fn claim_batch(
             };
             statement.build().expect("statement is set")
         })
-        .collect();
-    let out = send_statements(client, statements, CLAIM_BATCH, ctx).await?;
-    let responses = out.responses();
-    let mut billed = 0usize;
-    let results: Vec<BatchClaim> = responses
-        .iter()
-        .zip(claims)
-        .map(|(r, (group, c, _))| {
-            let Some(err) = r.error() else {
-                billed += 1;
-                count_claim(true);
-                return BatchClaim::Answer(ClaimAnswer::Applied);
+        .collect()
+}
+
+/// What one statement's answer of [`claim_batch`] says of its claim, and whether it is billed (applied, or
+/// refused by its condition or by a taken key: one write unit).
+fn batch_claim_answer(
+    table: &str,
+    group: &str,
+    c: &Claim,
+    r: &BatchStatementResponse,
+) -> (BatchClaim, bool) {
+    let Some(err) = r.error() else {
+        count_claim(true);
+        return (BatchClaim::Answer(ClaimAnswer::Applied), true);
+    };
+    match err.code() {
+        Some(BatchStatementErrorCodeEnum::ConditionalCheckFailed) => {
+            count_claim(false);
+            let answer = match err.item().map(|i| row_of(table, group, i)) {
+                Some(Ok(Some(row))) if Some(row.last) != c.expect => {
+                    BatchClaim::Answer(ClaimAnswer::Stale(Some(row)))
+                }
+                Some(Err(bad)) => BatchClaim::BadRow(bad),
+                _ => BatchClaim::Alone,
             };
-            match err.code() {
-                Some(BatchStatementErrorCodeEnum::ConditionalCheckFailed) => {
-                    billed += 1;
-                    count_claim(false);
-                    match err.item().map(|i| row_of(table, group, i)) {
-                        Some(Ok(Some(row))) if Some(row.last) != c.expect => {
-                            BatchClaim::Answer(ClaimAnswer::Stale(Some(row)))
-                        }
-                        Some(Err(bad)) => BatchClaim::BadRow(bad),
-                        _ => BatchClaim::Alone,
-                    }
-                }
-                // A first claim found an item with its key: who wrote it and what it holds, the claim
-                // alone finds out (its refusal returns the row).
-                Some(BatchStatementErrorCodeEnum::DuplicateItem) => {
-                    billed += 1;
-                    count_claim(false);
-                    BatchClaim::Alone
-                }
-                Some(BatchStatementErrorCodeEnum::ValidationError) => BatchClaim::Alone,
-                code => BatchClaim::Failed(Failure {
-                    operation: CLAIM_BATCH,
-                    ..Failure::statement(
-                        code.map_or("None", BatchStatementErrorCodeEnum::as_str),
-                        err.message().unwrap_or_default(),
-                    )
-                }),
-            }
-        })
-        .collect();
-    let reported: Option<f64> = out
-        .consumed_capacity()
-        .iter()
-        .filter_map(|c| c.capacity_units())
-        .reduce(|a, b| a + b);
-    // DynamoDB Local reports no capacity for PartiQL, and a refused condition may not be in what an engine
-    // reports (the UpdateItem path adds it itself): at least the billing rule's count, a claim applied or
-    // refused by its condition being one unit (the row is under 1 KB).
-    add_write_units(reported.unwrap_or(0.0).max(billed as f64));
-    Ok(results)
+            (answer, true)
+        }
+        // A first claim found an item with its key: who wrote it and what it holds, the claim alone finds out
+        // (its refusal returns the row).
+        Some(BatchStatementErrorCodeEnum::DuplicateItem) => {
+            count_claim(false);
+            (BatchClaim::Alone, true)
+        }
+        Some(BatchStatementErrorCodeEnum::ValidationError) => (BatchClaim::Alone, false),
+        code => {
+            let failure = Failure {
+                operation: CLAIM_BATCH,
+                ..Failure::statement(
+                    code.map_or("None", BatchStatementErrorCodeEnum::as_str),
+                    err.message().unwrap_or_default(),
+                )
+            };
+            (BatchClaim::Failed(failure), false)
+        }
+    }
 }
 
 /// This build's protocol, as the row carries it.
