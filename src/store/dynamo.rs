@@ -123,12 +123,6 @@ pub(super) async fn claim(
     at: &str,
     ctx: &CommitContext<'_>,
 ) -> ClaimResult {
-    let claimed = c
-        .row
-        .claimed
-        .iter()
-        .map(|s| AttributeValue::S(s.to_string()))
-        .collect();
     let req = client
         .update_item()
         .table_name(table)
@@ -139,7 +133,7 @@ pub(super) async fn claim(
         .expression_attribute_names("#at", schema::UPDATED_AT)
         .expression_attribute_names("#proto", schema::PROTOCOL)
         .expression_attribute_values(":last", AttributeValue::S(c.row.last.to_string()))
-        .expression_attribute_values(":claimed", AttributeValue::L(claimed))
+        .expression_attribute_values(":claimed", claimed_list(c))
         .expression_attribute_values(":at", AttributeValue::S(at.to_owned()))
         .expression_attribute_values(":proto", protocol_value())
         .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -249,35 +243,26 @@ pub(super) async fn claim_batch(
 
 /// The statements of [`claim_batch`]: an `UPDATE` of a claim based on a row, an `INSERT` of a first claim.
 fn claim_statements(table: &str, claims: &[(&str, &Claim, &str)]) -> Vec<BatchStatementRequest> {
+    let (key, last, claimed, at, proto) = (
+        schema::GROUP_KEY,
+        schema::LAST_POSITION,
+        schema::CLAIMED,
+        schema::UPDATED_AT,
+        schema::PROTOCOL,
+    );
     let update = format!(
-        "UPDATE \"{table}\" SET {last} = ? SET {claimed} = ? SET {at} = ? WHERE {key} = ? AND {last} = ? AND {proto} = ?",
-        last = schema::LAST_POSITION,
-        claimed = schema::CLAIMED,
-        at = schema::UPDATED_AT,
-        key = schema::GROUP_KEY,
-        proto = schema::PROTOCOL,
+        "UPDATE \"{table}\" SET {last} = ? SET {claimed} = ? SET {at} = ? WHERE {key} = ? AND {last} = ? AND {proto} = ?"
     );
     let insert = format!(
-        "INSERT INTO \"{table}\" VALUE {{'{key}': ?, '{last}': ?, '{claimed}': ?, '{at}': ?, '{proto}': ?}}",
-        last = schema::LAST_POSITION,
-        claimed = schema::CLAIMED,
-        at = schema::UPDATED_AT,
-        key = schema::GROUP_KEY,
-        proto = schema::PROTOCOL,
+        "INSERT INTO \"{table}\" VALUE {{'{key}': ?, '{last}': ?, '{claimed}': ?, '{at}': ?, '{proto}': ?}}"
     );
     claims
         .iter()
         .map(|(group, c, at)| {
-            let claimed = c
-                .row
-                .claimed
-                .iter()
-                .map(|s| AttributeValue::S(s.to_string()))
-                .collect();
             let last = AttributeValue::S(c.row.last.to_string());
             let at = AttributeValue::S((*at).to_owned());
             let group = AttributeValue::S((*group).to_owned());
-            let claimed = AttributeValue::L(claimed);
+            let claimed = claimed_list(c);
             let statement = match c.expect {
                 Some(base) => BatchStatementRequest::builder()
                     .statement(update.clone())
@@ -343,6 +328,17 @@ fn batch_claim_answer(
             (BatchClaim::Failed(failure), false)
         }
     }
+}
+
+/// The sequence numbers a claim writes into the row's `Claimed`.
+fn claimed_list(c: &Claim) -> AttributeValue {
+    AttributeValue::L(
+        c.row
+            .claimed
+            .iter()
+            .map(|s| AttributeValue::S(s.to_string()))
+            .collect(),
+    )
 }
 
 /// This build's protocol, as the row carries it.
