@@ -229,11 +229,7 @@ pub(super) async fn claim_batch(
             answer
         })
         .collect();
-    let reported: Option<f64> = out
-        .consumed_capacity()
-        .iter()
-        .filter_map(|c| c.capacity_units())
-        .reduce(|a, b| a + b);
+    let reported = reported_units(&out);
     // DynamoDB Local reports no capacity for PartiQL, and a refused condition may not be in what an engine
     // reports (the UpdateItem path adds it itself): at least the billing rule's count, a claim applied or
     // refused by its condition being one unit (the row is under 1 KB).
@@ -480,11 +476,7 @@ pub(super) async fn insert(
             }
         })
         .collect();
-    let reported: Option<f64> = out
-        .consumed_capacity()
-        .iter()
-        .filter_map(|c| c.capacity_units())
-        .reduce(|a, b| a + b);
+    let reported = reported_units(&out);
     // DynamoDB Local reports no capacity for PartiQL: count by the billing rule (an item under 1 KB written or
     // refused by its condition is one unit).
     let counted = results
@@ -493,6 +485,14 @@ pub(super) async fn insert(
         .count() as f64;
     add_write_units(reported.unwrap_or(counted));
     Ok(results)
+}
+
+/// The write units a `BatchExecuteStatement` says it consumed, summed over its tables; None: it said nothing.
+fn reported_units(out: &BatchExecuteStatementOutput) -> Option<f64> {
+    out.consumed_capacity()
+        .iter()
+        .filter_map(|c| c.capacity_units())
+        .reduce(|a, b| a + b)
 }
 
 /// `INSERT INTO "table" VALUE {'A': ?, ...}`: fails with `DuplicateItem` when the key exists.

@@ -310,29 +310,43 @@ async fn sigterm_ends_the_wait_for_an_unreachable_region() {
     assert!(status.success(), "{status:?}\n{}", worker.log_text());
 }
 
-/// The local region refuses what an AWS account refuses (issue 19): a worker whose role lacks
-/// dynamodb:PartiQLInsert (the grant terraform/iam.tf once missed: every record is a PartiQL INSERT) records
-/// nothing, holds its messages, and the gate names the action, the principal and the table.
-#[tokio::test]
-async fn a_worker_role_without_partiql_insert_is_refused_naming_the_action() {
+/// A region whose worker role is the deployed one edited by `plant`, expecting the gate to deny `action`, and a
+/// fixture on it; None (said on stderr) unless the gate is strict: then nothing is refused, nothing to check.
+async fn planted_worker_role(
+    test: &str,
+    action: &str,
+    plant: impl Fn(&str) -> String,
+) -> Option<(Emulator, Fixture)> {
     if iam_mode() != "strict" {
         eprintln!(
             "LOCAL_IAM={}: nothing is refused, nothing to check",
             iam_mode()
         );
-        return;
+        return None;
     }
-    let test = "iam-plant";
     let emu = Emulator::start(test).await;
-    emu.expect_denial("action=dynamodb:PartiQLInsert");
-    let dir = planted_policies(test, "worker", |t| {
-        // InsertRecords' grant (on the orders table), not ClaimPositions' (the first claims, groups table).
+    emu.expect_denial(&format!("action={action}"));
+    let dir = planted_policies(test, "worker", plant);
+    let fx = Fixture::with_policies(&emu, test, &dir).await;
+    Some((emu, fx))
+}
+
+/// The local region refuses what an AWS account refuses (issue 19): a worker whose role lacks
+/// dynamodb:PartiQLInsert (the grant terraform/iam.tf once missed: every record is a PartiQL INSERT) records
+/// nothing, holds its messages, and the gate names the action, the principal and the table.
+#[tokio::test]
+async fn a_worker_role_without_partiql_insert_is_refused_naming_the_action() {
+    // InsertRecords' grant (on the orders table), not ClaimPositions' (the first claims, groups table).
+    let plant = |t: &str| {
         t.replace(
             "\"Action\": \"dynamodb:PartiQLInsert\"",
             "\"Action\": \"dynamodb:PartiQLSelect\"",
         )
-    });
-    let fx = Fixture::with_policies(&emu, test, &dir).await;
+    };
+    let Some((emu, fx)) = planted_worker_role("iam-plant", "dynamodb:PartiQLInsert", plant).await
+    else {
+        return;
+    };
     let w = fx.worker("w1", &[]);
     fx.send_orders("g1", &ids("plant", 3)).await;
     let line = wait_for(
@@ -360,20 +374,12 @@ async fn a_worker_role_without_partiql_insert_is_refused_naming_the_action() {
 /// every order is recorded once, in order; the log says what is missing, once.
 #[tokio::test]
 async fn a_worker_role_without_partiql_update_claims_one_by_one_and_records_everything() {
-    if iam_mode() != "strict" {
-        eprintln!(
-            "LOCAL_IAM={}: nothing is refused, nothing to check",
-            iam_mode()
-        );
+    let plant = |t: &str| t.replace(",\n        \"dynamodb:PartiQLUpdate\"", "");
+    let Some((emu, fx)) =
+        planted_worker_role("iam-noupdate", "dynamodb:PartiQLUpdate", plant).await
+    else {
         return;
-    }
-    let test = "iam-noupdate";
-    let emu = Emulator::start(test).await;
-    emu.expect_denial("action=dynamodb:PartiQLUpdate");
-    let dir = planted_policies(test, "worker", |t| {
-        t.replace(",\n        \"dynamodb:PartiQLUpdate\"", "")
-    });
-    let fx = Fixture::with_policies(&emu, test, &dir).await;
+    };
     let mut manifest = Vec::new();
     // More orders per group than one run takes (16): every group needs a claim on its row, a batched one.
     for g in ["g1", "g2", "g3"] {

@@ -15,10 +15,7 @@ fn code<E: ProvideErrorMetadata>(e: &E) -> String {
 #[tokio::test]
 async fn describe_calls_parse_with_the_sdk() {
     let sim = SimProc::start(&["--desired", "2", "--launch-delay", "0s"]).await;
-    sim.wait_status("2 InService", Duration::from_secs(10), |s| {
-        ids_in(s, "InService").len() == 2
-    })
-    .await;
+    sim.wait_in_service(2).await;
     let asg = sim.asg();
 
     let groups = asg
@@ -265,11 +262,7 @@ async fn terminate_instance_and_set_desired_capacity() {
         "1h",
     ])
     .await;
-    let s = sim
-        .wait_status("2 InService", Duration::from_secs(10), |s| {
-            ids_in(s, "InService").len() == 2
-        })
-        .await;
+    let s = sim.wait_in_service(2).await;
     let ids = ids_in(&s, "InService");
     let asg = sim.asg();
 
@@ -303,10 +296,7 @@ async fn terminate_instance_and_set_desired_capacity() {
         .send()
         .await
         .unwrap();
-    sim.wait_status("3 InService", Duration::from_secs(10), |s| {
-        ids_in(s, "InService").len() == 3
-    })
-    .await;
+    sim.wait_in_service(3).await;
     asg.set_desired_capacity()
         .auto_scaling_group_name("order-workers")
         .desired_capacity(1)
@@ -337,11 +327,7 @@ async fn capacity_rebalance_replaces_then_terminates() {
         "0.05",
     ])
     .await;
-    let s = sim
-        .wait_status("1 InService", Duration::from_secs(10), |s| {
-            ids_in(s, "InService").len() == 1
-        })
-        .await;
+    let s = sim.wait_in_service(1).await;
     let old = ids_in(&s, "InService")[0].clone();
     sim.post(&format!("/_sim/instances/{old}/rebalance"), json!({}))
         .await;

@@ -30,13 +30,7 @@ async fn worker_gets_its_endpoints_and_logs_to_its_file() {
         &[("SPOT_SIM_TEST_MARK", "yes")],
     )
     .await;
-    let s = sim
-        .wait_status("a worker", Duration::from_secs(10), |s| {
-            s["instances"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|i| i["process_alive"] == true))
-        })
-        .await;
+    let s = sim.wait_worker_alive().await;
     let i = &s["instances"][0];
     let log = i["log_path"].as_str().unwrap().to_string();
     assert!(log.ends_with(&format!("{}.log", i["id"].as_str().unwrap())));
@@ -76,13 +70,7 @@ async fn fis_termination_sigterms_the_worker_and_a_replacement_starts() {
         "1000",
     ])
     .await;
-    let s = sim
-        .wait_status("a worker", Duration::from_secs(10), |s| {
-            s["instances"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|i| i["process_alive"] == true))
-        })
-        .await;
+    let s = sim.wait_worker_alive().await;
     let first = s["instances"][0].clone();
     let id = first["id"].as_str().unwrap().to_string();
     let pid = first["pid"].as_u64().unwrap();
@@ -164,28 +152,16 @@ async fn sigkill_after_the_grace_and_signals_from_the_control_api() {
     let id = v["id"].as_str().unwrap().to_string();
     let pid = v["pid"].as_u64().unwrap();
 
-    // STOP / CONT through the control API.
-    let (code, _) = sim
-        .post(
-            &format!("/_sim/instances/{id}/signal"),
-            json!({"signal": "STOP"}),
-        )
-        .await;
-    assert_eq!(code, 200);
-    let (code, _) = sim
-        .post(
-            &format!("/_sim/instances/{id}/signal"),
-            json!({"signal": "CONT"}),
-        )
-        .await;
-    assert_eq!(code, 200);
-    let (code, _) = sim
-        .post(
-            &format!("/_sim/instances/{id}/signal"),
-            json!({"signal": "NOPE"}),
-        )
-        .await;
-    assert_eq!(code, 400);
+    // STOP / CONT through the control API; an unknown signal is refused.
+    for (signal, want) in [("STOP", 200), ("CONT", 200), ("NOPE", 400)] {
+        let (code, _) = sim
+            .post(
+                &format!("/_sim/instances/{id}/signal"),
+                json!({"signal": signal}),
+            )
+            .await;
+        assert_eq!(code, want, "signal {signal}");
+    }
 
     sim.post(
         &format!("/_sim/instances/{id}/interrupt"),
@@ -251,10 +227,7 @@ async fn shutdown_endpoint_exits() {
 #[tokio::test]
 async fn status_subcommand_prints_the_table() {
     let sim = SimProc::start(&["--desired", "2", "--launch-delay", "0s"]).await;
-    sim.wait_status("2 InService", Duration::from_secs(10), |s| {
-        ids_in(s, "InService").len() == 2
-    })
-    .await;
+    sim.wait_in_service(2).await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_spot-sim"))
         .args(["status", "--api", &sim.api])
         .output()

@@ -34,10 +34,7 @@ async fn a_rolling_refresh_replaces_every_worker_with_the_new_version_through_th
         "1000",
     ])
     .await;
-    sim.wait_status("4 InService", Duration::from_secs(10), |s| {
-        ids_in(s, "InService").len() == 4
-    })
-    .await;
+    sim.wait_in_service(4).await;
     let old = ids_in(&sim.status().await, "InService");
     let asg = sim.asg();
 
@@ -151,11 +148,7 @@ async fn a_rolling_refresh_replaces_every_worker_with_the_new_version_through_th
     let g = asg.describe_auto_scaling_groups().send().await.unwrap();
     let g = &g.auto_scaling_groups()[0];
     assert_eq!(g.launch_template().and_then(|t| t.version()), Some("2"));
-    let s = sim
-        .wait_status("4 InService on version 2", Duration::from_secs(10), |s| {
-            ids_in(s, "InService").len() == 4
-        })
-        .await;
+    let s = sim.wait_in_service(4).await;
     for iid in ids_in(&s, "InService") {
         let i = find(&s, &iid).unwrap();
         assert_eq!(i["version"], 2);

@@ -128,6 +128,24 @@ impl SimProc {
         )
     }
 
+    /// Wait until exactly `n` instances are InService (10 s); the status that showed it.
+    pub async fn wait_in_service(&self, n: usize) -> Value {
+        self.wait_status(&format!("{n} InService"), Duration::from_secs(10), |s| {
+            ids_in(s, "InService").len() == n
+        })
+        .await
+    }
+
+    /// Wait until some instance's worker process is alive (10 s); the status that showed it.
+    pub async fn wait_worker_alive(&self) -> Value {
+        self.wait_status("a worker", Duration::from_secs(10), |s| {
+            s["instances"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["process_alive"] == true))
+        })
+        .await
+    }
+
     /// Wait (polling the status document) until `f` holds; panics with the last status after `timeout`.
     pub async fn wait_status(
         &self,
