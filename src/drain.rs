@@ -165,8 +165,8 @@ impl Drain<'_> {
             let (h, every, done) = (h.clone(), self.cfg.hook_heartbeat, heartbeats.clone());
             tokio::spawn(async move { heartbeat_until(&h, every, done).await });
         }
-        let waited = self.wait_for_groups(begin, deadline).await;
         let until = hook_deadline(self.cfg, &trigger, started);
+        let waited = self.wait_for_groups(begin, deadline, until).await;
         let hook = hook_step(self.cfg, self.hooks, self.termination_seen, hook, until).await;
         heartbeats.cancel();
         let report = self.report(trigger, started, before, &waited, hook);
@@ -195,10 +195,16 @@ impl Drain<'_> {
         deadline
     }
 
-    /// Wait for the groups to finish (after the releases `begin` started), until the deadline and its grace.
-    /// Meanwhile a second signal abandons in-flight work at once, and a termination notice makes the hook due
-    /// (an interruption's may bring the deadline forward).
-    async fn wait_for_groups(&mut self, begin: JoinHandle<()>, mut deadline: Instant) -> Waited {
+    /// Wait for the groups to finish (after the releases `begin` started), until the deadline and its grace
+    /// (never past what the hook, due by `hook_until`, needs: see [`grace_end`]). Meanwhile a second signal
+    /// abandons in-flight work at once, and a termination notice makes the hook due (an interruption's may bring
+    /// the deadline forward).
+    async fn wait_for_groups(
+        &mut self,
+        begin: JoinHandle<()>,
+        mut deadline: Instant,
+        hook_until: Instant,
+    ) -> Waited {
         let dispatcher = self.dispatcher.clone();
         let mut deadline_hit = false;
         let mut held_up_by = None;
@@ -218,7 +224,7 @@ impl Drain<'_> {
                     held_up_by = Some(dispatcher.describe_held());
                     dispatcher.control().abort.cancel();
                 }
-                _ = tokio::time::sleep_until(deadline + RELEASE_GRACE), if deadline_hit => {
+                _ = tokio::time::sleep_until(grace_end(deadline, hook_until)), if deadline_hit => {
                     tracing::warn!(still_held = %dispatcher.describe_held(), "releases or deletes still out after the grace: going on without them (the messages return when their visibility times out)");
                     break;
                 }
@@ -278,6 +284,20 @@ impl Drain<'_> {
         report.log();
         report
     }
+}
+
+/// Time the hook keeps for itself before its own deadline: the release grace ends this long before it, so that
+/// `CompleteLifecycleAction` is asked while the instance is still there.
+const HOOK_RESERVE: Duration = Duration::from_secs(1);
+
+/// When the release grace after the deadline ends: [`RELEASE_GRACE`] after it, but no later than
+/// [`HOOK_RESERVE`] before the hook's deadline (a drain margin shorter than the grace, or a drain timeout that
+/// leaves less than it before the interruption, would otherwise spend the hook's time on releases: the soak
+/// saw the hook asked 0.2 s after the instance was reclaimed), and never before the deadline itself.
+fn grace_end(deadline: Instant, hook_until: Instant) -> Instant {
+    (deadline + RELEASE_GRACE)
+        .min(hook_until.checked_sub(HOOK_RESERVE).unwrap_or(hook_until))
+        .max(deadline)
 }
 
 /// Until when completing the hook is worth trying: the interruption itself, or the stop budget systemd gives
@@ -420,6 +440,20 @@ mod tests {
             .run
             .validate()
             .unwrap()
+    }
+
+    #[test]
+    fn the_release_grace_leaves_the_hook_its_reserve() {
+        let d = Instant::now();
+        // Room enough (AWS's defaults: the hook due 10 s after the deadline): the whole grace.
+        assert_eq!(grace_end(d, d + Duration::from_secs(10)), d + RELEASE_GRACE);
+        // The hook due 2 s after the deadline (a 6 s notice, a 4 s drain timeout): the grace ends 1 s before.
+        assert_eq!(
+            grace_end(d, d + Duration::from_secs(2)),
+            d + Duration::from_secs(1)
+        );
+        // The hook already as good as due: no grace, but never before the deadline.
+        assert_eq!(grace_end(d, d + Duration::from_millis(300)), d);
     }
 
     #[test]
