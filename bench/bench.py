@@ -27,7 +27,7 @@ from pathlib import Path
 
 from runs import PROCS, Baseline, BenchError, Emulator, Fixture, Worker, audit_baseline, stop_all, verify_worker_run
 
-from harness import REPO, http_json, parse_time, sim, tail, wait_for
+from harness import REPO, Timeout, http_json, parse_time, sim, tail, wait_for
 from harness.metrics import add_metrics, histogram_quantile, metric_sum, parse_prometheus
 
 MODES = {
@@ -413,7 +413,13 @@ class Bench:
             groups, per_group = self.cfg["busy_groups"], self.cfg["busy_per_group"]
             n = groups * per_group if busy else 0
             if busy:
-                fx.preload(n, groups)  # before the worker starts: it is busy from its first receive
+                # Before the worker starts: it is busy from its first receive. One sender, each group's orders back
+                # to back, so the queue's order is fixed: SQS FIFO hands out no message of a group that has one in
+                # flight, and with four senders interleaving their batches a receive could take one or two orders
+                # of many groups and lock the rest behind them (the worker then never held 30: CI, 2026-12-07).
+                # In this order each receive takes whole groups but its last, so the worker holds 34 of 40 (short
+                # mode) or 50 of 60 (full) once every group is locked.
+                fx.preload(n, groups, threads=1, run=per_group)
             # The default long poll, in both modes: the drain must not wait for it.
             extra = ["--wait-time", "20s"] + (["--work-delay", self.cfg["busy_work_delay"]] if busy else [])
             w = Worker(
@@ -436,7 +442,11 @@ class Bench:
                     w.check_alive()
                     return metric_sum(w.metrics(), "order_worker_messages_in_flight") >= 30
 
-                wait_for("the worker to hold 30 messages", 60, holding, 0.02)
+                try:
+                    wait_for("the worker to hold 30 messages", 60, holding, 0.02)
+                except Timeout:
+                    (logdir / "w1-metrics-at-timeout.txt").write_text(w.get("/metrics")[1])  # what it held, did
+                    raise
                 # Its next long poll (the default 20 s) is out: the worker holds every group there is.
                 time.sleep(0.3)
             else:
