@@ -126,7 +126,10 @@ impl Drop for Proc {
     }
 }
 
-/// Spawn `cmd` in its own process group with stdout+stderr to `log`.
+/// Spawn `cmd` in its own process group with stdout+stderr to `log`. Drop stops it; if the test process dies
+/// first (a `cargo test` killed by a timeout or ^C runs no drop), the kernel kills it (`PR_SET_PDEATHSIG`), so
+/// no emulator, gate or worker outlives its test. The death signal is tied to the thread that spawned: a test's
+/// own thread or a runtime worker, both of which live as long as the test, never a `spawn_blocking` thread.
 pub fn spawn_logged(mut cmd: Command, log: &Path) -> Proc {
     use std::os::unix::process::CommandExt;
     let file = std::fs::File::create(log).unwrap();
@@ -134,6 +137,16 @@ pub fn spawn_logged(mut cmd: Command, log: &Path) -> Proc {
         .stderr(file)
         .stdin(Stdio::null())
         .process_group(0);
+    // SAFETY: runs in the forked child before exec, and prctl(2) is async-signal-safe.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     Proc {
         child,

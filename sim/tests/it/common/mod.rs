@@ -42,7 +42,22 @@ impl SimProc {
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> SimProc {
         let dir = scratch_dir();
         let ready = dir.join("ready.json");
-        let child = Command::new(env!("CARGO_BIN_EXE_spot-sim"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spot-sim"));
+        // Killed by the kernel if the test process dies before its drop (a killed `cargo test`); spot-sim's own
+        // workers die with it the same way (src/process.rs). Tied to this thread: the test's, never a
+        // `spawn_blocking` one.
+        // SAFETY: runs in the forked child before exec, and prctl(2) is async-signal-safe.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["--listen", "127.0.0.1:0", "--ready-file"])
             .arg(&ready)
             .arg("--log-dir")
