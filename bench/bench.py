@@ -445,7 +445,7 @@ class Bench:
                 try:
                     wait_for("the worker to hold 30 messages", 60, holding, 0.02)
                 except Timeout:
-                    (logdir / "w1-metrics-at-timeout.txt").write_text(w.get("/metrics")[1])  # what it held, did
+                    (logdir / "w1-metrics-at-timeout.txt").write_text(w.get("/metrics")[1])  # what it held and did
                     raise
                 # Its next long poll (the default 20 s) is out: the worker holds every group there is.
                 time.sleep(0.3)
