@@ -237,7 +237,8 @@ pub(super) async fn claim_batch(
     Ok(results)
 }
 
-/// The statements of [`claim_batch`]: an `UPDATE` of a claim based on a row, an `INSERT` of a first claim.
+/// The statements of [`claim_batch`]: an `UPDATE` of a claim based on a row, an `INSERT` of a first claim's
+/// row (the same statement as a record's, [`insert_statement`]).
 fn claim_statements(table: &str, claims: &[(&str, &Claim, &str)]) -> Vec<BatchStatementRequest> {
     let (key, last, claimed, at, proto) = (
         schema::GROUP_KEY,
@@ -249,35 +250,37 @@ fn claim_statements(table: &str, claims: &[(&str, &Claim, &str)]) -> Vec<BatchSt
     let update = format!(
         "UPDATE \"{table}\" SET {last} = ? SET {claimed} = ? SET {at} = ? WHERE {key} = ? AND {last} = ? AND {proto} = ?"
     );
-    let insert = format!(
-        "INSERT INTO \"{table}\" VALUE {{'{key}': ?, '{last}': ?, '{claimed}': ?, '{at}': ?, '{proto}': ?}}"
-    );
     claims
         .iter()
-        .map(|(group, c, at)| {
-            let last = AttributeValue::S(c.row.last.to_string());
-            let at = AttributeValue::S((*at).to_owned());
-            let group = AttributeValue::S((*group).to_owned());
-            let claimed = claimed_list(c);
-            let statement = match c.expect {
-                Some(base) => BatchStatementRequest::builder()
-                    .statement(update.clone())
-                    .set_parameters(Some(vec![
-                        last,
-                        claimed,
-                        at,
-                        group,
-                        AttributeValue::S(base.to_string()),
-                        protocol_value(),
-                    ]))
-                    .return_values_on_condition_check_failure(
-                        ReturnValuesOnConditionCheckFailure::AllOld,
-                    ),
-                None => BatchStatementRequest::builder()
-                    .statement(insert.clone())
-                    .set_parameters(Some(vec![group, last, claimed, at, protocol_value()])),
+        .map(|(group, c, when)| {
+            let last_v = AttributeValue::S(c.row.last.to_string());
+            let at_v = AttributeValue::S((*when).to_owned());
+            let group_v = AttributeValue::S((*group).to_owned());
+            let Some(base) = c.expect else {
+                let row = Item::from([
+                    (key.to_owned(), group_v),
+                    (last.to_owned(), last_v),
+                    (claimed.to_owned(), claimed_list(c)),
+                    (at.to_owned(), at_v),
+                    (proto.to_owned(), protocol_value()),
+                ]);
+                return insert_statement(table, &row);
             };
-            statement.build().expect("statement is set")
+            BatchStatementRequest::builder()
+                .statement(update.clone())
+                .set_parameters(Some(vec![
+                    last_v,
+                    claimed_list(c),
+                    at_v,
+                    group_v,
+                    AttributeValue::S(base.to_string()),
+                    protocol_value(),
+                ]))
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
+                .build()
+                .expect("statement is set")
         })
         .collect()
 }
