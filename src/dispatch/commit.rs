@@ -36,6 +36,13 @@ struct Request {
     reply: oneshot::Sender<RunOutcome>,
 }
 
+impl Request {
+    /// What the run takes of a commit: its claim and its records.
+    fn actions(&self) -> usize {
+        self.run.records.len() + 1
+    }
+}
+
 /// The committer went away (the engine is shutting down): the run was not committed.
 #[derive(Debug)]
 pub(super) struct Gone;
@@ -111,14 +118,13 @@ impl Batch {
     }
 
     fn push(&mut self, r: Request) {
-        self.actions += r.run.records.len() + 1;
+        self.actions += r.actions();
         self.orders += r.run.records.len();
         self.requests.push(r);
     }
 
     fn fits(&self, r: &Request) -> bool {
-        let claim_and_records = r.run.records.len() + 1;
-        self.actions + claim_and_records <= MAX_ACTIONS
+        self.actions + r.actions() <= MAX_ACTIONS
     }
 }
 
