@@ -60,7 +60,8 @@ def tables(service: str, operation: str, req: Message) -> frozenset[str]:
     statement's table), read as the IAM gate reads them; empty for other services or what cannot be read."""
     if service != "dynamodb":
         return frozenset()
-    r = operations.Request(req.start.split(" ")[0], req.start.split(" ")[1], req.body or b"", req.get("content-type"))
+    method, target = req.start.split(" ")[:2]
+    r = operations.Request(method, target, req.body or b"", req.get("content-type"))
     try:
         needs = operations.needs(service, operation, r, _ANY_REGION)
     except operations.UnknownOperation:
